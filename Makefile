@@ -1,0 +1,42 @@
+# seqserve: `make serve` serves the bundled models, `make test` runs the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8500
+METRICS_PORT ?= 8502
+
+.PHONY: venv serve test lint proto models bench clean
+
+venv: $(STAMP)
+
+$(STAMP): client/pyproject.toml server/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e client -e 'server[dev]'
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/seqserve serve --model-repository models --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python protos/generate.py --check
+	$(BIN)/pytest -m 'not slow'
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+proto: $(STAMP)
+	$(BIN)/python protos/generate.py
+
+models: $(STAMP)
+	$(BIN)/python -m models.training.train_all
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
