@@ -1,0 +1,178 @@
+"""The synchronous client: `with SeqServeClient("127.0.0.1:8500") as c: c.predict(...)`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+from .errors import from_rpc_error
+from .results import (
+    ModelMetadata,
+    ModelStatus,
+    Outputs,
+    Prediction,
+    StreamPart,
+    metadata_from_proto,
+    mode_name,
+    status_from_proto,
+    top_k_pairs,
+)
+from .tensors import encode_inputs, from_tensor, split_sequences
+
+DEFAULT_TIMEOUT_S = 30.0
+Inputs = np.ndarray | Sequence[np.ndarray]
+
+
+class SeqServeClient:
+    """A connection to one seqserve server (or load balancer). Thread-safe; reuse it."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, object]] = (),
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials
+            else grpc.insecure_channel(target, options=options)
+        )
+        self._stub = pb_grpc.SeqServeStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> SeqServeClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # -- predictions ---------------------------------------------------------------------
+
+    def predict(
+        self, model: str, inputs: Inputs, *, version: int = 0, timeout: float | None = None
+    ) -> Outputs:
+        """Outputs as numpy: one array [batch, ...], or a list when output lengths differ."""
+        return self.predict_full(model, inputs, version=version, timeout=timeout).outputs
+
+    def classify(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        top_k: int = 3,
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """The k best (label, score) pairs per output vector, for models with labels."""
+        return self.predict_full(model, inputs, version=version, top_k=top_k, timeout=timeout).top_k
+
+    def predict_full(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        version: int = 0,
+        top_k: int = 0,
+        timeout: float | None = None,
+    ) -> Prediction:
+        request = _request(model, inputs, version, top_k)
+        response = self._call(self._stub.Predict, request, timeout)
+        return _prediction(response)
+
+    def predict_stream(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        version: int = 0,
+        top_k: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[StreamPart]:
+        """Output parts as the server produces them: sequence outputs step by step."""
+        request = _request(model, inputs, version, top_k)
+        stream = self._stub.PredictStream(request, timeout=self._timeout(timeout))
+        try:
+            for part in stream:
+                yield StreamPart(
+                    part.input_index,
+                    part.step,
+                    part.last,
+                    from_tensor(part.values),
+                    top_k_pairs(part.top_k),
+                )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            stream.cancel()
+
+    # -- repository ----------------------------------------------------------------------
+
+    def list_models(self, *, timeout: float | None = None) -> list[ModelStatus]:
+        response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return [status_from_proto(m) for m in response.models]
+
+    def metadata(
+        self, model: str, *, version: int = 0, timeout: float | None = None
+    ) -> ModelMetadata:
+        request = pb.GetModelMetadataRequest(model_name=model, model_version=version)
+        return metadata_from_proto(self._call(self._stub.GetModelMetadata, request, timeout))
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> bool:
+        """True when the server (or the named model, or service) is serving."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = self._call(self._health.Check, request, timeout)
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+
+def _request(model: str, inputs: Inputs, version: int, top_k: int) -> pb.PredictRequest:
+    return pb.PredictRequest(
+        model_name=model, model_version=version, inputs=encode_inputs(inputs), top_k=top_k
+    )
+
+
+def _prediction(response: pb.PredictResponse) -> Prediction:
+    ranked = [top_k_pairs(t) for t in response.top_k]
+    kind = response.WhichOneof("output")
+    if kind == "vectors":
+        outputs: Outputs = from_tensor(response.vectors.values)
+    else:
+        values = from_tensor(response.sequences.values)
+        lengths = list(response.sequences.lengths)
+        if lengths and all(n == lengths[0] for n in lengths):
+            outputs = values.reshape(len(lengths), lengths[0], *values.shape[1:])
+        else:
+            outputs = split_sequences(values, lengths)
+    return Prediction(
+        response.model_name, response.model_version, mode_name(response.mode), outputs, ranked
+    )

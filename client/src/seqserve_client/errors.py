@@ -1,0 +1,101 @@
+"""Typed exceptions for failed calls, with the server's field-level details."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+class SeqServeError(Exception):
+    """A failed call. `field`, `expected` and `got` say what to fix when the input was wrong."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str = "",
+        field: str = "",
+        expected: str = "",
+        got: str = "",
+    ) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.field = field
+        self.expected = expected
+        self.got = got
+
+
+class InvalidInputError(SeqServeError):
+    """INVALID_ARGUMENT: the inputs do not fit the model."""
+
+
+class ModelNotFoundError(SeqServeError):
+    """NOT_FOUND: no such model or version."""
+
+
+class FailedPreconditionError(SeqServeError):
+    """FAILED_PRECONDITION: the model cannot do this (failed to load, no sessions...)."""
+
+
+class ResourceExhaustedError(SeqServeError):
+    """RESOURCE_EXHAUSTED: a limit was reached (message size, sessions)."""
+
+
+class UnavailableError(SeqServeError):
+    """UNAVAILABLE: overloaded, loading or unreachable; retrying later may succeed."""
+
+
+class DeadlineExceededError(SeqServeError):
+    """DEADLINE_EXCEEDED: the call's deadline passed."""
+
+
+class CancelledError(SeqServeError):
+    """CANCELLED: the call was cancelled."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[SeqServeError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
+    grpc.StatusCode.NOT_FOUND: ModelNotFoundError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.CANCELLED: CancelledError,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> SeqServeError:
+    """The typed exception for a failed call, with the details the server attached."""
+    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    message = error.details() if isinstance(error, grpc.Call) else str(error)
+    kind = _BY_CODE.get(code, SeqServeError)
+    info = _error_info(error)
+    if info is None:
+        return kind(code, message or "")
+    meta = info.metadata
+    return kind(
+        code,
+        message or "",
+        reason=info.reason,
+        field=meta.get("field", ""),
+        expected=meta.get("expected", ""),
+        got=meta.get("got", ""),
+    )
+
+
+def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    if not isinstance(error, grpc.Call):
+        return None
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:
+        return None
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None

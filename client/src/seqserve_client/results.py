@@ -1,0 +1,106 @@
+"""What the SDK returns: plain dataclasses and numpy, no protobuf."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from seqserve.v1 import seqserve_pb2 as pb
+
+Outputs = np.ndarray | list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]  # -1: any size
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model: str
+    version: int
+    mode: str
+    outputs: Outputs  # [batch, ...] when every output has the same shape, else a list
+    top_k: list[list[tuple[str, float]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StreamPart:
+    """A vector output whole, or one step of a sequence output, as soon as it is computed."""
+
+    input_index: int
+    step: int
+    last: bool
+    values: np.ndarray
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    version: int
+    state: str
+    mode: str
+    error: str
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    version: int
+    versions: tuple[int, ...]
+    mode: str
+    input: TensorSpec
+    output: TensorSpec
+    labels: tuple[str, ...]
+    description: str
+    max_sequence_length: int
+    max_batch_size: int
+    streams_steps: bool
+    session_support: str
+    open_sessions: int
+    max_sessions: int
+    state: str
+    error: str
+
+
+def mode_name(value: int) -> str:
+    return pb.Mode.Name(value).lower()
+
+
+def spec_from_proto(spec: pb.TensorSpec) -> TensorSpec:
+    return TensorSpec(spec.name, pb.DataType.Name(spec.dtype).lower(), tuple(spec.shape))
+
+
+def top_k_pairs(ranked: pb.TopK) -> list[tuple[str, float]]:
+    return list(zip(ranked.labels, ranked.scores, strict=True))
+
+
+def metadata_from_proto(m: pb.GetModelMetadataResponse) -> ModelMetadata:
+    return ModelMetadata(
+        name=m.name,
+        version=m.version,
+        versions=tuple(m.versions),
+        mode=mode_name(m.mode),
+        input=spec_from_proto(m.input),
+        output=spec_from_proto(m.output),
+        labels=tuple(m.labels),
+        description=m.description,
+        max_sequence_length=m.max_sequence_length,
+        max_batch_size=m.max_batch_size,
+        streams_steps=m.streams_steps,
+        session_support=pb.SessionSupport.Name(m.session_support).lower(),
+        open_sessions=m.open_sessions,
+        max_sessions=m.max_sessions,
+        state=pb.ModelState.Name(m.state).lower(),
+        error=m.error,
+    )
+
+
+def status_from_proto(s: pb.ModelStatus) -> ModelStatus:
+    return ModelStatus(
+        s.name, s.version, pb.ModelState.Name(s.state).lower(), mode_name(s.mode), s.error
+    )

@@ -1,0 +1,98 @@
+"""Wiring: repository, inference, servicers, health, reflection, metrics; start, drain, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+from .config import Settings
+from .core.inference import InferenceService
+from .core.repository import ModelRepository, ModelState
+from .core.runtime import configure_tensorflow
+from .metrics import ServerMetrics
+from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class App:
+    """One server process. `start()` returns once the models are loaded and the port is open."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+        self.executor = ThreadPoolExecutor(settings.compute_threads, thread_name_prefix="compute")
+        self.repository = ModelRepository(settings.model_repository)
+        self.inference = InferenceService(self.repository, self.executor)
+        self.metrics = ServerMetrics()
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self.port = 0
+        self.metrics_port = 0
+
+    async def start(self) -> None:
+        pb_grpc.add_SeqServeServicer_to_server(SeqServeServicer(self.inference), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await self._set_health("", NOT_SERVING)
+        await self.server.start()
+        if self.settings.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+        await self._load_models()
+        log.info(
+            "seqserve listening on %s:%d (metrics on %d)",
+            self.settings.host,
+            self.port,
+            self.metrics_port,
+        )
+
+    async def _load_models(self) -> None:
+        self.repository.scan()
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.repository.load_all)
+        for entry in self.repository.entries():
+            ready = entry.newest_ready is not None
+            await self._set_health(entry.name, SERVING if ready else NOT_SERVING)
+        await self._set_health(SERVICE_NAME, SERVING)
+        await self._set_health("", SERVING)
+        failed = [
+            f"{v.name}/{v.version}"
+            for e in self.repository.entries()
+            for v in e.versions.values()
+            if v.state is ModelState.FAILED
+        ]
+        if failed:
+            log.warning("serving without models that failed to load: %s", ", ".join(failed))
+
+    async def _set_health(self, service: str, status: int) -> None:
+        await self.health.set(service, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new work, let in-flight calls finish within the grace period, then stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_period_s if grace is None else grace)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()

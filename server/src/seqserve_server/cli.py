@@ -1,0 +1,47 @@
+"""`seqserve serve ...`: parse flags and environment, run the server until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from pydantic_settings import CliApp
+
+from .config import Settings
+
+USAGE = "usage: seqserve serve [--help] [flags]   (every flag is also SEQSERVE_<NAME>)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "serve":
+        print(USAGE, file=sys.stderr)
+        return 2
+    settings = CliApp.run(Settings, cli_args=args[1:])
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(serve(settings))
+    return 0
+
+
+async def serve(settings: Settings) -> None:
+    from .app import App  # imports TensorFlow: keep `--help` fast
+
+    app = App(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    print(f"seqserve ready on {settings.host}:{app.port} metrics {app.metrics_port}", flush=True)
+    await stop.wait()
+    logging.getLogger(__name__).info("stopping: finishing in-flight work")
+    await app.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

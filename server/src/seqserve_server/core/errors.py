@@ -1,0 +1,82 @@
+"""Domain errors of the serving core.
+
+They carry what a caller needs to fix a request (the field, what was expected, what was got) and
+know nothing of any transport: each protocol adapter maps them to its own status codes in one place.
+"""
+
+from __future__ import annotations
+
+
+class SeqServeError(Exception):
+    """Base of every error the core reports to a caller."""
+
+    reason = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(SeqServeError):
+    """The request's data does not fit the model's signature or limits."""
+
+    reason = "INVALID_INPUT"
+
+    def __init__(self, field: str, expected: str, got: str, message: str | None = None) -> None:
+        super().__init__(message or f"{field}: expected {expected}, got {got}")
+        self.field = field
+        self.expected = expected
+        self.got = got
+
+
+class ModelNotFound(SeqServeError):
+    """No model (or no such version of it) is in the repository."""
+
+    reason = "MODEL_NOT_FOUND"
+
+    def __init__(self, model: str, version: int = 0, available: str = "") -> None:
+        what = f"model {model!r}" + (f" version {version}" if version else "")
+        hint = f" (available: {available})" if available else ""
+        super().__init__(f"{what} is not in the repository{hint}")
+        self.model = model
+        self.version = version
+
+
+class ModelNotReady(SeqServeError):
+    """The model exists but cannot serve: it failed to load or is still loading."""
+
+    reason = "MODEL_NOT_READY"
+
+    def __init__(self, model: str, version: int, why: str, loading: bool = False) -> None:
+        super().__init__(f"model {model!r} version {version} is not ready: {why}")
+        self.model = model
+        self.version = version
+        self.loading = loading
+
+
+class Unsupported(SeqServeError):
+    """The operation does not apply to this model (e.g. a session on a one-to-one model)."""
+
+    reason = "UNSUPPORTED"
+
+
+class LimitExceeded(SeqServeError):
+    """A per-model quota is used up (e.g. open sessions)."""
+
+    reason = "LIMIT_EXCEEDED"
+
+
+class Overloaded(SeqServeError):
+    """The model's queue is full: retry later or elsewhere."""
+
+    reason = "OVERLOADED"
+
+
+class DeadlineExpired(SeqServeError):
+    """The caller's deadline passed before the work could run."""
+
+    reason = "DEADLINE_EXPIRED"
+
+
+class ModelLoadError(Exception):
+    """A model file or config cannot be served; recorded on the model, never sent as-is."""

@@ -1,0 +1,92 @@
+"""The data plane: what every protocol adapter calls. Numpy in, numpy out, no transport.
+
+Computation runs on a worker thread pool (TensorFlow releases the GIL), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .batch import Batch
+from .classification import TopK, top_k
+from .errors import InvalidInput
+from .modes import Mode
+from .repository import ModelRepository, ModelVersion
+from .runtime import ModelRuntime
+
+STREAM_CHUNK = 8  # inputs computed together per streamed part: first outputs leave early
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model: str
+    version: int
+    mode: Mode
+    outputs: Batch  # one vector or one sequence per input, in request order
+    top_k: list[TopK] | None = None
+
+
+@dataclass(frozen=True)
+class PredictionPart:
+    """The outputs of inputs [start, start + len(outputs)) of a streamed prediction."""
+
+    start: int
+    outputs: list[np.ndarray]
+    top_k: list[list[TopK]] | None = None
+
+
+class InferenceService:
+    def __init__(self, repository: ModelRepository, executor: ThreadPoolExecutor) -> None:
+        self.repository = repository
+        self._executor = executor
+
+    def resolve(self, model: str, version: int = 0) -> ModelVersion:
+        return self.repository.resolve(model, version)
+
+    async def predict(self, model: str, version: int, inputs: Batch, k: int = 0) -> Prediction:
+        target = self.resolve(model, version)
+        runtime = _runtime(target)
+        batch = runtime.validate(inputs)
+        _check_top_k(k, target)
+        outputs = await self._run(target, batch)
+        ranked = _rank(outputs.values, target.config.labels, k) if k else None
+        return Prediction(target.name, target.version, runtime.mode, outputs, ranked)
+
+    async def predict_parts(
+        self, target: ModelVersion, inputs: Batch, k: int = 0
+    ) -> AsyncIterator[PredictionPart]:
+        """Compute a few inputs at a time so that the caller gets the first ones early."""
+        runtime = _runtime(target)
+        batch = runtime.validate(inputs)
+        _check_top_k(k, target)
+        items = batch.items()
+        for start in range(0, len(items), STREAM_CHUNK):
+            chunk = Batch.from_items(items[start : start + STREAM_CHUNK])
+            outputs = (await self._run(target, chunk)).items()
+            ranked = [_rank(o, target.config.labels, k) for o in outputs] if k else None
+            yield PredictionPart(start, outputs, ranked)
+
+    async def _run(self, target: ModelVersion, batch: Batch) -> Batch:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _runtime(target).run, batch)
+
+
+def _runtime(target: ModelVersion) -> ModelRuntime:
+    assert target.runtime is not None, "resolve() returns ready versions only"
+    return target.runtime
+
+
+def _check_top_k(k: int, target: ModelVersion) -> None:
+    if k < 0:
+        raise InvalidInput("top_k", "0 or more", str(k))
+    if k and not target.config.labels:
+        raise InvalidInput("top_k", "0 (this model's config names no labels)", str(k))
+
+
+def _rank(values: np.ndarray, labels: list[str], k: int) -> list[TopK]:
+    return top_k(values.reshape(-1, values.shape[-1]), labels, k)

@@ -1,0 +1,57 @@
+"""A model's `config.yaml` (or `config.toml`) in the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import tomllib
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ModelLoadError
+from .modes import Mode
+
+CONFIG_NAMES = ("config.yaml", "config.yml", "config.toml")
+
+
+class ModelConfig(BaseModel):
+    """What an operator may state about a model; everything else comes from the model file."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    description: str = ""
+    mode: Mode | None = None
+    labels: list[str] = Field(default_factory=list)
+    max_batch_size: int = Field(default=64, ge=1)
+    max_sequence_length: int = Field(default=0, ge=0)
+    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    max_queue_size: int = Field(default=1024, ge=1)
+    max_sessions: int = Field(default=256, ge=0)
+    session_idle_timeout_s: float = Field(default=300.0, gt=0)
+
+
+def find_config(model_dir: Path) -> Path | None:
+    return next((model_dir / n for n in CONFIG_NAMES if (model_dir / n).is_file()), None)
+
+
+def read_config(model_dir: Path) -> ModelConfig:
+    """Parse and validate a model's config; a model without one gets the defaults."""
+    path = find_config(model_dir)
+    if path is None:
+        return ModelConfig()
+    try:
+        data = _parse(path)
+        return ModelConfig.model_validate(data)
+    except (ValidationError, ValueError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"invalid {path.name}: {exc}") from exc
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError("the top level must be a mapping")
+    return data

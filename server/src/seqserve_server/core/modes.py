@@ -1,0 +1,66 @@
+"""The five ways a recurrent network runs, and how to tell them from a model's shapes."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+from .errors import ModelLoadError
+
+Shape = Sequence[int | None]
+
+
+class Mode(str, enum.Enum):
+    ONE_TO_ONE = "one_to_one"
+    ONE_TO_MANY = "one_to_many"
+    MANY_TO_ONE = "many_to_one"
+    MANY_TO_MANY_ALIGNED = "many_to_many_aligned"
+    MANY_TO_MANY_UNALIGNED = "many_to_many_unaligned"
+
+    @property
+    def takes_sequence(self) -> bool:
+        return self in _SEQUENCE_IN
+
+    @property
+    def gives_sequence(self) -> bool:
+        return self in _SEQUENCE_OUT
+
+
+_SEQUENCE_IN = {Mode.MANY_TO_ONE, Mode.MANY_TO_MANY_ALIGNED, Mode.MANY_TO_MANY_UNALIGNED}
+_SEQUENCE_OUT = {Mode.ONE_TO_MANY, Mode.MANY_TO_MANY_ALIGNED, Mode.MANY_TO_MANY_UNALIGNED}
+
+
+def infer_mode(input_shape: Shape, output_shape: Shape) -> Mode:
+    """Infer the mode from shapes without the batch axis: (F,) is a vector, (T, F) a sequence."""
+    in_rank, out_rank = len(input_shape), len(output_shape)
+    if in_rank not in (1, 2) or out_rank not in (1, 2):
+        raise ModelLoadError(
+            f"unsupported shapes: input {_fmt(input_shape)}, output {_fmt(output_shape)}; "
+            "expected (features,) for vectors or (steps, features) for sequences"
+        )
+    if in_rank == 1:
+        return Mode.ONE_TO_ONE if out_rank == 1 else Mode.ONE_TO_MANY
+    if out_rank == 1:
+        return Mode.MANY_TO_ONE
+    steps_in, steps_out = input_shape[0], output_shape[0]
+    if steps_in == steps_out:
+        return Mode.MANY_TO_MANY_ALIGNED
+    return Mode.MANY_TO_MANY_UNALIGNED
+
+
+def resolve_mode(stated: Mode | None, input_shape: Shape, output_shape: Shape) -> Mode:
+    """The stated mode if the shapes allow it, else the inferred one; a contradiction fails."""
+    inferred = infer_mode(input_shape, output_shape)
+    if stated is None or stated == inferred:
+        return inferred
+    # Equal fixed lengths fit an encoder-decoder whose output happens to be as long as its input.
+    if stated == Mode.MANY_TO_MANY_UNALIGNED and inferred == Mode.MANY_TO_MANY_ALIGNED:
+        return stated
+    raise ModelLoadError(
+        f"config states mode {stated.value} but the model's shapes (input {_fmt(input_shape)}, "
+        f"output {_fmt(output_shape)}) make it {inferred.value}"
+    )
+
+
+def _fmt(shape: Shape) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"

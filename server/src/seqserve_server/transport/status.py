@@ -1,0 +1,116 @@
+"""The one place where core errors become gRPC status codes with google.rpc error details."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from seqserve_client.tensors import TensorError
+
+from ..core import errors
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "seqserve"
+
+_CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (TensorError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Overloaded, grpc.StatusCode.UNAVAILABLE),
+    (errors.DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
+]
+
+
+def status_code(exc: Exception) -> grpc.StatusCode:
+    if isinstance(exc, errors.ModelNotReady):
+        # Still loading: retry soon. Failed to load: no retry helps until an operator acts.
+        return grpc.StatusCode.UNAVAILABLE if exc.loading else grpc.StatusCode.FAILED_PRECONDITION
+    return next((code for kind, code in _CODES if isinstance(exc, kind)), grpc.StatusCode.INTERNAL)
+
+
+def to_status(exc: Exception) -> grpc.Status:
+    """A rich status: code, message, and details a client can read field by field."""
+    code = status_code(exc)
+    message = str(exc) if code is not grpc.StatusCode.INTERNAL else "internal error"
+    details = [_pack(_error_info(exc))]
+    if isinstance(exc, errors.InvalidInput | TensorError):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=exc.field, description=str(exc)
+        )
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    if isinstance(exc, errors.ModelNotFound):
+        details.append(
+            _pack(
+                error_details_pb2.ResourceInfo(
+                    resource_type="model", resource_name=exc.model, description=str(exc)
+                )
+            )
+        )
+    proto = status_pb2.Status(code=_code_number(code), message=message, details=details)
+    return rpc_status.to_status(proto)
+
+
+def _error_info(exc: Exception) -> error_details_pb2.ErrorInfo:
+    reason = exc.reason if isinstance(exc, errors.SeqServeError) else "INVALID_INPUT"
+    if not isinstance(exc, errors.SeqServeError | TensorError):
+        reason = "INTERNAL"
+    metadata = {}
+    if isinstance(exc, errors.InvalidInput | TensorError):
+        metadata = {"field": exc.field, "expected": exc.expected, "got": exc.got}
+    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _code_number(code: grpc.StatusCode) -> int:
+    return code_pb2.Code.Value(code.name)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def grpc_errors(method: F) -> F:
+    """Turn core errors raised by a servicer method (unary or streaming) into gRPC statuses."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except Exception as exc:
+                await _abort(context, exc)
+
+        return stream_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return unary_wrapper  # type: ignore[return-value]
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if status_code(exc) is grpc.StatusCode.INTERNAL:
+        log.exception("internal error", exc_info=exc)
+    await context.abort_with_status(to_status(exc))

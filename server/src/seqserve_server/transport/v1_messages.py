@@ -1,0 +1,132 @@
+"""Core values <-> seqserve.v1 messages."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve_client.tensors import from_batch, to_tensor
+
+from ..core.batch import Batch
+from ..core.classification import TopK
+from ..core.inference import Prediction
+from ..core.modes import Mode
+from ..core.repository import ModelEntry, ModelState, ModelVersion
+
+_DTYPES = {
+    np.dtype("float32"): pb.FLOAT32,
+    np.dtype("float64"): pb.FLOAT64,
+    np.dtype("float16"): pb.FLOAT16,
+    np.dtype("int32"): pb.INT32,
+    np.dtype("int64"): pb.INT64,
+}
+_STATES = {
+    ModelState.LOADING: pb.LOADING,
+    ModelState.READY: pb.READY,
+    ModelState.FAILED: pb.FAILED,
+}
+
+
+def decode_inputs(message: pb.Batch) -> Batch:
+    values, lengths = from_batch(message, "inputs")
+    return Batch(values, lengths)
+
+
+def mode_to_proto(mode: Mode | None) -> pb.Mode.ValueType:
+    return pb.Mode.Value(mode.name) if mode is not None else pb.MODE_UNSPECIFIED
+
+
+def top_k_to_proto(ranked: TopK) -> pb.TopK:
+    return pb.TopK(labels=ranked.labels, scores=ranked.scores, indices=ranked.indices)
+
+
+def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
+    response = pb.PredictResponse(
+        model_name=prediction.model,
+        model_version=prediction.version,
+        mode=mode_to_proto(prediction.mode),
+        top_k=[top_k_to_proto(t) for t in prediction.top_k or []],
+    )
+    outputs = prediction.outputs
+    if not prediction.mode.gives_sequence:
+        response.vectors.values.CopyFrom(to_tensor(outputs.values))
+        return response
+    lengths = outputs.item_lengths()
+    flat = (
+        outputs.values
+        if outputs.is_ragged
+        else outputs.values.reshape(-1, *outputs.values.shape[2:])
+    )
+    response.sequences.values.CopyFrom(to_tensor(flat))
+    response.sequences.lengths.extend(lengths.tolist())
+    return response
+
+
+def stream_parts(
+    prediction_header: pb.PredictStreamResponse,
+    index: int,
+    output: np.ndarray,
+    ranked: list[TopK] | None,
+    sequence: bool,
+) -> list[pb.PredictStreamResponse]:
+    """One message per output vector, or per step of an output sequence."""
+    rows = output if sequence else output[np.newaxis]
+    parts = []
+    for step, row in enumerate(rows):
+        part = pb.PredictStreamResponse(
+            input_index=index, step=step, last=step == len(rows) - 1, values=to_tensor(row)
+        )
+        part.MergeFrom(prediction_header)
+        if ranked:
+            part.top_k.CopyFrom(top_k_to_proto(ranked[step]))
+        parts.append(part)
+    return parts
+
+
+def _spec(name: str, shape: tuple[int | None, ...], dtype: np.dtype) -> pb.TensorSpec:
+    return pb.TensorSpec(
+        name=name,
+        dtype=_DTYPES.get(dtype, pb.DATA_TYPE_UNSPECIFIED),
+        shape=[-1, *(-1 if d is None else d for d in shape)],
+    )
+
+
+def status_to_proto(version: ModelVersion) -> pb.ModelStatus:
+    runtime = version.runtime
+    return pb.ModelStatus(
+        name=version.name,
+        version=version.version,
+        state=_STATES[version.state],
+        error=version.error,
+        mode=mode_to_proto(runtime.mode if runtime else version.config.mode),
+    )
+
+
+def metadata_to_proto(
+    entry: ModelEntry, version: ModelVersion, session_support: int, open_sessions: int
+) -> pb.GetModelMetadataResponse:
+    config = version.config
+    response = pb.GetModelMetadataResponse(
+        name=entry.name,
+        version=version.version,
+        versions=sorted(entry.versions),
+        labels=config.labels,
+        description=config.description,
+        max_sequence_length=config.max_sequence_length,
+        max_batch_size=config.max_batch_size,
+        max_sessions=config.max_sessions,
+        open_sessions=open_sessions,
+        session_support=session_support,
+        state=_STATES[version.state],
+        error=version.error or entry.error,
+    )
+    runtime = version.runtime
+    if runtime is None:
+        response.mode = mode_to_proto(config.mode)
+        return response
+    sig = runtime.signature
+    response.mode = mode_to_proto(runtime.mode)
+    response.input.CopyFrom(_spec("input", sig.input_shape, sig.input_dtype))
+    response.output.CopyFrom(_spec("output", sig.output_shape, sig.output_dtype))
+    response.streams_steps = runtime.mode.gives_sequence
+    return response

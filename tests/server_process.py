@@ -1,0 +1,80 @@
+"""Start the real server as a subprocess on 127.0.0.1 with ephemeral ports, as users run it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+READY = re.compile(r"seqserve ready on ([\d.]+):(\d+) metrics (-?\d+)")
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+    metrics_port: int
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return "".join(self.log)
+
+
+def start_server(repository: Path, *args: str, timeout: float = 120, **env: str) -> ServerProcess:
+    """Run `seqserve serve` until it prints its ready line; its output is kept in `.log`."""
+    command = [
+        sys.executable, "-m", "seqserve_server.cli", "serve",
+        "--model-repository", str(repository), "--port", "0", "--metrics-port", "0", *args,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **env},
+    )
+    log: list[str] = []
+    ready = threading.Event()
+    found: list[re.Match[str]] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.append(line)
+            match = READY.search(line)
+            if match and not found:
+                found.append(match)
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.1):
+        if time.monotonic() > deadline:
+            process.kill()
+            raise TimeoutError("server did not start:\n" + "".join(log))
+    if not found:
+        raise RuntimeError("server exited before it was ready:\n" + "".join(log))
+    host, port, metrics = found[0].groups()
+    return ServerProcess(process, host, int(port), int(metrics), log)
