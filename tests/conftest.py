@@ -25,7 +25,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(repository: Path) -> Iterator[ServerProcess]:
-    process = start_server(repository)
+    process = start_server(repository, "--max-message-bytes", str(4 * 1024 * 1024))
     yield process
     process.stop()
 
