@@ -187,7 +187,6 @@ class _Unsteppable(Exception):
 _L = keras.layers
 _PER_STEP_LAYERS: tuple[type, ...] = (
     _L.Dense,
-    _L.TimeDistributed,
     _L.Activation,
     _L.Dropout,
     _L.SpatialDropout1D,
@@ -219,12 +218,14 @@ _ELEMENTWISE_MERGES: tuple[type, ...] = (
 )
 # keras.ops nodes that Keras itself records for masks (Masking -> NotEqual -> Any) or that
 # users write inline; elementwise ones are per-step when their tensor args are all aligned.
-_ELEMENTWISE_OPS = frozenset(
-    "Add Subtract Multiply Divide TrueDivide Negative Abs Absolute Exp Log Sqrt Square Power "
-    "Maximum Minimum NotEqual Equal Greater GreaterEqual Less LessEqual LogicalAnd LogicalOr "
-    "LogicalNot Where Cast Tanh Sigmoid Relu Softplus Clip Sign".split()
+_ELEMENTWISE_NAMES = (
+    "Add Subtract Multiply Divide TrueDivide Negative Abs Absolute Exp Log Sqrt Square "
+    "Power Maximum Minimum NotEqual Equal Greater GreaterEqual Less LessEqual LogicalAnd "
+    "LogicalOr LogicalNot Where Cast Tanh Sigmoid Relu Softplus Clip Sign"
 )
-_REDUCE_OPS = frozenset("Any All Sum Mean Max Min Prod".split())
+_REDUCE_NAMES = "Any All Sum Mean Max Min Prod"
+_ELEMENTWISE_OPS = frozenset(_ELEMENTWISE_NAMES.split())
+_REDUCE_OPS = frozenset(_REDUCE_NAMES.split())
 
 
 def _positive_axes(axis: Any, rank: int) -> set[int] | None:
@@ -239,7 +240,7 @@ def _is_per_step(node: Any) -> bool:
     op = node.operation
     tensors = node.arguments.keras_tensors
     rank = len(tensors[0].shape)
-    if isinstance(op, _PER_STEP_LAYERS) or isinstance(op, _ELEMENTWISE_MERGES):
+    if isinstance(op, _PER_STEP_LAYERS + _ELEMENTWISE_MERGES):
         return True
     if isinstance(op, _AXIS_LAYERS):
         axes = _positive_axes(op.axis, rank)
@@ -289,6 +290,27 @@ class _SeqOp:
 
 class _PerStep(_SeqOp):
     """Time-local layer: applying it to the new steps only is exact."""
+
+
+class _TimeDistributed(_SeqOp):
+    """TimeDistributed: the wrapped layer on all new steps folded into the batch axis.
+
+    Keras' own dynamic-length path (vectorized_map over ``shape[0]``) is wrong inside a
+    graph with unknown time, so fold instead; the per-row math is identical.
+    """
+
+    def run(self, values: dict[int, Any], state: dict, new_state: dict) -> None:
+        args, kwargs = self.node.arguments.fill_in(values)
+        x, mask = args[0], kwargs.get("mask")
+        inner = self.node.operation.layer
+        lead = tf.shape(x)[:2]
+        flat = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
+        inner_kwargs = {}
+        if mask is not None and inner._call_has_mask_arg:
+            inner_kwargs["mask"] = tf.reshape(mask, [-1, *mask.shape[2:]])
+        y = _call(inner, [flat], inner_kwargs)
+        y = tf.reshape(y, tf.concat([lead, tf.shape(y)[1:]], axis=0))
+        values[id(self.node.outputs[0])] = tf.ensure_shape(y, self.node.outputs[0].shape)
 
 
 class _Recurrent(_SeqOp):
@@ -451,6 +473,8 @@ def _classify_seq_node(node: Any, key: str, plan: _Plan) -> tuple[_SeqOp, bool]:
         return _Recurrent(node, key), bool(op.return_sequences)
     if len(node.outputs) != 1:
         raise _Unsteppable(f"{_describe(op)} has several outputs on the stepped path")
+    if isinstance(op, _L.TimeDistributed):
+        return _TimeDistributed(node, key), True
     if _is_per_step(node):
         return _PerStep(node, key), True
     if isinstance(op, _L.Conv1D) and op.padding == "causal":
@@ -540,8 +564,7 @@ class _ProgramBase:
         t = np.asarray(state[_T_KEY])
         if self.fixed_length is not None and np.any(t != self.fixed_length):
             raise StepperError(
-                f"model has fixed input length {self.fixed_length}; sessions fed {t.tolist()} "
-                "steps"
+                f"model has fixed input length {self.fixed_length}; sessions fed {t.tolist()} steps"
             )
 
 

@@ -1,0 +1,209 @@
+"""Small seeded Keras models for streaming-session (stepper) tests.
+
+Each builder seeds Keras first, so weights are reproducible. ``ZOO`` maps a name to
+``(builder, mode, fixed_length)``; ``fixed_length`` is the input length the model requires.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras
+import numpy as np
+from keras import layers
+
+FEATURES = 3
+ENC_LEN = 12  # fixed input length of the models whose graph depends on absolute positions
+HORIZON = 4
+
+Builder = Callable[[], keras.Model]
+
+
+def _seeded(builder: Builder) -> Builder:
+    def build() -> keras.Model:
+        keras.utils.set_random_seed(1234)
+        return builder()
+
+    build.__name__ = builder.__name__
+    return build
+
+
+@_seeded
+def lstm_aligned() -> keras.Model:
+    return keras.Sequential(
+        [keras.Input((None, FEATURES)), layers.LSTM(8, return_sequences=True), layers.Dense(2)]
+    )
+
+
+@_seeded
+def gru_aligned() -> keras.Model:
+    return keras.Sequential(
+        [keras.Input((None, FEATURES)), layers.GRU(8, return_sequences=True), layers.Dense(2)]
+    )
+
+
+@_seeded
+def simple_rnn_aligned() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.SimpleRNN(8, return_sequences=True),
+            layers.TimeDistributed(layers.Dense(2)),
+        ]
+    )
+
+
+@_seeded
+def stacked_lstm() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.LSTM(8, return_sequences=True),
+            layers.Dropout(0.3),
+            layers.LayerNormalization(),
+            layers.LSTM(6, return_sequences=True),
+            layers.Dense(2, activation="tanh"),
+        ]
+    )
+
+
+@_seeded
+def diff_forecaster() -> keras.Model:
+    """Predicts the next value as last value + LSTM(differences): causal convs + Add skip."""
+    inp = keras.Input((None, 1))
+    diff = layers.Conv1D(1, 2, padding="causal", use_bias=False, name="diff")(inp)
+    wide = layers.Conv1D(4, 3, padding="causal", dilation_rate=2, activation="relu")(inp)
+    x = layers.Concatenate()([layers.Rescaling(0.5)(diff), wide])
+    x = layers.LSTM(8, return_sequences=True)(x)
+    delta = layers.Dense(1)(x)
+    model = keras.Model(inp, layers.Add()([inp, delta]))
+    model.get_layer("diff").set_weights([np.array([[[-1.0]], [[1.0]]], np.float32)])
+    return model
+
+
+@_seeded
+def many_to_one() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.Rescaling(1 / 3.0),
+            layers.LSTM(8),
+            layers.Dense(4, activation="softmax"),
+        ]
+    )
+
+
+@_seeded
+def masked_aligned() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.Masking(0.0),
+            layers.Dense(5),
+            layers.LSTM(8, return_sequences=True),
+            layers.Dense(2),
+        ]
+    )
+
+
+@_seeded
+def masked_many_to_one() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.Masking(0.0),
+            layers.GRU(8, return_sequences=True),
+            layers.LSTM(4),
+            layers.Dense(2),
+        ]
+    )
+
+
+@_seeded
+def encoder_decoder() -> keras.Model:
+    """LSTM encoder -> RepeatVector -> LSTM decoder, plus a last-input-value skip."""
+    inp = keras.Input((ENC_LEN, 1))
+    x = layers.LSTM(8)(inp)
+    x = layers.RepeatVector(HORIZON)(x)
+    x = layers.LSTM(8, return_sequences=True)(x)
+    x = layers.TimeDistributed(layers.Dense(1))(x)
+    last = layers.Cropping1D((ENC_LEN - 1, 0))(inp)
+    last = layers.RepeatVector(HORIZON)(layers.Reshape((1,))(last))
+    return keras.Model(inp, layers.Add()([x, last]))
+
+
+@_seeded
+def encoder_decoder_dynamic() -> keras.Model:
+    inp = keras.Input((None, FEATURES))
+    x = layers.GRU(8)(inp)
+    x = layers.RepeatVector(HORIZON)(x)
+    x = layers.LSTM(8, return_sequences=True)(x)
+    return keras.Model(inp, layers.Dense(1)(x))
+
+
+@_seeded
+def cropped_tail() -> keras.Model:
+    inp = keras.Input((ENC_LEN, FEATURES))
+    x = layers.LSTM(8, return_sequences=True)(inp)
+    x = layers.Cropping1D((ENC_LEN - HORIZON, 0))(x)
+    return keras.Model(inp, layers.Dense(2)(x))
+
+
+@_seeded
+def bidirectional() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.Bidirectional(layers.LSTM(4, return_sequences=True)),
+            layers.Dense(2),
+        ]
+    )
+
+
+@_seeded
+def bidirectional_many_to_one() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.Bidirectional(layers.GRU(4)),
+            layers.Dense(2, activation="softmax"),
+        ]
+    )
+
+
+@_seeded
+def pooled_many_to_one() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.LSTM(8, return_sequences=True),
+            layers.GlobalAveragePooling1D(),
+            layers.Dense(2),
+        ]
+    )
+
+
+@_seeded
+def dense_one_to_one() -> keras.Model:
+    return keras.Sequential([keras.Input((4,)), layers.Dense(2)])
+
+
+ZOO: dict[str, tuple[Builder, str, int | None]] = {
+    "lstm_aligned": (lstm_aligned, "many_to_many_aligned", None),
+    "gru_aligned": (gru_aligned, "many_to_many_aligned", None),
+    "simple_rnn_aligned": (simple_rnn_aligned, "many_to_many_aligned", None),
+    "stacked_lstm": (stacked_lstm, "many_to_many_aligned", None),
+    "diff_forecaster": (diff_forecaster, "many_to_many_aligned", None),
+    "many_to_one": (many_to_one, "many_to_one", None),
+    "masked_aligned": (masked_aligned, "many_to_many_aligned", None),
+    "masked_many_to_one": (masked_many_to_one, "many_to_one", None),
+    "encoder_decoder": (encoder_decoder, "many_to_many_unaligned", ENC_LEN),
+    "encoder_decoder_dynamic": (encoder_decoder_dynamic, "many_to_many_unaligned", None),
+    "cropped_tail": (cropped_tail, "many_to_many_unaligned", ENC_LEN),
+    "bidirectional": (bidirectional, "many_to_many_aligned", None),
+    "bidirectional_many_to_one": (bidirectional_many_to_one, "many_to_one", None),
+    "pooled_many_to_one": (pooled_many_to_one, "many_to_one", None),
+}
