@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8500
 METRICS_PORT ?= 8502
 
-.PHONY: venv serve test lint proto models bench clean
+.PHONY: venv serve test test-tools lint proto models bench clean
 
 venv: $(STAMP)
 
@@ -20,7 +20,12 @@ $(STAMP): client/pyproject.toml server/pyproject.toml
 serve: $(STAMP)
 	$(BIN)/seqserve serve --model-repository models --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
-test: $(STAMP)
+# Servers the tests start themselves: Debian's Prometheus (and its promtool).
+test-tools:
+	@command -v promtool >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+test: $(STAMP) test-tools
 	$(BIN)/ruff check .
 	$(BIN)/python protos/generate.py --check
 	$(BIN)/pytest -m 'not slow'

@@ -12,11 +12,10 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-
-from keras import layers  # noqa: E402
+import keras
+import numpy as np
+import yaml
+from keras import layers
 
 FEATURES = 3
 Builder = Callable[[], keras.Model]

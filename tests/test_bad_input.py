@@ -49,7 +49,7 @@ CASES = {
 
 
 @pytest.fixture
-def valid_caller(server) -> Iterator[dict[str, int]]:  # noqa: ANN001
+def valid_caller(server) -> Iterator[dict[str, int]]:
     """A caller that keeps sending valid requests for as long as the test runs."""
     counts = {"ok": 0, "failed": 0}
     stop = threading.Event()
@@ -73,7 +73,7 @@ def valid_caller(server) -> Iterator[dict[str, int]]:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input(client: SeqServeClient, valid_caller, case: str) -> None:  # noqa: ANN001
+def test_bad_input(client: SeqServeClient, valid_caller, case: str) -> None:
     model, inputs, code, field, words = CASES[case]
     with pytest.raises(SeqServeError) as caught:
         client.predict(model, inputs)
@@ -99,14 +99,13 @@ def test_top_k_without_labels(client: SeqServeClient) -> None:
     assert caught.value.code == INVALID and caught.value.field == "top_k"
 
 
-def raw_call(server, request: pb.PredictRequest) -> grpc.RpcError:  # noqa: ANN001
-    with grpc.insecure_channel(server.target) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            pb_grpc.SeqServeStub(channel).Predict(request, timeout=30)
+def raw_call(server, request: pb.PredictRequest) -> grpc.RpcError:
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as caught:
+        pb_grpc.SeqServeStub(channel).Predict(request, timeout=30)
     return caught.value
 
 
-def test_malformed_tensors(server, valid_caller) -> None:  # noqa: ANN001
+def test_malformed_tensors(server, valid_caller) -> None:
     short = to_tensor(np.ones((2, 4), np.float32))
     short.raw = short.raw[:-4]
     cases = {
@@ -122,15 +121,13 @@ def test_malformed_tensors(server, valid_caller) -> None:  # noqa: ANN001
         assert error.code() == INVALID, field
         assert error.details().startswith(field)
         status = rpc_status.from_call(error)
-        violations = [
-            d for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR)
-        ]
+        violations = [d for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR)]
         request = error_details_pb2.BadRequest()
         violations[0].Unpack(request)
         assert request.field_violations[0].field == field
 
 
-def test_message_over_size_limit(client: SeqServeClient, valid_caller) -> None:  # noqa: ANN001
+def test_message_over_size_limit(client: SeqServeClient, valid_caller) -> None:
     big = np.ones((1, 5 * 1024 * 1024 // (4 * FEATURES), FEATURES), np.float32)  # 5 MiB > 4 MiB
     with pytest.raises(SeqServeError) as caught:
         client.predict("aligned", big)
@@ -143,7 +140,7 @@ def test_stream_reports_errors_too(client: SeqServeClient) -> None:
     assert caught.value.code == INVALID and caught.value.field == "inputs.lengths[0]"
 
 
-def test_server_survives_bad_input(client: SeqServeClient, server) -> None:  # noqa: ANN001
+def test_server_survives_bad_input(client: SeqServeClient, server) -> None:
     for _ in range(20):
         with pytest.raises(SeqServeError):
             client.predict("classifier", nan_batch())

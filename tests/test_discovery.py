@@ -16,7 +16,7 @@ from seqserve_client import SeqServeClient
 from tests.fixture_models import GOOD_MODELS
 
 
-def test_health_overall_service_and_per_model(client: SeqServeClient, server) -> None:  # noqa: ANN001
+def test_health_overall_service_and_per_model(client: SeqServeClient, server) -> None:
     assert client.health()
     assert client.health("seqserve.v1.SeqServe")
     for name in GOOD_MODELS:
@@ -33,7 +33,7 @@ def test_health_overall_service_and_per_model(client: SeqServeClient, server) ->
             raise AssertionError("unknown service must be NOT_FOUND")
 
 
-def test_reflection_lists_and_describes_the_api(server) -> None:  # noqa: ANN001
+def test_reflection_lists_and_describes_the_api(server) -> None:
     with grpc.insecure_channel(server.target) as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
         services = set(database.get_services())
@@ -52,9 +52,10 @@ def test_list_models_reports_failures_with_reasons(client: SeqServeClient) -> No
     assert listed[("unsafe", 1)].state == "failed"
     assert "safe_mode" in listed[("unsafe", 1)].error
     assert listed[("corrupt", 1)].state == "failed"
-    assert "contradict" in listed[("wrong_mode", 1)].error or "states mode" in listed[
-        ("wrong_mode", 1)
-    ].error
+    assert (
+        "contradict" in listed[("wrong_mode", 1)].error
+        or "states mode" in listed[("wrong_mode", 1)].error
+    )
 
 
 def test_metadata(client: SeqServeClient) -> None:

@@ -11,7 +11,7 @@ from tests.fixture_models import FEATURES, random_sequences
 TOLERANCE = 1e-5
 
 
-def in_process(model, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
+def in_process(model, x: np.ndarray) -> np.ndarray:
     return model(x, training=False).numpy()
 
 
@@ -20,16 +20,17 @@ def vectors(rng: np.random.Generator, n: int, width: int = 4) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["iris_like", "generator"])
-def test_vector_input_modes(client: SeqServeClient, reference, name: str) -> None:  # noqa: ANN001
+def test_vector_input_modes(client: SeqServeClient, reference, name: str) -> None:
     x = vectors(np.random.default_rng(1), 5)
     served = client.predict(name, x)
     np.testing.assert_allclose(served, in_process(reference(name), x), atol=TOLERANCE)
 
 
 @pytest.mark.parametrize(
-    "name", ["classifier", "aligned", "enc_dec", "gru", "simple_rnn", "stacked_bi", "conv", "masked"]
+    "name",
+    ["classifier", "aligned", "enc_dec", "gru", "simple_rnn", "stacked_bi", "conv", "masked"],
 )
-def test_sequence_modes_with_variable_lengths(client: SeqServeClient, reference, name: str) -> None:  # noqa: ANN001
+def test_sequence_modes_with_variable_lengths(client: SeqServeClient, reference, name: str) -> None:
     lengths = [7, 3, 7, 12, 1]
     inputs = random_sequences(np.random.default_rng(2), lengths)
     served = client.predict(name, inputs)
@@ -46,7 +47,7 @@ def test_aligned_outputs_keep_each_length(client: SeqServeClient) -> None:
     assert [len(o) for o in outputs] == [4, 9]
 
 
-def test_dense_batch_and_fixed_length(client: SeqServeClient, reference) -> None:  # noqa: ANN001
+def test_dense_batch_and_fixed_length(client: SeqServeClient, reference) -> None:
     x = np.random.default_rng(4).normal(size=(6, 10, FEATURES)).astype(np.float32)
     served = client.predict("cropped", x)
     assert served.shape == (6, 4, 1)
@@ -57,7 +58,7 @@ def test_dense_batch_and_fixed_length(client: SeqServeClient, reference) -> None
     )
 
 
-def test_versions(client: SeqServeClient, reference) -> None:  # noqa: ANN001
+def test_versions(client: SeqServeClient, reference) -> None:
     x = random_sequences(np.random.default_rng(5), [5])
     newest = client.predict_full("aligned", x)
     assert newest.version == 2
@@ -71,7 +72,7 @@ def test_versions(client: SeqServeClient, reference) -> None:  # noqa: ANN001
     )
 
 
-def test_top_k_labels(client: SeqServeClient, reference) -> None:  # noqa: ANN001
+def test_top_k_labels(client: SeqServeClient, reference) -> None:
     x = random_sequences(np.random.default_rng(6), [5, 8])
     ranked = client.classify("classifier", x, top_k=2)
     labels = ["w", "x", "y", "z"]
@@ -82,7 +83,7 @@ def test_top_k_labels(client: SeqServeClient, reference) -> None:  # noqa: ANN00
         np.testing.assert_allclose([p[1] for p in pairs], probs[best], atol=TOLERANCE)
 
 
-def test_packed_floats_for_callers_without_numpy(server, reference) -> None:  # noqa: ANN001
+def test_packed_floats_for_callers_without_numpy(server, reference) -> None:
     import grpc
 
     from seqserve.v1 import seqserve_pb2 as pb

@@ -38,7 +38,9 @@ def test_infer_mode(inp: tuple, out: tuple, mode: Mode) -> None:
 
 
 def test_stated_mode_must_fit_the_shapes() -> None:
-    assert resolve_mode(Mode.MANY_TO_MANY_UNALIGNED, (10, 1), (10, 1)) is Mode.MANY_TO_MANY_UNALIGNED
+    assert (
+        resolve_mode(Mode.MANY_TO_MANY_UNALIGNED, (10, 1), (10, 1)) is Mode.MANY_TO_MANY_UNALIGNED
+    )
     with pytest.raises(ModelLoadError, match="states mode many_to_one"):
         resolve_mode(Mode.MANY_TO_ONE, (None, 3), (None, 2))
     with pytest.raises(ModelLoadError, match="unsupported shapes"):

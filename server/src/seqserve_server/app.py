@@ -32,9 +32,9 @@ class App:
         self.settings = settings
         configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
         self.executor = ThreadPoolExecutor(settings.compute_threads, thread_name_prefix="compute")
-        self.repository = ModelRepository(settings.model_repository)
-        self.inference = InferenceService(self.repository, self.executor)
         self.metrics = ServerMetrics()
+        self.repository = ModelRepository(settings.model_repository, observer=self.metrics)
+        self.inference = InferenceService(self.repository, self.executor, self.metrics)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[
@@ -47,7 +47,9 @@ class App:
         self.metrics_port = 0
 
     async def start(self) -> None:
-        pb_grpc.add_SeqServeServicer_to_server(SeqServeServicer(self.inference), self.server)
+        pb_grpc.add_SeqServeServicer_to_server(
+            SeqServeServicer(self.inference, self.metrics), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

@@ -1,48 +1,102 @@
-"""Prometheus collectors. Transports and the core report through `ServerMetrics` only."""
+"""Prometheus collectors, following its naming conventions (base units, `_total`, `_seconds`).
+
+The core reports through `core.observer` interfaces and the transports through `observe_rpc`;
+nothing else touches prometheus_client.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-
-# Sub-millisecond resolution: a compiled LSTM answers in well under a millisecond.
-LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    start_http_server,
 )
+
+from .core.observer import ModelObserver
+
+# A compiled LSTM answers in well under a millisecond: resolve 50 µs .. 10 s.
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+UNKNOWN_MODEL = "_unknown"  # callers' misspelt names must not create series without bound
 
 
 class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        r = self.registry
         self.requests = Counter(
-            "seqserve_requests",
-            "Requests handled, by model, version, RPC and status code.",
-            ["model", "version", "rpc", "code"],
-            registry=self.registry,
-        )
+            "seqserve_requests", "RPCs handled, by model, version, RPC and status code.",
+            ["model", "version", "rpc", "code"], registry=r,
+        )  # fmt: skip
         self.request_seconds = Histogram(
-            "seqserve_request_duration_seconds",
-            "Time from receiving a request to sending its response.",
-            ["model", "rpc"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            "seqserve_request_duration_seconds", "Time from receiving an RPC to its end.",
+            ["model", "rpc"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.first_output_seconds = Histogram(
+            "seqserve_time_to_first_output_seconds",
+            "Time from receiving a streaming RPC to sending its first output.",
+            ["model", "rpc"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inflight = Gauge(
+            "seqserve_inflight_requests", "RPCs being handled.", ["model"], registry=r
         )
+        self.queue_wait_seconds = Histogram(
+            "seqserve_queue_wait_seconds", "Time inputs wait in a model's batching queue.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.compute_seconds = Histogram(
+            "seqserve_compute_seconds", "Time of one batched model computation.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "seqserve_batch_size", "Inputs per executed computation.",
+            ["model"], buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "seqserve_queue_depth", "Inputs waiting in a model's batching queue.", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.open_sessions = Gauge(
+            "seqserve_open_sessions", "Open streaming sessions.", ["model"], registry=r
+        )
+        self.session_steps = Counter(
+            "seqserve_session_steps", "Sequence steps processed in sessions.", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.model_state = Enum(
+            "seqserve_model_state", "Load state of each model version.", ["model", "version"],
+            states=["loading", "ready", "failed"], registry=r,
+        )  # fmt: skip
+        self.model_load_seconds = Gauge(
+            "seqserve_model_load_seconds", "Time taken to load, compile and warm up a model.",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
 
-    def observe_request(
-        self, model: str, version: str, rpc: str, code: str, seconds: float
-    ) -> None:
+    # -- core observer -------------------------------------------------------------------
+
+    def model_loaded(self, model: str, version: int, state: str, seconds: float) -> None:
+        self.model_state.labels(model, str(version)).state(state)
+        self.model_load_seconds.labels(model, str(version)).set(seconds)
+
+    def for_model(self, model: str) -> ModelObserver:
+        return _ModelMetrics(self, model)
+
+    # -- transport -----------------------------------------------------------------------
+
+    def rpc_started(self, model: str) -> None:
+        self.inflight.labels(model).inc()
+
+    def rpc_first_output(self, model: str, rpc: str, seconds: float) -> None:
+        self.first_output_seconds.labels(model, rpc).observe(seconds)
+
+    def rpc_finished(self, model: str, version: str, rpc: str, code: str, seconds: float) -> None:
+        self.inflight.labels(model).dec()
         self.requests.labels(model, version, rpc, code).inc()
         self.request_seconds.labels(model, rpc).observe(seconds)
 
@@ -50,3 +104,31 @@ class ServerMetrics:
         """Expose /metrics over HTTP; returns the bound port."""
         server, _ = start_http_server(port, addr=host, registry=self.registry)
         return server.server_port
+
+
+class _ModelMetrics:
+    """The collectors' children for one model, resolved once (labels() costs a lock and a dict)."""
+
+    def __init__(self, metrics: ServerMetrics, model: str) -> None:
+        self._batch = metrics.batch_size.labels(model)
+        self._compute = metrics.compute_seconds.labels(model)
+        self._wait = metrics.queue_wait_seconds.labels(model)
+        self._depth = metrics.queue_depth.labels(model)
+        self._sessions = metrics.open_sessions.labels(model)
+        self._steps = metrics.session_steps.labels(model)
+
+    def batch_executed(self, size: int, compute_seconds: float) -> None:
+        self._batch.observe(size)
+        self._compute.observe(compute_seconds)
+
+    def queue_wait(self, seconds: float) -> None:
+        self._wait.observe(seconds)
+
+    def queue_depth(self, n: int) -> None:
+        self._depth.set(n)
+
+    def sessions_open(self, n: int) -> None:
+        self._sessions.set(n)
+
+    def session_steps(self, n: int) -> None:
+        self._steps.inc(n)

@@ -6,6 +6,7 @@ Computation runs on a worker thread pool (TensorFlow releases the GIL), never on
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from .batch import Batch
 from .classification import TopK, top_k
 from .errors import InvalidInput
 from .modes import Mode
+from .observer import ModelObserver, NullObserver, Observer
 from .repository import ModelRepository, ModelVersion
 from .runtime import ModelRuntime
 
@@ -41,9 +43,21 @@ class PredictionPart:
 
 
 class InferenceService:
-    def __init__(self, repository: ModelRepository, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        executor: ThreadPoolExecutor,
+        observer: Observer | None = None,
+    ) -> None:
         self.repository = repository
         self._executor = executor
+        self._observer = observer or NullObserver()
+        self._model_observers: dict[str, ModelObserver] = {}
+
+    def observer_for(self, model: str) -> ModelObserver:
+        if model not in self._model_observers:
+            self._model_observers[model] = self._observer.for_model(model)
+        return self._model_observers[model]
 
     def resolve(self, model: str, version: int = 0) -> ModelVersion:
         return self.repository.resolve(model, version)
@@ -73,7 +87,15 @@ class InferenceService:
 
     async def _run(self, target: ModelVersion, batch: Batch) -> Batch:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _runtime(target).run, batch)
+        runtime, observer = _runtime(target), self.observer_for(target.name)
+
+        def run() -> Batch:
+            start = time.perf_counter()
+            outputs = runtime.run(batch)
+            observer.batch_executed(batch.size, time.perf_counter() - start)
+            return outputs
+
+        return await loop.run_in_executor(self._executor, run)
 
 
 def _runtime(target: ModelVersion) -> ModelRuntime:

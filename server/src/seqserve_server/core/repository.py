@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import ModelLoadError, ModelNotFound, ModelNotReady
 from .model_config import ModelConfig, find_config, read_config
+from .observer import NullObserver, Observer
 from .runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,12 @@ def load_runtime(entry: ModelVersion) -> ModelRuntime:
 
 
 class ModelRepository:
-    def __init__(self, root: Path, loader: Loader = load_runtime) -> None:
+    def __init__(
+        self, root: Path, loader: Loader = load_runtime, observer: Observer | None = None
+    ) -> None:
         self.root = root
         self._loader = loader
+        self._observer = observer or NullObserver()
         self._models: dict[str, ModelEntry] = {}
 
     def scan(self) -> None:
@@ -82,6 +86,8 @@ class ModelRepository:
             for version in entry.versions.values():
                 if version.state is ModelState.LOADING:
                     self._load(version)
+                else:  # its config was invalid
+                    self._observer.model_loaded(version.name, version.version, "failed", 0.0)
 
     def _load(self, version: ModelVersion) -> None:
         start = time.perf_counter()
@@ -90,9 +96,14 @@ class ModelRepository:
         except ModelLoadError as exc:
             version.state, version.error = ModelState.FAILED, str(exc)
             log.error("model %s version %d failed to load: %s", version.name, version.version, exc)
-            return
+        else:
+            version.state = ModelState.READY
         version.load_seconds = time.perf_counter() - start
-        version.state = ModelState.READY
+        self._observer.model_loaded(
+            version.name, version.version, version.state.value, version.load_seconds
+        )
+        if version.runtime is None:
+            return
         log.info(
             "model %s version %d ready (%s) in %.2fs",
             version.name,
@@ -102,6 +113,9 @@ class ModelRepository:
         )
 
     # -- queries -------------------------------------------------------------------------
+
+    def has(self, name: str) -> bool:
+        return name in self._models
 
     def entries(self) -> list[ModelEntry]:
         return list(self._models.values())

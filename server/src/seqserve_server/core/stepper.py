@@ -354,10 +354,9 @@ class _Recurrent(_SeqOp):
         """
         xs = tf.transpose(x, [1, 0, *range(2, len(x.shape))])
         ms = None if mask is None else tf.transpose(tf.cast(mask, tf.bool))
-        k = tf.shape(xs)[0]
         zero_masked = bool(layer.zero_output_for_mask)
 
-        def body(i: tf.Tensor, out_prev: tf.Tensor, flat: tuple, ta: tf.TensorArray) -> tuple:
+        def cell_step(i: Any, out_prev: tf.Tensor, flat: Sequence) -> tuple[tf.Tensor, list]:
             packed = tree.pack_sequence_as(self._struct, list(flat))
             out, new = layer.cell(xs[i], packed, **self._cell_kwargs)
             new_flat = tree.flatten(new)
@@ -365,8 +364,17 @@ class _Recurrent(_SeqOp):
                 m = ms[i][:, None]
                 new_flat = [tf.where(m, n, o) for n, o in zip(new_flat, flat, strict=True)]
                 out = tf.where(m, out, tf.zeros_like(out) if zero_masked else out_prev)
+            return out, new_flat
+
+        if x.shape[1] == 1:  # the k=1 specialisation: no loop machinery at all
+            out, final = cell_step(0, prev_out, states)
+            return out[:, None], out, final
+
+        def body(i: tf.Tensor, out_prev: tf.Tensor, flat: tuple, ta: tf.TensorArray) -> tuple:
+            out, new_flat = cell_step(i, out_prev, flat)
             return i + 1, out, tuple(new_flat), ta.write(i, out)
 
+        k = tf.shape(xs)[0]
         ta = tf.TensorArray(tf.float32, size=k, element_shape=prev_out.shape)
         _, last, final, ta = tf.while_loop(
             lambda i, *_: i < k, body, (tf.constant(0), prev_out, tuple(states), ta)
@@ -531,6 +539,11 @@ def _state_spec(example: State) -> dict[str, tf.TensorSpec]:
     }
 
 
+def _concrete(fn: Callable, spec: dict, x_shape: list[int | None]) -> Any:
+    x_spec = tf.TensorSpec(x_shape, tf.float32)
+    return tf.function(fn, input_signature=[spec, x_spec]).get_concrete_function()
+
+
 def _to_numpy(tensors: dict[str, tf.Tensor]) -> State:
     return {k: v.numpy() for k, v in tensors.items()}
 
@@ -589,12 +602,13 @@ class IncrementalProgram(_ProgramBase):
             init.update(op.initial())
         self._init = init
         spec = _state_spec(init)
-        x_spec = tf.TensorSpec([None, None, n_features], tf.float32)
-        self._step_fn = tf.function(self._step_graph, input_signature=[spec, x_spec])
-        self._finish_fn = tf.function(self._static_graph, input_signature=[spec])
-        self._step_fn.get_concrete_function()
-        self._finish_fn.get_concrete_function()
-        self.step(self.initial_state(1), np.zeros((1, 1, n_features), np.float32))  # warm up
+        # Two traces: any k (while_loop over steps) and k=1 (straight-line, the common case).
+        # Concrete functions are called directly: cheaper than tf.function dispatch.
+        self._step_any = _concrete(self._step_graph, spec, [None, None, n_features])
+        self._step_one = _concrete(self._step_graph, spec, [None, 1, n_features])
+        self._finish_fn = tf.function(self._static_graph).get_concrete_function(spec)
+        for k in (1, 2):  # warm up both traces
+            self.step(self.initial_state(1), np.zeros((1, k, n_features), np.float32))
 
     def initial_state(self, batch: int = 1) -> State:
         return _tile(self._init, batch)
@@ -632,7 +646,8 @@ class IncrementalProgram(_ProgramBase):
         x = _check_chunk(x, state, self.n_features)
         if x.shape[1] == 0:
             return state, self._no_new_steps(state)
-        new_state, y = self._step_fn(state, x)
+        step_fn = self._step_one if x.shape[1] == 1 else self._step_any
+        new_state, y = step_fn(state, x)
         return _to_numpy(new_state), y.numpy()
 
     def _no_new_steps(self, state: State) -> np.ndarray:
@@ -667,8 +682,8 @@ class RecomputeProgram(_ProgramBase):
         length = inp.shape[1]
         self.fixed_length = None if length is None else int(length)
         spec = tf.TensorSpec([None, length, self.n_features], tf.float32)
-        self._run = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), [spec])
-        self._run.get_concrete_function()
+        run = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), [spec])
+        self._run = run.get_concrete_function()
         warm = self.fixed_length or 1
         self._run(np.zeros((1, warm, self.n_features), np.float32))
 

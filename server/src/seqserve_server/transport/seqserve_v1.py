@@ -12,16 +12,23 @@ from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from ..core.errors import ModelNotFound
 from ..core.inference import InferenceService
 from ..core.repository import ModelEntry, ModelVersion
+from ..metrics import ServerMetrics
 from . import v1_messages as msg
+from .instrumentation import observed
 from .status import grpc_errors
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeqServe"].full_name
 
 
 class SeqServeServicer(pb_grpc.SeqServeServicer):
-    def __init__(self, inference: InferenceService) -> None:
+    def __init__(self, inference: InferenceService, metrics: ServerMetrics) -> None:
         self.inference = inference
+        self.metrics = metrics
 
+    def known_model(self, name: str) -> bool:
+        return self.inference.repository.has(name)
+
+    @observed
     @grpc_errors
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
@@ -32,6 +39,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         )
         return msg.prediction_to_proto(prediction)
 
+    @observed
     @grpc_errors
     async def PredictStream(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext

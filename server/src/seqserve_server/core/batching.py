@@ -1,0 +1,288 @@
+"""The per-model dynamic batcher: concurrent requests' sequences merge into one compute call.
+
+Transport-free (numpy in, numpy out). One `DynamicBatcher` per served model version sits between
+the inference service and `ModelRuntime.compute`:
+
+- **Exact.** Only items of the same shape (vectors; sequences of the same length) share a compute
+  call, so nothing is padded or masked and a batched result equals the unbatched one (to float
+  rounding of the batched matmul, well within 1e-5).
+- **Natural batching, no latency penalty.** Work is dispatched at once while fewer than
+  `max_in_flight` computations run; items queue only while the model is busy, and everything that
+  queued meanwhile (up to `max_batch_size` of one shape) goes out together when a computation
+  ends. A lone request at low load therefore goes straight to compute. The `max_queue_delay_s`
+  timer applies only when a computation is in flight *and* a further one may start
+  (`max_in_flight > 1`): the second slot then waits for a full batch or that delay, whichever
+  comes first, instead of splitting the queue into small batches.
+- **Deadlines and cancellation.** Work whose deadline (`time.monotonic()` seconds) has passed is
+  dropped before compute with `DeadlineExpired`; a cancelled `submit` takes its queued items out
+  of the queue; past `max_queue_size` queued items `submit` fails fast with `Overloaded`.
+
+The event loop only does bookkeeping; stacking, the compute call and splitting run on the
+executor (TensorFlow releases the GIL while it computes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Protocol
+
+import numpy as np
+
+from .errors import DeadlineExpired, Overloaded
+
+Compute = Callable[[np.ndarray], np.ndarray]
+
+
+class BatchMetrics(Protocol):
+    """What the batcher reports (`core.observer.ModelObserver` satisfies it)."""
+
+    def batch_executed(self, size: int, compute_seconds: float) -> None: ...
+    def queue_wait(self, seconds: float) -> None: ...
+    def queue_depth(self, n: int) -> None: ...
+
+
+class _NoMetrics:
+    def batch_executed(self, size: int, compute_seconds: float) -> None:
+        pass
+
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+    def queue_depth(self, n: int) -> None:
+        pass
+
+
+class _Request:
+    """One `submit` call: its items' results, and the future its caller awaits."""
+
+    __slots__ = ("deadline", "future", "queued", "remaining", "results")
+
+    def __init__(self, n: int, deadline: float | None, future: asyncio.Future) -> None:
+        self.results: list[np.ndarray | None] = [None] * n
+        self.remaining = n
+        self.queued = n  # items of this request still in the queue
+        self.deadline = deadline
+        self.future = future
+
+
+class _Slot:
+    """One queued item: which request and position it belongs to, and when it was queued."""
+
+    __slots__ = ("index", "item", "queued_at", "request")
+
+    def __init__(self, request: _Request, index: int, item: np.ndarray, queued_at: float) -> None:
+        self.request = request
+        self.index = index
+        self.item = item
+        self.queued_at = queued_at
+
+
+class DynamicBatcher:
+    """Merge same-shape items of concurrent `submit` calls into `compute` calls (see module doc)."""
+
+    def __init__(
+        self,
+        compute: Compute,
+        executor: Executor | None,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        metrics_hook: BatchMetrics | None = None,
+        *,
+        name: str = "model",
+        max_in_flight: int = 1,
+    ) -> None:
+        if max_batch_size < 1 or max_queue_size < 1 or max_in_flight < 1:
+            raise ValueError("max_batch_size, max_queue_size and max_in_flight must be >= 1")
+        if max_queue_delay_s < 0:
+            raise ValueError("max_queue_delay_s must be >= 0")
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self.max_in_flight = max_in_flight
+        self._compute = compute
+        self._executor = executor
+        self._metrics: BatchMetrics = metrics_hook or _NoMetrics()
+        # shape -> queued slots, oldest first; the dict keeps groups in order of first arrival
+        self._groups: OrderedDict[tuple[int, ...], deque[_Slot]] = OrderedDict()
+        self._depth = 0
+        self._in_flight = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    # -- public --------------------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Items waiting (not yet handed to compute)."""
+        return self._depth
+
+    @property
+    def in_flight(self) -> int:
+        """Compute calls running now."""
+        return self._in_flight
+
+    async def submit(self, items: list[np.ndarray], deadline: float | None) -> list[np.ndarray]:
+        """Compute one request's validated items; their outputs in the same order.
+
+        `deadline` is an absolute `time.monotonic()` time (None: no deadline). Raises
+        `Overloaded` when the queue cannot take the items, `DeadlineExpired` when the deadline
+        passes before they are computed; cancelling the call takes its items out of the queue.
+        """
+        if self._closed:
+            raise Overloaded(f"model {self.name} is shutting down")
+        if not items:
+            return []
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExpired(f"the deadline passed before model {self.name} could run")
+        if self._depth and self._depth + len(items) > self.max_queue_size:
+            # A request larger than the whole queue is still taken when the queue is empty.
+            raise Overloaded(f"queue of model {self.name} is full ({self._depth} waiting)")
+        loop = asyncio.get_running_loop()
+        request = _Request(len(items), deadline, loop.create_future())
+        now = time.perf_counter()
+        groups = self._groups
+        for index, item in enumerate(items):
+            key = item.shape
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = deque()
+            group.append(_Slot(request, index, item, now))
+        self._depth += len(items)
+        self._metrics.queue_depth(self._depth)
+        self._dispatch()
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            self._withdraw(request)
+            raise
+
+    def close(self) -> None:
+        """Refuse new work and fail what is queued with `Overloaded`; running computes finish."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for group in self._groups.values():
+            for slot in group:
+                _fail(slot.request, Overloaded(f"model {self.name} is shutting down"))
+        self._groups.clear()
+        self._depth = 0
+        self._metrics.queue_depth(0)
+
+    # -- queue ---------------------------------------------------------------------------------
+
+    def _withdraw(self, request: _Request) -> None:
+        """Take a finished or cancelled request's remaining items out of the queue."""
+        if not request.queued:
+            return
+        for key in list(self._groups):
+            group = self._groups[key]
+            kept = deque(s for s in group if s.request is not request)
+            removed = len(group) - len(kept)
+            if removed:
+                self._depth -= removed
+                request.queued -= removed
+                if kept:
+                    self._groups[key] = kept
+                else:
+                    del self._groups[key]
+            if not request.queued:
+                break
+        self._metrics.queue_depth(self._depth)
+
+    def _dispatch(self) -> None:
+        """Start computations while there are free slots and work worth starting."""
+        while self._groups and self._in_flight < self.max_in_flight:
+            key, group = next(iter(self._groups.items()))  # the shape waiting longest
+            if self._in_flight and len(group) < self.max_batch_size:
+                # Busy: a second computation starts for a full batch or an old enough one.
+                waited = time.perf_counter() - group[0].queued_at
+                if waited < self.max_queue_delay_s:
+                    self._arm_timer(self.max_queue_delay_s - waited)
+                    return
+            self._start(key, group)
+
+    def _arm_timer(self, delay: float) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _start(self, key: tuple[int, ...], group: deque[_Slot]) -> None:
+        take = min(len(group), self.max_batch_size)
+        slots = [group.popleft() for _ in range(take)]
+        if not group:
+            del self._groups[key]
+        self._depth -= take
+        now_mono = time.monotonic()
+        now = time.perf_counter()
+        live: list[_Slot] = []
+        for slot in slots:
+            request = slot.request
+            request.queued -= 1
+            if request.future.done():
+                continue  # failed earlier (e.g. another item's deadline)
+            if request.deadline is not None and request.deadline <= now_mono:
+                why = f"the deadline passed while model {self.name} was busy"
+                _fail(request, DeadlineExpired(why))
+                self._withdraw(request)
+                continue
+            self._metrics.queue_wait(now - slot.queued_at)
+            live.append(slot)
+        self._metrics.queue_depth(self._depth)
+        if not live:
+            return
+        self._in_flight += 1
+        loop = asyncio.get_running_loop()
+        items = [s.item for s in live]
+        future = loop.run_in_executor(self._executor, self._compute_batch, items)
+        future.add_done_callback(lambda f: self._finish(live, f))
+
+    def _compute_batch(self, items: list[np.ndarray]) -> np.ndarray:
+        """On the executor: stack, compute, time it."""
+        values = items[0][np.newaxis] if len(items) == 1 else np.stack(items)
+        start = time.perf_counter()
+        outputs = self._compute(values)
+        self._metrics.batch_executed(len(items), time.perf_counter() - start)
+        if len(outputs) != len(items):
+            raise RuntimeError(f"compute returned {len(outputs)} outputs for {len(items)} inputs")
+        return outputs
+
+    def _finish(self, slots: list[_Slot], future: asyncio.Future) -> None:
+        self._in_flight -= 1
+        if future.cancelled():  # the executor shut down with the work still queued on it
+            error: BaseException | None = Overloaded(f"model {self.name} is shutting down")
+        else:
+            error = future.exception()
+        if error is not None:
+            for slot in slots:
+                if _fail(slot.request, error):
+                    self._withdraw(slot.request)
+        else:
+            outputs = future.result()
+            for slot, output in zip(slots, outputs, strict=True):
+                request = slot.request
+                if request.future.done():
+                    continue
+                request.results[slot.index] = output
+                request.remaining -= 1
+                if not request.remaining:
+                    request.future.set_result(request.results)
+        if not self._closed:
+            self._dispatch()
+
+
+def _fail(request: _Request, error: BaseException) -> bool:
+    """Fail a request's future once; False when it was already done."""
+    if request.future.done():
+        return False
+    request.future.set_exception(error)
+    return True

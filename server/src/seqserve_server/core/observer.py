@@ -1,0 +1,45 @@
+"""How the core reports what it does, without knowing who listens (Prometheus, tests, nothing)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ModelObserver(Protocol):
+    """Events of one model's batcher and sessions."""
+
+    def batch_executed(self, size: int, compute_seconds: float) -> None: ...
+    def queue_wait(self, seconds: float) -> None: ...
+    def queue_depth(self, n: int) -> None: ...
+    def sessions_open(self, n: int) -> None: ...
+    def session_steps(self, n: int) -> None: ...
+
+
+class Observer(Protocol):
+    def model_loaded(self, model: str, version: int, state: str, seconds: float) -> None: ...
+    def for_model(self, model: str) -> ModelObserver: ...
+
+
+class NullModelObserver:
+    def batch_executed(self, size: int, compute_seconds: float) -> None:
+        pass
+
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+    def queue_depth(self, n: int) -> None:
+        pass
+
+    def sessions_open(self, n: int) -> None:
+        pass
+
+    def session_steps(self, n: int) -> None:
+        pass
+
+
+class NullObserver:
+    def model_loaded(self, model: str, version: int, state: str, seconds: float) -> None:
+        pass
+
+    def for_model(self, model: str) -> ModelObserver:
+        return NullModelObserver()
