@@ -153,6 +153,13 @@ def cropped_tail() -> keras.Model:
 
 
 @_seeded
+def flatten_many_to_one() -> keras.Model:
+    inp = keras.Input((ENC_LEN, FEATURES))
+    x = layers.GRU(4, return_sequences=True)(inp)
+    return keras.Model(inp, layers.Dense(2)(layers.Flatten()(x)))
+
+
+@_seeded
 def bidirectional() -> keras.Model:
     return keras.Sequential(
         [
@@ -203,6 +210,7 @@ ZOO: dict[str, tuple[Builder, str, int | None]] = {
     "encoder_decoder": (encoder_decoder, "many_to_many_unaligned", ENC_LEN),
     "encoder_decoder_dynamic": (encoder_decoder_dynamic, "many_to_many_unaligned", None),
     "cropped_tail": (cropped_tail, "many_to_many_unaligned", ENC_LEN),
+    "flatten_many_to_one": (flatten_many_to_one, "many_to_one", ENC_LEN),
     "bidirectional": (bidirectional, "many_to_many_aligned", None),
     "bidirectional_many_to_one": (bidirectional_many_to_one, "many_to_one", None),
     "pooled_many_to_one": (pooled_many_to_one, "many_to_one", None),

@@ -772,8 +772,9 @@ def build_step_program(model: keras.Model, mode: str) -> StepProgram:
     """Compile a step program for ``model`` under ``mode``; falls back to recompute.
 
     Raises ``SessionsUnsupportedError`` (a ``ValueError``) for modes/models that cannot hold a
-    streaming session at all.
+    streaming session at all. ``mode`` may be a plain string or a ``str`` enum member.
     """
+    mode = str(getattr(mode, "value", mode))  # str-enum members hash by name, not value
     _check_model(model, mode)
     try:
         return _incremental(model, mode)
