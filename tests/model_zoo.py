@@ -145,6 +145,16 @@ def encoder_decoder_dynamic() -> keras.Model:
 
 
 @_seeded
+def seq2seq_states() -> keras.Model:
+    """Encoder hands its final [h, c] to the decoder (``return_state`` / ``initial_state``)."""
+    inp = keras.Input((None, FEATURES))
+    out, h, c = layers.LSTM(8, return_state=True)(inp)
+    x = layers.RepeatVector(HORIZON)(out)
+    x = layers.LSTM(8, return_sequences=True)(x, initial_state=[h, c])
+    return keras.Model(inp, layers.Dense(2)(x))
+
+
+@_seeded
 def cropped_tail() -> keras.Model:
     inp = keras.Input((ENC_LEN, FEATURES))
     x = layers.LSTM(8, return_sequences=True)(inp)
@@ -209,6 +219,7 @@ ZOO: dict[str, tuple[Builder, str, int | None]] = {
     "masked_many_to_one": (masked_many_to_one, "many_to_one", None),
     "encoder_decoder": (encoder_decoder, "many_to_many_unaligned", ENC_LEN),
     "encoder_decoder_dynamic": (encoder_decoder_dynamic, "many_to_many_unaligned", None),
+    "seq2seq_states": (seq2seq_states, "many_to_many_unaligned", None),
     "cropped_tail": (cropped_tail, "many_to_many_unaligned", ENC_LEN),
     "flatten_many_to_one": (flatten_many_to_one, "many_to_one", ENC_LEN),
     "bidirectional": (bidirectional, "many_to_many_aligned", None),

@@ -325,11 +325,11 @@ class _Recurrent(_SeqOp):
         self._units = int(node.outputs[0].shape[-1])
         self._cell_kwargs = {"training": False} if layer.cell._call_has_training_arg else {}
 
-    def _skey(self, i: int) -> str:
+    def skey(self, i: int) -> str:
         return f"{self.key}/s{i}"
 
     def initial(self) -> dict[str, np.ndarray]:
-        out = {self._skey(i): v.astype(np.float32) for i, v in enumerate(self._init)}
+        out = {self.skey(i): v.astype(np.float32) for i, v in enumerate(self._init)}
         out[f"{self.key}/out"] = np.zeros((1, self._units), np.float32)
         return out
 
@@ -337,10 +337,10 @@ class _Recurrent(_SeqOp):
         layer = self.node.operation
         args, kwargs = self.node.arguments.fill_in(values)
         x, mask = args[0], kwargs.get("mask")
-        states = [state[self._skey(i)] for i in range(len(self._init))]
+        states = [state[self.skey(i)] for i in range(len(self._init))]
         seq, last, final = self._loop(layer, x, mask, states, state[f"{self.key}/out"])
         for i, s in enumerate(final):
-            new_state[self._skey(i)] = s
+            new_state[self.skey(i)] = s
         new_state[f"{self.key}/out"] = last
         values[id(self.node.outputs[0])] = seq if layer.return_sequences else last
 
@@ -473,9 +473,9 @@ def _classify_seq_node(node: Any, key: str, plan: _Plan) -> tuple[_SeqOp, bool]:
     """Return the stepped op for a node whose inputs are all aligned, and if it stays aligned."""
     op = node.operation
     if isinstance(op, _L.RNN):
-        if op.go_backwards or op.return_state:
-            raise _Unsteppable(f"{_describe(op)} runs backwards or returns states")
-        extra = [kt for kt in node.arguments.keras_tensors[1:]]
+        if op.go_backwards:
+            raise _Unsteppable(f"{_describe(op)} runs backwards (go_backwards=True)")
+        extra = node.arguments.keras_tensors[1:]
         if any(id(kt) != id(node.arguments.kwargs.get("mask")) for kt in extra):
             raise _Unsteppable(f"{_describe(op)} takes graph tensors besides its input/mask")
         return _Recurrent(node, key), bool(op.return_sequences)
@@ -498,6 +498,27 @@ def _classify_seq_node(node: Any, key: str, plan: _Plan) -> tuple[_SeqOp, bool]:
     raise _Unsteppable(f"{_describe(op)} is not steppable over time (no exact incremental form)")
 
 
+def _reader(key: str) -> Callable[[dict], tf.Tensor]:
+    return lambda state: state[key]
+
+
+def _frontier_of(op: _SeqOp, stays_aligned: bool) -> dict[int, Callable[[dict], tf.Tensor]]:
+    """Static outputs of a stepped op and how to read them from the carried state.
+
+    RNNs expose their last output (``return_sequences=False``) and, with ``return_state``,
+    their final cell states (e.g. an encoder handing ``[h, c]`` to a decoder).
+    """
+    outs = op.node.outputs
+    if isinstance(op, _Recurrent):
+        found = {id(kt): _reader(op.skey(i)) for i, kt in enumerate(outs[1:])}
+        if not stays_aligned:
+            found[id(outs[0])] = _reader(f"{op.key}/out")
+        return found
+    if isinstance(op, _TailWindow):
+        return {id(outs[0]): op.frontier}
+    return {}
+
+
 def _analyse(graph: _Graph) -> _Plan:
     plan = _Plan()
     aligned: set[int] = {id(graph.input)}
@@ -517,15 +538,11 @@ def _analyse(graph: _Graph) -> _Plan:
         plan.seq_ops.append(op)
         kind = type(op).__name__.lstrip("_")
         plan.counts[kind] = plan.counts.get(kind, 0) + 1
-        out = node.outputs[0]
         if stays_aligned:
-            aligned.add(id(out))
-            continue
-        static.add(id(out))
-        if isinstance(op, _Recurrent):
-            plan.frontier[id(out)] = lambda s, k=op.key: s[f"{k}/out"]
-        else:
-            plan.frontier[id(out)] = op.frontier  # type: ignore[attr-defined]
+            aligned.add(id(node.outputs[0]))
+        for kt_id, fn in _frontier_of(op, stays_aligned).items():
+            static.add(kt_id)
+            plan.frontier[kt_id] = fn
     plan.output_is_seq = id(graph.output) in aligned
     return plan
 
