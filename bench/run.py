@@ -1,0 +1,342 @@
+"""`python -m bench.run [--quick]`: serving throughput and latency, side by side, as ratios.
+
+In one run, on 127.0.0.1 only, one server at a time:
+- ceilings: the compiled model in-process (batch 1 and 32) and a grpc.aio echo server that
+  computes nothing (same messages);
+- "old": the server as it is (no batcher); "new": the same server with `DynamicBatcher` patched
+  in (bench/patched_server.py); then a few "new" variants (TF threads, compute threads,
+  max_in_flight, SO_REUSEPORT workers).
+A closed-loop load generator runs in its own process (bench/loadgen.py). Results go to
+bench/results/latest.md (printed too) and bench/results/latest.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import servers
+from bench.models import ALIGNED, REFERENCE, BenchModel
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BUNDLED = Path(__file__).resolve().parents[1] / "models"
+
+
+@dataclass
+class ServerSpec:
+    label: str
+    kind: str  # echo | old | new
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    channels: int = 1
+    main: bool = True  # the full matrix; variants run a few points
+
+
+def request_bytes(model: BenchModel, seqs: int, seed: int = 0) -> bytes:
+    import numpy as np
+
+    from seqserve.v1 import seqserve_pb2 as pb
+    from seqserve_client.tensors import to_batch
+
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, size=(seqs, model.steps, model.features)).astype(np.float32)
+    return pb.PredictRequest(model_name=model.name, inputs=to_batch(x)).SerializeToString()
+
+
+def output_shapes(models: list[BenchModel]) -> dict[str, list[int]]:
+    shapes = {REFERENCE.name: [10], ALIGNED.name: [ALIGNED.steps, 2]}
+    return {m.name: shapes[m.name] for m in models}
+
+
+def run_ceiling(repo: Path, model: BenchModel, seconds: float) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.ceiling", str(repo), model.name, str(model.steps),
+         str(model.features), str(seconds)],
+        capture_output=True, text=True, check=True, timeout=180,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_load(running: servers.Running, points: list[dict], channels: int, tmp: Path) -> list:
+    spec = {
+        "target": running.target,
+        "channels": channels,
+        "server_pids": running.pids,
+        "points": points,
+    }
+    path = tmp / "loadgen.json"
+    path.write_text(json.dumps(spec))
+    budget = sum(p["warmup"] + p["duration"] + 15 for p in points) + 30
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", str(path)],
+        capture_output=True, text=True, timeout=budget,
+    )  # fmt: skip
+    if out.returncode:
+        raise RuntimeError(f"load generator failed:\n{out.stderr[-3000:]}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="reference model, fewer points")
+    parser.add_argument("--duration", type=float, help="measured seconds per point")
+    parser.add_argument("--warmup", type=float, help="unmeasured seconds before each point")
+    parser.add_argument("--concurrency", default=None, help="comma list, e.g. 1,8,32,128")
+    parser.add_argument("--no-variants", action="store_true", help="skip the tuning variants")
+    parser.add_argument("--only", default="", help="comma list of server labels to run")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    args = parser.parse_args(argv)
+
+    duration = args.duration or (1.0 if args.quick else 2.0)
+    warmup = args.warmup or (0.3 if args.quick else 0.5)
+    conc = [int(c) for c in (args.concurrency or ("1,32" if args.quick else "1,8,32,128")).split(",")]
+    models = [REFERENCE] if args.quick else [REFERENCE, ALIGNED]
+    sizes = [1, 32]
+    started = time.time()
+
+    specs = [
+        ServerSpec("echo", "echo"),
+        ServerSpec("old", "old"),
+        ServerSpec("new", "new"),
+    ]
+    if not (args.quick or args.no_variants):
+        specs += [
+            ServerSpec("new tf1x1", "new", ["--tf-intra-op-threads", "1", "--tf-inter-op-threads", "1"], main=False),
+            ServerSpec("old tf1x1", "old", ["--tf-intra-op-threads", "1", "--tf-inter-op-threads", "1"], main=False),
+            ServerSpec("new compute1", "new", ["--compute-threads", "1"], main=False),
+            ServerSpec("new inflight2", "new", env={"BENCH_MAX_IN_FLIGHT": "2"}, main=False),
+            ServerSpec("new 8ch", "new", channels=8, main=False),
+            ServerSpec("new 2proc 8ch", "new", workers=2, channels=8, main=False),
+        ]
+    if args.only:
+        keep = {s.strip() for s in args.only.split(",")}
+        specs = [s for s in specs if s.label in keep or s.label == "echo"]
+
+    with tempfile.TemporaryDirectory(prefix="seqserve-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        repo = tmp / "repo"
+        print(f"writing models to {repo} ...", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "bench.models", str(repo), *[m.name for m in models]],
+            check=True, timeout=180,
+        )  # fmt: skip
+        shapes_path = tmp / "shapes.json"
+        shapes_path.write_text(json.dumps(output_shapes(models)))
+
+        ceilings = {}
+        for m in models:
+            print(f"ceiling: {m.name} in-process ...", flush=True)
+            ceilings[m.name] = run_ceiling(repo, m, 0.5 if args.quick else 1.0)
+
+        payloads = {(m.name, n): request_bytes(m, n).hex() for m in models for n in sizes}
+        rows: list[dict] = []
+        for spec in specs:
+            if spec.main:
+                grid = [(m, n, c) for m in models for n in sizes for c in conc]
+            else:
+                grid = [(REFERENCE, 1, 1), (REFERENCE, 1, 32), (REFERENCE, 32, 32)]
+                if spec.channels > 1:
+                    grid = [(REFERENCE, 1, 32), (REFERENCE, 1, 128), (REFERENCE, 32, 32)]
+            points = [
+                {
+                    "id": f"{m.name}|{n}|{c}",
+                    "request": payloads[(m.name, n)],
+                    "concurrency": c,
+                    "duration": duration,
+                    "warmup": warmup,
+                }
+                for m, n, c in grid
+            ]
+            print(f"server {spec.label}: {len(points)} points ...", flush=True)
+            running = servers.start(
+                spec.kind, repo, spec.args, spec.env, spec.workers, shapes_path
+            )
+            try:
+                results = run_load(running, points, spec.channels, tmp)
+            finally:
+                running.stop()
+            for r in results:
+                model, n, c = r["id"].split("|")
+                rows.append({"server": spec.label, "model": model, "seqs": int(n),
+                             "callers": int(c), **r})  # fmt: skip
+
+    elapsed = time.time() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = render(rows, ceilings, models, sizes, conc, duration, warmup, elapsed)
+    (args.out / "latest.md").write_text(report)
+    (args.out / "latest.json").write_text(json.dumps({"rows": rows, "ceilings": ceilings}, indent=1))
+    plot(rows, ceilings, models, sizes, args.out / "latest.png")
+    print(report)
+    return 0
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def _find(rows: list[dict], server: str, model: str, seqs: int, callers: int) -> dict | None:
+    for r in rows:
+        if (r["server"], r["model"], r["seqs"], r["callers"]) == (server, model, seqs, callers):
+            return r
+    return None
+
+
+def render(rows, ceilings, models, sizes, conc, duration, warmup, elapsed) -> str:
+    out = [
+        "# seqserve benchmark",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M')} · {platform.node()} · {os.cpu_count()} cores · "
+        f"Python {platform.python_version()} · {duration:g} s per point after {warmup:g} s "
+        f"warm-up · whole run {elapsed:.0f} s. Client: closed loop, grpc.aio, pre-encoded "
+        "requests, its own process, same cores. One run, side by side: compare ratios, not "
+        "absolute numbers (this machine is shared and noisy, repeats vary ±20%).",
+        "",
+        "## Ceilings",
+        "",
+        "| model | in-process batch 1 p50 ms | batch 1 seq/s | batch 32 p50 ms | batch 32 seq/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for m in models:
+        c = ceilings[m.name]
+        out.append(
+            f"| {m.name} ({m.description}) | {_f(c['b1_p50_ms'], 3)} | {_f(c['b1_seq_per_s'], 0)}"
+            f" | {_f(c['b32_p50_ms'], 3)} | {_f(c['b32_seq_per_s'], 0)} |"
+        )
+    out += [
+        "",
+        "Echo server (grpc.aio, parses the request, answers a prebuilt response, no model): "
+        "rows `echo` below.",
+        "",
+        "## Per-request Python work in the server (µs, median, in-process)",
+        "",
+        "| model | seqs | protobuf parse | tensor decode | validate | response build+serialize "
+        "| batcher split+join |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in models:
+        c = ceilings[m.name]
+        for b in (1, 32):
+            out.append(
+                f"| {m.name} | {b} | {_f(c[f'b{b}_parse_us'], 1)} | {_f(c[f'b{b}_decode_us'], 1)}"
+                f" | {_f(c[f'b{b}_validate_us'], 1)} | {_f(c[f'b{b}_encode_us'], 1)}"
+                f" | {_f(c[f'b{b}_split_join_us'], 1)} |"
+            )
+    out += [
+        "",
+        "## Results",
+        "",
+        "`×echo` = req/s ÷ echo req/s at the same point; `×model` = seq/s ÷ in-process "
+        "seq/s at batch 32; `p50/budget` (1 caller) = p50 ÷ (echo p50 + in-process p50 at the "
+        "request's batch size). Cores: CPU used by server / client processes during the point.",
+        "",
+        "| server | model | seqs/req | callers | req/s | seq/s | p50 ms | p90 ms | p99 ms | errors "
+        "| ×echo | ×model | p50/budget | server cores | client cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        echo = _find(rows, "echo", r["model"], r["seqs"], r["callers"])
+        c = ceilings[r["model"]]
+        seq_s = r["rps"] * r["seqs"]
+        x_echo = r["rps"] / echo["rps"] if echo and echo["rps"] else None
+        x_model = seq_s / c["b32_seq_per_s"]
+        budget = None
+        if r["callers"] == 1 and echo and echo["p50_ms"] and r["p50_ms"]:
+            inproc = c["b1_p50_ms"] if r["seqs"] == 1 else c["b32_p50_ms"]
+            budget = r["p50_ms"] / (echo["p50_ms"] + inproc)
+        errors = str(r["errors"]) + (f" {r['error_codes']}" if r["errors"] else "")
+        out.append(
+            f"| {r['server']} | {r['model']} | {r['seqs']} | {r['callers']} | {_f(r['rps'], 0)}"
+            f" | {_f(seq_s, 0)} | {_f(r['p50_ms'])} | {_f(r['p90_ms'])} | {_f(r['p99_ms'])}"
+            f" | {errors} | {_f(x_echo)} | {_f(x_model)} | {_f(budget)}"
+            f" | {_f(r['server_cores'])} | {_f(r['client_cores'])} |"
+        )
+    out += ["", "## Goals (reference model)", "", "| goal | old | new |", "|---|---|---|"]
+    ref = REFERENCE.name
+    c = ceilings[ref]
+
+    def goal(server: str, which: str) -> str:
+        echo1 = _find(rows, "echo", ref, 1, 1)
+        if which == "throughput":
+            r, e = _find(rows, server, ref, 1, 32), _find(rows, "echo", ref, 1, 32)
+            if not (r and e):
+                return "–"
+            x = r["rps"] / e["rps"]
+            return f"{x:.2f}× {'✅' if x >= 0.8 else '❌'}"
+        if which == "latency":
+            r = _find(rows, server, ref, 1, 1)
+            if not (r and echo1 and r["p50_ms"]):
+                return "–"
+            x = r["p50_ms"] / (echo1["p50_ms"] + c["b1_p50_ms"])
+            return f"{x:.2f}× {'✅' if x <= 1.1 else '❌'}"
+        best = max(
+            (r["rps"] * 32 for r in rows if (r["server"], r["model"], r["seqs"]) == (server, ref, 32)),
+            default=None,
+        )
+        if best is None:
+            return "–"
+        x = best / c["b32_seq_per_s"]
+        return f"{x:.2f}× {'✅' if x >= 0.5 else '❌'}"
+
+    for which, text in (
+        ("throughput", "32 callers, 1 seq: req/s ≥ 0.8× echo"),
+        ("latency", "1 caller p50 ≤ 1.1× (echo p50 + in-process batch-1 p50)"),
+        ("batch", "32-seq requests (best callers): seq/s ≥ 0.5× in-process batch 32"),
+    ):
+        out.append(f"| {text} | {goal('old', which)} | {goal('new', which)} |")
+    return "\n".join(out) + "\n"
+
+
+def plot(rows, ceilings, models, sizes, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(m, n) for m in models for n in sizes]
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7.5), squeeze=False)
+    labels = ["echo", "old", "new"]
+    for col, (m, n) in enumerate(panels):
+        top, bottom = axes[0][col], axes[1][col]
+        for label in labels:
+            pts = sorted(
+                (r for r in rows if (r["server"], r["model"], r["seqs"]) == (label, m.name, n)),
+                key=lambda r: r["callers"],
+            )
+            if not pts:
+                continue
+            xs = [r["callers"] for r in pts]
+            top.plot(xs, [r["rps"] * n for r in pts], marker="o", label=label)
+            bottom.plot(xs, [r["p50_ms"] or 0 for r in pts], marker="o", label=f"{label} p50")
+            bottom.plot(xs, [r["p99_ms"] or 0 for r in pts], ls=":", alpha=0.6)
+        c = ceilings[m.name]
+        top.axhline(c["b32_seq_per_s"], color="grey", ls="--", label="in-process b32")
+        top.axhline(c["b1_seq_per_s"], color="grey", ls=":", label="in-process b1")
+        for ax in (top, bottom):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("callers")
+            ax.grid(alpha=0.3)
+        bottom.set_yscale("log")
+        top.set_title(f"{m.name}, {n} seq/request")
+        top.set_ylabel("sequences/s")
+        bottom.set_ylabel("latency ms (p50 solid, p99 dotted)")
+        top.legend(fontsize=7)
+        bottom.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
