@@ -85,6 +85,15 @@ def diff_forecaster() -> keras.Model:
 
 
 @_seeded
+def fixed_length_aligned() -> keras.Model:
+    inp = keras.Input((ENC_LEN, FEATURES))
+    x = layers.Conv1D(4, 3, padding="causal", activation="tanh")(inp)
+    x = layers.BatchNormalization()(x)
+    x = layers.SimpleRNN(6, return_sequences=True)(x)
+    return keras.Model(inp, layers.TimeDistributed(layers.Dense(2))(x))
+
+
+@_seeded
 def many_to_one() -> keras.Model:
     return keras.Sequential(
         [
@@ -214,6 +223,7 @@ ZOO: dict[str, tuple[Builder, str, int | None]] = {
     "simple_rnn_aligned": (simple_rnn_aligned, "many_to_many_aligned", None),
     "stacked_lstm": (stacked_lstm, "many_to_many_aligned", None),
     "diff_forecaster": (diff_forecaster, "many_to_many_aligned", None),
+    "fixed_length_aligned": (fixed_length_aligned, "many_to_many_aligned", ENC_LEN),
     "many_to_one": (many_to_one, "many_to_one", None),
     "masked_aligned": (masked_aligned, "many_to_many_aligned", None),
     "masked_many_to_one": (masked_many_to_one, "many_to_one", None),

@@ -117,7 +117,7 @@ def stack_states(states: Sequence[State]) -> State:
 def split_states(state: State) -> list[State]:
     """Split a batched state into batch-1 states (inverse of ``stack_states``)."""
     batch = _batch_of(state)
-    return [{k: v[i : i + 1] for k, v in state.items()} for i in range(batch)]
+    return [{k: v[i : i + 1].copy() for k, v in state.items()} for i in range(batch)]
 
 
 def _batch_of(state: State) -> int:
@@ -310,7 +310,8 @@ class _TimeDistributed(_SeqOp):
             inner_kwargs["mask"] = tf.reshape(mask, [-1, *mask.shape[2:]])
         y = _call(inner, [flat], inner_kwargs)
         y = tf.reshape(y, tf.concat([lead, tf.shape(y)[1:]], axis=0))
-        values[id(self.node.outputs[0])] = tf.ensure_shape(y, self.node.outputs[0].shape)
+        out_shape = self.node.outputs[0].shape
+        values[id(self.node.outputs[0])] = tf.ensure_shape(y, [None, None, *out_shape[2:]])
 
 
 class _Recurrent(_SeqOp):
