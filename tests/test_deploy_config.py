@@ -1,0 +1,245 @@
+"""Static checks of the deployment files: compose, nginx, Prometheus, Grafana, Dockerfile.
+
+Fast and engine-free. `docker compose config` runs when the docker CLI and its compose plugin are
+installed (deploy/install_compose.sh installs the plugin without an engine); everything else is
+parsed here. The live stack is exercised by deploy/stack_test.sh (`make stack-test`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+COMPOSE = ROOT / "docker-compose.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "seqserve.json"
+
+REPLICAS = {"seqserve-1", "seqserve-2"}
+# The metric names the server exports (the only ones the dashboard may use).
+METRICS = {
+    "seqserve_requests_total",
+    "seqserve_request_duration_seconds_bucket",
+    "seqserve_batch_size_bucket",
+    "seqserve_queue_depth",
+    "seqserve_open_sessions",
+    "seqserve_inflight_requests",
+}
+
+
+def compose_file() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _compose_cli_reason() -> str | None:
+    if shutil.which("docker") is None:
+        return "no docker CLI on PATH (apt-get install docker.io; no engine needed)"
+    probe = subprocess.run(
+        ["docker", "compose", "version"], capture_output=True, text=True, timeout=30
+    )
+    if probe.returncode != 0:
+        return "docker compose plugin absent: run deploy/install_compose.sh (no engine needed)"
+    return None
+
+
+def _compose(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    return subprocess.run(
+        ["docker", "compose", "--project-directory", str(ROOT), "-f", str(COMPOSE), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+# --- compose ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", [None, "grafana"])
+def test_compose_config_is_valid(profile: str | None) -> None:
+    reason = _compose_cli_reason()
+    if reason:
+        pytest.skip(reason)
+    args = ["--profile", profile] if profile else []
+    result = _compose(*args, "config", "-q")
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(_compose(*args, "config", "--format", "json").stdout)
+    expected = {"seqserve-1", "seqserve-2", "lb", "prometheus"} | (
+        {"grafana"} if profile else set()
+    )
+    assert set(resolved["services"]) == expected
+
+
+def test_compose_services_health_and_order() -> None:
+    services = compose_file()["services"]
+    for name in [*REPLICAS, "lb", "prometheus", "grafana"]:
+        assert "healthcheck" in services[name], f"{name} has no healthcheck"
+    for name in REPLICAS:
+        svc = services[name]
+        assert svc["healthcheck"]["test"][:2] == ["CMD", "python"], "replicas probe gRPC health"
+        assert "healthcheck.py" in " ".join(svc["healthcheck"]["test"])
+        assert svc["image"] == services["seqserve-1"]["image"]
+    assert "build" in services["seqserve-1"]
+    lb_deps = services["lb"]["depends_on"]
+    assert set(lb_deps) == REPLICAS
+    assert all(d["condition"] == "service_healthy" for d in lb_deps.values())
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def test_grafana_is_optional_and_nothing_else_is() -> None:
+    services = compose_file()["services"]
+    assert services["grafana"]["profiles"] == ["grafana"]
+    assert [n for n, s in services.items() if s.get("profiles")] == ["grafana"]
+
+
+def test_published_ports_default_to_localhost() -> None:
+    services = compose_file()["services"]
+    published = {n: s["ports"] for n, s in services.items() if "ports" in s}
+    assert set(published) == {"lb", "prometheus", "grafana"}, "replicas are reached via the LB"
+    for name, ports in published.items():
+        for port in ports:
+            assert port.startswith("${SEQSERVE_BIND:-127.0.0.1}:"), (name, port)
+
+
+# --- load balancer ----------------------------------------------------------------------------
+
+
+def test_nginx_balances_grpc_over_both_replicas() -> None:
+    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    conf = re.sub(r"#.*", "", conf)
+    upstream = re.search(r"upstream\s+seqserve\s*\{(.*?)\}", conf, re.S)
+    assert upstream, "no `upstream seqserve` block"
+    servers = set(re.findall(r"^\s*server\s+([\w.-]+):8500\b", upstream.group(1), re.M))
+    assert servers == REPLICAS
+    assert re.search(r"listen\s+8500\s+http2", conf)
+    assert "grpc_pass grpc://seqserve;" in conf
+
+
+# --- Prometheus -------------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_every_replica() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = {t for sc in jobs["seqserve"]["static_configs"] for t in sc["targets"]}
+    assert targets == {f"{r}:8502" for r in REPLICAS}
+    assert jobs["seqserve"].get("metrics_path", "/metrics") == "/metrics"
+    for sc in jobs["seqserve"]["static_configs"]:
+        assert sc["labels"]["replica"] + ":8502" == sc["targets"][0]
+    # Scaling stays consistent: every replica service is scraped and balanced.
+    replicas = {n for n in compose_file()["services"] if n.startswith("seqserve-")}
+    assert replicas == REPLICAS
+
+
+# --- Grafana ----------------------------------------------------------------------------------
+
+
+def test_grafana_provisioning_parses() -> None:
+    prov = DEPLOY / "grafana" / "provisioning"
+    datasources = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text())
+    (ds,) = datasources["datasources"]
+    assert ds["type"] == "prometheus"
+    assert ds["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((prov / "dashboards" / "seqserve.yml").read_text())["providers"]
+    mounts = compose_file()["services"]["grafana"]["volumes"]
+    dash_mount = next(m for m in mounts if m.startswith("./deploy/grafana/dashboards:"))
+    assert providers[0]["options"]["path"] == dash_mount.split(":")[1]
+    dashboard = json.loads(DASHBOARD.read_text())
+    uids = {p["datasource"]["uid"] for p in dashboard["panels"]}
+    assert uids == {ds["uid"]}
+
+
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or"}
+PROMQL_WORDS |= {"unless", "offset", "bool", "le", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers outside matchers, ranges and groupings."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
+    expr = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", expr)  # groupings
+    names = set(re.findall(r"(?<![\w$])([a-zA-Z_:][\w:]*)\b(?!\s*\()", expr))
+    return {n for n in names if n.lower() not in PROMQL_WORDS}
+
+
+def test_metric_names_parser() -> None:
+    expr = 'histogram_quantile(0.99, sum by (le, model) (rate(x_bucket{code!="OK"}[$__rate_interval])))'
+    assert metric_names(expr) == {"x_bucket"}
+
+
+def test_dashboard_uses_only_exported_metrics() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(dashboard["panels"]) >= 6 and exprs
+    used: set[str] = set()
+    for expr in exprs:
+        names = metric_names(expr)
+        assert names, f"no metric in {expr!r}"
+        assert names <= METRICS, f"{expr!r} uses {names - METRICS}"
+        used |= names
+    assert used == METRICS, f"no panel for {METRICS - used}"
+    quantiles = " ".join(exprs)
+    for q in ("0.5", "0.99"):
+        assert f"histogram_quantile({q}, sum by (le, model) " in quantiles
+    assert 'code!="OK"' in quantiles, "no errors-by-code panel"
+    for variable in dashboard["templating"]["list"]:
+        assert metric_names(variable["definition"].split("(", 1)[1].split(",")[0]) <= METRICS
+
+
+# --- image ------------------------------------------------------------------------------------
+
+
+def test_dockerfile_essentials() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in lines
+    assert "STOPSIGNAL SIGTERM" in lines
+    assert re.search(r"^CMD \[.*\]$", text, re.M), "CMD must be exec form"
+    assert re.search(r"^USER (?!root)\w+", text, re.M), "runs as a non-root user"
+    assert re.search(r"^HEALTHCHECK .*\n?.*healthcheck\.py", text, re.M)
+    assert "--no-index" in text, "installs from the wheelhouse only"
+    assert "ENV" in text and "SEQSERVE_HOST=0.0.0.0" in text
+
+
+def test_dockerignore_sends_only_artifacts() -> None:
+    patterns = [
+        ln.strip()
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert patterns[0] == "*", "deny by default"
+    assert not any(
+        "training" in p or (p.endswith(".py") and "healthcheck" not in p) for p in patterns
+    )
+    assert "!models/*/*/model.keras" in patterns
+
+
+def test_healthcheck_probe_reports_unreachable_server() -> None:
+    probe = subprocess.run(
+        [sys.executable, str(DEPLOY / "healthcheck.py")],
+        env={**os.environ, "HEALTHCHECK_TARGET": "127.0.0.1:1"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert probe.returncode == 1
+    assert "unhealthy" in probe.stderr
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in DEPLOY.rglob("*.sh")))
+def test_shell_scripts_parse(script: str) -> None:
+    path = next(DEPLOY.rglob(script))
+    assert os.access(path, os.X_OK), f"{script} is not executable"
+    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
