@@ -77,7 +77,9 @@ def test_requests_latency_batches_and_errors_are_counted(
     assert value(after, "seqserve_model_load_seconds", model="gru") > 0
 
 
-def test_unknown_model_names_share_one_series(client: SeqServeClient, server: ServerProcess) -> None:
+def test_unknown_model_names_share_one_series(
+    client: SeqServeClient, server: ServerProcess
+) -> None:
     for name in ("typo-1", "typo-2"):
         with pytest.raises(SeqServeError):
             client.predict(name, np.ones((1, 2, 3), np.float32))

@@ -1,5 +1,6 @@
 """Python client SDK for seqserve: numpy in, numpy out, over gRPC. No TensorFlow needed."""
 
+from .aio import AsyncSeqServeClient, AsyncSession
 from .client import SeqServeClient
 from .errors import (
     CancelledError,
@@ -12,8 +13,11 @@ from .errors import (
     UnavailableError,
 )
 from .results import ModelMetadata, ModelStatus, Prediction, StreamPart, TensorSpec
+from .session import Session, SessionInfo, SessionOutput
 
 __all__ = [
+    "AsyncSeqServeClient",
+    "AsyncSession",
     "CancelledError",
     "DeadlineExceededError",
     "FailedPreconditionError",
@@ -25,6 +29,9 @@ __all__ = [
     "ResourceExhaustedError",
     "SeqServeClient",
     "SeqServeError",
+    "Session",
+    "SessionInfo",
+    "SessionOutput",
     "StreamPart",
     "TensorSpec",
     "UnavailableError",

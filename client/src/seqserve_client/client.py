@@ -23,8 +23,10 @@ from .results import (
     metadata_from_proto,
     mode_name,
     status_from_proto,
+    stream_part_from,
     top_k_pairs,
 )
+from .session import Session
 from .tensors import encode_inputs, from_tensor, split_sequences
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -95,9 +97,9 @@ class SeqServeClient:
         top_k: int = 0,
         timeout: float | None = None,
     ) -> Prediction:
-        request = _request(model, inputs, version, top_k)
+        request = predict_request(model, inputs, version, top_k)
         response = self._call(self._stub.Predict, request, timeout)
-        return _prediction(response)
+        return prediction_from(response)
 
     def predict_stream(
         self,
@@ -109,21 +111,34 @@ class SeqServeClient:
         timeout: float | None = None,
     ) -> Iterator[StreamPart]:
         """Output parts as the server produces them: sequence outputs step by step."""
-        request = _request(model, inputs, version, top_k)
+        request = predict_request(model, inputs, version, top_k)
         stream = self._stub.PredictStream(request, timeout=self._timeout(timeout))
         try:
             for part in stream:
-                yield StreamPart(
-                    part.input_index,
-                    part.step,
-                    part.last,
-                    from_tensor(part.values),
-                    top_k_pairs(part.top_k),
-                )
+                yield stream_part_from(part)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
             stream.cancel()
+
+    def session(
+        self,
+        model: str,
+        *,
+        version: int = 0,
+        emit_on_request: bool = False,
+        top_k: int = 0,
+        timeout: float | None = None,
+    ) -> Session:
+        """Open a stateful streaming session (no default deadline: sessions live long)."""
+        return Session(
+            self._stub,
+            model,
+            version=version,
+            emit_on_request=emit_on_request,
+            top_k=top_k,
+            timeout=timeout,
+        )
 
     # -- repository ----------------------------------------------------------------------
 
@@ -155,13 +170,13 @@ class SeqServeClient:
             raise from_rpc_error(exc) from None
 
 
-def _request(model: str, inputs: Inputs, version: int, top_k: int) -> pb.PredictRequest:
+def predict_request(model: str, inputs: Inputs, version: int, top_k: int) -> pb.PredictRequest:
     return pb.PredictRequest(
         model_name=model, model_version=version, inputs=encode_inputs(inputs), top_k=top_k
     )
 
 
-def _prediction(response: pb.PredictResponse) -> Prediction:
+def prediction_from(response: pb.PredictResponse) -> Prediction:
     ranked = [top_k_pairs(t) for t in response.top_k]
     kind = response.WhichOneof("output")
     if kind == "vectors":

@@ -8,6 +8,8 @@ import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
 
+from .tensors import from_tensor
+
 Outputs = np.ndarray | list[np.ndarray]
 
 
@@ -103,4 +105,10 @@ def metadata_from_proto(m: pb.GetModelMetadataResponse) -> ModelMetadata:
 def status_from_proto(s: pb.ModelStatus) -> ModelStatus:
     return ModelStatus(
         s.name, s.version, pb.ModelState.Name(s.state).lower(), mode_name(s.mode), s.error
+    )
+
+
+def stream_part_from(part: pb.PredictStreamResponse) -> StreamPart:
+    return StreamPart(
+        part.input_index, part.step, part.last, from_tensor(part.values), top_k_pairs(part.top_k)
     )

@@ -16,6 +16,7 @@ from .config import Settings
 from .core.inference import InferenceService
 from .core.repository import ModelRepository, ModelState
 from .core.runtime import configure_tensorflow
+from .core.sessions import SessionManager
 from .metrics import ServerMetrics
 from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
 
@@ -35,6 +36,7 @@ class App:
         self.metrics = ServerMetrics()
         self.repository = ModelRepository(settings.model_repository, observer=self.metrics)
         self.inference = InferenceService(self.repository, self.executor, self.metrics)
+        self.sessions = SessionManager(self.repository, self.executor, self.inference.observer_for)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[
@@ -47,9 +49,8 @@ class App:
         self.metrics_port = 0
 
     async def start(self) -> None:
-        pb_grpc.add_SeqServeServicer_to_server(
-            SeqServeServicer(self.inference, self.metrics), self.server
-        )
+        servicer = SeqServeServicer(self.inference, self.sessions, self.metrics)
+        pb_grpc.add_SeqServeServicer_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -72,7 +73,9 @@ class App:
 
     async def _load_models(self) -> None:
         self.repository.scan()
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.repository.load_all)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.repository.load_all)
+        await loop.run_in_executor(self.executor, self.sessions.prepare_all)
         for entry in self.repository.entries():
             ready = entry.newest_ready is not None
             await self._set_health(entry.name, SERVING if ready else NOT_SERVING)

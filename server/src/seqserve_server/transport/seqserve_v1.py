@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from seqserve_client.tensors import from_tensor
 
-from ..core.errors import ModelNotFound
+from ..core.errors import DeadlineExpired, InvalidInput, ModelNotFound
 from ..core.inference import InferenceService
+from ..core.modes import Mode
 from ..core.repository import ModelEntry, ModelVersion
+from ..core.sessions import Session, SessionManager
 from ..metrics import ServerMetrics
 from . import v1_messages as msg
 from .instrumentation import observed
@@ -21,8 +25,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeqServe"].full_name
 
 
 class SeqServeServicer(pb_grpc.SeqServeServicer):
-    def __init__(self, inference: InferenceService, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, inference: InferenceService, sessions: SessionManager, metrics: ServerMetrics
+    ) -> None:
         self.inference = inference
+        self.sessions = sessions
         self.metrics = metrics
 
     def known_model(self, name: str) -> bool:
@@ -80,14 +87,63 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         repository = self.inference.repository
         entry = repository.entry(request.model_name)
         version = _describe(entry, request.model_version)
-        return msg.metadata_to_proto(entry, version, _session_support(version), 0)
+        support, _ = self.sessions.support(version)
+        open_sessions = self.sessions.open_count(entry.name)
+        return msg.metadata_to_proto(entry, version, msg.support_to_proto(support), open_sessions)
+
+    @grpc_errors
+    async def Session(
+        self, requests: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SessionResponse]:
+        """Open, then steps / reset / end_input until the caller closes; state freed at once."""
+        stream = aiter(requests)
+        first = await anext(stream, None)
+        if first is None or first.WhichOneof("kind") != "open":
+            got = first.WhichOneof("kind") if first else "no message"
+            raise InvalidInput("open", "a SessionOpen as the first message", str(got))
+        session = self.sessions.open(
+            first.open.model_name, first.open.model_version, first.open.emit_on_request,
+            first.open.top_k,
+        )  # fmt: skip
+        try:
+            yield msg.session_opened(session, self.sessions.support(session.target)[0])
+            while (request := await _next_or_idle(stream, session.idle_timeout_s)) is not None:
+                async for response in self._handle(session, request):
+                    yield response
+        finally:
+            self.sessions.close(session)
+
+    async def _handle(
+        self, session: Session, request: pb.SessionRequest
+    ) -> AsyncIterator[pb.SessionResponse]:
+        kind = request.WhichOneof("kind")
+        if kind == "steps":
+            values = from_tensor(request.steps.values, "steps.values")
+            output = await self.sessions.step(session, values, request.steps.emit)
+            if output is not None:
+                yield msg.session_output(output)
+            elif session.mode is Mode.MANY_TO_ONE and session.expects_output(request.steps.emit):
+                yield pb.SessionResponse(output=pb.SessionOutput(step=session.steps - 1))
+        elif kind == "reset":
+            self.sessions.reset(session)
+            yield pb.SessionResponse(reset=pb.SessionResetDone())
+        elif kind == "end_input":
+            for response in msg.decoded_steps(await self.sessions.finish(session)):
+                yield response
+        else:
+            raise InvalidInput("kind", "steps, reset or end_input after open", str(kind))
 
 
-def _session_support(version: ModelVersion) -> pb.SessionSupport.ValueType:
-    runtime = version.runtime
-    if runtime is not None and not runtime.mode.takes_sequence:
-        return pb.SESSION_UNSUPPORTED
-    return pb.SESSION_SUPPORT_UNSPECIFIED
+async def _next_or_idle(
+    stream: AsyncIterator[pb.SessionRequest], idle_timeout_s: float
+) -> pb.SessionRequest | None:
+    """The next message, None when the caller closed, DeadlineExpired when it went idle."""
+    try:
+        return await asyncio.wait_for(anext(stream, None), idle_timeout_s)
+    except TimeoutError:
+        raise DeadlineExpired(
+            f"session closed: no message for {idle_timeout_s:g} s (the model's idle timeout)"
+        ) from None
 
 
 def _describe(entry: ModelEntry, number: int) -> ModelVersion:

@@ -12,6 +12,7 @@ from ..core.classification import TopK
 from ..core.inference import Prediction
 from ..core.modes import Mode
 from ..core.repository import ModelEntry, ModelState, ModelVersion
+from ..core.sessions import Session, SessionOutput, SessionSupport
 
 _DTYPES = {
     np.dtype("float32"): pb.FLOAT32,
@@ -130,3 +131,51 @@ def metadata_to_proto(
     response.output.CopyFrom(_spec("output", sig.output_shape, sig.output_dtype))
     response.streams_steps = runtime.mode.gives_sequence
     return response
+
+
+_SUPPORT = {
+    SessionSupport.UNSUPPORTED: pb.SESSION_UNSUPPORTED,
+    SessionSupport.INCREMENTAL: pb.SESSION_INCREMENTAL,
+    SessionSupport.RECOMPUTE: pb.SESSION_RECOMPUTE,
+}
+
+
+def support_to_proto(support: SessionSupport) -> pb.SessionSupport.ValueType:
+    return _SUPPORT[support]
+
+
+def session_opened(session: Session, support: SessionSupport) -> pb.SessionResponse:
+    opened = pb.SessionOpened(
+        session_id=session.id,
+        model_name=session.target.name,
+        model_version=session.target.version,
+        mode=mode_to_proto(session.mode),
+        session_support=support_to_proto(support),
+    )
+    return pb.SessionResponse(opened=opened)
+
+
+def session_output(output: SessionOutput) -> pb.SessionResponse:
+    message = pb.SessionOutput(
+        step=output.step,
+        values=to_tensor(output.values),
+        top_k=[top_k_to_proto(t) for t in output.top_k],
+        last=output.last,
+    )
+    return pb.SessionResponse(output=message)
+
+
+def decoded_steps(output: SessionOutput) -> list[pb.SessionResponse]:
+    """A decoded sequence streamed back one step per message, the last one marked."""
+    count = len(output.values)
+    return [
+        session_output(
+            SessionOutput(
+                step=i,
+                values=output.values[i : i + 1],
+                top_k=output.top_k[i : i + 1],
+                last=i == count - 1,
+            )
+        )
+        for i in range(count)
+    ]

@@ -1,0 +1,254 @@
+"""The asyncio client: the same calls as `SeqServeClient`, awaited.
+
+async with AsyncSeqServeClient("127.0.0.1:8500") as client:
+    y = await client.predict("digit_classifier", x)
+    async with client.session("co2_next_week") as s:
+        y_t = await s.step(x_t)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+from .client import DEFAULT_TIMEOUT_S, Inputs, predict_request, prediction_from
+from .errors import from_rpc_error
+from .results import (
+    ModelMetadata,
+    ModelStatus,
+    Outputs,
+    Prediction,
+    StreamPart,
+    metadata_from_proto,
+    status_from_proto,
+    stream_part_from,
+)
+from .session import (
+    SessionInfo,
+    SessionOutput,
+    expects_output,
+    info_from,
+    open_request,
+    output_from,
+    steps_request,
+)
+
+
+class AsyncSeqServeClient:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.timeout = timeout
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=options)
+            if credentials
+            else grpc.aio.insecure_channel(target, options=options)
+        )
+        self._stub = pb_grpc.SeqServeStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def __aenter__(self) -> AsyncSeqServeClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def predict(
+        self, model: str, inputs: Inputs, *, version: int = 0, timeout: float | None = None
+    ) -> Outputs:
+        return (await self.predict_full(model, inputs, version=version, timeout=timeout)).outputs
+
+    async def classify(
+        self, model: str, inputs: Inputs, *, top_k: int = 3, version: int = 0
+    ) -> list[list[tuple[str, float]]]:
+        return (await self.predict_full(model, inputs, version=version, top_k=top_k)).top_k
+
+    async def predict_full(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        version: int = 0,
+        top_k: int = 0,
+        timeout: float | None = None,
+    ) -> Prediction:
+        request = predict_request(model, inputs, version, top_k)
+        return prediction_from(await self._call(self._stub.Predict, request, timeout))
+
+    async def predict_stream(
+        self, model: str, inputs: Inputs, *, version: int = 0, top_k: int = 0
+    ) -> AsyncIterator[StreamPart]:
+        call = self._stub.PredictStream(
+            predict_request(model, inputs, version, top_k), timeout=self.timeout
+        )
+        try:
+            async for part in call:
+                yield stream_part_from(part)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    async def list_models(self) -> list[ModelStatus]:
+        response = await self._call(self._stub.ListModels, pb.ListModelsRequest(), None)
+        return [status_from_proto(m) for m in response.models]
+
+    async def metadata(self, model: str, *, version: int = 0) -> ModelMetadata:
+        request = pb.GetModelMetadataRequest(model_name=model, model_version=version)
+        return metadata_from_proto(await self._call(self._stub.GetModelMetadata, request, None))
+
+    async def health(self, service: str = "") -> bool:
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = await self._call(self._health.Check, request, None)
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    def session(
+        self,
+        model: str,
+        *,
+        version: int = 0,
+        emit_on_request: bool = False,
+        top_k: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncSession:
+        """`async with client.session(model) as s:` opens a stateful streaming session."""
+        return AsyncSession(
+            self._stub, open_request(model, version, emit_on_request, top_k), timeout
+        )
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+
+class AsyncSession:
+    def __init__(self, stub: Any, opening: pb.SessionRequest, timeout: float | None) -> None:
+        self._stub = stub
+        self._opening = opening
+        self._timeout = timeout
+        self.emit_on_request = opening.open.emit_on_request
+        self._call: Any = None
+        self.info: SessionInfo | None = None
+
+    async def __aenter__(self) -> AsyncSession:
+        self._call = self._stub.Session(timeout=self._timeout)
+        await self._write(self._opening)
+        self.info = info_from(await self._read())
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            await self.close()
+        else:
+            self.cancel()
+
+    @property
+    def mode(self) -> str:
+        assert self.info is not None, "use `async with`"
+        return self.info.mode
+
+    async def step(self, values: np.ndarray, *, emit: bool = False) -> np.ndarray | None:
+        output = await self.step_full(values, emit=emit)
+        return None if output is None else output.values
+
+    async def step_full(self, values: np.ndarray, *, emit: bool = False) -> SessionOutput | None:
+        await self._write(steps_request(values, emit))
+        if not expects_output(self.mode, self.emit_on_request, emit):
+            return None
+        return output_from(await self._read())
+
+    async def stream(
+        self, steps: Iterable[np.ndarray] | AsyncIterable[np.ndarray]
+    ) -> AsyncIterator[np.ndarray | None]:
+        if isinstance(steps, AsyncIterable):
+            async for values in steps:
+                yield await self.step(values)
+        else:
+            for values in steps:
+                yield await self.step(values)
+
+    async def end_input(self) -> np.ndarray:
+        await self._write(pb.SessionRequest(end_input=pb.SessionEndInput()))
+        rows = []
+        while True:
+            output = output_from(await self._read())
+            if output.values is not None:
+                rows.append(output.values)
+            if output.last:
+                return np.concatenate(rows)
+
+    async def reset(self) -> None:
+        await self._write(pb.SessionRequest(reset=pb.SessionReset()))
+        await self._read()
+
+    async def close(self) -> None:
+        try:
+            await self._call.done_writing()
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        failure = await self._failure()
+        if failure is not None and failure.code() != grpc.StatusCode.CANCELLED:
+            raise from_rpc_error(failure)
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+
+    async def _write(self, request: pb.SessionRequest) -> None:
+        try:
+            await self._call.write(request)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        except grpc.aio.UsageError:
+            raise from_rpc_error(await self._ended_call()) from None
+
+    async def _read(self) -> pb.SessionResponse:
+        try:
+            response = await self._call.read()
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        if response is grpc.aio.EOF:
+            raise from_rpc_error(await self._ended_call())
+        return response
+
+    async def _ended_call(self) -> grpc.RpcError:
+        failure = await self._failure()
+        if failure is None:
+            return grpc.aio.AioRpcError(
+                grpc.StatusCode.UNKNOWN, grpc.aio.Metadata(), grpc.aio.Metadata(), "session ended"
+            )
+        return failure
+
+    async def _failure(self) -> grpc.RpcError | None:
+        """Wait for the call to end; its status as an error, or None when it ended OK."""
+        code = await self._call.code()
+        if code == grpc.StatusCode.OK:
+            return None
+        return grpc.aio.AioRpcError(
+            code,
+            await self._call.initial_metadata(),
+            await self._call.trailing_metadata(),
+            await self._call.details(),
+        )

@@ -1,0 +1,322 @@
+"""Stateful streaming sessions: each keeps its model's recurrent state and feeds only new steps.
+
+Steps of concurrent sessions on the same model run as one batched computation (like Triton's
+sequence batcher with its "oldest" strategy): whatever arrives while a step computation runs is
+stacked along the batch axis and computed next, so a lone session never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .classification import TopK, top_k
+from .errors import InvalidInput, LimitExceeded, Unsupported
+from .modes import Mode
+from .observer import ModelObserver
+from .repository import ModelRepository, ModelState, ModelVersion
+from .runtime import ACCEPTED_FLOATS
+from .stepper import SessionsUnsupportedError, State, StepProgram, build_step_program
+
+log = logging.getLogger(__name__)
+
+MAX_STEP_BATCH = 256  # sessions stacked into one step computation
+
+
+class SessionSupport(str, enum.Enum):
+    UNSUPPORTED = "unsupported"
+    INCREMENTAL = "incremental"
+    RECOMPUTE = "recompute"
+
+
+@dataclass
+class SessionOutput:
+    """Outputs computed for a session: `values` [steps, ...] or a running vector [...]."""
+
+    step: int
+    values: np.ndarray
+    top_k: list[TopK] = field(default_factory=list)
+    last: bool = False
+
+
+@dataclass
+class Session:
+    id: str
+    target: ModelVersion
+    program: StepProgram
+    emit_on_request: bool
+    k: int
+    state: State
+    steps: int = 0
+    finished: bool = False
+    opened: float = field(default_factory=time.monotonic)
+
+    @property
+    def mode(self) -> Mode:
+        assert self.target.runtime is not None
+        return self.target.runtime.mode
+
+    def expects_output(self, emit: bool) -> bool:
+        """Whether a steps message gets an output: aligned always, many-to-one as asked."""
+        if self.mode is Mode.MANY_TO_MANY_ALIGNED:
+            return True
+        return self.mode is Mode.MANY_TO_ONE and (emit or not self.emit_on_request)
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return self.target.config.session_idle_timeout_s
+
+
+class SessionManager:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        executor: Executor,
+        observer_for: Callable[[str], ModelObserver],
+    ) -> None:
+        self.repository = repository
+        self._executor = executor
+        self._observer_for = observer_for
+        self._programs: dict[tuple[str, int], StepProgram] = {}
+        self._unsupported: dict[tuple[str, int], str] = {}
+        self._queues: dict[tuple[str, int], _StepQueue] = {}
+        self._open: dict[str, dict[str, Session]] = {}
+
+    # -- programs ------------------------------------------------------------------------
+
+    def prepare_all(self) -> None:
+        """Build (compile, warm up) the step program of every ready sequence model."""
+        for entry in self.repository.entries():
+            for version in entry.versions.values():
+                if version.state is ModelState.READY:
+                    self._prepare(version)
+
+    def _prepare(self, version: ModelVersion) -> None:
+        key = (version.name, version.version)
+        runtime = version.runtime
+        assert runtime is not None
+        try:
+            program = build_step_program(runtime.model, runtime.mode.value)
+        except SessionsUnsupportedError as exc:
+            self._unsupported[key] = str(exc)
+            return
+        except Exception as exc:
+            log.exception("no sessions for %s version %d", version.name, version.version)
+            self._unsupported[key] = f"step program failed to build: {exc}"
+            return
+        self._programs[key] = program
+        self._queues[key] = _StepQueue(program, self._executor, self._observer_for(version.name))
+        log.info(
+            "sessions on %s version %d: %s (%s)",
+            version.name, version.version, program.support, program.reason,
+        )  # fmt: skip
+
+    def support(self, version: ModelVersion) -> tuple[SessionSupport, str]:
+        key = (version.name, version.version)
+        if key in self._programs:
+            program = self._programs[key]
+            return SessionSupport(program.support), program.reason
+        return SessionSupport.UNSUPPORTED, self._unsupported.get(key, version.error or "not ready")
+
+    def open_count(self, model: str) -> int:
+        return len(self._open.get(model, {}))
+
+    # -- session life --------------------------------------------------------------------
+
+    def open(
+        self, model: str, version: int = 0, emit_on_request: bool = False, k: int = 0
+    ) -> Session:
+        target = self.repository.resolve(model, version)
+        key = (target.name, target.version)
+        if key not in self._programs:
+            raise Unsupported(
+                f"model {target.name!r} version {target.version} does not support sessions: "
+                f"{self.support(target)[1]}"
+            )
+        _check_top_k(k, target)
+        sessions = self._open.setdefault(target.name, {})
+        limit = target.config.max_sessions
+        if len(sessions) >= limit:
+            raise LimitExceeded(
+                f"model {target.name!r} has {len(sessions)} open sessions, its limit is {limit}"
+            )
+        program = self._programs[key]
+        session = Session(
+            uuid.uuid4().hex, target, program, emit_on_request, k, program.initial_state(1)
+        )
+        sessions[session.id] = session
+        self._observer_for(target.name).sessions_open(len(sessions))
+        return session
+
+    def close(self, session: Session) -> None:
+        """Free the session's state at once (idempotent)."""
+        sessions = self._open.get(session.target.name, {})
+        if sessions.pop(session.id, None) is not None:
+            self._observer_for(session.target.name).sessions_open(len(sessions))
+
+    def reset(self, session: Session) -> None:
+        session.state = session.program.initial_state(1)
+        session.steps = 0
+        session.finished = False
+
+    async def step(self, session: Session, values: np.ndarray, emit: bool) -> SessionOutput | None:
+        """Feed new steps ([k, features]); the output the mode gives for them, if any."""
+        chunk = self._validate(session, values)
+        queue = self._queues[(session.target.name, session.target.version)]
+        session.state, y = await queue.step(session.state, chunk[np.newaxis])
+        first = session.steps
+        session.steps += len(chunk)
+        self._observer_for(session.target.name).session_steps(len(chunk))
+        if session.mode is Mode.MANY_TO_MANY_ALIGNED:
+            return self._output(session, first, y[0])
+        if session.mode is Mode.MANY_TO_ONE and session.expects_output(emit):
+            if np.isnan(y).any():  # a fixed-length model is defined at its length only
+                return None
+            return self._output(session, session.steps - 1, y[0])
+        return None
+
+    async def finish(self, session: Session) -> SessionOutput:
+        """The caller's input is complete: decode the output sequence (unaligned models)."""
+        if session.mode is not Mode.MANY_TO_MANY_UNALIGNED:
+            raise Unsupported("end_input applies to many-to-many models of different length")
+        if session.steps == 0:
+            raise InvalidInput("end_input", "at least 1 step fed before it", "0 steps")
+        assert session.target.runtime is not None
+        fixed = session.target.runtime.signature.fixed_steps
+        if fixed is not None and session.steps != fixed:
+            raise InvalidInput("end_input", f"exactly {fixed} steps fed", f"{session.steps} steps")
+        loop = asyncio.get_running_loop()
+        y = await loop.run_in_executor(self._executor, session.program.finish, session.state)
+        session.finished = True
+        return self._output(session, 0, y[0], last=True)
+
+    def _validate(self, session: Session, values: np.ndarray) -> np.ndarray:
+        features = session.program.n_features
+        if values.ndim == 1:
+            values = values[np.newaxis]
+        if values.ndim != 2 or values.shape[-1] != features:
+            raise InvalidInput(
+                "steps.values.shape", f"[steps, {features}]", str(list(values.shape))
+            )
+        if len(values) == 0:
+            raise InvalidInput("steps.values", "at least one step", "0 steps")
+        if values.dtype.type not in ACCEPTED_FLOATS:
+            raise InvalidInput("steps.values.dtype", "a floating type", str(values.dtype))
+        if not np.isfinite(values).all():
+            raise InvalidInput("steps.values", "finite numbers", "NaN or infinity")
+        if session.finished:
+            raise InvalidInput("steps", "a reset after end_input", "more steps")
+        self._check_length(session, session.steps + len(values))
+        return values.astype(np.float32, copy=False)
+
+    def _check_length(self, session: Session, total: int) -> None:
+        runtime = session.target.runtime
+        assert runtime is not None
+        limit = runtime.signature.fixed_steps or session.target.config.max_sequence_length
+        if limit and total > limit:
+            raise InvalidInput(
+                "steps.values", f"at most {limit} steps in all since open or reset", f"{total}"
+            )
+
+    def _output(
+        self, session: Session, step: int, values: np.ndarray, last: bool = False
+    ) -> SessionOutput:
+        ranked = []
+        if session.k:
+            rows = values.reshape(-1, values.shape[-1])
+            ranked = top_k(rows, session.target.config.labels, session.k)
+        return SessionOutput(step, values, ranked, last)
+
+
+def _check_top_k(k: int, target: ModelVersion) -> None:
+    if k < 0 or (k and not target.config.labels):
+        raise InvalidInput("open.top_k", "0, or more for models with labels", str(k))
+
+
+@dataclass
+class _Pending:
+    state: State
+    chunk: np.ndarray
+    future: asyncio.Future[tuple[State, np.ndarray]]
+    queued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def group(self) -> tuple:
+        """Pending steps that can share one computation: equal chunk and state shapes."""
+        return (self.chunk.shape, *(v.shape for v in self.state.values()))
+
+
+class _StepQueue:
+    """Batches the steps of one model's sessions: one computation in flight at a time."""
+
+    def __init__(self, program: StepProgram, executor: Executor, observer: ModelObserver) -> None:
+        self._program = program
+        self._executor = executor
+        self._observer = observer
+        self._pending: deque[_Pending] = deque()
+        self._running = False
+        self._task: asyncio.Task[None] | None = None  # a reference keeps the task alive
+
+    async def step(self, state: State, chunk: np.ndarray) -> tuple[State, np.ndarray]:
+        future: asyncio.Future[tuple[State, np.ndarray]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending.append(_Pending(state, chunk, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                group = self._take_group()
+                if not group:
+                    continue
+                try:
+                    results = await loop.run_in_executor(self._executor, self._compute, group)
+                except Exception as exc:
+                    for item in group:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                for item, result in zip(group, results, strict=True):
+                    if not item.future.done():
+                        item.future.set_result(result)
+        finally:
+            self._running = False
+
+    def _take_group(self) -> list[_Pending]:
+        """The oldest pending step and every other pending step that can share its computation."""
+        live = [p for p in self._pending if not p.future.done()]
+        self._pending.clear()
+        if not live:
+            return []
+        key = live[0].group
+        group = [p for p in live if p.group == key][:MAX_STEP_BATCH]
+        chosen = {id(p) for p in group}
+        self._pending.extend(p for p in live if id(p) not in chosen)
+        now = time.perf_counter()
+        for item in group:
+            self._observer.queue_wait(now - item.queued)
+        return group
+
+    def _compute(self, group: list[_Pending]) -> list[tuple[State, np.ndarray]]:
+        start = time.perf_counter()
+        program = self._program
+        state = group[0].state if len(group) == 1 else program.stack([p.state for p in group])
+        chunk = group[0].chunk if len(group) == 1 else np.concatenate([p.chunk for p in group])
+        new_state, y = program.step(state, chunk)
+        self._observer.batch_executed(len(group), time.perf_counter() - start)
+        states = [new_state] if len(group) == 1 else program.split(new_state)
+        return [(s, y[i : i + 1]) for i, s in enumerate(states)]
