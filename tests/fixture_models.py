@@ -128,14 +128,18 @@ REPOSITORY: dict[str, tuple[Builder, dict]] = {
 GOOD_MODELS = [n for n in REPOSITORY if n not in ("unsafe", "wrong_mode")]
 
 
-def write_repository(root: Path) -> Path:
-    """Save every fixture model (seeded) as `<root>/<name>/1/model.keras` with its config."""
+def write_repository(root: Path, only: set[str] | None = None) -> Path:
+    """Save the fixture models (seeded) as `<root>/<name>/1/model.keras` with their configs."""
     for i, (name, (build, config)) in enumerate(REPOSITORY.items()):
+        if only is not None and name not in only:
+            continue
         keras.utils.set_random_seed(1000 + i)
         model_dir = root / name
         (model_dir / "1").mkdir(parents=True)
         build().save(model_dir / "1" / "model.keras")
         (model_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    if only is not None:
+        return root
     (root / "corrupt" / "1").mkdir(parents=True)
     (root / "corrupt" / "1" / "model.keras").write_bytes(b"not a zip file")
     # A second version of one model: the newest is served unless a request names one.
