@@ -1,0 +1,1 @@
+"""Runnable client examples, one per bundled model: `python -m models.examples.<name>`."""

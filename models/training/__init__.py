@@ -1,0 +1,1 @@
+"""Training code for the bundled models: `python -m models.training.train_all` rebuilds them all."""

@@ -1,0 +1,115 @@
+"""Shared training plumbing: seeding, and writing model, config.yaml and MODEL_CARD.md."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+import yaml
+
+from models.training.evaluate import Evaluation
+
+MODELS_DIR = Path(__file__).resolve().parents[1]
+MAX_MODEL_BYTES = 2 * 1024 * 1024
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python/numpy/tf and force deterministic kernels so `make models` is reproducible."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+@dataclass
+class Artifact:
+    """A trained model plus everything written beside it."""
+
+    name: str
+    model: keras.Model
+    mode: str
+    description: str
+    input_description: str
+    output_description: str
+    evaluation: Evaluation
+    card_body: str  # model-specific markdown: data, design, caveats
+    labels: list[str] | None = None
+    max_batch_size: int = 64
+    max_sequence_length: int = 0
+    seconds: float = 0.0
+    extra_config: dict[str, object] = field(default_factory=dict)
+
+
+def timed(train: Callable[[], Artifact]) -> Artifact:
+    """Run a training function and record its wall time on the artifact."""
+    start = time.perf_counter()
+    artifact = train()
+    artifact.seconds = time.perf_counter() - start
+    return artifact
+
+
+def config_dict(a: Artifact) -> dict[str, object]:
+    """The config.yaml contents, in the documented key order."""
+    cfg: dict[str, object] = {"description": a.description, "mode": a.mode}
+    if a.labels is not None:
+        cfg["labels"] = a.labels
+    cfg |= {
+        "max_batch_size": a.max_batch_size,
+        "max_sequence_length": a.max_sequence_length,
+        "input_description": a.input_description,
+        "output_description": a.output_description,
+        "evaluation": a.evaluation.as_config(),
+    }
+    return cfg | a.extra_config
+
+
+def model_card(a: Artifact, size_bytes: int) -> str:
+    """MODEL_CARD.md: the measured evaluation first, then the model-specific notes."""
+    ev = a.evaluation
+    extras = "".join(f"| {k} | {v:.4f} |\n" for k, v in ev.extra.items())
+    labels = f"\n**Labels** (output index -> label): {', '.join(a.labels)}\n" if a.labels else ""
+    return f"""# {a.name}
+
+{a.description}
+
+- **Mode:** `{a.mode}`
+- **Input:** {a.input_description}
+- **Output:** {a.output_description}
+- **File:** `1/model.keras`, {size_bytes / 1024:.0f} KiB; loads with
+  `keras.saving.load_model(path, safe_mode=True)` (built-in layers only, no custom code).
+{labels}
+## Evaluation (held-out, measured by `make models`, re-checked by tests/test_model_quality.py)
+
+- **Split:** {ev.split}
+- **Gate:** {ev.gate} -> {"PASS" if ev.passed else "FAIL"}
+
+| metric | value |
+|---|---|
+| {ev.metric} (model) | {ev.score:.4f} |
+| {ev.metric} ({ev.baseline_name}) | {ev.baseline:.4f} |
+{extras}
+{a.card_body.strip()}
+
+## Reproduce
+
+`make models` (runs `python -m models.training.train_all`; seeded, deterministic on CPU).
+Training took {a.seconds:.0f} s on the last run.
+"""
+
+
+def write_artifact(a: Artifact) -> Path:
+    """Save model, config and card under models/<name>/, verifying a safe-mode reload."""
+    root = MODELS_DIR / a.name
+    path = root / "1" / "model.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a.model.save(path)
+    keras.saving.load_model(path, safe_mode=True)  # fails loudly if anything needs custom code
+    size = path.stat().st_size
+    if size >= MAX_MODEL_BYTES:
+        raise ValueError(f"{path} is {size} bytes, over the 2 MB limit")
+    with open(root / "config.yaml", "w") as f:
+        yaml.safe_dump(config_dict(a), f, sort_keys=False, width=100, default_flow_style=None)
+    (root / "MODEL_CARD.md").write_text(model_card(a, size))
+    return path

@@ -1,0 +1,91 @@
+"""Quality gates for the SHIPPED models in models/: reload each file in safe mode and re-score it.
+
+No training here: the held-out data and gate logic come from models.training (the same code
+that wrote the cards), so a stale or regressed model file fails this test.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import keras
+import pytest
+import yaml
+
+from models.training import evaluate
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+NAMES = [
+    "iris_classifier",
+    "digit_classifier",
+    "digit_generator",
+    "co2_next_week",
+    "co2_forecast_13w",
+    "co2_forecast_13w_cropped",
+]
+MODES = {  # mode -> (input rank, output rank) including the batch axis
+    "one_to_one": (2, 2),
+    "one_to_many": (2, 3),
+    "many_to_one": (3, 2),
+    "many_to_many_aligned": (3, 3),
+    "many_to_many_unaligned": (3, 3),
+}
+SCORERS = {
+    "iris_classifier": lambda: evaluate.iris_classifier(load("iris_classifier")),
+    "digit_classifier": lambda: evaluate.digit_classifier(load("digit_classifier")),
+    "digit_generator": lambda: evaluate.digit_generator(
+        load("digit_generator"), load("digit_classifier")
+    ),
+    "co2_next_week": lambda: evaluate.co2_next_week(load("co2_next_week")),
+    "co2_forecast_13w": lambda: evaluate.co2_forecast(load("co2_forecast_13w")),
+    "co2_forecast_13w_cropped": lambda: evaluate.co2_forecast(load("co2_forecast_13w_cropped")),
+}
+
+
+def model_path(name: str) -> Path:
+    return MODELS_DIR / name / "1" / "model.keras"
+
+
+@cache
+def load(name: str) -> keras.Model:
+    """Load exactly as the server does: no custom objects, safe mode on."""
+    return keras.saving.load_model(model_path(name), safe_mode=True)
+
+
+@cache
+def config(name: str) -> dict:
+    return yaml.safe_load((MODELS_DIR / name / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_file_is_small_and_documented(name: str) -> None:
+    assert model_path(name).stat().st_size < 2 * 1024 * 1024
+    assert (MODELS_DIR / name / "MODEL_CARD.md").read_text().startswith(f"# {name}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_mode_matches_shapes(name: str) -> None:
+    cfg, model = config(name), load(name)
+    assert cfg["mode"] in MODES
+    in_shape, out_shape = tuple(model.input.shape), tuple(model.output.shape)
+    assert (len(in_shape), len(out_shape)) == MODES[cfg["mode"]]
+    if cfg["mode"] == "many_to_many_aligned":
+        assert in_shape[1] == out_shape[1]  # same (possibly dynamic) time axis
+    if cfg["mode"] == "many_to_many_unaligned":
+        assert in_shape[1] != out_shape[1]
+    if "labels" in cfg:
+        assert len(cfg["labels"]) == out_shape[-1]
+
+
+def test_digit_classifier_accepts_partial_sequences() -> None:
+    assert load("digit_classifier").input.shape[1] is None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_held_out_gate(name: str) -> None:
+    result = SCORERS[name]()
+    assert result.passed, f"{name}: {result.metric} {result.score:.4f} fails {result.gate}"
+    recorded = config(name)["evaluation"]
+    assert recorded["score"] == pytest.approx(result.score, abs=1e-3), "config.yaml is stale"
+    assert recorded["baseline"] == pytest.approx(result.baseline, abs=1e-3)
