@@ -101,3 +101,12 @@ def test_client_imports_without_tensorflow() -> None:
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_client_package_does_not_depend_on_tensorflow() -> None:
+    from importlib.metadata import requires
+
+    names = {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip()
+             for r in requires("seqserve-client") or []}  # fmt: skip
+    assert {"grpcio", "protobuf", "numpy"} <= names
+    assert not names & {"tensorflow", "tensorflow-cpu", "keras"}
