@@ -4,7 +4,8 @@
 #             to the versions in the tested .venv when it exists; one image layer, cached while
 #             these files do not change
 #   project/  the seqserve-client and seqserve-server wheels, rebuilt on every run (small layer)
-# Usage: deploy/build_wheelhouse.sh   (PIP: the pip to use, default .venv/bin/pip else pip3)
+# Usage: deploy/build_wheelhouse.sh   (PIP: the pip to use, default .venv/bin/pip else pip3;
+#        FORCE=1 re-resolves deps/ even when its inputs did not change)
 # The wheels must fit the image: CPython 3.11 on linux x86_64 (the host's pip decides; this
 # script refuses another Python minor version).
 set -euo pipefail
@@ -35,6 +36,16 @@ if [[ -x .venv/bin/pip ]]; then
     | grep -viE '^seqserve' >"$constraints" || true
 fi
 
+# deps/ is current when neither the packages' metadata nor the pins changed since it was filled:
+# then skip the (slow) resolution, and the image's dependency layer stays cached.
+stamp="$(cat client/pyproject.toml server/pyproject.toml "$constraints" | sha256sum | cut -d' ' -f1)"
+if [[ -z "${FORCE:-}" && -f "$OUT/deps.stamp" && "$(cat "$OUT/deps.stamp")" == "$stamp" ]] \
+    && compgen -G "$OUT/deps/*.whl" >/dev/null; then
+  echo "wheelhouse: deps/ up to date ($(ls "$OUT/deps" | wc -l) wheels), $(ls "$OUT/project" | tr "\n" " ")"
+  exit 0
+fi
+rm -f "$OUT/deps.stamp"
+
 # Resolve the server's dependencies into wheels (wheels come straight from the index or the pip
 # cache; any sdist-only dependency is built here, never in the image).
 $PIP wheel --quiet --wheel-dir "$OUT/deps" --find-links "$OUT/project" \
@@ -55,4 +66,5 @@ for whl in pathlib.Path(sys.argv[2]).glob("*.whl"):
         print(f"removed stale {whl.name}")
 PY
 rm -f "$wanted"
-echo "wheelhouse: $(ls "$OUT/deps" | wc -l) dependency wheels ($(du -sh "$OUT/deps" | cut -f1)), $(ls "$OUT/project")"
+echo "$stamp" >"$OUT/deps.stamp"
+echo "wheelhouse: $(ls "$OUT/deps" | wc -l) dependency wheels ($(du -sh "$OUT/deps" | cut -f1)), $(ls "$OUT/project" | tr "\n" " ")"
