@@ -50,25 +50,27 @@ def main(repo: str, model: str, steps: int, features: int, seconds: float) -> di
         result[f"b{b}_p50_ms"] = statistics.median(samples) * 1e3
         result[f"b{b}_seq_per_s"] = b * len(samples) / sum(samples)
 
-        wire = pb.PredictRequest(model_name=model, inputs=to_batch(x)).SerializeToString()
-        request = pb.PredictRequest.FromString(wire)
-        batch = msg.decode_inputs(request.inputs)
-        valid = runtime.validate(batch)
-        outputs = Batch(runtime.compute(valid.values))
-        prediction = Prediction(model, 1, runtime.mode, outputs)
-        items = valid.items()
-        costs = {
-            "parse": lambda: pb.PredictRequest.FromString(wire),
-            "decode": lambda: msg.decode_inputs(request.inputs),
-            "validate": lambda: runtime.validate(batch),
-            "encode": lambda: msg.prediction_to_proto(prediction).SerializeToString(),
-            "split_join": lambda: Batch.from_items(list(Batch(outputs.values).items()))
-            if items
-            else None,
-        }
+        costs = _costs(pb, msg, Batch, Prediction, runtime, model, to_batch(x))
         for name, fn in costs.items():
             result[f"b{b}_{name}_us"] = statistics.median(timed(fn, 0.2, 20_000)) * 1e6
     return result
+
+
+def _costs(pb, msg, batch_type, prediction_type, runtime, model: str, inputs) -> dict:
+    """Callables for each step of a request's Python work besides computing."""
+    wire = pb.PredictRequest(model_name=model, inputs=inputs).SerializeToString()
+    request = pb.PredictRequest.FromString(wire)
+    batch = msg.decode_inputs(request.inputs)
+    valid = runtime.validate(batch)
+    outputs = batch_type(runtime.compute(valid.values))
+    prediction = prediction_type(model, 1, runtime.mode, outputs)
+    return {
+        "parse": lambda: pb.PredictRequest.FromString(wire),
+        "decode": lambda: msg.decode_inputs(request.inputs),
+        "validate": lambda: runtime.validate(batch),
+        "encode": lambda: msg.prediction_to_proto(prediction).SerializeToString(),
+        "split_join": lambda: batch_type.from_items(list(outputs.items())),
+    }
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Closed-loop gRPC load generator, run as its own process (it must not share the server's GIL).
 
-`python -m bench.loadgen SPEC.json` where SPEC is
-`{"target": "127.0.0.1:PORT", "channels": 1, "points": [{"id", "request" (hex of a serialized
-PredictRequest), "concurrency", "duration", "warmup"}]}`; prints one JSON line per point.
+`python -m bench.loadgen SPEC.json` where SPEC is `{"jobs": [{"target": "127.0.0.1:PORT",
+"channels": 1, "server_pids": [...], "point": {"id", "request" (hex of a serialized
+PredictRequest), "concurrency", "duration", "warmup"}}]}`; prints one JSON line per job, in order.
+Jobs for different servers interleave (the orchestrator's choice), so that servers compared are
+measured minutes, not tens of minutes, apart on a noisy machine; channels stay open between jobs.
 
 Kept cheap: requests are serialized once and sent as bytes through a raw stub without
 (de)serializers, so the client costs only the transport. Only 127.0.0.1 is a target.
@@ -12,11 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
-
-import os
 
 import grpc
 
@@ -97,22 +98,29 @@ async def run_point(channels: list[grpc.aio.Channel], point: dict, pids: list[in
     }
 
 
-async def main(spec: dict) -> None:
-    target = spec["target"]
+async def open_channels(target: str, n: int) -> list[grpc.aio.Channel]:
     if not target.startswith("127.0.0.1:"):
         raise SystemExit("the load generator only targets 127.0.0.1")
-    n = max(1, spec.get("channels", 1))
     # Separate subchannel pools: each channel gets its own TCP connection (SO_REUSEPORT spreads
     # connections, not requests, over worker processes).
     options = [("grpc.use_local_subchannel_pool", 1)] if n > 1 else []
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(n)]
     for ch in channels:
         await asyncio.wait_for(ch.channel_ready(), 30)
-    for point in spec["points"]:
-        result = await run_point(channels, point, spec.get("server_pids", []))
+    return channels
+
+
+async def main(spec: dict) -> None:
+    pools: dict[tuple[str, int], list[grpc.aio.Channel]] = {}
+    for job in spec["jobs"]:
+        key = (job["target"], max(1, job.get("channels", 1)))
+        if key not in pools:
+            pools[key] = await open_channels(*key)
+        result = await run_point(pools[key], job["point"], job.get("server_pids", []))
         print(json.dumps(result), flush=True)
-    for ch in channels:
-        await ch.close()
+    for channels in pools.values():
+        for ch in channels:
+            await ch.close()
 
 
 if __name__ == "__main__":

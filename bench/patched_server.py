@@ -8,12 +8,18 @@ from the environment (the server's own flag parser rejects unknown flags):
 - BENCH_MAX_BATCH_SIZE     overrides the model config's max_batch_size
 - BENCH_MAX_QUEUE_DELAY_MS overrides the model config's max_queue_delay_ms
 - BENCH_REUSEPORT=1        listen with SO_REUSEPORT (several worker processes on one port)
+- BENCH_CONCRETE=1         compute through the tf.function's concrete function (less Python per
+                           call: a proposed `ModelRuntime.compute` change)
+- BENCH_SWITCH_INTERVAL    sys.setswitchinterval seconds (the GIL hand-over interval)
+- BENCH_STATS=1            print compute calls and mean batch size at exit
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
+import time
 
 
 def install() -> None:
@@ -27,6 +33,42 @@ def install() -> None:
     batch_size = os.environ.get("BENCH_MAX_BATCH_SIZE")
     delay_ms = os.environ.get("BENCH_MAX_QUEUE_DELAY_MS")
 
+    concrete = os.environ.get("BENCH_CONCRETE") == "1"
+    stats = {"calls": 0, "items": 0, "seconds": 0.0}
+    if os.environ.get("BENCH_STATS") == "1":
+        atexit.register(
+            lambda: print(
+                f"bench stats: {stats['calls']} compute calls, "
+                f"{stats['items'] / max(1, stats['calls']):.1f} items per call, "
+                f"{1e3 * stats['seconds'] / max(1, stats['calls']):.3f} ms per call",
+                flush=True,
+            )
+        )
+    if os.environ.get("BENCH_SWITCH_INTERVAL"):
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
+
+    def compute_for(runtime):
+        if concrete:
+            import tensorflow as tf
+
+            function = runtime._fn.get_concrete_function()
+
+            def compute(values):
+                return function(tf.constant(values)).numpy()
+
+        else:
+            compute = runtime.compute
+
+        def counted(values):
+            start = time.perf_counter()
+            out = compute(values)
+            stats["calls"] += 1
+            stats["items"] += len(values)
+            stats["seconds"] += time.perf_counter() - start
+            return out
+
+        return counted
+
     def batcher_for(service: inference.InferenceService, target) -> DynamicBatcher:
         batchers = service.__dict__.setdefault("_bench_batchers", {})
         key = (target.name, target.version)
@@ -35,7 +77,7 @@ def install() -> None:
             config = target.config
             observer = getattr(service, "observer_for", None)
             batcher = batchers[key] = DynamicBatcher(
-                target.runtime.compute,
+                compute_for(target.runtime),
                 service._executor,
                 int(batch_size) if batch_size else config.max_batch_size,
                 (float(delay_ms) if delay_ms else config.max_queue_delay_ms) / 1000,

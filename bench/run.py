@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,6 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 1
     channels: int = 1
-    main: bool = True  # the full matrix; variants run a few points
 
 
 def request_bytes(model: BenchModel, seqs: int, seed: int = 0) -> bytes:
@@ -66,16 +66,10 @@ def run_ceiling(repo: Path, model: BenchModel, seconds: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_load(running: servers.Running, points: list[dict], channels: int, tmp: Path) -> list:
-    spec = {
-        "target": running.target,
-        "channels": channels,
-        "server_pids": running.pids,
-        "points": points,
-    }
+def run_jobs(jobs: list[dict], tmp: Path) -> list[dict]:
     path = tmp / "loadgen.json"
-    path.write_text(json.dumps(spec))
-    budget = sum(p["warmup"] + p["duration"] + 15 for p in points) + 30
+    path.write_text(json.dumps({"jobs": jobs}))
+    budget = sum(j["point"]["warmup"] + j["point"]["duration"] + 5 for j in jobs) + 60
     out = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", str(path)],
         capture_output=True, text=True, timeout=budget,
@@ -85,41 +79,100 @@ def run_load(running: servers.Running, points: list[dict], channels: int, tmp: P
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
+def start_all(specs: list[ServerSpec], repo: Path, shapes: Path) -> dict[str, servers.Running]:
+    """Start servers side by side (idle ones cost memory, not CPU)."""
+    with ThreadPoolExecutor(len(specs)) as pool:
+        futures = {
+            s.label: pool.submit(servers.start, s.kind, repo, s.args, s.env, s.workers, shapes)
+            for s in specs
+        }
+        running = {}
+        errors = []
+        for label, future in futures.items():
+            try:
+                running[label] = future.result()
+            except Exception as exc:  # noqa: BLE001 - keep going without a server that cannot start
+                errors.append(f"{label}: {exc}")
+        for e in errors:
+            print(f"server did not start: {e[:2000]}", flush=True)
+        return running
+
+
+def measure(
+    specs: list[ServerSpec],
+    grid: list[tuple[BenchModel, int, int, int]],
+    payloads: dict,
+    repo: Path,
+    shapes: Path,
+    tmp: Path,
+    duration: float,
+    warmup: float,
+) -> list[dict]:
+    """Every point of `grid` (model, seqs, callers, rounds) on every server, interleaved: for
+    each round and point the servers run back to back, in an order that rotates; best round."""
+    running = start_all(specs, repo, shapes)
+    try:
+        jobs, meta = [], []
+        rounds = max(r for *_, r in grid)
+        for rnd in range(rounds):
+            for i, (m, n, c, want) in enumerate(grid):
+                if rnd >= want:
+                    continue
+                order = [s for s in specs if s.label in running]
+                shift = (rnd + i) % len(order)
+                for spec in order[shift:] + order[:shift]:
+                    srv = running[spec.label]
+                    point = {"id": f"{m.name}|{n}|{c}", "request": payloads[(m.name, n)],
+                             "concurrency": c, "duration": duration, "warmup": warmup}  # fmt: skip
+                    jobs.append({"target": srv.target, "channels": spec.channels,
+                                 "server_pids": srv.pids, "point": point})  # fmt: skip
+                    meta.append((spec.label, m.name, n, c, rnd))
+        print(f"  {len(jobs)} measurements on {len(running)} servers ...", flush=True)
+        results = run_jobs(jobs, tmp)
+    finally:
+        for srv in running.values():
+            srv.stop()
+    best: dict[tuple, dict] = {}
+    for (label, model, n, c, rnd), r in zip(meta, results, strict=False):
+        row = {"server": label, "model": model, "seqs": n, "callers": c, "round": rnd, **r}
+        key = (label, model, n, c)
+        if key not in best or row["rps"] > best[key]["rps"]:
+            best[key] = row
+    return list(best.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="reference model, fewer points")
     parser.add_argument("--duration", type=float, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each point")
+    parser.add_argument("--rounds", type=int, help="repeats of the reference model's points")
     parser.add_argument("--concurrency", default=None, help="comma list, e.g. 1,8,32,128")
     parser.add_argument("--no-variants", action="store_true", help="skip the tuning variants")
-    parser.add_argument("--only", default="", help="comma list of server labels to run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
 
-    duration = args.duration or (1.0 if args.quick else 2.0)
-    warmup = args.warmup or (0.3 if args.quick else 0.5)
-    conc = [int(c) for c in (args.concurrency or ("1,32" if args.quick else "1,8,32,128")).split(",")]
+    duration = args.duration or (1.0 if args.quick else 1.5)
+    warmup = args.warmup or (0.3 if args.quick else 0.4)
+    rounds = args.rounds or (1 if args.quick else 2)
+    default_conc = "1,32" if args.quick else "1,8,32,128"
+    conc = [int(c) for c in (args.concurrency or default_conc).split(",")]
     models = [REFERENCE] if args.quick else [REFERENCE, ALIGNED]
     sizes = [1, 32]
     started = time.time()
 
-    specs = [
-        ServerSpec("echo", "echo"),
-        ServerSpec("old", "old"),
+    main_specs = [ServerSpec("echo", "echo"), ServerSpec("old", "old"), ServerSpec("new", "new")]
+    tf1 = ["--tf-intra-op-threads", "1", "--tf-inter-op-threads", "1"]
+    variant_specs = [
         ServerSpec("new", "new"),
+        ServerSpec("new concrete-fn", "new", env={"BENCH_CONCRETE": "1"}),
+        ServerSpec("new tf-threads 1/1", "new", tf1),
+        ServerSpec("old tf-threads 1/1", "old", tf1),
+        ServerSpec("new compute-threads 1", "new", ["--compute-threads", "1"]),
+        ServerSpec("new max-in-flight 2", "new", env={"BENCH_MAX_IN_FLIGHT": "2"}),
+        ServerSpec("new 8 channels", "new", channels=8),
+        ServerSpec("new 2 procs reuseport 8 ch", "new", workers=2, channels=8),
     ]
-    if not (args.quick or args.no_variants):
-        specs += [
-            ServerSpec("new tf1x1", "new", ["--tf-intra-op-threads", "1", "--tf-inter-op-threads", "1"], main=False),
-            ServerSpec("old tf1x1", "old", ["--tf-intra-op-threads", "1", "--tf-inter-op-threads", "1"], main=False),
-            ServerSpec("new compute1", "new", ["--compute-threads", "1"], main=False),
-            ServerSpec("new inflight2", "new", env={"BENCH_MAX_IN_FLIGHT": "2"}, main=False),
-            ServerSpec("new 8ch", "new", channels=8, main=False),
-            ServerSpec("new 2proc 8ch", "new", workers=2, channels=8, main=False),
-        ]
-    if args.only:
-        keep = {s.strip() for s in args.only.split(",")}
-        specs = [s for s in specs if s.label in keep or s.label == "echo"]
 
     with tempfile.TemporaryDirectory(prefix="seqserve-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -127,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"writing models to {repo} ...", flush=True)
         subprocess.run(
             [sys.executable, "-m", "bench.models", str(repo), *[m.name for m in models]],
-            check=True, timeout=180,
+            check=True, timeout=180, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        shapes_path = tmp / "shapes.json"
-        shapes_path.write_text(json.dumps(output_shapes(models)))
+        shapes = tmp / "shapes.json"
+        shapes.write_text(json.dumps(output_shapes(models)))
 
         ceilings = {}
         for m in models:
@@ -138,42 +191,23 @@ def main(argv: list[str] | None = None) -> int:
             ceilings[m.name] = run_ceiling(repo, m, 0.5 if args.quick else 1.0)
 
         payloads = {(m.name, n): request_bytes(m, n).hex() for m in models for n in sizes}
-        rows: list[dict] = []
-        for spec in specs:
-            if spec.main:
-                grid = [(m, n, c) for m in models for n in sizes for c in conc]
-            else:
-                grid = [(REFERENCE, 1, 1), (REFERENCE, 1, 32), (REFERENCE, 32, 32)]
-                if spec.channels > 1:
-                    grid = [(REFERENCE, 1, 32), (REFERENCE, 1, 128), (REFERENCE, 32, 32)]
-            points = [
-                {
-                    "id": f"{m.name}|{n}|{c}",
-                    "request": payloads[(m.name, n)],
-                    "concurrency": c,
-                    "duration": duration,
-                    "warmup": warmup,
-                }
-                for m, n, c in grid
-            ]
-            print(f"server {spec.label}: {len(points)} points ...", flush=True)
-            running = servers.start(
-                spec.kind, repo, spec.args, spec.env, spec.workers, shapes_path
-            )
-            try:
-                results = run_load(running, points, spec.channels, tmp)
-            finally:
-                running.stop()
-            for r in results:
-                model, n, c = r["id"].split("|")
-                rows.append({"server": spec.label, "model": model, "seqs": int(n),
-                             "callers": int(c), **r})  # fmt: skip
+        grid = [
+            (m, n, c, rounds if m is REFERENCE else 1) for m in models for n in sizes for c in conc
+        ]
+        print("servers echo, old, new ...", flush=True)
+        rows = measure(main_specs, grid, payloads, repo, shapes, tmp, duration, warmup)
+        variants: list[dict] = []
+        if not (args.quick or args.no_variants):
+            print("variants ...", flush=True)
+            vgrid = [(REFERENCE, 1, 1, 1), (REFERENCE, 1, 32, 1), (REFERENCE, 32, 32, 1)]
+            variants = measure(variant_specs, vgrid, payloads, repo, shapes, tmp, duration, warmup)
 
     elapsed = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    report = render(rows, ceilings, models, sizes, conc, duration, warmup, elapsed)
+    report = render(rows, variants, ceilings, models, duration, warmup, rounds, elapsed)
     (args.out / "latest.md").write_text(report)
-    (args.out / "latest.json").write_text(json.dumps({"rows": rows, "ceilings": ceilings}, indent=1))
+    data = {"rows": rows, "variants": variants, "ceilings": ceilings}
+    (args.out / "latest.json").write_text(json.dumps(data, indent=1))
     plot(rows, ceilings, models, sizes, args.out / "latest.png")
     print(report)
     return 0
@@ -183,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _f(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None else f"{x:,.{digits}f}"
+    return "-" if x is None else f"{x:,.{digits}f}"
 
 
 def _find(rows: list[dict], server: str, model: str, seqs: int, callers: int) -> dict | None:
@@ -193,15 +227,51 @@ def _find(rows: list[dict], server: str, model: str, seqs: int, callers: int) ->
     return None
 
 
-def render(rows, ceilings, models, sizes, conc, duration, warmup, elapsed) -> str:
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def _table(rows: list[dict], ceilings: dict, base: str) -> list[str]:
+    out = [
+        "| server | model | seqs/req | callers | req/s | seq/s | p50 ms | p90 ms | p99 ms | errors "
+        f"| x{base} | xmodel | p50/budget | server cores | client cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["model"], r["seqs"], r["callers"])):
+        ref = _find(rows, base, r["model"], r["seqs"], r["callers"])
+        echo = _find(rows, "echo", r["model"], r["seqs"], r["callers"])
+        c = ceilings[r["model"]]
+        seq_s = r["rps"] * r["seqs"]
+        x_ref = r["rps"] / ref["rps"] if ref and ref["rps"] else None
+        x_model = seq_s / c["b32_seq_per_s"]
+        budget = None
+        if r["callers"] == 1 and echo and echo["p50_ms"] and r["p50_ms"]:
+            inproc = c["b1_p50_ms"] if r["seqs"] == 1 else c["b32_p50_ms"]
+            budget = r["p50_ms"] / (echo["p50_ms"] + inproc)
+        errors = str(r["errors"]) + (f" {r['error_codes']}" if r["errors"] else "")
+        out.append(
+            f"| {r['server']} | {r['model']} | {r['seqs']} | {r['callers']} | {_f(r['rps'], 0)}"
+            f" | {_f(seq_s, 0)} | {_f(r['p50_ms'])} | {_f(r['p90_ms'])} | {_f(r['p99_ms'])}"
+            f" | {errors} | {_f(x_ref)} | {_f(x_model)} | {_f(budget)}"
+            f" | {_f(r['server_cores'])} | {_f(r['client_cores'])} |"
+        )
+    return out
+
+
+def render(rows, variants, ceilings, models, duration, warmup, rounds, elapsed) -> str:
     out = [
         "# seqserve benchmark",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')} · {platform.node()} · {os.cpu_count()} cores · "
-        f"Python {platform.python_version()} · {duration:g} s per point after {warmup:g} s "
-        f"warm-up · whole run {elapsed:.0f} s. Client: closed loop, grpc.aio, pre-encoded "
-        "requests, its own process, same cores. One run, side by side: compare ratios, not "
-        "absolute numbers (this machine is shared and noisy, repeats vary ±20%).",
+        f"load average before the run {_load()} · Python {platform.python_version()} · "
+        f"{duration:g} s per point after {warmup:g} s warm-up · reference model: best of "
+        f"{rounds} interleaved rounds · whole run {elapsed:.0f} s. Client: closed loop, "
+        "grpc.aio, pre-encoded requests, its own process, same cores. Servers run side by side "
+        "and are measured point by point in rotating order: compare ratios, not absolute "
+        "numbers (this machine is shared and noisy).",
         "",
         "## Ceilings",
         "",
@@ -237,31 +307,19 @@ def render(rows, ceilings, models, sizes, conc, duration, warmup, elapsed) -> st
         "",
         "## Results",
         "",
-        "`×echo` = req/s ÷ echo req/s at the same point; `×model` = seq/s ÷ in-process "
+        "`xecho` = req/s ÷ echo req/s at the same point; `xmodel` = seq/s ÷ in-process "
         "seq/s at batch 32; `p50/budget` (1 caller) = p50 ÷ (echo p50 + in-process p50 at the "
         "request's batch size). Cores: CPU used by server / client processes during the point.",
         "",
-        "| server | model | seqs/req | callers | req/s | seq/s | p50 ms | p90 ms | p99 ms | errors "
-        "| ×echo | ×model | p50/budget | server cores | client cores |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        echo = _find(rows, "echo", r["model"], r["seqs"], r["callers"])
-        c = ceilings[r["model"]]
-        seq_s = r["rps"] * r["seqs"]
-        x_echo = r["rps"] / echo["rps"] if echo and echo["rps"] else None
-        x_model = seq_s / c["b32_seq_per_s"]
-        budget = None
-        if r["callers"] == 1 and echo and echo["p50_ms"] and r["p50_ms"]:
-            inproc = c["b1_p50_ms"] if r["seqs"] == 1 else c["b32_p50_ms"]
-            budget = r["p50_ms"] / (echo["p50_ms"] + inproc)
-        errors = str(r["errors"]) + (f" {r['error_codes']}" if r["errors"] else "")
-        out.append(
-            f"| {r['server']} | {r['model']} | {r['seqs']} | {r['callers']} | {_f(r['rps'], 0)}"
-            f" | {_f(seq_s, 0)} | {_f(r['p50_ms'])} | {_f(r['p90_ms'])} | {_f(r['p99_ms'])}"
-            f" | {errors} | {_f(x_echo)} | {_f(x_model)} | {_f(budget)}"
-            f" | {_f(r['server_cores'])} | {_f(r['client_cores'])} |"
-        )
+    out += _table(rows, ceilings, "echo")
+    if variants:
+        out += [
+            "",
+            "## Variants (reference model; ratios to `new` measured in the same rotation)",
+            "",
+        ]
+        out += _table(variants, ceilings, "new")
     out += ["", "## Goals (reference model)", "", "| goal | old | new |", "|---|---|---|"]
     ref = REFERENCE.name
     c = ceilings[ref]
@@ -271,28 +329,26 @@ def render(rows, ceilings, models, sizes, conc, duration, warmup, elapsed) -> st
         if which == "throughput":
             r, e = _find(rows, server, ref, 1, 32), _find(rows, "echo", ref, 1, 32)
             if not (r and e):
-                return "–"
+                return "-"
             x = r["rps"] / e["rps"]
-            return f"{x:.2f}× {'✅' if x >= 0.8 else '❌'}"
+            return f"{x:.2f}x {'✅' if x >= 0.8 else '❌'}"
         if which == "latency":
             r = _find(rows, server, ref, 1, 1)
             if not (r and echo1 and r["p50_ms"]):
-                return "–"
+                return "-"
             x = r["p50_ms"] / (echo1["p50_ms"] + c["b1_p50_ms"])
-            return f"{x:.2f}× {'✅' if x <= 1.1 else '❌'}"
-        best = max(
-            (r["rps"] * 32 for r in rows if (r["server"], r["model"], r["seqs"]) == (server, ref, 32)),
-            default=None,
-        )
+            return f"{x:.2f}x {'✅' if x <= 1.1 else '❌'}"
+        mine = [r for r in rows if (r["server"], r["model"], r["seqs"]) == (server, ref, 32)]
+        best = max((r["rps"] * 32 for r in mine), default=None)
         if best is None:
-            return "–"
+            return "-"
         x = best / c["b32_seq_per_s"]
-        return f"{x:.2f}× {'✅' if x >= 0.5 else '❌'}"
+        return f"{x:.2f}x {'✅' if x >= 0.5 else '❌'}"
 
     for which, text in (
-        ("throughput", "32 callers, 1 seq: req/s ≥ 0.8× echo"),
-        ("latency", "1 caller p50 ≤ 1.1× (echo p50 + in-process batch-1 p50)"),
-        ("batch", "32-seq requests (best callers): seq/s ≥ 0.5× in-process batch 32"),
+        ("throughput", "32 callers, 1 seq: req/s ≥ 0.8x echo"),
+        ("latency", "1 caller p50 ≤ 1.1x (echo p50 + in-process batch-1 p50)"),
+        ("batch", "32-seq requests (best callers): seq/s ≥ 0.5x in-process batch 32"),
     ):
         out.append(f"| {text} | {goal('old', which)} | {goal('new', which)} |")
     return "\n".join(out) + "\n"
