@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
 
-    duration = args.duration or (1.0 if args.quick else 1.5)
-    warmup = args.warmup or (0.3 if args.quick else 0.4)
+    duration = args.duration or (1.0 if args.quick else 1.2)
+    warmup = args.warmup or 0.3
     rounds = args.rounds or (1 if args.quick else 2)
     default_conc = "1,32" if args.quick else "1,8,32,128"
     conc = [int(c) for c in (args.concurrency or default_conc).split(",")]
@@ -362,10 +362,10 @@ def plot(rows, ceilings, models, sizes, path: Path) -> None:
 
     panels = [(m, n) for m in models for n in sizes]
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7.5), squeeze=False)
-    labels = ["echo", "old", "new"]
+    colors = {"echo": "tab:blue", "old": "tab:orange", "new": "tab:green"}
     for col, (m, n) in enumerate(panels):
         top, bottom = axes[0][col], axes[1][col]
-        for label in labels:
+        for label, color in colors.items():
             pts = sorted(
                 (r for r in rows if (r["server"], r["model"], r["seqs"]) == (label, m.name, n)),
                 key=lambda r: r["callers"],
@@ -373,9 +373,10 @@ def plot(rows, ceilings, models, sizes, path: Path) -> None:
             if not pts:
                 continue
             xs = [r["callers"] for r in pts]
-            top.plot(xs, [r["rps"] * n for r in pts], marker="o", label=label)
-            bottom.plot(xs, [r["p50_ms"] or 0 for r in pts], marker="o", label=f"{label} p50")
-            bottom.plot(xs, [r["p99_ms"] or 0 for r in pts], ls=":", alpha=0.6)
+            top.plot(xs, [r["rps"] * n for r in pts], marker="o", color=color, label=label)
+            p50 = [r["p50_ms"] or 0 for r in pts]
+            bottom.plot(xs, p50, marker="o", color=color, label=f"{label} p50")
+            bottom.plot(xs, [r["p99_ms"] or 0 for r in pts], ls=":", color=color, alpha=0.6)
         c = ceilings[m.name]
         top.axhline(c["b32_seq_per_s"], color="grey", ls="--", label="in-process b32")
         top.axhline(c["b1_seq_per_s"], color="grey", ls=":", label="in-process b1")
@@ -383,6 +384,7 @@ def plot(rows, ceilings, models, sizes, path: Path) -> None:
             ax.set_xscale("log", base=2)
             ax.set_xlabel("callers")
             ax.grid(alpha=0.3)
+        top.set_yscale("log")
         bottom.set_yscale("log")
         top.set_title(f"{m.name}, {n} seq/request")
         top.set_ylabel("sequences/s")
