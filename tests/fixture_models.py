@@ -121,7 +121,10 @@ REPOSITORY: dict[str, tuple[Builder, dict]] = {
     "conv": (conv_front_end, {}),
     "masked": (masked, {}),
     "fixed": (fixed_length, {}),
-    "limited": (gru_aligned, {"max_sessions": 2, "session_idle_timeout_s": 1.0}),
+    "limited": (
+        gru_aligned,
+        {"max_sessions": 2, "session_idle_timeout_s": 1.0, "max_queue_size": 8},
+    ),
     "unsafe": (unsafe_lambda, {}),
     "wrong_mode": (aligned, {"mode": "many_to_one"}),
 }

@@ -147,3 +147,30 @@ def test_server_survives_bad_input(client: SeqServeClient, server) -> None:
     assert server.process.poll() is None
     assert client.health()
     assert len(client.predict("classifier", seqs(4, 2))) == 2
+
+
+def test_expired_deadline(client: SeqServeClient) -> None:
+    with pytest.raises(SeqServeError) as caught:
+        client.predict("aligned", seqs(5), timeout=0.0001)
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_full_queue_fails_fast_with_unavailable(server, client: SeqServeClient) -> None:
+    """A model whose queue holds 8 sequences, flooded by concurrent 6-sequence requests."""
+    import asyncio
+
+    from seqserve_client import AsyncSeqServeClient
+
+    async def flood() -> list[BaseException | object]:
+        async with AsyncSeqServeClient(server.target) as c:
+            calls = [c.predict("limited", seqs(*[200] * 6)) for _ in range(40)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(flood())
+    refused = [r for r in results if isinstance(r, SeqServeError)]
+    served = [r for r in results if not isinstance(r, BaseException)]
+    assert refused and served
+    assert {e.code for e in refused} == {grpc.StatusCode.UNAVAILABLE}
+    assert "queue" in refused[0].message and "full" in refused[0].message
+    assert refused[0].reason == "OVERLOADED"  # google.rpc details reach the asyncio client too
+    assert len(client.predict("limited", seqs(3))) == 1

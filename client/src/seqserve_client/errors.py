@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -69,8 +71,9 @@ _BY_CODE: dict[grpc.StatusCode, type[SeqServeError]] = {
 
 def from_rpc_error(error: grpc.RpcError) -> SeqServeError:
     """The typed exception for a failed call, with the details the server attached."""
-    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-    message = error.details() if isinstance(error, grpc.Call) else str(error)
+    call = _as_call(error)
+    code = call.code() if call else grpc.StatusCode.UNKNOWN
+    message = call.details() if call else str(error)
     kind = _BY_CODE.get(code, SeqServeError)
     info = _error_info(error)
     if info is None:
@@ -86,11 +89,17 @@ def from_rpc_error(error: grpc.RpcError) -> SeqServeError:
     )
 
 
+def _as_call(error: grpc.RpcError) -> Any:
+    """Sync errors are `grpc.Call`s; asyncio's `AioRpcError` has the same methods but is not."""
+    return error if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
+
+
 def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    if not isinstance(error, grpc.Call):
+    call = _as_call(error)
+    if call is None:
         return None
     try:
-        status = rpc_status.from_call(error)
+        status = rpc_status.from_call(call)
     except ValueError:
         return None
     for detail in status.details if status else []:

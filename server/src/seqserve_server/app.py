@@ -97,6 +97,7 @@ class App:
         """Refuse new work, let in-flight calls finish within the grace period, then stop."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_period_s if grace is None else grace)
+        self.inference.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def wait(self) -> None:

@@ -28,32 +28,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Protocol
 
 import numpy as np
 
 from .errors import DeadlineExpired, Overloaded
+from .observer import ModelObserver, NullModelObserver
 
 Compute = Callable[[np.ndarray], np.ndarray]
-
-
-class BatchMetrics(Protocol):
-    """What the batcher reports (`core.observer.ModelObserver` satisfies it)."""
-
-    def batch_executed(self, size: int, compute_seconds: float) -> None: ...
-    def queue_wait(self, seconds: float) -> None: ...
-    def queue_depth(self, n: int) -> None: ...
-
-
-class _NoMetrics:
-    def batch_executed(self, size: int, compute_seconds: float) -> None:
-        pass
-
-    def queue_wait(self, seconds: float) -> None:
-        pass
-
-    def queue_depth(self, n: int) -> None:
-        pass
 
 
 class _Request:
@@ -91,7 +72,7 @@ class DynamicBatcher:
         max_batch_size: int,
         max_queue_delay_s: float,
         max_queue_size: int,
-        metrics_hook: BatchMetrics | None = None,
+        metrics_hook: ModelObserver | None = None,
         *,
         name: str = "model",
         max_in_flight: int = 1,
@@ -107,7 +88,7 @@ class DynamicBatcher:
         self.max_in_flight = max_in_flight
         self._compute = compute
         self._executor = executor
-        self._metrics: BatchMetrics = metrics_hook or _NoMetrics()
+        self._metrics: ModelObserver = metrics_hook or NullModelObserver()
         # shape -> queued slots, oldest first; the dict keeps groups in order of first arrival
         self._groups: OrderedDict[tuple[int, ...], deque[_Slot]] = OrderedDict()
         self._depth = 0

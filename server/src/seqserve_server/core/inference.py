@@ -5,15 +5,14 @@ Computation runs on a worker thread pool (TensorFlow releases the GIL), never on
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 
 from .batch import Batch
+from .batching import DynamicBatcher
 from .classification import TopK, top_k
 from .errors import InvalidInput
 from .modes import Mode
@@ -46,33 +45,57 @@ class InferenceService:
     def __init__(
         self,
         repository: ModelRepository,
-        executor: ThreadPoolExecutor,
+        executor: Executor,
         observer: Observer | None = None,
     ) -> None:
         self.repository = repository
         self._executor = executor
         self._observer = observer or NullObserver()
         self._model_observers: dict[str, ModelObserver] = {}
+        self._batchers: dict[tuple[str, int], DynamicBatcher] = {}
 
     def observer_for(self, model: str) -> ModelObserver:
         if model not in self._model_observers:
             self._model_observers[model] = self._observer.for_model(model)
         return self._model_observers[model]
 
+    def _batcher(self, target: ModelVersion) -> DynamicBatcher:
+        key = (target.name, target.version)
+        if key not in self._batchers:
+            config = target.config
+            self._batchers[key] = DynamicBatcher(
+                _runtime(target).compute,
+                self._executor,
+                config.max_batch_size,
+                config.max_queue_delay_ms / 1000,
+                config.max_queue_size,
+                self.observer_for(target.name),
+                name=target.name,
+            )
+        return self._batchers[key]
+
+    def close(self) -> None:
+        """Fail queued work fast: the server is stopping."""
+        for batcher in self._batchers.values():
+            batcher.close()
+
     def resolve(self, model: str, version: int = 0) -> ModelVersion:
         return self.repository.resolve(model, version)
 
-    async def predict(self, model: str, version: int, inputs: Batch, k: int = 0) -> Prediction:
+    async def predict(
+        self, model: str, version: int, inputs: Batch, k: int = 0, deadline: float | None = None
+    ) -> Prediction:
+        """`deadline`: `time.monotonic()` seconds after which the work is dropped unrun."""
         target = self.resolve(model, version)
         runtime = _runtime(target)
         batch = runtime.validate(inputs)
         _check_top_k(k, target)
-        outputs = await self._run(target, batch)
+        outputs = await self._run(target, batch, deadline)
         ranked = _rank(outputs.values, target.config.labels, k) if k else None
         return Prediction(target.name, target.version, runtime.mode, outputs, ranked)
 
     async def predict_parts(
-        self, target: ModelVersion, inputs: Batch, k: int = 0
+        self, target: ModelVersion, inputs: Batch, k: int = 0, deadline: float | None = None
     ) -> AsyncIterator[PredictionPart]:
         """Compute a few inputs at a time so that the caller gets the first ones early."""
         runtime = _runtime(target)
@@ -81,21 +104,15 @@ class InferenceService:
         items = batch.items()
         for start in range(0, len(items), STREAM_CHUNK):
             chunk = Batch.from_items(items[start : start + STREAM_CHUNK])
-            outputs = (await self._run(target, chunk)).items()
+            outputs = (await self._run(target, chunk, deadline)).items()
             ranked = [_rank(o, target.config.labels, k) for o in outputs] if k else None
             yield PredictionPart(start, outputs, ranked)
 
-    async def _run(self, target: ModelVersion, batch: Batch) -> Batch:
-        loop = asyncio.get_running_loop()
-        runtime, observer = _runtime(target), self.observer_for(target.name)
-
-        def run() -> Batch:
-            start = time.perf_counter()
-            outputs = runtime.run(batch)
-            observer.batch_executed(batch.size, time.perf_counter() - start)
-            return outputs
-
-        return await loop.run_in_executor(self._executor, run)
+    async def _run(self, target: ModelVersion, batch: Batch, deadline: float | None) -> Batch:
+        """Through the model's batcher: merged with concurrent callers' work of the same shape."""
+        if not batch.is_ragged:
+            return Batch(np.stack(await self._batcher(target).submit(list(batch.values), deadline)))
+        return Batch.from_items(await self._batcher(target).submit(batch.items(), deadline))
 
 
 def _runtime(target: ModelVersion) -> ModelRuntime:

@@ -26,7 +26,7 @@ class ModelConfig(BaseModel):
     max_batch_size: int = Field(default=64, ge=1)
     max_sequence_length: int = Field(default=0, ge=0)
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
-    max_queue_size: int = Field(default=1024, ge=1)
+    max_queue_size: int = Field(default=4096, ge=1)  # sequences waiting, not requests
     max_sessions: int = Field(default=256, ge=0)
     session_idle_timeout_s: float = Field(default=300.0, gt=0)
 

@@ -285,7 +285,7 @@ class _StepQueue:
                     continue
                 try:
                     results = await loop.run_in_executor(self._executor, self._compute, group)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - each waiting session gets the error
                     for item in group:
                         if not item.future.done():
                             item.future.set_exception(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -42,7 +43,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
     ) -> pb.PredictResponse:
         inputs = msg.decode_inputs(request.inputs)
         prediction = await self.inference.predict(
-            request.model_name, request.model_version, inputs, request.top_k
+            request.model_name, request.model_version, inputs, request.top_k, _deadline(context)
         )
         return msg.prediction_to_proto(prediction)
 
@@ -58,7 +59,8 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             model_name=target.name, model_version=target.version, mode=msg.mode_to_proto(mode)
         )
         sequence = bool(mode and mode.gives_sequence)
-        async for part in self.inference.predict_parts(target, inputs, request.top_k):
+        deadline = _deadline(context)
+        async for part in self.inference.predict_parts(target, inputs, request.top_k, deadline):
             for offset, output in enumerate(part.outputs):
                 ranked = part.top_k[offset] if part.top_k else None
                 for message in msg.stream_parts(
@@ -132,6 +134,12 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
                 yield response
         else:
             raise InvalidInput("kind", "steps, reset or end_input after open", str(kind))
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline on the core's clock (time.monotonic)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 async def _next_or_idle(

@@ -93,7 +93,7 @@ def grpc_errors(method: F) -> F:
             try:
                 async for item in method(self, request, context):
                     yield item
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - every error must become a status
                 await _abort(context, exc)
 
         return stream_wrapper  # type: ignore[return-value]
@@ -102,7 +102,7 @@ def grpc_errors(method: F) -> F:
     async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every error must become a status
             await _abort(context, exc)
 
     return unary_wrapper  # type: ignore[return-value]
