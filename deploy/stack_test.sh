@@ -35,6 +35,7 @@ log() { printf '[stack-test %4ds] %s\n' "$((SECONDS - START))" "$*"; }
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  [[ $rc -eq 143 ]] && log "timed out or terminated (STACK_TEST_TIMEOUT=${TIMEOUT}s)"
   if [[ -n "$COMPOSE_STARTED" ]]; then
     if [[ $rc -ne 0 ]]; then
       log "FAILED (exit $rc): container state and logs follow (also in $STATE/compose.log)"

@@ -90,6 +90,7 @@ def test_compose_services_health_and_order() -> None:
         assert "healthcheck.py" in " ".join(svc["healthcheck"]["test"])
         assert svc["image"] == services["seqserve-1"]["image"]
     assert "build" in services["seqserve-1"]
+    assert all(services[r].get("init") is True for r in REPLICAS), "tini forwards SIGTERM"
     lb_deps = services["lb"]["depends_on"]
     assert set(lb_deps) == REPLICAS
     assert all(d["condition"] == "service_healthy" for d in lb_deps.values())
