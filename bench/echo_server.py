@@ -2,7 +2,8 @@
 
 It parses each request (as the real server's generated servicer does) and answers with a
 prebuilt response of the same shape the model would give, so only gRPC + protobuf is measured.
-`python -m bench.echo_server SHAPES.json` with {model_name: [output shape without batch]}.
+`python -m bench.echo_server SHAPES.json PORT` with {model_name: [output shape without batch]};
+listens on 127.0.0.1:PORT only.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ class Echo(pb_grpc.SeqServeServicer):
         return response
 
 
-async def serve(shapes: dict[str, list[int]]) -> None:
+async def serve(shapes: dict[str, list[int]], port: int) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_SeqServeServicer_to_server(Echo(shapes), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"seqserve ready on 127.0.0.1:{port} metrics -1", flush=True)
     await server.wait_for_termination()
@@ -57,4 +58,4 @@ async def serve(shapes: dict[str, list[int]]) -> None:
 
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:
-        asyncio.run(serve(json.load(f)))
+        asyncio.run(serve(json.load(f), int(sys.argv[2])))

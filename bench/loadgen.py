@@ -58,11 +58,13 @@ async def run_point(channels: list[grpc.aio.Channel], point: dict, pids: list[in
             try:
                 response = await call(payload, timeout=CALL_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
-                if t0 >= begin:
+                if begin <= time.perf_counter() <= end:
                     errors[exc.code().name] += 1
                 continue
             t1 = time.perf_counter()
-            if t0 >= begin and t1 <= end:
+            # Completions inside the window count (latency >= window would count none if only
+            # requests started and finished inside it counted).
+            if begin <= t1 <= end:
                 latencies.append(t1 - t0)
                 response_size = len(response)
 

@@ -3,9 +3,10 @@
 In one run, on 127.0.0.1 only, one server at a time:
 - ceilings: the compiled model in-process (batch 1 and 32) and a grpc.aio echo server that
   computes nothing (same messages);
-- "old": the server as it is (no batcher); "new": the same server with `DynamicBatcher` patched
-  in (bench/patched_server.py); then a few "new" variants (TF threads, compute threads,
-  max_in_flight, SO_REUSEPORT workers).
+- "new": the production server (`seqserve serve`, dynamic batching as configured);
+  "old": the same server on a copy of the repository whose configs set `max_batch_size: 1`
+  (every sequence computed alone: no batching); then a few variants through real flags
+  (compute threads, TF threads) and client channels.
 A closed-loop load generator runs in its own process (bench/loadgen.py). Results go to
 bench/results/latest.md (printed too) and bench/results/latest.png.
 """
@@ -25,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import servers
-from bench.models import ALIGNED, REFERENCE, BenchModel
+from bench.models import CO2, DIGIT, REFERENCE, BenchModel, available
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BUNDLED = Path(__file__).resolve().parents[1] / "models"
 
 
 @dataclass
@@ -36,8 +36,6 @@ class ServerSpec:
     label: str
     kind: str  # echo | old | new
     args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    workers: int = 1
     channels: int = 1
 
 
@@ -47,14 +45,12 @@ def request_bytes(model: BenchModel, seqs: int, seed: int = 0) -> bytes:
     from seqserve.v1 import seqserve_pb2 as pb
     from seqserve_client.tensors import to_batch
 
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, 1, size=(seqs, model.steps, model.features)).astype(np.float32)
+    x = model.inputs(np.random.default_rng(seed), seqs)
     return pb.PredictRequest(model_name=model.name, inputs=to_batch(x)).SerializeToString()
 
 
 def output_shapes(models: list[BenchModel]) -> dict[str, list[int]]:
-    shapes = {REFERENCE.name: [10], ALIGNED.name: [ALIGNED.steps, 2]}
-    return {m.name: shapes[m.name] for m in models}
+    return {m.name: list(m.output_shape) for m in models}
 
 
 def run_ceiling(repo: Path, model: BenchModel, seconds: float) -> dict:
@@ -79,13 +75,18 @@ def run_jobs(jobs: list[dict], tmp: Path) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def start_all(specs: list[ServerSpec], repo: Path, shapes: Path) -> dict[str, servers.Running]:
+def start(spec: ServerSpec, repos: dict[str, Path], shapes: Path) -> servers.Running:
+    if spec.kind == "echo":
+        return servers.echo(shapes)
+    return servers.serve(repos[spec.kind], spec.args)
+
+
+def start_all(
+    specs: list[ServerSpec], repos: dict[str, Path], shapes: Path
+) -> dict[str, servers.Running]:
     """Start servers side by side (idle ones cost memory, not CPU)."""
     with ThreadPoolExecutor(len(specs)) as pool:
-        futures = {
-            s.label: pool.submit(servers.start, s.kind, repo, s.args, s.env, s.workers, shapes)
-            for s in specs
-        }
+        futures = {s.label: pool.submit(start, s, repos, shapes) for s in specs}
         running = {}
         errors = []
         for label, future in futures.items():
@@ -102,7 +103,7 @@ def measure(
     specs: list[ServerSpec],
     grid: list[tuple[BenchModel, int, int, int]],
     payloads: dict,
-    repo: Path,
+    repos: dict[str, Path],
     shapes: Path,
     tmp: Path,
     duration: float,
@@ -110,7 +111,7 @@ def measure(
 ) -> list[dict]:
     """Every point of `grid` (model, seqs, callers, rounds) on every server, interleaved: for
     each round and point the servers run back to back, in an order that rotates; best round."""
-    running = start_all(specs, repo, shapes)
+    running = start_all(specs, repos, shapes)
     try:
         jobs, meta = [], []
         rounds = max(r for *_, r in grid)
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (1 if args.quick else 2)
     default_conc = "1,32" if args.quick else "1,8,32,128"
     conc = [int(c) for c in (args.concurrency or default_conc).split(",")]
-    models = [REFERENCE] if args.quick else [REFERENCE, ALIGNED]
+    models = [REFERENCE] if args.quick else available([REFERENCE, DIGIT, CO2])
     sizes = [1, 32]
     started = time.time()
 
@@ -165,21 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     tf1 = ["--tf-intra-op-threads", "1", "--tf-inter-op-threads", "1"]
     variant_specs = [
         ServerSpec("new", "new"),
-        ServerSpec("new concrete-fn", "new", env={"BENCH_CONCRETE": "1"}),
         ServerSpec("new tf-threads 1/1", "new", tf1),
         ServerSpec("old tf-threads 1/1", "old", tf1),
         ServerSpec("new compute-threads 1", "new", ["--compute-threads", "1"]),
-        ServerSpec("new max-in-flight 2", "new", env={"BENCH_MAX_IN_FLIGHT": "2"}),
+        ServerSpec("old compute-threads 1", "old", ["--compute-threads", "1"]),
         ServerSpec("new 8 channels", "new", channels=8),
-        ServerSpec("new 2 procs reuseport 8 ch", "new", workers=2, channels=8),
     ]
 
     with tempfile.TemporaryDirectory(prefix="seqserve-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        repo = tmp / "repo"
-        print(f"writing models to {repo} ...", flush=True)
+        repos = {"new": tmp / "repo_new", "old": tmp / "repo_old"}
+        repo = repos["new"]
+        print(f"writing models to {repo} and {repos['old']} (max_batch_size 1) ...", flush=True)
         subprocess.run(
-            [sys.executable, "-m", "bench.models", str(repo), *[m.name for m in models]],
+            [sys.executable, "-m", "bench.models", str(repo), str(repos["old"]),
+             *[m.name for m in models]],
             check=True, timeout=180, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         shapes = tmp / "shapes.json"
@@ -195,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             (m, n, c, rounds if m is REFERENCE else 1) for m in models for n in sizes for c in conc
         ]
         print("servers echo, old, new ...", flush=True)
-        rows = measure(main_specs, grid, payloads, repo, shapes, tmp, duration, warmup)
+        rows = measure(main_specs, grid, payloads, repos, shapes, tmp, duration, warmup)
         variants: list[dict] = []
         if not (args.quick or args.no_variants):
             print("variants ...", flush=True)
             vgrid = [(REFERENCE, 1, 1, 1), (REFERENCE, 1, 32, 1), (REFERENCE, 32, 32, 1)]
-            variants = measure(variant_specs, vgrid, payloads, repo, shapes, tmp, duration, warmup)
+            variants = measure(variant_specs, vgrid, payloads, repos, shapes, tmp, duration, warmup)
 
     elapsed = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
