@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8500
 METRICS_PORT ?= 8502
 
-.PHONY: venv serve test test-tools lint proto models bench clean
+.PHONY: venv serve test test-tools lint proto models bench stack-test clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,10 @@ models: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# The full container stack (engine, stand-in images, compose up, calls through the LB, teardown).
+stack-test: $(STAMP)
+	bash deploy/stack_test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

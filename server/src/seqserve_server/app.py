@@ -49,6 +49,10 @@ class App:
         self.metrics_port = 0
 
     async def start(self) -> None:
+        """Load every model first: a load balancer must not reach a replica still loading."""
+        if self.settings.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+        await self._load_models()
         servicer = SeqServeServicer(self.inference, self.sessions, self.metrics)
         pb_grpc.add_SeqServeServicer_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -59,11 +63,7 @@ class App:
         self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
-        await self._set_health("", NOT_SERVING)
         await self.server.start()
-        if self.settings.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
-        await self._load_models()
         log.info(
             "seqserve listening on %s:%d (metrics on %d)",
             self.settings.host,

@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] != "serve":
         print(USAGE, file=sys.stderr)
         return 2
+    # Until the server's own handlers are installed (after TensorFlow's slow import), a stop
+    # request must still stop the process, also as PID 1 in a container.
+    signal.signal(signal.SIGTERM, _stop_now)
     settings = CliApp.run(Settings, cli_args=args[1:])
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -26,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     asyncio.run(serve(settings))
     return 0
+
+
+def _stop_now(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 async def serve(settings: Settings) -> None:
