@@ -27,11 +27,13 @@ test-tools:
 
 test: $(STAMP) test-tools
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python protos/generate.py --check
 	$(BIN)/pytest -m 'not slow'
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/ruff format --check .
 
 proto: $(STAMP)

@@ -69,7 +69,7 @@ class ModelMetadata:
     error: str
 
 
-def mode_name(value: int) -> str:
+def mode_name(value: pb.Mode.ValueType) -> str:
     return pb.Mode.Name(value).lower()
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
 
-_TO_NUMPY = {
+_TO_NUMPY: dict[pb.DataType.ValueType, np.dtype] = {
     pb.FLOAT32: np.dtype("<f4"),
     pb.FLOAT64: np.dtype("<f8"),
     pb.FLOAT16: np.dtype("<f2"),

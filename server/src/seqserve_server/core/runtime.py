@@ -147,8 +147,6 @@ class ModelRuntime:
         start = time.perf_counter()
         steps = self.signature.fixed_steps or 2
         shape = (1, *(steps if d is None else d for d in self.signature.input_shape))
-        if not self.mode.takes_sequence:
-            shape = (1, *self.signature.input_shape)
         self.compute(np.zeros(shape, dtype=self.signature.input_dtype))
         return time.perf_counter() - start
 

@@ -243,7 +243,7 @@ def _is_per_step(node: Any) -> bool:
     if isinstance(op, _PER_STEP_LAYERS + _ELEMENTWISE_MERGES):
         return True
     if isinstance(op, _AXIS_LAYERS):
-        axes = _positive_axes(op.axis, rank)
+        axes = _positive_axes(getattr(op, "axis", None), rank)
         # Normalization(axis=None) uses scalar statistics: still position independent.
         return isinstance(op, _L.Normalization) if axes is None else 1 not in axes
     if isinstance(op, _L.Concatenate):

@@ -16,7 +16,8 @@ from ..core.errors import DeadlineExpired, InvalidInput, ModelNotFound
 from ..core.inference import InferenceService
 from ..core.modes import Mode
 from ..core.repository import ModelEntry, ModelVersion
-from ..core.sessions import Session, SessionManager
+from ..core.sessions import Session as OpenSession
+from ..core.sessions import SessionManager
 from ..metrics import ServerMetrics
 from . import v1_messages as msg
 from .instrumentation import observed
@@ -116,7 +117,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             self.sessions.close(session)
 
     async def _handle(
-        self, session: Session, request: pb.SessionRequest
+        self, session: OpenSession, request: pb.SessionRequest
     ) -> AsyncIterator[pb.SessionResponse]:
         kind = request.WhichOneof("kind")
         if kind == "steps":

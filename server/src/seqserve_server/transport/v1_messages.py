@@ -104,7 +104,10 @@ def status_to_proto(version: ModelVersion) -> pb.ModelStatus:
 
 
 def metadata_to_proto(
-    entry: ModelEntry, version: ModelVersion, session_support: int, open_sessions: int
+    entry: ModelEntry,
+    version: ModelVersion,
+    session_support: pb.SessionSupport.ValueType,
+    open_sessions: int,
 ) -> pb.GetModelMetadataResponse:
     config = version.config
     response = pb.GetModelMetadataResponse(
