@@ -20,10 +20,12 @@ $(STAMP): client/pyproject.toml server/pyproject.toml
 serve: $(STAMP)
 	$(BIN)/seqserve serve --model-repository models --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
-# Servers the tests start themselves: Debian's Prometheus (and its promtool).
+# What the tests use beside Python: Debian's Prometheus (and its promtool), which they start
+# themselves, and the Compose plugin for `docker compose config -q` (no engine needed).
 test-tools:
 	@command -v promtool >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@bash deploy/install_compose.sh >/dev/null || echo "compose plugin unavailable: its tests skip"
 
 test: $(STAMP) test-tools
 	$(BIN)/ruff check .
