@@ -274,6 +274,14 @@ def render(rows, variants, ceilings, models, duration, warmup, rounds, elapsed) 
         "and are measured point by point in rotating order: compare ratios, not absolute "
         "numbers (this machine is shared and noisy).",
         "",
+        "Servers: `new` = the production server (`seqserve serve`; dynamic batching with each "
+        "model's config); `old` = the same server on a copy of the repository whose configs set "
+        "`max_batch_size: 1`: every sequence is computed alone, one computation at a time. For "
+        "1-sequence requests that is the server before batching; for 32-sequence requests it is "
+        "a lower bound (the pre-batching server computed a request's 32 sequences as one batch, "
+        "`old` computes them as 32 calls). Throughput counts completions inside each point's "
+        "window; latency is of those completions.",
+        "",
         "## Ceilings",
         "",
         "| model | in-process batch 1 p50 ms | batch 1 seq/s | batch 32 p50 ms | batch 32 seq/s |",
