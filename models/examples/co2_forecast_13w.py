@@ -32,6 +32,7 @@ def run(model: str, target: str, out: Path | None) -> Path:
     for h, (t, f, b) in enumerate(zip(truth, forecast, baseline, strict=True), start=1):
         print(f"+{h:<3d} {t:7.2f} {f:9.2f} {b:9.2f}")
     print(f"RMSE model {data.rmse(forecast, truth):.3f}, baseline {data.rmse(baseline, truth):.3f}")
+    print(f"(one origin only; the held-out average over all origins is in {model}/MODEL_CARD.md)")
     dates = data.co2_series().dates
     past, future = dates[origin - 51 : origin + 1], dates[origin + 1 : origin + 14]
     return plot_forecast(

@@ -109,8 +109,9 @@ Conv1D needs the previous input week (receptive field 2), the LSTM carries state
 
 ## Caveats
 
-Levels outside the training range (1958-1993) are fine because the network only sees weekly
-changes; a regime change in the seasonal cycle would not be. The score uses 104 training
-weeks as warm-up context before the held-out part: feed at least a year of history before
-trusting predictions, the LSTM needs it to lock onto the seasonal phase.
+The epoch count (20) was picked on a validation slice (the last 156 training weeks) before the
+held-out part was scored. Levels outside the training range (1958-1993) are fine because the
+network only sees weekly changes; a regime change in the seasonal cycle would not be. The
+score uses 104 training weeks as warm-up context before the held-out part: feed at least a
+year of history before trusting predictions, the LSTM needs it to lock onto the seasonal phase.
 """

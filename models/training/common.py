@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,9 +97,37 @@ def model_card(a: Artifact, size_bytes: int) -> str:
 
 ## Reproduce
 
-`make models` (runs `python -m models.training.train_all`; seeded, deterministic on CPU).
-Training took {a.seconds:.0f} s on the last run.
+`make models` (runs `python -m models.training.train_all`; seeded, deterministic on CPU: a
+retrain reproduces `1/model.keras` byte for byte).
 """
+
+
+def make_reproducible(path: Path) -> None:
+    """Rewrite a .keras zip so identical weights give identical bytes (no git churn on retrain).
+
+    Keras stamps the save date, zip entry times and python id()s (`shared_object_id`) into the
+    archive; pin the first two and renumber the ids in order of appearance (they only pair up
+    shared objects on load).
+    """
+    with zipfile.ZipFile(path) as zin:
+        entries = [(info, zin.read(info.filename)) for info in zin.infolist()]
+    ids: dict[str, str] = {}
+
+    def renumber(m: re.Match[str]) -> str:
+        return f'"shared_object_id": {ids.setdefault(m.group(1), str(len(ids) + 1))}'
+
+    with zipfile.ZipFile(path, "w") as zout:
+        for info, payload in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(payload) | {"date_saved": "1980-01-01@00:00:00"}
+                payload = json.dumps(meta).encode()
+            elif info.filename == "config.json":
+                text = re.sub(r'"shared_object_id": (\d+)', renumber, payload.decode())
+                payload = text.encode()
+            pinned = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            pinned.compress_type = info.compress_type
+            pinned.external_attr = 0o644 << 16
+            zout.writestr(pinned, payload)
 
 
 def write_artifact(a: Artifact) -> Path:
@@ -105,6 +136,7 @@ def write_artifact(a: Artifact) -> Path:
     path = root / "1" / "model.keras"
     path.parent.mkdir(parents=True, exist_ok=True)
     a.model.save(path)
+    make_reproducible(path)
     keras.saving.load_model(path, safe_mode=True)  # fails loudly if anything needs custom code
     size = path.stat().st_size
     if size >= MAX_MODEL_BYTES:
