@@ -148,7 +148,8 @@ async def _next_or_idle(
 ) -> pb.SessionRequest | None:
     """The next message, None when the caller closed, DeadlineExpired when it went idle."""
     try:
-        return await asyncio.wait_for(anext(stream, None), idle_timeout_s)
+        async with asyncio.timeout(idle_timeout_s):  # a timer, not a task per message
+            return await anext(stream, None)
     except TimeoutError:
         raise DeadlineExpired(
             f"session closed: no message for {idle_timeout_s:g} s (the model's idle timeout)"
