@@ -150,9 +150,11 @@ def test_server_survives_bad_input(client: SeqServeClient, server) -> None:
 
 
 def test_expired_deadline(client: SeqServeClient) -> None:
+    slow = [np.ones((2000, FEATURES), np.float32)] * 64  # far more than 5 ms of work
     with pytest.raises(SeqServeError) as caught:
-        client.predict("aligned", seqs(5), timeout=0.0001)
+        client.predict("aligned", slow, timeout=0.005)
     assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(client.predict("aligned", seqs(5))) == 1
 
 
 def test_full_queue_fails_fast_with_unavailable(server, client: SeqServeClient) -> None:
