@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,19 +128,6 @@ class ModelRuntime:
         """Run the compiled function on a dense, validated batch."""
         return self._fn(tf.constant(values)).numpy()
 
-    def run(self, batch: Batch) -> Batch:
-        """Compute a validated batch; ragged sequences run in groups of equal length (exact)."""
-        if not batch.is_ragged:
-            return Batch(self.compute(batch.values))
-        items = batch.items()
-        outputs: list[np.ndarray] = [np.empty(0)] * len(items)
-        for length, indices in _groups_by_length(batch.item_lengths()).items():
-            del length
-            result = self.compute(np.stack([items[i] for i in indices]))
-            for i, out in zip(indices, result, strict=True):
-                outputs[i] = out
-        return Batch.from_items(outputs)
-
     def warm_up(self) -> float:
         """Trace and run once so that the first request does not pay for it; seconds taken."""
         start = time.perf_counter()
@@ -196,13 +182,6 @@ def _check_finite(values: np.ndarray, batch: Batch) -> None:
     else:
         where = f"inputs[{row}]"
     raise InvalidInput("inputs.values", "finite numbers", f"{bad_value} in {where}")
-
-
-def _groups_by_length(lengths: np.ndarray) -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, length in enumerate(lengths.tolist()):
-        groups[length].append(i)
-    return groups
 
 
 def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:
