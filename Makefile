@@ -46,6 +46,7 @@ models: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.sessions
 
 # The full container stack (engine, stand-in images, compose up, calls through the LB, teardown).
 stack-test: $(STAMP)
