@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +49,41 @@ def test_sigterm_drains_in_flight_work_then_exits(small_repository: Path) -> Non
     with SeqServeClient(server.target, timeout=2) as c, pytest.raises(SeqServeError):
         c.predict("aligned", inputs[:1])
     assert "stopping" in server.output()
+
+
+def test_workers_share_one_port(small_repository: Path) -> None:
+    """`--workers 2`: two processes on one port (SO_REUSEPORT); connections reach both."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics = s.getsockname()[1]
+    server = start_server(
+        small_repository, "--workers", "2", "--port", str(port), "--metrics-port", str(metrics)
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while server.output().count("seqserve ready") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        x = [np.ones((4, FEATURES), np.float32)]
+        for _ in range(12):  # a channel each: the kernel spreads connections, not requests
+            with SeqServeClient(
+                server.target, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as c:
+                c.predict("aligned", x)
+        served = []
+        for worker_metrics in (metrics, metrics + 1):
+            url = f"http://127.0.0.1:{worker_metrics}/metrics"
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+            served.append(sum(
+                float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("seqserve_requests_total") and 'code="OK"' in line
+            ))  # fmt: skip
+        assert sum(served) == 12
+        assert all(n > 0 for n in served), served
+    finally:
+        assert server.stop() == 0

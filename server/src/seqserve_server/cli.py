@@ -10,6 +10,7 @@ import sys
 from pydantic_settings import CliApp
 
 from .config import Settings
+from .workers import run_workers
 
 USAGE = "usage: seqserve serve [--help] [flags]   (every flag is also SEQSERVE_<NAME>)"
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.workers > 1:
+        return run_workers(settings)
     asyncio.run(serve(settings))
     return 0
 

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all)")
     port: int = Field(8500, ge=0, le=65535, description="gRPC port (0: pick a free one)")
     metrics_port: int = Field(8502, ge=-1, le=65535, description="Prometheus port (-1: off)")
+    workers: int = Field(1, ge=1, description="server processes sharing --port (SO_REUSEPORT)")
+    reuse_port: bool = Field(False, description="open --port with SO_REUSEPORT (set by --workers)")
     compute_threads: int = Field(2, ge=1, description="threads that run model computations")
     tf_intra_op_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads (0: TF)")
     tf_inter_op_threads: int = Field(0, ge=0, description="TensorFlow inter-op threads (0: TF)")
