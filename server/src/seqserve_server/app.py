@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 from .config import Settings
+from .core.compute_threads import ModelThreads
 from .core.inference import InferenceService
 from .core.repository import ModelRepository, ModelState
 from .core.runtime import configure_tensorflow
@@ -32,11 +33,12 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
-        self.executor = ThreadPoolExecutor(settings.compute_threads, thread_name_prefix="compute")
+        self.loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
+        self.threads = ModelThreads(settings.compute_threads)
         self.metrics = ServerMetrics()
         self.repository = ModelRepository(settings.model_repository, observer=self.metrics)
-        self.inference = InferenceService(self.repository, self.executor, self.metrics)
-        self.sessions = SessionManager(self.repository, self.executor, self.inference.observer_for)
+        self.inference = InferenceService(self.repository, self.threads, self.metrics)
+        self.sessions = SessionManager(self.repository, self.threads, self.inference.observer_for)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[
@@ -74,8 +76,8 @@ class App:
     async def _load_models(self) -> None:
         self.repository.scan()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self.repository.load_all)
-        await loop.run_in_executor(self.executor, self.sessions.prepare_all)
+        await loop.run_in_executor(self.loader, self.repository.load_all)
+        await loop.run_in_executor(self.loader, self.sessions.prepare_all)
         for entry in self.repository.entries():
             ready = entry.newest_ready is not None
             await self._set_health(entry.name, SERVING if ready else NOT_SERVING)
@@ -98,7 +100,8 @@ class App:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_period_s if grace is None else grace)
         self.inference.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.threads.shutdown()
+        self.loader.shutdown(wait=False, cancel_futures=True)
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()

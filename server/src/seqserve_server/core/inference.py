@@ -1,12 +1,12 @@
 """The data plane: what every protocol adapter calls. Numpy in, numpy out, no transport.
 
-Computation runs on a worker thread pool (TensorFlow releases the GIL), never on the event loop.
+Computation runs on each model's own compute thread (TensorFlow releases the GIL), never on the
+event loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +14,7 @@ import numpy as np
 from .batch import Batch
 from .batching import DynamicBatcher
 from .classification import TopK, top_k
+from .compute_threads import ModelThreads
 from .errors import InvalidInput
 from .modes import Mode
 from .observer import ModelObserver, NullObserver, Observer
@@ -45,11 +46,11 @@ class InferenceService:
     def __init__(
         self,
         repository: ModelRepository,
-        executor: Executor,
+        threads: ModelThreads,
         observer: Observer | None = None,
     ) -> None:
         self.repository = repository
-        self._executor = executor
+        self._threads = threads
         self._observer = observer or NullObserver()
         self._model_observers: dict[str, ModelObserver] = {}
         self._batchers: dict[tuple[str, int], DynamicBatcher] = {}
@@ -65,7 +66,7 @@ class InferenceService:
             config = target.config
             self._batchers[key] = DynamicBatcher(
                 _runtime(target).compute,
-                self._executor,
+                self._threads.executor(target.name, target.version),
                 config.max_batch_size,
                 config.max_queue_delay_ms / 1000,
                 config.max_queue_size,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .classification import TopK, top_k
+from .compute_threads import ModelThreads
 from .errors import InvalidInput, LimitExceeded, Unsupported
 from .modes import Mode
 from .observer import ModelObserver
@@ -80,11 +81,11 @@ class SessionManager:
     def __init__(
         self,
         repository: ModelRepository,
-        executor: Executor,
+        threads: ModelThreads,
         observer_for: Callable[[str], ModelObserver],
     ) -> None:
         self.repository = repository
-        self._executor = executor
+        self._threads = threads
         self._observer_for = observer_for
         self._programs: dict[tuple[str, int], StepProgram] = {}
         self._unsupported: dict[tuple[str, int], str] = {}
@@ -114,7 +115,8 @@ class SessionManager:
             self._unsupported[key] = f"step program failed to build: {exc}"
             return
         self._programs[key] = program
-        self._queues[key] = _StepQueue(program, self._executor, self._observer_for(version.name))
+        executor = self._threads.executor(version.name, version.version)
+        self._queues[key] = _StepQueue(program, executor, self._observer_for(version.name))
         log.info(
             "sessions on %s version %d: %s (%s)",
             version.name, version.version, program.support, program.reason,
@@ -195,7 +197,8 @@ class SessionManager:
         if fixed is not None and session.steps != fixed:
             raise InvalidInput("end_input", f"exactly {fixed} steps fed", f"{session.steps} steps")
         loop = asyncio.get_running_loop()
-        y = await loop.run_in_executor(self._executor, session.program.finish, session.state)
+        executor = self._threads.executor(session.target.name, session.target.version)
+        y = await loop.run_in_executor(executor, session.program.finish, session.state)
         session.finished = True
         return self._output(session, 0, y[0], last=True)
 
