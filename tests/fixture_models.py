@@ -76,6 +76,13 @@ def simple_rnn_many_to_one() -> keras.Model:
     return keras.Model(inp, layers.Dense(2)(layers.SimpleRNN(6)(inp)))
 
 
+def stacked_lstm() -> keras.Model:
+    inp = _seq()
+    x = layers.LSTM(6, return_sequences=True)(inp)
+    x = layers.LSTM(4, return_sequences=True)(x)
+    return keras.Model(inp, layers.Dense(2)(x))
+
+
 def stacked_bidirectional() -> keras.Model:
     inp = _seq()
     x = layers.Bidirectional(layers.LSTM(4, return_sequences=True))(inp)
@@ -117,6 +124,7 @@ REPOSITORY: dict[str, tuple[Builder, dict]] = {
     "cropped": (cropped, {"mode": "many_to_many_unaligned"}),
     "gru": (gru_aligned, {}),
     "simple_rnn": (simple_rnn_many_to_one, {}),
+    "stacked": (stacked_lstm, {}),
     "stacked_bi": (stacked_bidirectional, {}),
     "conv": (conv_front_end, {}),
     "masked": (masked, {}),

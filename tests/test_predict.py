@@ -28,7 +28,17 @@ def test_vector_input_modes(client: SeqServeClient, reference, name: str) -> Non
 
 @pytest.mark.parametrize(
     "name",
-    ["classifier", "aligned", "enc_dec", "gru", "simple_rnn", "stacked_bi", "conv", "masked"],
+    [
+        "classifier",
+        "aligned",
+        "enc_dec",
+        "gru",
+        "simple_rnn",
+        "stacked",
+        "stacked_bi",
+        "conv",
+        "masked",
+    ],
 )
 def test_sequence_modes_with_variable_lengths(client: SeqServeClient, reference, name: str) -> None:
     lengths = [7, 3, 7, 12, 1]

@@ -26,7 +26,7 @@ def sequence(seed: int, steps: int = sum(CHUNKS)) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(steps, FEATURES)).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", ["aligned", "gru", "masked"])
+@pytest.mark.parametrize("name", ["aligned", "gru", "masked", "stacked"])
 def test_aligned_session_equals_predict(client: SeqServeClient, name: str) -> None:
     x = sequence(1)
     with client.session(name) as s:
