@@ -142,3 +142,20 @@ def test_stream_top_k(client: SeqServeClient) -> None:
     parts = list(client.predict_stream("classifier", x, top_k=3))
     assert len(parts) == 1 and len(parts[0].top_k) == 3
     assert parts[0].top_k == client.classify("classifier", x, top_k=3)[0]
+
+
+@pytest.mark.parametrize("name", ["gru", "stacked", "stacked_bi"])
+def test_long_sequences_stream_window_by_window(client: SeqServeClient, name: str) -> None:
+    """Steppable aligned models stream a long sequence as its windows are computed; the
+    others (stacked_bi recomputes) as whole sequences: both equal the unary outputs."""
+    inputs = random_sequences(np.random.default_rng(11), [70, 5, 70, 40])
+    unary = client.predict(name, inputs)
+    by_input: dict[int, list] = {}
+    for part in client.predict_stream(name, inputs):
+        by_input.setdefault(part.input_index, []).append(part)
+    assert sorted(by_input) == [0, 1, 2, 3]
+    for index, parts in by_input.items():
+        assert [p.step for p in parts] == list(range(len(inputs[index])))
+        assert [p.last for p in parts] == [False] * (len(parts) - 1) + [True]
+        got = np.stack([p.values for p in parts])
+        np.testing.assert_allclose(got, unary[index], atol=TOLERANCE)

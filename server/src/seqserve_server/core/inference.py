@@ -6,6 +6,8 @@ event loop.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -15,13 +17,15 @@ from .batch import Batch
 from .batching import DynamicBatcher
 from .classification import TopK, top_k
 from .compute_threads import ModelThreads
-from .errors import InvalidInput
+from .errors import DeadlineExpired, InvalidInput
 from .modes import Mode
 from .observer import ModelObserver, NullObserver, Observer
 from .repository import ModelRepository, ModelVersion
 from .runtime import ModelRuntime
+from .stepper import StepProgram
 
 STREAM_CHUNK = 8  # inputs computed together per streamed part: first outputs leave early
+STREAM_WINDOW = 32  # steps per part when a steppable model streams a long sequence
 
 
 @dataclass(frozen=True)
@@ -35,11 +39,14 @@ class Prediction:
 
 @dataclass(frozen=True)
 class PredictionPart:
-    """The outputs of inputs [start, start + len(outputs)) of a streamed prediction."""
+    """Outputs of the inputs `indices` of a streamed prediction: whole, or (sequences) their
+    steps from `first_step` on, of `lengths` steps in all."""
 
-    start: int
+    indices: list[int]
     outputs: list[np.ndarray]
     top_k: list[list[TopK]] | None = None
+    first_step: int = 0
+    lengths: list[int] | None = None
 
 
 class InferenceService:
@@ -96,18 +103,55 @@ class InferenceService:
         return Prediction(target.name, target.version, runtime.mode, outputs, ranked)
 
     async def predict_parts(
-        self, target: ModelVersion, inputs: Batch, k: int = 0, deadline: float | None = None
+        self,
+        target: ModelVersion,
+        inputs: Batch,
+        k: int = 0,
+        deadline: float | None = None,
+        program: StepProgram | None = None,
     ) -> AsyncIterator[PredictionPart]:
-        """Compute a few inputs at a time so that the caller gets the first ones early."""
+        """Compute a few inputs at a time so that the caller gets the first ones early; with an
+        incremental step `program` of an aligned model, long sequences a window at a time."""
         runtime = _runtime(target)
         batch = runtime.validate(inputs)
         _check_top_k(k, target)
+        if program is not None and program.output_kind == "per_step":
+            async for part in self._stepped_parts(target, batch, program, k, deadline):
+                yield part
+            return
         items = batch.items()
         for start in range(0, len(items), STREAM_CHUNK):
             chunk = Batch.from_items(items[start : start + STREAM_CHUNK])
             outputs = (await self._run(target, chunk, deadline)).items()
             ranked = [_rank(o, target.config.labels, k) for o in outputs] if k else None
-            yield PredictionPart(start, outputs, ranked)
+            yield PredictionPart(list(range(start, start + len(outputs))), outputs, ranked)
+
+    async def _stepped_parts(
+        self,
+        target: ModelVersion,
+        batch: Batch,
+        program: StepProgram,
+        k: int,
+        deadline: float | None,
+    ) -> AsyncIterator[PredictionPart]:
+        """Equal-length inputs stepped together; each window's outputs leave as computed."""
+        loop = asyncio.get_running_loop()
+        executor = self._threads.executor(target.name, target.version)
+        observer = self.observer_for(target.name)
+        items = batch.items()
+        for length, indices in _equal_length_groups(batch.item_lengths(), STREAM_CHUNK):
+            x = np.stack([items[i] for i in indices])
+            state = program.initial_state(len(indices))
+            for first in range(0, length, STREAM_WINDOW):
+                if deadline is not None and deadline <= time.monotonic():
+                    raise DeadlineExpired(f"the deadline passed while {target.name} streamed")
+                window = x[:, first : first + STREAM_WINDOW]
+                started = time.perf_counter()
+                state, y = await loop.run_in_executor(executor, program.step, state, window)
+                observer.batch_executed(len(indices), time.perf_counter() - started)
+                outputs = list(y)
+                ranked = [_rank(o, target.config.labels, k) for o in outputs] if k else None
+                yield PredictionPart(indices, outputs, ranked, first, [length] * len(indices))
 
     async def _run(self, target: ModelVersion, batch: Batch, deadline: float | None) -> Batch:
         """Through the model's batcher: merged with concurrent callers' work of the same shape."""
@@ -126,6 +170,18 @@ def _check_top_k(k: int, target: ModelVersion) -> None:
         raise InvalidInput("top_k", "0 or more", str(k))
     if k and not target.config.labels:
         raise InvalidInput("top_k", "0 (this model's config names no labels)", str(k))
+
+
+def _equal_length_groups(lengths: np.ndarray, size: int) -> list[tuple[int, list[int]]]:
+    """Indices of equal-length inputs, in groups of at most `size`, in order of first input."""
+    groups: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths.tolist()):
+        groups.setdefault(length, []).append(index)
+    return [
+        (length, indices[i : i + size])
+        for length, indices in groups.items()
+        for i in range(0, len(indices), size)
+    ]
 
 
 def _rank(values: np.ndarray, labels: list[str], k: int) -> list[TopK]:

@@ -129,6 +129,11 @@ class SessionManager:
             return SessionSupport(program.support), program.reason
         return SessionSupport.UNSUPPORTED, self._unsupported.get(key, version.error or "not ready")
 
+    def incremental_program(self, version: ModelVersion) -> StepProgram | None:
+        """The model's step program where it steps exactly (not by recomputing), else None."""
+        program = self._programs.get((version.name, version.version))
+        return program if program is not None and program.support == "incremental" else None
+
     def open_count(self, model: str) -> int:
         return len(self._open.get(model, {}))
 

@@ -60,14 +60,13 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             model_name=target.name, model_version=target.version, mode=msg.mode_to_proto(mode)
         )
         sequence = bool(mode and mode.gives_sequence)
-        deadline = _deadline(context)
-        async for part in self.inference.predict_parts(target, inputs, request.top_k, deadline):
-            for offset, output in enumerate(part.outputs):
-                ranked = part.top_k[offset] if part.top_k else None
-                for message in msg.stream_parts(
-                    header, part.start + offset, output, ranked, sequence
-                ):
-                    yield message
+        program = self.sessions.incremental_program(target)
+        parts = self.inference.predict_parts(
+            target, inputs, request.top_k, _deadline(context), program
+        )
+        async for part in parts:
+            for message in msg.stream_messages(header, part, sequence):
+                yield message
 
     @grpc_errors
     async def ListModels(

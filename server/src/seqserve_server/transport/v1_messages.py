@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
@@ -9,7 +11,7 @@ from seqserve_client.tensors import from_batch, to_tensor
 
 from ..core.batch import Batch
 from ..core.classification import TopK
-from ..core.inference import Prediction
+from ..core.inference import Prediction, PredictionPart
 from ..core.modes import Mode
 from ..core.repository import ModelEntry, ModelState, ModelVersion
 from ..core.sessions import Session, SessionOutput, SessionSupport
@@ -63,25 +65,23 @@ def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
     return response
 
 
-def stream_parts(
-    prediction_header: pb.PredictStreamResponse,
-    index: int,
-    output: np.ndarray,
-    ranked: list[TopK] | None,
-    sequence: bool,
-) -> list[pb.PredictStreamResponse]:
+def stream_messages(
+    header: pb.PredictStreamResponse, part: PredictionPart, sequence: bool
+) -> Iterator[pb.PredictStreamResponse]:
     """One message per output vector, or per step of an output sequence."""
-    rows = output if sequence else output[np.newaxis]
-    parts = []
-    for step, row in enumerate(rows):
-        part = pb.PredictStreamResponse(
-            input_index=index, step=step, last=step == len(rows) - 1, values=to_tensor(row)
-        )
-        part.MergeFrom(prediction_header)
-        if ranked:
-            part.top_k.CopyFrom(top_k_to_proto(ranked[step]))
-        parts.append(part)
-    return parts
+    for offset, (index, output) in enumerate(zip(part.indices, part.outputs, strict=True)):
+        rows = output if sequence else output[np.newaxis]
+        total = part.lengths[offset] if part.lengths else part.first_step + len(rows)
+        ranked = part.top_k[offset] if part.top_k else None
+        for row_number, row in enumerate(rows):
+            step = part.first_step + row_number
+            message = pb.PredictStreamResponse(
+                input_index=index, step=step, last=step == total - 1, values=to_tensor(row)
+            )
+            message.MergeFrom(header)
+            if ranked:
+                message.top_k.CopyFrom(top_k_to_proto(ranked[row_number]))
+            yield message
 
 
 def _spec(name: str, shape: tuple[int | None, ...], dtype: np.dtype) -> pb.TensorSpec:
