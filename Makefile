@@ -47,6 +47,7 @@ models: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.sessions
+	$(BIN)/python -m bench.path_costs
 
 # The full container stack (engine, stand-in images, compose up, calls through the LB, teardown).
 stack-test: $(STAMP)

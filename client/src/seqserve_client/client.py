@@ -26,7 +26,7 @@ from .results import (
     stream_part_from,
     top_k_pairs,
 )
-from .session import Session
+from .session import Session, open_request
 from .tensors import encode_inputs, from_tensor, split_sequences
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -131,14 +131,7 @@ class SeqServeClient:
         timeout: float | None = None,
     ) -> Session:
         """Open a stateful streaming session (no default deadline: sessions live long)."""
-        return Session(
-            self._stub,
-            model,
-            version=version,
-            emit_on_request=emit_on_request,
-            top_k=top_k,
-            timeout=timeout,
-        )
+        return Session(self._stub, open_request(model, version, emit_on_request, top_k), timeout)
 
     # -- repository ----------------------------------------------------------------------
 

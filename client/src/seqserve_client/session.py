@@ -85,19 +85,10 @@ def expects_output(mode: str, emit_on_request: bool, emit: bool) -> bool:
 class Session:
     """One open session over a bidirectional stream. Not thread-safe: one caller drives it."""
 
-    def __init__(
-        self,
-        stub: Any,
-        model: str,
-        *,
-        version: int = 0,
-        emit_on_request: bool = False,
-        top_k: int = 0,
-        timeout: float | None = None,
-    ) -> None:
+    def __init__(self, stub: Any, opening: pb.SessionRequest, timeout: float | None) -> None:
         self._requests: queue.Queue[Any] = queue.Queue()
-        self._requests.put(open_request(model, version, emit_on_request, top_k))
-        self.emit_on_request = emit_on_request
+        self._requests.put(opening)
+        self.emit_on_request = opening.open.emit_on_request
         self._ended = False  # the server ended the call (an error was raised to the caller)
         self._call = stub.Session(iter(self._requests.get, _CLOSE), timeout=timeout)
         self.info = info_from(self._receive())

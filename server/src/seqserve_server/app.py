@@ -80,9 +80,9 @@ class App:
         await loop.run_in_executor(self.loader, self.sessions.prepare_all)
         for entry in self.repository.entries():
             ready = entry.newest_ready is not None
-            await self._set_health(entry.name, SERVING if ready else NOT_SERVING)
-        await self._set_health(SERVICE_NAME, SERVING)
-        await self._set_health("", SERVING)
+            await self.health.set(entry.name, SERVING if ready else NOT_SERVING)
+        await self.health.set(SERVICE_NAME, SERVING)
+        await self.health.set("", SERVING)
         failed = [
             f"{v.name}/{v.version}"
             for e in self.repository.entries()
@@ -91,9 +91,6 @@ class App:
         ]
         if failed:
             log.warning("serving without models that failed to load: %s", ", ".join(failed))
-
-    async def _set_health(self, service: str, status: int) -> None:
-        await self.health.set(service, status)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new work, let in-flight calls finish within the grace period, then stop."""

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class TopK:
@@ -23,3 +25,11 @@ def top_k(rows: np.ndarray, labels: list[str], k: int) -> list[TopK]:
         TopK([labels[i] for i in idx], [float(s) for s in sc], [int(i) for i in idx])
         for idx, sc in zip(order.tolist(), scores, strict=True)
     ]
+
+
+def check_top_k(k: int, labels: list[str], field: str) -> None:
+    """A request for k labels needs k >= 0 and, for k > 0, a model whose config names labels."""
+    if k < 0:
+        raise InvalidInput(field, "0 or more", str(k))
+    if k and not labels:
+        raise InvalidInput(field, "0 (this model's config names no labels)", str(k))

@@ -15,9 +15,9 @@ import numpy as np
 
 from .batch import Batch
 from .batching import DynamicBatcher
-from .classification import TopK, top_k
+from .classification import TopK, check_top_k, top_k
 from .compute_threads import ModelThreads
-from .errors import DeadlineExpired, InvalidInput
+from .errors import DeadlineExpired
 from .modes import Mode
 from .observer import ModelObserver, NullObserver, Observer
 from .repository import ModelRepository, ModelVersion
@@ -97,7 +97,7 @@ class InferenceService:
         target = self.resolve(model, version)
         runtime = _runtime(target)
         batch = runtime.validate(inputs)
-        _check_top_k(k, target)
+        check_top_k(k, target.config.labels, "top_k")
         outputs = await self._run(target, batch, deadline)
         ranked = _rank(outputs.values, target.config.labels, k) if k else None
         return Prediction(target.name, target.version, runtime.mode, outputs, ranked)
@@ -114,7 +114,7 @@ class InferenceService:
         incremental step `program` of an aligned model, long sequences a window at a time."""
         runtime = _runtime(target)
         batch = runtime.validate(inputs)
-        _check_top_k(k, target)
+        check_top_k(k, target.config.labels, "top_k")
         if program is not None and program.output_kind == "per_step":
             async for part in self._stepped_parts(target, batch, program, k, deadline):
                 yield part
@@ -163,13 +163,6 @@ class InferenceService:
 def _runtime(target: ModelVersion) -> ModelRuntime:
     assert target.runtime is not None, "resolve() returns ready versions only"
     return target.runtime
-
-
-def _check_top_k(k: int, target: ModelVersion) -> None:
-    if k < 0:
-        raise InvalidInput("top_k", "0 or more", str(k))
-    if k and not target.config.labels:
-        raise InvalidInput("top_k", "0 (this model's config names no labels)", str(k))
 
 
 def _equal_length_groups(lengths: np.ndarray, size: int) -> list[tuple[int, list[int]]]:

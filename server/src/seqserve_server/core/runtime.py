@@ -174,8 +174,8 @@ def _check_finite(values: np.ndarray, batch: Batch) -> None:
     bad = ~np.isfinite(values)
     if not bad.any():
         return
-    row = int(np.argwhere(bad)[0][0])
-    bad_value = values.reshape(-1)[int(np.argmax(bad.reshape(-1)))]
+    first = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    row, bad_value = int(first[0]), values[first]
     if batch.lengths is not None:
         seq = int(np.searchsorted(np.cumsum(batch.lengths), row, side="right"))
         where = f"inputs sequence {seq}"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .classification import TopK, top_k
+from .classification import TopK, check_top_k, top_k
 from .compute_threads import ModelThreads
 from .errors import InvalidInput, LimitExceeded, Unsupported
 from .modes import Mode
@@ -59,7 +59,6 @@ class Session:
     state: State
     steps: int = 0
     finished: bool = False
-    opened: float = field(default_factory=time.monotonic)
 
     @property
     def mode(self) -> Mode:
@@ -149,7 +148,7 @@ class SessionManager:
                 f"model {target.name!r} version {target.version} does not support sessions: "
                 f"{self.support(target)[1]}"
             )
-        _check_top_k(k, target)
+        check_top_k(k, target.config.labels, "open.top_k")
         sessions = self._open.setdefault(target.name, {})
         limit = target.config.max_sessions
         if len(sessions) >= limit:
@@ -243,11 +242,6 @@ class SessionManager:
             rows = values.reshape(-1, values.shape[-1])
             ranked = top_k(rows, session.target.config.labels, session.k)
         return SessionOutput(step, values, ranked, last)
-
-
-def _check_top_k(k: int, target: ModelVersion) -> None:
-    if k < 0 or (k and not target.config.labels):
-        raise InvalidInput("open.top_k", "0, or more for models with labels", str(k))
 
 
 @dataclass

@@ -62,9 +62,10 @@ def to_status(exc: Exception) -> grpc.Status:
 
 
 def _error_info(exc: Exception) -> error_details_pb2.ErrorInfo:
-    reason = exc.reason if isinstance(exc, errors.SeqServeError) else "INVALID_INPUT"
-    if not isinstance(exc, errors.SeqServeError | TensorError):
-        reason = "INTERNAL"
+    if isinstance(exc, errors.SeqServeError):
+        reason = exc.reason
+    else:
+        reason = "INVALID_INPUT" if isinstance(exc, TensorError) else "INTERNAL"
     metadata = {}
     if isinstance(exc, errors.InvalidInput | TensorError):
         metadata = {"field": exc.field, "expected": exc.expected, "got": exc.got}
