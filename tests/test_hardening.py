@@ -364,6 +364,7 @@ def test_metric_labels_come_from_the_repository_and_every_rpc_counts(
             session.step(np.ones((2, FEATURES), np.float32))
         client.list_models()
         client.metadata("aligned")
+        client.health()
         after = scrape(hardened)
     labels = {dict(key).get("version") for key in samples(after, "seqserve_requests_total")}
     assert "987654" not in labels and "123456789" not in labels and "_unknown" in labels
@@ -376,6 +377,7 @@ def test_metric_labels_come_from_the_repository_and_every_rpc_counts(
     assert delta(rpc="Session", model="aligned", version="1", code="OK") == 1
     assert delta(rpc="ListModels", code="OK") == 1
     assert delta(rpc="GetModelMetadata", model="aligned", code="OK") == 1
+    assert delta(rpc="Check", model="", code="OK") == 1
     assert value(after, "seqserve_inflight_requests", model="aligned") == 0
     assert value(after, "seqserve_inflight_requests", model="") == 0
 

@@ -20,6 +20,7 @@ from .core.repository import ModelRepository, ModelState
 from .core.runtime import configure_tensorflow
 from .core.sessions import SessionManager
 from .metrics import ServerMetrics
+from .transport.health import ObservedHealth
 from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class App:
         )
         self.inference = InferenceService(self.repository, self.threads, self.metrics)
         self.sessions = SessionManager(self.repository, self.threads, self.inference.observer_for)
-        self.health = health.aio.HealthServicer()
+        self.health = ObservedHealth(self.metrics)
         self.server = grpc.aio.server(
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
