@@ -133,6 +133,10 @@ def test_rank_over_64_and_over_the_models(stub: pb_grpc.SeqServeStub) -> None:
     five = to_tensor(np.ones((1, 1, 2, 2, FEATURES), np.float32))
     error = refused(stub.Predict, predict("aligned", five))
     assert error.code() == INVALID and "rank 3" in error.details()
+    scalar = pb.Tensor(dtype=pb.FLOAT32, shape=[], raw=b"\0" * 4)
+    for model in ("aligned", "wide"):
+        error = refused(stub.Predict, predict(model, scalar))
+        assert error.code() == INVALID and error.details().startswith("inputs.values.shape")
 
 
 @pytest.mark.parametrize(

@@ -147,6 +147,8 @@ def from_batch(
             where, f"at most {limits.max_items} inputs (max_inputs_per_request)", f"{items} inputs"
         )
     values = from_tensor(batch.values, f"{field}.values", limits)
+    if values.ndim == 0:
+        raise TensorError(f"{field}.values.shape", "[batch, ...]: at least 1 axis", "[] (a scalar)")
     if not batch.lengths:
         return values, None
     if values.ndim < 2:
