@@ -32,7 +32,7 @@ class DecodeLimits:
     """Size bounds checked before anything is allocated (None: unbounded, as for responses)."""
 
     max_elements: int | None = None  # values in the tensor; also bounds every single axis
-    max_items: int | None = None  # sequences (`lengths`) in a batch
+    max_items: int | None = None  # inputs (sequences or vectors) in a batch
 
 
 class TensorError(ValueError):
