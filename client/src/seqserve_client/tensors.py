@@ -103,7 +103,9 @@ def _checked_shape(tensor: pb.Tensor, field: str, limits: DecodeLimits) -> tuple
     bound = INT64_MAX if limits.max_elements is None else limits.max_elements
     if size > bound:
         raise TensorTooLarge(
-            f"{field}.shape", f"at most {bound} elements (max_request_elements)", _shape_text(shape)
+            f"{field}.shape",
+            f"at most {bound} elements and no longer axis (max_request_elements)",
+            _shape_text(shape),
         )
     return shape
 
