@@ -430,3 +430,41 @@ def test_client_retries_unavailable_with_backoff(
     finally:
         server.stop(None)
     assert DEFAULT_OPTIONS["grpc.keepalive_time_ms"] <= 60_000
+
+
+def test_a_failing_session_step_fails_only_that_session() -> None:
+    """Sessions' steps computed together: one the model raises on fails its own session only."""
+    import asyncio
+
+    from seqserve_server.core.observer import NullModelObserver
+    from seqserve_server.core.sessions import _StepQueue
+    from seqserve_server.core.stepper import build_step_program
+
+    keras.utils.set_random_seed(3)
+    program = build_step_program(aligned(), "many_to_many_aligned")
+    real_step = program.step
+    sizes: list[int] = []
+
+    def step(state: dict, x: np.ndarray) -> tuple[dict, np.ndarray]:
+        sizes.append(len(x))
+        if (x == 99).any():
+            raise ValueError("the model cannot compute 99")
+        return real_step(state, x)
+
+    program.step = step  # type: ignore[method-assign]
+    chunks = [np.full((1, 2, FEATURES), i, np.float32) for i in (1, 99, 2, 3)]
+
+    async def main() -> list:
+        with futures.ThreadPoolExecutor(1) as executor:
+            queue = _StepQueue(program, executor, NullModelObserver())
+            steps = [queue.step(program.initial_state(1), c) for c in chunks]
+            return await asyncio.gather(*steps, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert sizes == [4, 1, 1, 1, 1]  # merged, failed, then one by one
+    assert isinstance(results[1], ValueError)
+    for chunk, result in zip(chunks, results, strict=True):
+        if chunk[0, 0, 0] != 99:
+            _, y = result
+            _, alone = real_step(program.initial_state(1), chunk)
+            np.testing.assert_allclose(y, alone, rtol=1e-5, atol=1e-6)
