@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import keras
@@ -93,19 +94,22 @@ def stub(hardened: ServerProcess) -> Iterator[pb_grpc.SeqServeStub]:
         yield pb_grpc.SeqServeStub(channel)
 
 
-def refused(call: object, request: object, **kwargs: object) -> grpc.RpcError:
+def refused(call: Callable[..., Any], request: object) -> grpc.RpcError:
     """The error a raw call ends with, checked to come fast and never be INTERNAL/UNKNOWN."""
     start = time.monotonic()
     with pytest.raises(grpc.RpcError) as caught:
-        result = call(request, timeout=30, **kwargs)  # type: ignore[operator]
-        list(result) if hasattr(result, "__iter__") else result
+        result = call(request, timeout=30)
+        if hasattr(result, "__iter__"):  # a response stream: read it to its end
+            list(result)
     assert time.monotonic() - start < FAST_S
     error = caught.value
     assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), error
     return error
 
 
-def predict(model: str, values: pb.Tensor, lengths: list[int] | None = None, k: int = 0):
+def predict(
+    model: str, values: pb.Tensor, lengths: list[int] | None = None, k: int = 0
+) -> pb.PredictRequest:
     batch = pb.Batch(values=values, lengths=lengths or [])
     return pb.PredictRequest(model_name=model, inputs=batch, top_k=k)
 
