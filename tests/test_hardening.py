@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import pytest
 import yaml
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from keras import layers
 
 from seqserve.v1 import seqserve_pb2 as pb
@@ -373,6 +374,10 @@ def test_metric_labels_come_from_the_repository_and_every_rpc_counts(
         client.list_models()
         client.metadata("aligned")
         client.health()
+        with grpc.insecure_channel(hardened.target) as channel:
+            listing = reflection_pb2.ServerReflectionRequest(list_services="")
+            info = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo
+            assert len(list(info(iter([listing]), timeout=10))) == 1
         after = scrape(hardened)
     labels = {dict(key).get("version") for key in samples(after, "seqserve_requests_total")}
     assert "987654" not in labels and "123456789" not in labels and "_unknown" in labels
@@ -386,6 +391,7 @@ def test_metric_labels_come_from_the_repository_and_every_rpc_counts(
     assert delta(rpc="ListModels", code="OK") == 1
     assert delta(rpc="GetModelMetadata", model="aligned", code="OK") == 1
     assert delta(rpc="Check", model="", code="OK") == 1
+    assert delta(rpc="ServerReflectionInfo", model="", code="OK") == 1
     assert value(after, "seqserve_inflight_requests", model="aligned") == 0
     assert value(after, "seqserve_inflight_requests", model="") == 0
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
@@ -20,8 +20,8 @@ from .core.repository import ModelRepository, ModelState
 from .core.runtime import configure_tensorflow
 from .core.sessions import SessionManager
 from .metrics import ServerMetrics
-from .transport.health import ObservedHealth
 from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
+from .transport.standard_services import ObservedHealth, ObservedReflection
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ class App:
         )
         pb_grpc.add_SeqServeServicer_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            ObservedReflection(names, self.metrics), self.server
         )
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self.server.add_insecure_port(address)
