@@ -149,10 +149,12 @@ def test_rank_over_64_and_over_the_models(stub: pb_grpc.SeqServeStub) -> None:
     [
         # 3 x 6148914691236517206 wraps to 2 in int64: 2 float32 values, 8 bytes
         pb.Tensor(dtype=pb.FLOAT32, shape=[3, 6148914691236517206], raw=b"\0" * 8),
+        # 150 x (2**63 - 1)**2 wraps to 150: 600 bytes
+        pb.Tensor(dtype=pb.FLOAT32, shape=[150, 2**63 - 1, 2**63 - 1], raw=b"\0" * 600),
         pb.Tensor(shape=[150, 2**63 - 1, 2**63 - 1], float_values=pb.FloatValues(values=[1.0])),
         pb.Tensor(dtype=pb.FLOAT32, shape=[0, 2**62], raw=b""),
     ],
-    ids=["wraps-to-8-bytes", "float-values", "zero-sized"],
+    ids=["wraps-to-8-bytes", "wraps-to-150", "float-values", "zero-sized"],
 )
 def test_shape_products_cannot_overflow(stub: pb_grpc.SeqServeStub, tensor: pb.Tensor) -> None:
     error = refused(stub.Predict, predict("aligned", tensor))
