@@ -233,14 +233,19 @@ class SessionManager:
         assert runtime is not None
         default = session.target.limits.max_sequence_length
         if added > default:
-            raise InvalidInput("steps.values", f"at most {default} steps per message", f"{added}")
+            raise InvalidInput(
+                "steps.values", f"at most {default} steps per message (max_sequence_length)",
+                f"{added}",
+            )  # fmt: skip
         limit = runtime.signature.fixed_steps or session.target.config.max_sequence_length
         if session.program.support == "recompute":
             limit = limit or default
         total = session.steps + added
         if limit and total > limit:
             raise InvalidInput(
-                "steps.values", f"at most {limit} steps in all since open or reset", f"{total}"
+                "steps.values",
+                f"at most {limit} steps in all since open or reset (max_sequence_length)",
+                f"{total}",
             )
 
     def _output(
