@@ -40,6 +40,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # connection and a dead peer is noticed (the server accepts pings from every 10 s on).
     "grpc.keepalive_time_ms": 30_000,
     "grpc.keepalive_timeout_ms": 20_000,
+    "grpc.http2.max_pings_without_data": 0,  # gRPC's default (2) stops pinging a quiet session
 }
 
 
