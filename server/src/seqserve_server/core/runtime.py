@@ -158,7 +158,7 @@ class ModelRuntime:
     def validate(self, batch: Batch) -> Batch:
         """Check a decoded batch against the signature and limits; return it as the model dtype."""
         self._check_layout(batch)
-        if self.signature.tokens:
+        if np.issubdtype(self.signature.input_dtype, np.integer):
             values = _as_ids(batch.values, self.signature.input_dtype)
             _check_vocabulary(values, batch, self.signature.vocabulary)
         else:
@@ -318,7 +318,7 @@ def _sequence_input(signature: Signature, feeds_embedding: bool) -> bool | None:
 
 def _as_ids(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if values.dtype.type not in ACCEPTED_IDS:
-        raise InvalidInput("inputs.values.dtype", "token ids as int32 or int64", str(values.dtype))
+        raise InvalidInput("inputs.values.dtype", "integers (int32 or int64)", str(values.dtype))
     if dtype == np.int32 and values.dtype == np.int64:
         low, high = np.iinfo(np.int32).min, np.iinfo(np.int32).max
         if values.size and (values.min() < low or values.max() > high):
