@@ -17,6 +17,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from seqserve_client import SeqServeClient
 from seqserve_client.errors import InvalidInputError
@@ -233,3 +236,30 @@ def test_token_session_steps_one_token_at_a_time(
     with zoo.session("token_unmasked_aligned") as session:
         steps = [session.step([int(t)]) for t in ids]
     np.testing.assert_allclose(np.concatenate(steps), _keras(model, ids), atol=TOL)
+
+
+@st.composite
+def _ragged_batch(draw: st.DrawFn, features: tuple[int, ...] | None) -> list[np.ndarray]:
+    """1-4 sequences of 1-10 steps: float steps in [-4, 4] (exact zeros allowed), or token ids
+    (`features` None)."""
+    count = draw(st.integers(1, 4))
+    lengths = draw(st.lists(st.integers(1, 10), min_size=count, max_size=count))
+    if features is None:
+        ids = st.integers(0, VOCAB - 1)
+        return [draw(hnp.arrays(np.int32, (n,), elements=ids)) for n in lengths]
+    values = st.floats(-4, 4, width=32)
+    return [draw(hnp.arrays(np.float32, (n, *features), elements=values)) for n in lengths]
+
+
+@pytest.mark.parametrize("name", ["time_distributed_head", "token_tagger", "stacked_cells"])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.data_too_large])
+@given(data=st.data())
+def test_any_batch_equals_keras(
+    name: str, data: st.DataObject, zoo: SeqServeClient, eager: functools._lru_cache_wrapper
+) -> None:
+    model = eager(name)
+    shape = model.inputs[0].shape
+    inputs = data.draw(_ragged_batch(None if len(shape) == 2 else tuple(shape[2:])))
+    served = zoo.predict(name, inputs)
+    for got, x in zip(served, inputs, strict=True):
+        np.testing.assert_allclose(got, _keras(model, x), atol=TOL, rtol=TOL)
