@@ -47,7 +47,7 @@ def zoo_root(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
 
 @pytest.fixture(scope="module")
 def zoo_server(zoo_root: Path) -> Iterator[ServerProcess]:
-    process = start_server(zoo_root, timeout=600)
+    process = start_server(zoo_root)
     yield process
     process.stop()
 
