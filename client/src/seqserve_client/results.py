@@ -47,6 +47,7 @@ class ModelStatus:
     state: str
     mode: str
     error: str
+    compute_path: str = ""  # the compiled path proven equal to Keras at load
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class ModelMetadata:
     max_sessions: int
     state: str
     error: str
+    compute_path: str = ""
+    proof: str = ""
+    session_reason: str = ""
     max_request_elements: int = 0
     max_inputs_per_request: int = 0
     max_message_bytes: int = 0
@@ -102,6 +106,9 @@ def metadata_from_proto(m: pb.GetModelMetadataResponse) -> ModelMetadata:
         max_sessions=m.max_sessions,
         state=pb.ModelState.Name(m.state).lower(),
         error=m.error,
+        compute_path=m.compute_path,
+        proof=m.proof,
+        session_reason=m.session_reason,
         max_request_elements=m.max_request_elements,
         max_inputs_per_request=m.max_inputs_per_request,
         max_message_bytes=m.max_message_bytes,
@@ -110,7 +117,12 @@ def metadata_from_proto(m: pb.GetModelMetadataResponse) -> ModelMetadata:
 
 def status_from_proto(s: pb.ModelStatus) -> ModelStatus:
     return ModelStatus(
-        s.name, s.version, pb.ModelState.Name(s.state).lower(), mode_name(s.mode), s.error
+        s.name,
+        s.version,
+        pb.ModelState.Name(s.state).lower(),
+        mode_name(s.mode),
+        s.error,
+        s.compute_path,
     )
 
 

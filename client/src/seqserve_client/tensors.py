@@ -124,7 +124,7 @@ def to_batch(values: np.ndarray, lengths: Sequence[int] | None = None) -> pb.Bat
     return pb.Batch(values=to_tensor(values), lengths=list(lengths) if lengths is not None else [])
 
 
-def encode_inputs(inputs: np.ndarray | Sequence[np.ndarray]) -> pb.Batch:
+def encode_inputs(inputs: np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[int]]) -> pb.Batch:
     """A dense array as it is; a list of sequences of different lengths without padding."""
     if isinstance(inputs, np.ndarray):
         return to_batch(inputs)
@@ -153,10 +153,6 @@ def from_batch(
         raise TensorError(f"{field}.values.shape", "[batch, ...]: at least 1 axis", "[] (a scalar)")
     if not batch.lengths:
         return values, None
-    if values.ndim < 2:
-        raise TensorError(
-            f"{field}.values.shape", "[total_steps, features] with lengths", str(list(values.shape))
-        )
     lengths = np.asarray(batch.lengths, dtype=np.int64)
     if (lengths < 0).any():
         raise TensorError(f"{field}.lengths", "non-negative lengths", str(int(lengths.min())))
