@@ -442,7 +442,8 @@ def make_case(seed: int, index: int, targets: list[Target]) -> Case:
         messages = [health_request(r, targets, tags)]
         watch = r.random() < 0.2
         request_type = health_pb2.HealthCheckRequest
-        method, shape = HEALTH + ("Watch" if watch else "Check"), "server_stream" if watch else "unary"
+        method = HEALTH + ("Watch" if watch else "Check")
+        shape = "server_stream" if watch else "unary"
         tags.append("watch" if watch else "check")
     encoded = [m.SerializeToString() for m in messages]
     case = Case(rpc, method, shape, encoded, tags=tags)

@@ -81,7 +81,7 @@ class FuzzReport:
             out.append(f"only {self.done} of {self.config.cases} cases ran in the time limit")
         if self.valid.failures or not self.valid.total:
             out += [f"valid: {f}" for f in self.valid.failures[:20]] or ["no valid traffic ran"]
-        start, end, peak = self.rss_figures()
+        _, end, peak = self.rss_figures()
         if self.rss_half and end > self.rss_half * (1 + self.config.rss_growth_limit):
             out.append(f"RSS grew from {self.rss_half >> 20} MiB at half-time to {end >> 20} MiB")
         if peak > self.config.rss_limit_bytes:

@@ -25,6 +25,7 @@ from .targets import Target
 RTOL = ATOL = 1e-5
 CALL_TIMEOUT_S = 60.0
 KINDS = ("Predict", "PredictStream", "Session")
+SEQUENCE_MODES = (pb.ONE_TO_MANY, pb.MANY_TO_MANY_ALIGNED, pb.MANY_TO_MANY_UNALIGNED)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _assemble(parts: list[pb.PredictStreamResponse]) -> np.ndarray:
     for part in parts:
         rows.setdefault(part.input_index, {})[part.step] = from_tensor(part.values)
     out = [np.stack([steps[s] for s in sorted(steps)]) for _, steps in sorted(rows.items())]
-    sequence = parts and parts[0].mode in (pb.ONE_TO_MANY, pb.MANY_TO_MANY_ALIGNED, pb.MANY_TO_MANY_UNALIGNED)
+    sequence = parts and parts[0].mode in SEQUENCE_MODES
     return np.stack(out) if sequence else np.stack([o[0] for o in out])
 
 
