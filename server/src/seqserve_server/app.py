@@ -49,7 +49,7 @@ class App:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", int(settings.reuse_port)),
-            ]
+            ],
         )
         self.port = 0
         self.metrics_port = 0
