@@ -18,6 +18,7 @@ import pytest
 from seqserve_client import SeqServeClient, SeqServeError
 from tests.fixture_models import FEATURES, write_repository
 from tests.server_process import ServerProcess, start_server
+from tests.test_shutdown import RETRYING
 
 
 @pytest.fixture(scope="module")
@@ -114,18 +115,21 @@ def test_workers_share_one_port(workers: ServerProcess) -> None:
 
 
 def test_a_worker_that_dies_is_restarted(workers: ServerProcess) -> None:
-    """kill -9 one worker: the other keeps answering, and a new worker takes the dead one's place."""
+    """kill -9 one worker: the other keeps answering (a connection caught in the dead one's
+    accept queue is reset, which a client retrying UNAVAILABLE rides over), and a new worker
+    takes the dead one's place."""
     before = children(workers.process.pid)
     assert len(before) == 2
     os.kill(before[0], signal.SIGKILL)
-    wait_for(lambda: exited(before[0]), 10)  # its listening socket is closed
+    wait_for(lambda: exited(before[0]), 10)
     x = [np.ones((4, FEATURES), np.float32)]
-    for _ in range(10):  # new connections reach the live worker only
-        with SeqServeClient(workers.target, options=[("grpc.use_local_subchannel_pool", 1)]) as c:
+    options = [("grpc.use_local_subchannel_pool", 1), *RETRYING]
+    for _ in range(10):
+        with SeqServeClient(workers.target, options=options) as c:
             assert c.predict("aligned", x).shape == (1, 4, 2)
     wait_for(lambda: workers.output().count("seqserve ready") >= 3, 120)
     after = children(workers.process.pid)
     assert len(after) == 2 and before[0] not in after and before[1] in after
     assert "worker 0 exited with code -9" in workers.output()
-    with SeqServeClient(workers.target, options=[("grpc.use_local_subchannel_pool", 1)]) as c:
+    with SeqServeClient(workers.target, options=options) as c:
         assert c.predict("aligned", x).shape == (1, 4, 2)

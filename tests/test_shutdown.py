@@ -33,6 +33,7 @@ RETRY_CONFIG = json.dumps({
         },
     }]
 })  # fmt: skip
+RETRYING = [("grpc.enable_retries", 1), ("grpc.service_config", RETRY_CONFIG)]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ async def load(target: str, stopping: ServerProcess, seconds_after: float) -> li
     async def caller(retries: bool) -> None:
         options: list[tuple[str, object]] = [("grpc.use_local_subchannel_pool", 1)]
         if retries:
-            options += [("grpc.enable_retries", 1), ("grpc.service_config", RETRY_CONFIG)]
+            options += RETRYING
         codes = retrying if retries else plain
         async with grpc.aio.insecure_channel(target, options=options) as channel:
             stub = pb_grpc.SeqServeStub(channel)

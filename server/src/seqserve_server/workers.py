@@ -62,15 +62,15 @@ class Supervisor:
                 pid, status = os.wait()
             except ChildProcessError:  # none left
                 break
-            index = next((i for i, c in self.children.items() if c.pid == pid), None)
-            if index is None:
+            worker = next((i for i, c in self.children.items() if c.pid == pid), None)
+            if worker is None:
                 continue
-            child = self.children.pop(index)
-            child.returncode = os.waitstatus_to_exitcode(status)
+            del self.children[worker]
+            code = os.waitstatus_to_exitcode(status)
             if self.stopping:
-                self.codes.append(child.returncode)
+                self.codes.append(code)
             else:
-                self._restart(index, child.returncode)
+                self._restart(worker, code)
         return max(self.codes, default=0)
 
     def _spawn(self, index: int) -> None:
