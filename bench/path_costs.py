@@ -75,8 +75,9 @@ def main(n: int) -> list[dict]:
 
     async def predict_path() -> object:
         request = pb.PredictRequest.FromString(wire)
-        inputs = msg.decode_inputs(request.inputs)
-        prediction = await service.predict(request.model_name, 0, inputs)
+        target = service.resolve(request.model_name)
+        inputs = msg.decode_inputs(request.inputs, target.limits)
+        prediction = await service.predict(target, inputs)
         return msg.prediction_to_proto(prediction).SerializeToString()
 
     return [

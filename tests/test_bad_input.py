@@ -164,7 +164,8 @@ def test_full_queue_fails_fast_with_unavailable(server, client: SeqServeClient) 
     from seqserve_client import AsyncSeqServeClient
 
     async def flood() -> list[BaseException | object]:
-        async with AsyncSeqServeClient(server.target) as c:
+        no_retries = [("grpc.enable_retries", 0)]  # the SDK retries UNAVAILABLE by default
+        async with AsyncSeqServeClient(server.target, options=no_retries) as c:
             calls = [c.predict("limited", seqs(*[200] * 6)) for _ in range(40)]
             return await asyncio.gather(*calls, return_exceptions=True)
 

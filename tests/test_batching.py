@@ -327,6 +327,39 @@ def test_compute_error_fails_the_batch_and_the_batcher_goes_on(lstm, executor) -
     asyncio.run(main())
 
 
+def test_a_failing_input_fails_only_its_own_request(lstm, executor) -> None:
+    """Merged with others, an input the model raises on: the batch is recomputed item by item,
+    so that only its caller gets the error (issue 10: a compute error fails that request only)."""
+
+    def poisoned(values: np.ndarray) -> np.ndarray:
+        if (values == 99).any():
+            raise ValueError("the model cannot compute 99")
+        return lstm(values)
+
+    async def main() -> None:
+        rng = np.random.default_rng(12)
+        calls = Recorder(poisoned)
+        calls.gate.clear()
+        batcher = make(calls, executor)
+        first = asyncio.create_task(batcher.submit(seqs(rng, 8), None))
+        await asyncio.sleep(0)
+        requests = [seqs(rng, 8) for _ in range(6)]
+        requests[2][0][3, 1] = 99
+        tasks = [asyncio.create_task(batcher.submit(r, None)) for r in requests]
+        await _until(lambda: batcher.queue_depth == 6)
+        calls.gate.set()
+        await first
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert calls.sizes == [1, 6, 1, 1, 1, 1, 1, 1]  # merged, failed, then one by one
+        assert isinstance(results[2], ValueError)
+        for i, (request, result) in enumerate(zip(requests, results, strict=True)):
+            if i != 2:
+                np.testing.assert_allclose(result[0], alone(lstm, request)[0], atol=TOLERANCE)
+        assert batcher.queue_depth == 0 and batcher.in_flight == 0
+
+    asyncio.run(main())
+
+
 def test_second_slot_waits_for_a_full_batch(lstm, executor) -> None:
     async def main() -> None:
         rng = np.random.default_rng(12)

@@ -126,6 +126,23 @@ def test_nginx_balances_grpc_over_both_replicas() -> None:
     assert "grpc_pass grpc://seqserve;" in conf
 
 
+def nginx_seconds(value: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
+
+
+def test_nginx_lets_sessions_run_long_and_large() -> None:
+    """client_max_body_size counts a whole HTTP/2 stream: a session's messages add up, so it
+    must be unbounded (single messages are bounded by the server); timeouts outlast a session's
+    idle timeout."""
+    conf = re.sub(r"#.*", "", (DEPLOY / "nginx" / "nginx.conf").read_text())
+    sizes = re.findall(r"client_max_body_size\s+(\S+);", conf)
+    assert sizes == ["0"], sizes
+    for directive in ("grpc_read_timeout", "grpc_send_timeout", "client_body_timeout"):
+        found = re.findall(rf"{directive}\s+(\w+);", conf)
+        assert found and nginx_seconds(found[0]) >= 3600, (directive, found)
+
+
 # --- Prometheus -------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
+from .channel import channel_options
 from .client import DEFAULT_TIMEOUT_S, Inputs, predict_request, prediction_from
 from .errors import from_rpc_error
 from .results import (
@@ -53,9 +54,9 @@ class AsyncSeqServeClient:
     ) -> None:
         self.timeout = timeout
         self._channel = (
-            grpc.aio.secure_channel(target, credentials, options=options)
+            grpc.aio.secure_channel(target, credentials, options=channel_options(options))
             if credentials
-            else grpc.aio.insecure_channel(target, options=options)
+            else grpc.aio.insecure_channel(target, options=channel_options(options))
         )
         self._stub = pb_grpc.SeqServeStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

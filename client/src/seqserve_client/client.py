@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
+from .channel import channel_options
 from .errors import from_rpc_error
 from .results import (
     ModelMetadata,
@@ -47,9 +48,9 @@ class SeqServeClient:
         self.target = target
         self.timeout = timeout
         self._channel = (
-            grpc.secure_channel(target, credentials, options=options)
+            grpc.secure_channel(target, credentials, options=channel_options(options))
             if credentials
-            else grpc.insecure_channel(target, options=options)
+            else grpc.insecure_channel(target, options=channel_options(options))
         )
         self._stub = pb_grpc.SeqServeStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

@@ -67,6 +67,9 @@ class ModelMetadata:
     max_sessions: int
     state: str
     error: str
+    max_request_elements: int = 0
+    max_inputs_per_request: int = 0
+    max_message_bytes: int = 0
 
 
 def mode_name(value: pb.Mode.ValueType) -> str:
@@ -99,6 +102,9 @@ def metadata_from_proto(m: pb.GetModelMetadataResponse) -> ModelMetadata:
         max_sessions=m.max_sessions,
         state=pb.ModelState.Name(m.state).lower(),
         error=m.error,
+        max_request_elements=m.max_request_elements,
+        max_inputs_per_request=m.max_inputs_per_request,
+        max_message_bytes=m.max_message_bytes,
     )
 
 

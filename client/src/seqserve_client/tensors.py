@@ -6,7 +6,9 @@ accepted for callers without numpy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,6 +22,17 @@ _TO_NUMPY: dict[pb.DataType.ValueType, np.dtype] = {
     pb.INT64: np.dtype("<i8"),
 }
 _TO_PROTO = {dt.newbyteorder("="): code for code, dt in _TO_NUMPY.items()}
+_KNOWN_CODES = frozenset(pb.DataType.values())
+MAX_RANK = 64  # numpy's own limit: a deeper shape cannot even be built
+INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Size bounds checked before anything is allocated (None: unbounded, as for responses)."""
+
+    max_elements: int | None = None  # values in the tensor; also bounds every single axis
+    max_items: int | None = None  # inputs (sequences or vectors) in a batch
 
 
 class TensorError(ValueError):
@@ -32,6 +45,10 @@ class TensorError(ValueError):
         self.got = got
 
 
+class TensorTooLarge(TensorError):
+    """A well-formed tensor beyond a size limit (a quota, not a malformed request)."""
+
+
 def to_tensor(array: np.ndarray) -> pb.Tensor:
     array = np.asarray(array)
     code = _TO_PROTO.get(array.dtype.newbyteorder("="))
@@ -42,20 +59,26 @@ def to_tensor(array: np.ndarray) -> pb.Tensor:
     return pb.Tensor(dtype=code, shape=array.shape, raw=np.ascontiguousarray(little).tobytes())
 
 
-def from_tensor(tensor: pb.Tensor, field: str = "values") -> np.ndarray:
-    shape = tuple(tensor.shape)
-    if any(d < 0 for d in shape):
-        raise TensorError(f"{field}.shape", "non-negative sizes", str(list(shape)))
-    kind = tensor.WhichOneof("data")
-    if kind == "float_values":
-        flat = np.asarray(tensor.float_values.values, dtype=np.float32)
-        return _reshape(flat, shape, f"{field}.float_values")
+def from_tensor(
+    tensor: pb.Tensor, field: str = "values", limits: DecodeLimits | None = None
+) -> np.ndarray:
+    """The array a message carries; shape, dtype and size are checked (in Python integers, which
+    cannot wrap around) before any buffer is allocated."""
+    shape = _checked_shape(tensor, field, limits or DecodeLimits())
+    count = math.prod(shape)
+    if tensor.WhichOneof("data") == "float_values":
+        values = tensor.float_values.values
+        if len(values) != count:
+            raise TensorError(
+                f"{field}.float_values", f"{count} values for shape {list(shape)}",
+                f"{len(values)} values",
+            )  # fmt: skip
+        return np.asarray(values, dtype=np.float32).reshape(shape)
     dtype = _TO_NUMPY.get(tensor.dtype)
     if dtype is None:
         names = ", ".join(pb.DataType.Name(c) for c in _TO_NUMPY)
-        raise TensorError(f"{field}.dtype", f"one of {names}", pb.DataType.Name(tensor.dtype))
+        raise TensorError(f"{field}.dtype", f"one of {names}", _dtype_name(tensor.dtype))
     raw = tensor.raw
-    count = int(np.prod(shape, dtype=np.int64))
     if len(raw) != count * dtype.itemsize:
         raise TensorError(
             f"{field}.raw",
@@ -65,11 +88,36 @@ def from_tensor(tensor: pb.Tensor, field: str = "values") -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _reshape(flat: np.ndarray, shape: tuple[int, ...], field: str) -> np.ndarray:
-    count = int(np.prod(shape, dtype=np.int64))
-    if flat.size != count:
-        raise TensorError(field, f"{count} values for shape {list(shape)}", f"{flat.size} values")
-    return flat.reshape(shape)
+def _checked_shape(tensor: pb.Tensor, field: str, limits: DecodeLimits) -> tuple[int, ...]:
+    """A shape of bounded rank and size; a dtype number the enum defines."""
+    if tensor.dtype not in _KNOWN_CODES:
+        known = ", ".join(pb.DataType.keys())
+        raise TensorError(f"{field}.dtype", f"one of {known}", _dtype_name(tensor.dtype))
+    if len(tensor.shape) > MAX_RANK:
+        raise TensorError(f"{field}.shape", f"at most {MAX_RANK} axes", f"{len(tensor.shape)} axes")
+    shape = tuple(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise TensorError(f"{field}.shape", "non-negative sizes", _shape_text(shape))
+    # The longest axis counts too: (0, 2**62) holds no values but no array of that shape exists.
+    size = max(math.prod(shape), max(shape, default=0))
+    bound = INT64_MAX if limits.max_elements is None else limits.max_elements
+    if size > bound:
+        raise TensorTooLarge(
+            f"{field}.shape",
+            f"at most {bound} elements and no longer axis (max_request_elements)",
+            _shape_text(shape),
+        )
+    return shape
+
+
+def _dtype_name(code: int) -> str:
+    known = code in _KNOWN_CODES
+    return pb.DataType.Name(pb.DataType.ValueType(code)) if known else f"{code} (no such DataType)"
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    text = str(list(shape[:8]))
+    return text[:-1] + ", ...]" if len(shape) > 8 else text
 
 
 def to_batch(values: np.ndarray, lengths: Sequence[int] | None = None) -> pb.Batch:
@@ -88,23 +136,45 @@ def encode_inputs(inputs: np.ndarray | Sequence[np.ndarray]) -> pb.Batch:
     return to_batch(np.concatenate(arrays), [len(a) for a in arrays])
 
 
-def from_batch(batch: pb.Batch, field: str = "inputs") -> tuple[np.ndarray, np.ndarray | None]:
+def from_batch(
+    batch: pb.Batch, field: str = "inputs", limits: DecodeLimits | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The values and, for ragged sequences, each sequence's length (checked against values)."""
-    values = from_tensor(batch.values, f"{field}.values")
+    limits = limits or DecodeLimits()
+    dense_items = batch.values.shape[0] if batch.values.shape else 0
+    items = len(batch.lengths) if batch.lengths else dense_items
+    if limits.max_items is not None and items > limits.max_items:
+        where = f"{field}.lengths" if batch.lengths else f"{field}.values.shape"
+        raise TensorTooLarge(
+            where, f"at most {limits.max_items} inputs (max_inputs_per_request)", f"{items} inputs"
+        )
+    values = from_tensor(batch.values, f"{field}.values", limits)
+    if values.ndim == 0:
+        raise TensorError(f"{field}.values.shape", "[batch, ...]: at least 1 axis", "[] (a scalar)")
     if not batch.lengths:
         return values, None
-    lengths = np.asarray(batch.lengths, dtype=np.int64)
     if values.ndim < 2:
         raise TensorError(
             f"{field}.values.shape", "[total_steps, features] with lengths", str(list(values.shape))
         )
-    if (lengths < 0).any() or int(lengths.sum()) != values.shape[0]:
+    lengths = np.asarray(batch.lengths, dtype=np.int64)
+    if (lengths < 0).any():
+        raise TensorError(f"{field}.lengths", "non-negative lengths", str(int(lengths.min())))
+    rows, total = values.shape[0], _exact_sum(lengths)
+    if total != rows:
         raise TensorError(
             f"{field}.lengths",
-            f"non-negative lengths summing to {values.shape[0]} (the rows of values)",
-            f"{batch.lengths[:8]}{'...' if len(lengths) > 8 else ''} summing to {lengths.sum()}",
+            f"lengths summing to {rows} (the rows of values)",
+            f"{_shape_text(lengths[:9].tolist())} summing to {total}",
         )
     return values, lengths
+
+
+def _exact_sum(lengths: np.ndarray) -> int:
+    """numpy's int64 sum wraps around silently; Python's does not (needed only when it could)."""
+    if len(lengths) * int(lengths.max()) <= INT64_MAX:
+        return int(lengths.sum())
+    return sum(lengths.tolist())
 
 
 def split_sequences(values: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:

@@ -9,19 +9,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 from .config import Settings
 from .core.compute_threads import ModelThreads
 from .core.inference import InferenceService
+from .core.limits import RequestLimits
 from .core.repository import ModelRepository, ModelState
 from .core.runtime import configure_tensorflow
 from .core.sessions import SessionManager
 from .metrics import ServerMetrics
 from .transport.draining import Drain
 from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
+from .transport.standard_services import ObservedHealth, ObservedReflection
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +40,22 @@ class App:
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
         self.threads = ModelThreads(settings.compute_threads)
         self.metrics = ServerMetrics()
-        self.repository = ModelRepository(settings.model_repository, observer=self.metrics)
+        limits = RequestLimits(
+            settings.max_sequence_length,
+            settings.max_request_elements,
+            settings.max_inputs_per_request,
+        )
+        self.repository = ModelRepository(
+            settings.model_repository, observer=self.metrics, limits=limits
+        )
         self.inference = InferenceService(self.repository, self.threads, self.metrics)
         self.sessions = SessionManager(self.repository, self.threads, self.inference.observer_for)
-        self.health = health.aio.HealthServicer()
+        self.health = ObservedHealth(self.metrics)
         self.drain = Drain()
         self.server = grpc.aio.server(
             interceptors=[self.drain],
-            options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", int(settings.reuse_port)),
-            ],
+            options=server_options(settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.port = 0
         self.metrics_port = 0
@@ -59,11 +65,14 @@ class App:
         if self.settings.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
         await self._load_models()
-        servicer = SeqServeServicer(self.inference, self.sessions, self.metrics)
+        servicer = SeqServeServicer(
+            self.inference, self.sessions, self.metrics, self.settings.max_message_bytes
+        )
         pb_grpc.add_SeqServeServicer_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            ObservedReflection(names, self.metrics), self.server
         )
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self.server.add_insecure_port(address)
@@ -118,3 +127,17 @@ class App:
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Message sizes, streams per connection, and keepalive: the SDK pings every 30 s during
+    long sessions (allowed from 10 s on); the server pings idle callers to find dead ones."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.so_reuseport", int(settings.reuse_port)),
+    ]

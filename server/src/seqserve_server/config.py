@@ -7,6 +7,12 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from seqserve_client.channel import MAX_MESSAGE_BYTES
+
+from .core.limits import RequestLimits
+
+_LIMITS = RequestLimits()
+
 
 class Settings(BaseSettings):
     """`seqserve serve` flags; every flag `--some-name` is also `SEQSERVE_SOME_NAME`."""
@@ -27,6 +33,22 @@ class Settings(BaseSettings):
     compute_threads: int = Field(1, ge=1, description="threads per model for its computations")
     tf_intra_op_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads (0: TF)")
     tf_inter_op_threads: int = Field(0, ge=0, description="TensorFlow inter-op threads (0: TF)")
-    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest message")
+    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024, description="largest message")
+    # Limits per request (README "Limits"); a model's config.yaml may state its own.
+    max_sequence_length: int = Field(
+        _LIMITS.max_sequence_length, ge=1, description="steps per input sequence"
+    )
+    max_request_elements: int = Field(
+        _LIMITS.max_request_elements, ge=1, description="numbers in one request's tensor"
+    )
+    max_inputs_per_request: int = Field(
+        _LIMITS.max_inputs_per_request, ge=1, description="sequences or vectors per request"
+    )
+    max_concurrent_rpcs: int = Field(
+        1024, ge=1, description="calls in progress server-wide, sessions included"
+    )
+    max_streams_per_connection: int = Field(
+        256, ge=1, description="concurrent calls on one HTTP/2 connection (more wait)"
+    )
     grace_period_s: float = Field(10.0, ge=0, description="time to finish in-flight work on stop")
     log_level: str = Field("INFO", description="logging level")

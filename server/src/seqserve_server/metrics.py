@@ -23,7 +23,7 @@ LATENCY_BUCKETS = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-UNKNOWN_MODEL = "_unknown"  # callers' misspelt names must not create series without bound
+UNKNOWN_MODEL = "_unknown"  # callers' misspelt names and versions must not create new series
 
 
 class ServerMetrics:
@@ -91,6 +91,11 @@ class ServerMetrics:
 
     def rpc_started(self, model: str) -> None:
         self.inflight.labels(model).inc()
+
+    def rpc_moved(self, old_model: str, new_model: str) -> None:
+        """An RPC in flight turned out to be about another model (a session's opening)."""
+        self.inflight.labels(old_model).dec()
+        self.inflight.labels(new_model).inc()
 
     def rpc_first_output(self, model: str, rpc: str, seconds: float) -> None:
         self.first_output_seconds.labels(model, rpc).observe(seconds)

@@ -556,13 +556,16 @@ class GetModelMetadataResponse(_message.Message):
     MAX_SESSIONS_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    MAX_REQUEST_ELEMENTS_FIELD_NUMBER: _builtins.int
+    MAX_INPUTS_PER_REQUEST_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """the version described"""
     mode: Global___Mode.ValueType
     description: _builtins.str
     max_sequence_length: _builtins.int
-    """0: no limit beyond the model's own"""
+    """steps per input sequence (a fixed-length model's length)"""
     max_batch_size: _builtins.int
     streams_steps: _builtins.bool
     """PredictStream sends sequence outputs step by step"""
@@ -571,6 +574,14 @@ class GetModelMetadataResponse(_message.Message):
     max_sessions: _builtins.int
     state: Global___ModelState.ValueType
     error: _builtins.str
+    max_request_elements: _builtins.int
+    """Request limits (README "Limits"): crossing one gets RESOURCE_EXHAUSTED naming it.
+    numbers in a request's (or steps message's) tensor
+    """
+    max_inputs_per_request: _builtins.int
+    """sequences or vectors in one request"""
+    max_message_bytes: _builtins.int
+    """the largest gRPC message the server takes or sends"""
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """every version the repository holds"""
@@ -600,10 +611,13 @@ class GetModelMetadataResponse(_message.Message):
         max_sessions: _builtins.int = ...,
         state: Global___ModelState.ValueType = ...,
         error: _builtins.str = ...,
+        max_request_elements: _builtins.int = ...,
+        max_inputs_per_request: _builtins.int = ...,
+        max_message_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "error", b"error", "input", b"input", "labels", b"labels", "max_batch_size", b"max_batch_size", "max_sequence_length", b"max_sequence_length", "max_sessions", b"max_sessions", "mode", b"mode", "name", b"name", "open_sessions", b"open_sessions", "output", b"output", "session_support", b"session_support", "state", b"state", "streams_steps", b"streams_steps", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "error", b"error", "input", b"input", "labels", b"labels", "max_batch_size", b"max_batch_size", "max_inputs_per_request", b"max_inputs_per_request", "max_message_bytes", b"max_message_bytes", "max_request_elements", b"max_request_elements", "max_sequence_length", b"max_sequence_length", "max_sessions", b"max_sessions", "mode", b"mode", "name", b"name", "open_sessions", b"open_sessions", "output", b"output", "session_support", b"session_support", "state", b"state", "streams_steps", b"streams_steps", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

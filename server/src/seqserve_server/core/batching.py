@@ -227,8 +227,23 @@ class DynamicBatcher:
         future = loop.run_in_executor(self._executor, self._compute_batch, items)
         future.add_done_callback(lambda f: self._finish(live, f))
 
-    def _compute_batch(self, items: list[np.ndarray]) -> np.ndarray:
-        """On the executor: stack, compute, time it."""
+    def _compute_batch(self, items: list[np.ndarray]) -> list[np.ndarray | Exception]:
+        """On the executor: stack, compute, time it. When a merged computation fails, each item
+        is computed alone: one caller's bad input must not fail the others."""
+        try:
+            return list(self._timed_compute(items))
+        except Exception as exc:  # noqa: BLE001 - returned per item, raised by its own request
+            if len(items) == 1:
+                return [exc]
+            return [self._alone(item) for item in items]
+
+    def _alone(self, item: np.ndarray) -> np.ndarray | Exception:
+        try:
+            return self._timed_compute([item])[0]
+        except Exception as exc:  # noqa: BLE001 - see _compute_batch
+            return exc
+
+    def _timed_compute(self, items: list[np.ndarray]) -> np.ndarray:
         values = items[0][np.newaxis] if len(items) == 1 else np.stack(items)
         start = time.perf_counter()
         outputs = self._compute(values)
@@ -240,23 +255,24 @@ class DynamicBatcher:
     def _finish(self, slots: list[_Slot], future: asyncio.Future) -> None:
         self._in_flight -= 1
         if future.cancelled():  # the executor shut down with the work still queued on it
-            error: BaseException | None = Overloaded(f"model {self.name} is shutting down")
+            outputs: list[np.ndarray | BaseException] = [
+                Overloaded(f"model {self.name} is shutting down")
+            ] * len(slots)
         else:
             error = future.exception()
-        if error is not None:
-            for slot in slots:
-                if _fail(slot.request, error):
-                    self._withdraw(slot.request)
-        else:
-            outputs = future.result()
-            for slot, output in zip(slots, outputs, strict=True):
-                request = slot.request
-                if request.future.done():
-                    continue
-                request.results[slot.index] = output
-                request.remaining -= 1
-                if not request.remaining:
-                    request.future.set_result(request.results)
+            outputs = [error] * len(slots) if error is not None else future.result()
+        for slot, output in zip(slots, outputs, strict=True):
+            request = slot.request
+            if isinstance(output, BaseException):
+                if _fail(request, output):
+                    self._withdraw(request)
+                continue
+            if request.future.done():
+                continue
+            request.results[slot.index] = output
+            request.remaining -= 1
+            if not request.remaining:
+                request.future.set_result(request.results)
         if not self._closed:
             self._dispatch()
 

@@ -28,8 +28,10 @@ def top_k(rows: np.ndarray, labels: list[str], k: int) -> list[TopK]:
 
 
 def check_top_k(k: int, labels: list[str], field: str) -> None:
-    """A request for k labels needs k >= 0 and, for k > 0, a model whose config names labels."""
+    """A request for k labels needs 0 <= k <= the labels its model's config names."""
     if k < 0:
         raise InvalidInput(field, "0 or more", str(k))
     if k and not labels:
         raise InvalidInput(field, "0 (this model's config names no labels)", str(k))
+    if k > len(labels):
+        raise InvalidInput(field, f"at most {len(labels)} (the model's labels)", str(k))

@@ -6,6 +6,16 @@ know nothing of any transport: each protocol adapter maps them to its own status
 
 from __future__ import annotations
 
+import re
+
+# An absolute path: a slash not inside a word, URL or relative path, then directories.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s/'\"`:,;()\[\]<>]+/)+")
+
+
+def without_paths(text: str) -> str:
+    """The server's file system is not a caller's business: paths keep only their last part."""
+    return _ABSOLUTE_PATH.sub("", text)
+
 
 class SeqServeError(Exception):
     """Base of every error the core reports to a caller."""
@@ -61,7 +71,7 @@ class Unsupported(SeqServeError):
 
 
 class LimitExceeded(SeqServeError):
-    """A per-model quota is used up (e.g. open sessions)."""
+    """A quota is used up (e.g. open sessions), or memory ran out computing a request."""
 
     reason = "LIMIT_EXCEEDED"
 

@@ -91,10 +91,9 @@ class InferenceService:
         return self.repository.resolve(model, version)
 
     async def predict(
-        self, model: str, version: int, inputs: Batch, k: int = 0, deadline: float | None = None
+        self, target: ModelVersion, inputs: Batch, k: int = 0, deadline: float | None = None
     ) -> Prediction:
         """`deadline`: `time.monotonic()` seconds after which the work is dropped unrun."""
-        target = self.resolve(model, version)
         runtime = _runtime(target)
         batch = runtime.validate(inputs)
         check_top_k(k, target.config.labels, "top_k")
@@ -142,7 +141,7 @@ class InferenceService:
         for length, indices in _equal_length_groups(batch.item_lengths(), STREAM_CHUNK):
             x = np.stack([items[i] for i in indices])
             state = program.initial_state(len(indices))
-            for first in range(0, length, STREAM_WINDOW):
+            for first in range(0, x.shape[1], STREAM_WINDOW):  # the steps there are, not `length`
                 if deadline is not None and deadline <= time.monotonic():
                     raise DeadlineExpired(f"the deadline passed while {target.name} streamed")
                 window = x[:, first : first + STREAM_WINDOW]

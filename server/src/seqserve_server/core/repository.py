@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelLoadError, ModelNotFound, ModelNotReady
+from .errors import ModelLoadError, ModelNotFound, ModelNotReady, without_paths
+from .limits import RequestLimits
 from .model_config import ModelConfig, find_config, read_config
 from .observer import NullObserver, Observer
 from .runtime import ModelRuntime
@@ -39,6 +40,7 @@ class ModelVersion:
     error: str = ""
     runtime: ModelRuntime | None = None
     load_seconds: float = 0.0
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
 
 @dataclass
@@ -58,7 +60,8 @@ Loader = Callable[[ModelVersion], ModelRuntime]
 
 def load_runtime(entry: ModelVersion) -> ModelRuntime:
     config = entry.config
-    runtime = ModelRuntime.load(entry.path / MODEL_FILE, config.mode, config.max_sequence_length)
+    path = entry.path / MODEL_FILE
+    runtime = ModelRuntime.load(path, config.mode, entry.limits.max_sequence_length)
     width = runtime.signature.output_shape[-1]
     if config.labels and len(config.labels) != width:
         raise ModelLoadError(f"config names {len(config.labels)} labels for {width} outputs")
@@ -67,11 +70,16 @@ def load_runtime(entry: ModelVersion) -> ModelRuntime:
 
 class ModelRepository:
     def __init__(
-        self, root: Path, loader: Loader = load_runtime, observer: Observer | None = None
+        self,
+        root: Path,
+        loader: Loader = load_runtime,
+        observer: Observer | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.root = root
         self._loader = loader
         self._observer = observer or NullObserver()
+        self._limits = limits or RequestLimits()
         self._models: dict[str, ModelEntry] = {}
 
     def scan(self) -> None:
@@ -79,7 +87,7 @@ class ModelRepository:
         if not self.root.is_dir():
             raise FileNotFoundError(f"model repository {self.root} is not a directory")
         for model_dir in sorted(p for p in self.root.iterdir() if _is_model_dir(p)):
-            self._models[model_dir.name] = _scan_model(model_dir)
+            self._models[model_dir.name] = _scan_model(model_dir, self._limits)
 
     def load_all(self) -> None:
         for entry in self._models.values():
@@ -93,8 +101,9 @@ class ModelRepository:
         start = time.perf_counter()
         try:
             version.runtime = self._loader(version)
-        except ModelLoadError as exc:
-            version.state, version.error = ModelState.FAILED, str(exc)
+        except Exception as exc:  # noqa: BLE001 - tracing or warming one model can raise anything
+            reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+            version.state, version.error = ModelState.FAILED, without_paths(reason)
             log.error("model %s version %d failed to load: %s", version.name, version.version, exc)
         else:
             version.state = ModelState.READY
@@ -114,8 +123,10 @@ class ModelRepository:
 
     # -- queries -------------------------------------------------------------------------
 
-    def has(self, name: str) -> bool:
-        return name in self._models
+    def has(self, name: str, version: int = 0) -> bool:
+        """Whether the model (and, when non-zero, that version of it) is in the repository."""
+        entry = self._models.get(name)
+        return entry is not None and (not version or version in entry.versions)
 
     def entries(self) -> list[ModelEntry]:
         return list(self._models.values())
@@ -160,18 +171,22 @@ def _version_of(path: Path) -> int:
     return int(path.name) if path.is_dir() and path.name.isdigit() and int(path.name) > 0 else 0
 
 
-def _scan_model(model_dir: Path) -> ModelEntry:
+def _scan_model(model_dir: Path, limits: RequestLimits) -> ModelEntry:
     entry = ModelEntry(model_dir.name)
     try:
         config = read_config(model_dir)
     except ModelLoadError as exc:
-        entry.error = str(exc)
+        entry.error = without_paths(str(exc))
         config = None
     for path in model_dir.iterdir():
         number = _version_of(path)
         if not number:
             continue
-        version = ModelVersion(model_dir.name, number, path, config or ModelConfig())
+        config_or_default = config or ModelConfig()
+        version = ModelVersion(
+            model_dir.name, number, path, config_or_default,
+            limits=limits.for_model(config_or_default),
+        )  # fmt: skip
         if config is None:
             version.state, version.error = ModelState.FAILED, entry.error
         entry.versions[number] = version

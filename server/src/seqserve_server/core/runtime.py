@@ -120,7 +120,9 @@ class ModelRuntime:
                 )
             limit = self.max_sequence_length
             if limit and length > limit:
-                raise InvalidInput(field, f"at most {limit} steps", f"{length} steps")
+                raise InvalidInput(
+                    field, f"at most {limit} steps (max_sequence_length)", f"{length} steps"
+                )
 
     # -- compute ---------------------------------------------------------------------------
 

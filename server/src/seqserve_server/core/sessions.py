@@ -222,16 +222,30 @@ class SessionManager:
             raise InvalidInput("steps.values", "finite numbers", "NaN or infinity")
         if session.finished:
             raise InvalidInput("steps", "a reset after end_input", "more steps")
-        self._check_length(session, session.steps + len(values))
+        self._check_length(session, len(values))
         return values.astype(np.float32, copy=False)
 
-    def _check_length(self, session: Session, total: int) -> None:
+    def _check_length(self, session: Session, added: int) -> None:
+        """A message carries at most one sequence's limit of steps. An incremental session
+        costs the same per step at any length and may run on (bounded by the config's own
+        limit only); a recomputing one gets the model's limit in all."""
         runtime = session.target.runtime
         assert runtime is not None
+        default = session.target.limits.max_sequence_length
+        if added > default:
+            raise InvalidInput(
+                "steps.values", f"at most {default} steps per message (max_sequence_length)",
+                f"{added}",
+            )  # fmt: skip
         limit = runtime.signature.fixed_steps or session.target.config.max_sequence_length
+        if session.program.support == "recompute":
+            limit = limit or default
+        total = session.steps + added
         if limit and total > limit:
             raise InvalidInput(
-                "steps.values", f"at most {limit} steps in all since open or reset", f"{total}"
+                "steps.values",
+                f"at most {limit} steps in all since open or reset (max_sequence_length)",
+                f"{total}",
             )
 
     def _output(
@@ -286,14 +300,15 @@ class _StepQueue:
                 if not group:
                     continue
                 try:
-                    results = await loop.run_in_executor(self._executor, self._compute, group)
-                except Exception as exc:  # noqa: BLE001 - each waiting session gets the error
-                    for item in group:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    continue
+                    results = await loop.run_in_executor(self._executor, self._isolated, group)
+                except Exception as exc:  # noqa: BLE001 - e.g. the executor shut down
+                    results = [exc] * len(group)
                 for item, result in zip(group, results, strict=True):
-                    if not item.future.done():
+                    if item.future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        item.future.set_exception(result)
+                    else:
                         item.future.set_result(result)
         finally:
             self._running = False
@@ -312,6 +327,22 @@ class _StepQueue:
         for item in group:
             self._observer.queue_wait(now - item.queued)
         return group
+
+    def _isolated(self, group: list[_Pending]) -> list[tuple[State, np.ndarray] | Exception]:
+        """Compute the group; when that fails, each session alone: one session's bad step
+        must not fail the others'."""
+        try:
+            return list(self._compute(group))
+        except Exception as exc:  # noqa: BLE001 - returned per session, raised by its own step
+            if len(group) == 1:
+                return [exc]
+        results: list[tuple[State, np.ndarray] | Exception] = []
+        for item in group:
+            try:
+                results.append(self._compute([item])[0])
+            except Exception as exc:  # noqa: BLE001 - see above
+                results.append(exc)
+        return results
 
     def _compute(self, group: list[_Pending]) -> list[tuple[State, np.ndarray]]:
         start = time.perf_counter()

@@ -10,7 +10,6 @@ import grpc
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-from seqserve_client.tensors import from_tensor
 
 from ..core.errors import DeadlineExpired, InvalidInput, ModelNotFound
 from ..core.inference import InferenceService
@@ -28,24 +27,31 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeqServe"].full_name
 
 class SeqServeServicer(pb_grpc.SeqServeServicer):
     def __init__(
-        self, inference: InferenceService, sessions: SessionManager, metrics: ServerMetrics
+        self,
+        inference: InferenceService,
+        sessions: SessionManager,
+        metrics: ServerMetrics,
+        max_message_bytes: int,
     ) -> None:
         self.inference = inference
         self.sessions = sessions
         self.metrics = metrics
+        self.max_message_bytes = max_message_bytes
 
     def known_model(self, name: str) -> bool:
         return self.inference.repository.has(name)
+
+    def known_version(self, name: str, version: int) -> bool:
+        return self.inference.repository.has(name, version)
 
     @observed
     @grpc_errors
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
-        inputs = msg.decode_inputs(request.inputs)
-        prediction = await self.inference.predict(
-            request.model_name, request.model_version, inputs, request.top_k, _deadline(context)
-        )
+        target = self.inference.resolve(request.model_name, request.model_version)
+        inputs = msg.decode_inputs(request.inputs, target.limits)
+        prediction = await self.inference.predict(target, inputs, request.top_k, _deadline(context))
         return msg.prediction_to_proto(prediction)
 
     @observed
@@ -54,7 +60,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.PredictStreamResponse]:
         target = self.inference.resolve(request.model_name, request.model_version)
-        inputs = msg.decode_inputs(request.inputs)
+        inputs = msg.decode_inputs(request.inputs, target.limits)
         mode = target.runtime.mode if target.runtime else None
         header = pb.PredictStreamResponse(
             model_name=target.name, model_version=target.version, mode=msg.mode_to_proto(mode)
@@ -68,6 +74,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             for message in msg.stream_messages(header, part, sequence):
                 yield message
 
+    @observed
     @grpc_errors
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -82,6 +89,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         ]
         return pb.ListModelsResponse(models=statuses)
 
+    @observed
     @grpc_errors
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -91,8 +99,11 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         version = _describe(entry, request.model_version)
         support, _ = self.sessions.support(version)
         open_sessions = self.sessions.open_count(entry.name)
-        return msg.metadata_to_proto(entry, version, msg.support_to_proto(support), open_sessions)
+        return msg.metadata_to_proto(
+            entry, version, msg.support_to_proto(support), open_sessions, self.max_message_bytes
+        )
 
+    @observed
     @grpc_errors
     async def Session(
         self, requests: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
@@ -120,7 +131,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
     ) -> AsyncIterator[pb.SessionResponse]:
         kind = request.WhichOneof("kind")
         if kind == "steps":
-            values = from_tensor(request.steps.values, "steps.values")
+            values = msg.decode_steps(request.steps, session.target.limits)
             output = await self.sessions.step(session, values, request.steps.emit)
             if output is not None:
                 yield msg.session_output(output)

@@ -13,9 +13,10 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from seqserve_client.tensors import TensorError
+from seqserve_client.tensors import TensorError, TensorTooLarge
 
 from ..core import errors
+from ..core.tf_errors import from_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ ERROR_DOMAIN = "seqserve"
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (TensorTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TensorError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (errors.Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
@@ -42,18 +44,19 @@ def status_code(exc: Exception) -> grpc.StatusCode:
 def to_status(exc: Exception) -> grpc.Status:
     """A rich status: code, message, and details a client can read field by field."""
     code = status_code(exc)
-    message = str(exc) if code is not grpc.StatusCode.INTERNAL else "internal error"
+    internal = code is grpc.StatusCode.INTERNAL
+    message = "internal error" if internal else errors.without_paths(str(exc))
     details = [_pack(_error_info(exc))]
     if isinstance(exc, errors.InvalidInput | TensorError):
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=exc.field, description=str(exc)
+            field=exc.field, description=message
         )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
     if isinstance(exc, errors.ModelNotFound):
         details.append(
             _pack(
                 error_details_pb2.ResourceInfo(
-                    resource_type="model", resource_name=exc.model, description=str(exc)
+                    resource_type="model", resource_name=exc.model, description=message
                 )
             )
         )
@@ -65,7 +68,9 @@ def _error_info(exc: Exception) -> error_details_pb2.ErrorInfo:
     if isinstance(exc, errors.SeqServeError):
         reason = exc.reason
     else:
-        reason = "INVALID_INPUT" if isinstance(exc, TensorError) else "INTERNAL"
+        reason = "INTERNAL"
+        if isinstance(exc, TensorError):
+            reason = "LIMIT_EXCEEDED" if isinstance(exc, TensorTooLarge) else "INVALID_INPUT"
     metadata = {}
     if isinstance(exc, errors.InvalidInput | TensorError):
         metadata = {"field": exc.field, "expected": exc.expected, "got": exc.got}
@@ -112,6 +117,7 @@ def grpc_errors(method: F) -> F:
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
+    exc = from_tensorflow(exc)
     if status_code(exc) is grpc.StatusCode.INTERNAL:
         log.exception("internal error", exc_info=exc)
     await context.abort_with_status(to_status(exc))

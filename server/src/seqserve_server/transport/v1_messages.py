@@ -7,11 +7,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
-from seqserve_client.tensors import from_batch, to_tensor
+from seqserve_client.tensors import DecodeLimits, from_batch, from_tensor, to_tensor
 
 from ..core.batch import Batch
 from ..core.classification import TopK
 from ..core.inference import Prediction, PredictionPart
+from ..core.limits import RequestLimits
 from ..core.modes import Mode
 from ..core.repository import ModelEntry, ModelState, ModelVersion
 from ..core.sessions import Session, SessionOutput, SessionSupport
@@ -30,9 +31,17 @@ _STATES = {
 }
 
 
-def decode_inputs(message: pb.Batch) -> Batch:
-    values, lengths = from_batch(message, "inputs")
+def decode_inputs(message: pb.Batch, limits: RequestLimits) -> Batch:
+    values, lengths = from_batch(message, "inputs", _decode_limits(limits))
     return Batch(values, lengths)
+
+
+def decode_steps(message: pb.SessionSteps, limits: RequestLimits) -> np.ndarray:
+    return from_tensor(message.values, "steps.values", _decode_limits(limits))
+
+
+def _decode_limits(limits: RequestLimits) -> DecodeLimits:
+    return DecodeLimits(limits.max_request_elements, limits.max_inputs_per_request)
 
 
 def mode_to_proto(mode: Mode | None) -> pb.Mode.ValueType:
@@ -108,23 +117,28 @@ def metadata_to_proto(
     version: ModelVersion,
     session_support: pb.SessionSupport.ValueType,
     open_sessions: int,
+    max_message_bytes: int,
 ) -> pb.GetModelMetadataResponse:
     config = version.config
+    runtime = version.runtime
+    fixed = runtime.signature.fixed_steps if runtime else None
     response = pb.GetModelMetadataResponse(
         name=entry.name,
         version=version.version,
         versions=sorted(entry.versions),
         labels=config.labels,
         description=config.description,
-        max_sequence_length=config.max_sequence_length,
+        max_sequence_length=fixed or version.limits.max_sequence_length,
         max_batch_size=config.max_batch_size,
         max_sessions=config.max_sessions,
         open_sessions=open_sessions,
         session_support=session_support,
         state=_STATES[version.state],
         error=version.error or entry.error,
+        max_request_elements=version.limits.max_request_elements,
+        max_inputs_per_request=version.limits.max_inputs_per_request,
+        max_message_bytes=max_message_bytes,
     )
-    runtime = version.runtime
     if runtime is None:
         response.mode = mode_to_proto(config.mode)
         return response

@@ -1,0 +1,49 @@
+"""Channel options shared by the sync and asyncio clients: retries, keepalive, message sizes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the server's default --max-message-bytes
+SERVICE = "seqserve.v1.SeqServe"
+# Calls that change nothing on the server: safe to send again. A session holds state: never.
+IDEMPOTENT = ("Predict", "PredictStream", "ListModels", "GetModelMetadata")
+
+# gRPC retries a call that ended UNAVAILABLE (a replica restarting, a full queue) before any
+# response arrived, with exponential backoff and jitter; throttling stops retries while most
+# calls fail, so that retries cannot pile onto an overloaded server.
+SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [{"service": SERVICE, "method": m} for m in IDEMPOTENT]
+            + [{"service": "grpc.health.v1.Health", "method": "Check"}],
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+}
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "grpc.service_config": json.dumps(SERVICE_CONFIG),
+    "grpc.enable_retries": 1,
+    "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+    "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+    # Long, quiet sessions: ping every 30 s while a call is open, so that proxies keep the
+    # connection and a dead peer is noticed (the server accepts pings from every 10 s on).
+    "grpc.keepalive_time_ms": 30_000,
+    "grpc.keepalive_timeout_ms": 20_000,
+    "grpc.http2.max_pings_without_data": 0,  # gRPC's default (2) stops pinging a quiet session
+}
+
+
+def channel_options(extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """The defaults above, each overridden by the caller's option of the same name."""
+    return list({**DEFAULT_OPTIONS, **dict(extra)}.items())
