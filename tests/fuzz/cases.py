@@ -3,7 +3,8 @@
 Every case is a list of serialized messages for one RPC, built from `random.Random(seed, index)`
 alone, so a finding replays from its seed and index (`python -m tests.fuzz --replay SEED:INDEX`).
 A few cases also flip, cut or extend the serialized bytes; whether the result still parses as the
-RPC's request type is recorded, because only requests that parse are held to "no INTERNAL".
+RPC's request type is recorded (the summary counts those apart), and they too must not get
+INTERNAL or UNKNOWN.
 """
 
 from __future__ import annotations

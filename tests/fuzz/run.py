@@ -107,8 +107,9 @@ class FuzzReport:
         v = self.valid
         per_kind = ", ".join(f"{k} {v.ok[k]}/{v.calls[k]}" for k in sorted(v.calls))
         lines += [
-            f"INTERNAL/UNKNOWN from requests that parse: {len(self.findings)}",
+            f"INTERNAL/UNKNOWN: {len(self.findings)}",
             f"past the {self.config.deadline_s:g} s case deadline: {len(self.slow)}",
+            *(f"  {slow}" for slow in self.slow[:10]),
             f"valid traffic: {v.ok_percent:.2f}% OK of {v.total} ({per_kind}), equal to Keras",
             f"server RSS: {start >> 20} MiB at start, {self.rss_half >> 20} MiB at half-time, "
             f"{end >> 20} MiB at end, peak {peak >> 20} MiB",
@@ -204,12 +205,12 @@ async def _worker(
         code, details = await execute(*channels, case, config.deadline_s)
         elapsed = time.monotonic() - started
         report.done += 1
-        if not case.parses:
+        if case.parses:
+            report.codes[case.rpc][code] += 1
+        else:
             report.unparsed[code] += 1
-            continue
-        report.codes[case.rpc][code] += 1
         finding = Finding(config.seed, index, case.rpc, code, case.tags, details)
-        if code in FORBIDDEN:
+        if code in FORBIDDEN:  # whether the request parses or not
             report.findings.append(finding)
         if code == "DEADLINE_EXCEEDED" and elapsed >= config.deadline_s * 0.99:
             report.slow.append(str(finding))

@@ -22,6 +22,7 @@ from .core.runtime import configure_tensorflow
 from .core.sessions import SessionManager
 from .metrics import ServerMetrics
 from .transport.draining import Drain
+from .transport.parsing import RejectUnparsable
 from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
 from .transport.standard_services import ObservedHealth, ObservedReflection
 
@@ -53,7 +54,7 @@ class App:
         self.health = ObservedHealth(self.metrics)
         self.drain = Drain()
         self.server = grpc.aio.server(
-            interceptors=[self.drain],
+            interceptors=[self.drain, RejectUnparsable()],
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
