@@ -1,7 +1,8 @@
 """`python -m tests.fuzz [--cases N] [--seed S] [--repository DIR]`: start a real server on
 127.0.0.1 (ephemeral port) serving DIR, fuzz it, print the summary; exit 1 on any problem.
 
-`--replay SEED:INDEX` prints one case (its RPC, tags and messages) instead, to reproduce a finding.
+`--replay SEED:INDEX` prints one case (its RPC, tags and messages as text) instead, to read a
+finding; the summary names each finding by its SEED:INDEX.
 """
 
 from __future__ import annotations
@@ -72,9 +73,7 @@ def _replay(spec: str, repository: Path, server_args: list[str]) -> int:
         case = make_case(seed, index, asyncio.run(targets()))
     finally:
         server.stop()
-    print(f"{case.rpc} {case.method} tags={case.tags} parses={case.parses}")
-    for message in case.messages:
-        print(message[:400].hex(), f"({len(message)} bytes)")
+    print(case.describe())
     return 0
 
 

@@ -55,6 +55,18 @@ class Case:
     messages: list[bytes]
     parses: bool = True
     tags: list[str] = field(default_factory=list)
+    request_type: type[Message] | None = None
+
+    def describe(self) -> str:
+        """The messages as text (hex where they do not parse), to read a finding."""
+        lines = [f"{self.rpc} {self.method} tags={self.tags} parses={self.parses}"]
+        for data in self.messages:
+            if self.request_type is not None and _parses(data, self.request_type):
+                text = str(self.request_type.FromString(data))
+                lines.append(text if len(text) < 4000 else text[:4000] + " ...")
+            else:
+                lines.append(f"{data[:400].hex()} ({len(data)} bytes)")
+        return "\n".join(lines)
 
 
 # -- tensors ----------------------------------------------------------------------------------
@@ -447,7 +459,7 @@ def make_case(seed: int, index: int, targets: list[Target]) -> Case:
         shape = "server_stream" if watch else "unary"
         tags.append("watch" if watch else "check")
     encoded = [m.SerializeToString() for m in messages]
-    case = Case(rpc, method, shape, encoded, tags=tags)
+    case = Case(rpc, method, shape, encoded, tags=tags, request_type=request_type)
     if encoded and r.random() < 0.05:
         _mangle_bytes(case, r, request_type)
     return case
