@@ -27,14 +27,16 @@ def small_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_sigterm_drains_in_flight_work_then_exits(small_repository: Path) -> None:
-    server = start_server(small_repository, "--grace-period-s", "20")
-    inputs = [np.ones((400, FEATURES), np.float32)] * 200  # many parts: takes a while to stream
+    # Many parts (seconds to stream), well within the grace and the caller's deadline even on
+    # 2 cores shared with other work.
+    server = start_server(small_repository, "--grace-period-s", "90")
+    inputs = [np.ones((400, FEATURES), np.float32)] * 50
     parts: list = []
     failure: list[BaseException] = []
     started = threading.Event()
 
     def stream() -> None:
-        with SeqServeClient(server.target) as c:
+        with SeqServeClient(server.target, timeout=120) as c:
             try:
                 for part in c.predict_stream("aligned", inputs):
                     parts.append(part)
@@ -47,9 +49,9 @@ def test_sigterm_drains_in_flight_work_then_exits(small_repository: Path) -> Non
     thread.start()
     assert started.wait(60)
     server.process.send_signal(signal.SIGTERM)
-    thread.join(60)
+    thread.join(120)
     assert not failure, failure
-    assert len(parts) == 200 * 400, "the in-flight stream must finish"
+    assert len(parts) == 50 * 400, "the in-flight stream must finish"
     assert server.process.wait(30) == 0
     with SeqServeClient(server.target, timeout=2) as c, pytest.raises(SeqServeError):
         c.predict("aligned", inputs[:1])
