@@ -73,7 +73,8 @@ def _error_info(exc: Exception) -> error_details_pb2.ErrorInfo:
             reason = "LIMIT_EXCEEDED" if isinstance(exc, TensorTooLarge) else "INVALID_INPUT"
     metadata = {}
     if isinstance(exc, errors.InvalidInput | TensorError):
-        metadata = {"field": exc.field, "expected": exc.expected, "got": exc.got}
+        parts = {"field": exc.field, "expected": exc.expected, "got": exc.got}
+        metadata = {key: errors.without_paths(text) for key, text in parts.items()}
     return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
 
 
