@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8500
 METRICS_PORT ?= 8502
 
-.PHONY: venv serve test test-tools lint proto models bench stack-test clean
+.PHONY: venv serve test test-tools lint proto models bench fuzz soak stack-test clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,17 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.sessions
 	$(BIN)/python -m bench.path_costs
+
+# The project's own fuzzer: 10,000 structure-aware cases over every RPC against a real server on
+# 127.0.0.1 serving the bundled models, valid traffic beside them (tests/fuzz).
+FUZZ_ARGS ?= --cases 10000
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
+
+# Soak: 64 callers of mixed valid traffic for 10 minutes (bench/soak.py); SOAK_ARGS=--duration-s 60
+SOAK_ARGS ?= --duration-s 600 --callers 64
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 # The full container stack (engine, stand-in images, compose up, calls through the LB, teardown).
 stack-test: $(STAMP)

@@ -81,3 +81,20 @@ def start_server(repository: Path, *args: str, timeout: float = 600, **env: str)
         raise RuntimeError("server exited before it was ready:\n" + "".join(log))
     host, port, metrics = found[0].groups()
     return ServerProcess(process, host, int(port), int(metrics), log)
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident set size (VmRSS), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors a process holds open (sockets, pipes, files)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))

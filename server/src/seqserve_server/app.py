@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -20,6 +21,8 @@ from .core.repository import ModelRepository, ModelState
 from .core.runtime import configure_tensorflow
 from .core.sessions import SessionManager
 from .metrics import ServerMetrics
+from .transport.draining import Drain
+from .transport.parsing import RejectUnparsable
 from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
 from .transport.standard_services import ObservedHealth, ObservedReflection
 
@@ -49,7 +52,9 @@ class App:
         self.inference = InferenceService(self.repository, self.threads, self.metrics)
         self.sessions = SessionManager(self.repository, self.threads, self.inference.observer_for)
         self.health = ObservedHealth(self.metrics)
+        self.drain = Drain()
         self.server = grpc.aio.server(
+            interceptors=[self.drain, RejectUnparsable()],
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -102,9 +107,21 @@ class App:
             log.warning("serving without models that failed to load: %s", ", ".join(failed))
 
     async def stop(self, grace: float | None = None) -> None:
-        """Refuse new work, let in-flight calls finish within the grace period, then stop."""
+        """Drain, then stop (see transport/draining.py): health says NOT_SERVING, new calls are
+        held and answered UNAVAILABLE, the calls in flight finish within the grace period."""
+        grace = self.settings.grace_period_s if grace is None else grace
+        began = time.monotonic()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.grace_period_s if grace is None else grace)
+        if not await self.drain.settle(grace):
+            log.warning("grace period over: cancelling %d calls in flight", self.drain.in_flight)
+        held = self.drain.held
+        # What runs past the grace period is cancelled; held calls get a moment to be refused.
+        remaining = max(1.0, grace - (time.monotonic() - began))
+        stopping = asyncio.create_task(self.server.stop(remaining))
+        await asyncio.sleep(0)  # gRPC's stop starts: GOAWAY, no new call on any connection
+        await self.drain.release()
+        await stopping
+        log.info("stopped in %.2f s, %d held calls refused", time.monotonic() - began, held)
         self.inference.close()
         self.threads.shutdown()
         self.loader.shutdown(wait=False, cancel_futures=True)

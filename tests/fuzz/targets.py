@@ -1,0 +1,86 @@
+"""What the fuzzer knows about the served models: read from the server's own metadata, so the
+same fuzzer runs against any repository (the bundled models or the test fixtures)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+DEFAULT_STEPS = 7  # a valid sequence's length where the model allows any
+
+
+@dataclass(frozen=True)
+class Target:
+    """One ready model version and the shape of a valid input for it."""
+
+    name: str
+    version: int
+    mode: int  # pb.Mode
+    input_shape: tuple[int, ...]  # -1: any size (axis 0 is the batch)
+    labels: int
+    max_sequence_length: int
+    session_support: int  # pb.SessionSupport
+    max_sessions: int
+
+    @property
+    def is_sequence(self) -> bool:
+        return len(self.input_shape) == 3
+
+    @property
+    def features(self) -> int:
+        return self.input_shape[-1]
+
+    @property
+    def fixed_steps(self) -> int | None:
+        return self.input_shape[1] if self.is_sequence and self.input_shape[1] > 0 else None
+
+    @property
+    def steps(self) -> int:
+        """A valid sequence length: the fixed one, else a short one within the limit."""
+        if self.fixed_steps is not None:
+            return self.fixed_steps
+        limit = self.max_sequence_length
+        return min(DEFAULT_STEPS, limit) if limit else DEFAULT_STEPS
+
+    @property
+    def sessions(self) -> bool:
+        return self.session_support in (pb.SESSION_INCREMENTAL, pb.SESSION_RECOMPUTE)
+
+    def valid_input(self, rng: np.random.Generator, batch: int) -> np.ndarray:
+        """A dense float32 input of `batch` rows that the model must accept."""
+        shape = [batch, *self.input_shape[1:]]
+        if self.is_sequence:
+            shape[1] = self.steps
+        return rng.normal(size=shape).astype(np.float32)
+
+
+async def discover(channel: grpc.aio.Channel) -> list[Target]:
+    """Every ready model version the server lists, with its metadata."""
+    stub = pb_grpc.SeqServeStub(channel)
+    listing = await stub.ListModels(pb.ListModelsRequest(), timeout=30)
+    targets = []
+    for status in listing.models:
+        if status.state != pb.READY:
+            continue
+        request = pb.GetModelMetadataRequest(model_name=status.name, model_version=status.version)
+        meta = await stub.GetModelMetadata(request, timeout=30)
+        targets.append(
+            Target(
+                name=meta.name,
+                version=meta.version,
+                mode=meta.mode,
+                input_shape=tuple(meta.input.shape),
+                labels=len(meta.labels),
+                max_sequence_length=meta.max_sequence_length,
+                session_support=meta.session_support,
+                max_sessions=meta.max_sessions,
+            )
+        )
+    if not targets:
+        raise RuntimeError("the server lists no ready model to fuzz")
+    return targets
