@@ -1,7 +1,9 @@
-"""Small seeded Keras models for streaming-session (stepper) tests.
+"""The project's zoo: small seeded Keras models of the architectures seqserve must serve exactly.
 
 Each builder seeds Keras first, so weights are reproducible. ``ZOO`` maps a name to
 ``(builder, mode, fixed_length)``; ``fixed_length`` is the input length the model requires.
+``STEPPER_CASES`` are the ones the in-process stepper tests step chunk by chunk; the whole zoo is
+served by one server in test_zoo.py (Predict = PredictStream = session = eager Keras).
 """
 
 from __future__ import annotations
@@ -217,6 +219,187 @@ def dense_one_to_one() -> keras.Model:
     return keras.Sequential([keras.Input((4,)), layers.Dense(2)])
 
 
+VOCAB = 30  # token models: ids 0..29, 0 the padding id where mask_zero is set
+
+
+def _tokens() -> keras.KerasTensor:
+    return keras.Input((None,), dtype="int32")
+
+
+@_seeded
+def time_distributed_head() -> keras.Model:
+    """The usual per-step head; Keras' own TimeDistributed is wrong on a dynamic time axis."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 5)),
+            layers.LSTM(16, return_sequences=True),
+            layers.TimeDistributed(layers.Dense(4)),
+        ]
+    )
+
+
+@_seeded
+def masked_time_distributed() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.Masking(0.0),
+            layers.GRU(6, return_sequences=True),
+            layers.TimeDistributed(layers.Dense(2)),
+        ]
+    )
+
+
+@_seeded
+def bidirectional_time_distributed() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.Bidirectional(layers.LSTM(4, return_sequences=True)),
+            layers.TimeDistributed(layers.Dense(2, activation="softmax")),
+        ]
+    )
+
+
+@_seeded
+def token_classifier() -> keras.Model:
+    """Text classification: masked token ids -> LSTM -> softmax."""
+    return keras.Sequential(
+        [
+            _tokens(),
+            layers.Embedding(VOCAB, 8, mask_zero=True),
+            layers.LSTM(8),
+            layers.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+@_seeded
+def token_tagger() -> keras.Model:
+    """Tagging: masked token ids -> Bidirectional GRU -> a tag distribution per token."""
+    return keras.Sequential(
+        [
+            _tokens(),
+            layers.Embedding(VOCAB, 8, mask_zero=True),
+            layers.Bidirectional(layers.GRU(4, return_sequences=True)),
+            layers.TimeDistributed(layers.Dense(3, activation="softmax")),
+        ]
+    )
+
+
+@_seeded
+def token_unmasked_aligned() -> keras.Model:
+    """Token ids without mask_zero, causal: steps one token at a time in sessions."""
+    return keras.Sequential(
+        [
+            _tokens(),
+            layers.Embedding(VOCAB, 6),
+            layers.GRU(8, return_sequences=True),
+            layers.Dense(3),
+        ]
+    )
+
+
+@_seeded
+def token_conv_many_to_one() -> keras.Model:
+    return keras.Sequential(
+        [
+            _tokens(),
+            layers.Embedding(VOCAB, 6, mask_zero=True),
+            layers.Conv1D(5, 3, padding="causal", activation="relu"),
+            layers.GRU(6),
+            layers.Dense(2),
+        ]
+    )
+
+
+@_seeded
+def multi_head_attention() -> keras.Model:
+    """Self-attention over LSTM outputs, pooled over time."""
+    inp = keras.Input((None, FEATURES))
+    x = layers.LSTM(8, return_sequences=True)(inp)
+    x = layers.MultiHeadAttention(num_heads=2, key_dim=4)(x, x)
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inp, layers.Dense(2)(x))
+
+
+@_seeded
+def dot_attention_aligned() -> keras.Model:
+    inp = keras.Input((None, FEATURES))
+    x = layers.GRU(8, return_sequences=True)(inp)
+    x = layers.Attention()([x, x])
+    x = layers.LayerNormalization()(x)
+    return keras.Model(inp, layers.Dense(2)(x))
+
+
+@_seeded
+def global_max_pooled() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.GRU(8, return_sequences=True),
+            layers.GlobalMaxPooling1D(),
+            layers.Dense(2),
+        ]
+    )
+
+
+@_seeded
+def stacked_cells() -> keras.Model:
+    cells = layers.StackedRNNCells([layers.LSTMCell(6), layers.GRUCell(4)])
+    return keras.Sequential(
+        [keras.Input((None, FEATURES)), layers.RNN(cells, return_sequences=True), layers.Dense(2)]
+    )
+
+
+@_seeded
+def gru_reset_before() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.GRU(8, reset_after=False, return_sequences=True),
+            layers.Dense(2),
+        ]
+    )
+
+
+@_seeded
+def dropout_layers() -> keras.Model:
+    """Every dropout layer is the identity at inference; the recurrent dropouts too."""
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.Dense(6),
+            layers.SpatialDropout1D(0.3),
+            layers.LSTM(8, return_sequences=True, dropout=0.2, recurrent_dropout=0.2),
+            layers.GaussianDropout(0.2),
+            layers.Dropout(0.5),
+            layers.Dense(2),
+        ]
+    )
+
+
+@_seeded
+def layer_norm_many_to_one() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((None, FEATURES)),
+            layers.LSTM(8, return_sequences=True),
+            layers.LayerNormalization(),
+            layers.LSTM(4),
+            layers.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+@_seeded
+def one_to_many_generator() -> keras.Model:
+    inp = keras.Input((4,))
+    x = layers.RepeatVector(5)(layers.Dense(6, activation="relu")(inp))
+    x = layers.LSTM(6, return_sequences=True)(x)
+    return keras.Model(inp, layers.TimeDistributed(layers.Dense(2))(x))
+
+
 ZOO: dict[str, tuple[Builder, str, int | None]] = {
     "lstm_aligned": (lstm_aligned, "many_to_many_aligned", None),
     "gru_aligned": (gru_aligned, "many_to_many_aligned", None),
@@ -236,3 +419,26 @@ ZOO: dict[str, tuple[Builder, str, int | None]] = {
     "bidirectional_many_to_one": (bidirectional_many_to_one, "many_to_one", None),
     "pooled_many_to_one": (pooled_many_to_one, "many_to_one", None),
 }
+STEPPER_CASES = list(ZOO)  # stepped chunk by chunk in-process (test_stepper.py)
+ZOO.update(
+    {
+        "time_distributed_head": (time_distributed_head, "many_to_many_aligned", None),
+        "masked_time_distributed": (masked_time_distributed, "many_to_many_aligned", None),
+        "bidirectional_time_distributed": (
+            bidirectional_time_distributed, "many_to_many_aligned", None,
+        ),
+        "token_classifier": (token_classifier, "many_to_one", None),
+        "token_tagger": (token_tagger, "many_to_many_aligned", None),
+        "token_unmasked_aligned": (token_unmasked_aligned, "many_to_many_aligned", None),
+        "token_conv_many_to_one": (token_conv_many_to_one, "many_to_one", None),
+        "multi_head_attention": (multi_head_attention, "many_to_one", None),
+        "dot_attention_aligned": (dot_attention_aligned, "many_to_many_aligned", None),
+        "global_max_pooled": (global_max_pooled, "many_to_one", None),
+        "stacked_cells": (stacked_cells, "many_to_many_aligned", None),
+        "gru_reset_before": (gru_reset_before, "many_to_many_aligned", None),
+        "dropout_layers": (dropout_layers, "many_to_many_aligned", None),
+        "layer_norm_many_to_one": (layer_norm_many_to_one, "many_to_one", None),
+        "one_to_many_generator": (one_to_many_generator, "one_to_many", None),
+        "dense_one_to_one": (dense_one_to_one, "one_to_one", None),
+    }
+)  # fmt: skip

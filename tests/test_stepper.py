@@ -19,7 +19,7 @@ from seqserve_server.core.stepper import (
     StepProgram,
     build_step_program,
 )
-from tests.model_zoo import ZOO, dense_one_to_one
+from tests.model_zoo import STEPPER_CASES, ZOO, dense_one_to_one
 
 TOL = 1e-5
 STEPS = 11  # length fed to models whose input length is free
@@ -69,7 +69,7 @@ def _run(program: StepProgram, x: np.ndarray) -> tuple[dict, list[np.ndarray]]:
     return state, outs
 
 
-@pytest.mark.parametrize("name", list(ZOO))
+@pytest.mark.parametrize("name", STEPPER_CASES)
 def test_stepping_matches_full_model(name: str) -> None:
     program, mode = _program(name), ZOO[name][1]
     assert program.support == ("recompute" if name in FALLBACK else "incremental"), program.reason

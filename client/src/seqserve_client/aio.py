@@ -169,11 +169,15 @@ class AsyncSession:
         assert self.info is not None, "use `async with`"
         return self.info.mode
 
-    async def step(self, values: np.ndarray, *, emit: bool = False) -> np.ndarray | None:
+    async def step(
+        self, values: np.ndarray | Sequence[int], *, emit: bool = False
+    ) -> np.ndarray | None:
         output = await self.step_full(values, emit=emit)
         return None if output is None else output.values
 
-    async def step_full(self, values: np.ndarray, *, emit: bool = False) -> SessionOutput | None:
+    async def step_full(
+        self, values: np.ndarray | Sequence[int], *, emit: bool = False
+    ) -> SessionOutput | None:
         await self._write(steps_request(values, emit))
         if not expects_output(self.mode, self.emit_on_request, emit):
             return None

@@ -30,7 +30,7 @@ from .session import Session, open_request
 from .tensors import encode_inputs, from_tensor, split_sequences
 
 DEFAULT_TIMEOUT_S = 30.0
-Inputs = np.ndarray | Sequence[np.ndarray]
+Inputs = np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[int]]  # lists: ragged sequences
 
 
 class SeqServeClient:

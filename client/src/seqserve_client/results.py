@@ -47,6 +47,7 @@ class ModelStatus:
     state: str
     mode: str
     error: str
+    compute_path: str = ""  # the compiled path proven equal to Keras at load
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class ModelMetadata:
     max_sessions: int
     state: str
     error: str
+    compute_path: str = ""
+    proof: str = ""
+    session_reason: str = ""
 
 
 def mode_name(value: pb.Mode.ValueType) -> str:
@@ -99,12 +103,20 @@ def metadata_from_proto(m: pb.GetModelMetadataResponse) -> ModelMetadata:
         max_sessions=m.max_sessions,
         state=pb.ModelState.Name(m.state).lower(),
         error=m.error,
+        compute_path=m.compute_path,
+        proof=m.proof,
+        session_reason=m.session_reason,
     )
 
 
 def status_from_proto(s: pb.ModelStatus) -> ModelStatus:
     return ModelStatus(
-        s.name, s.version, pb.ModelState.Name(s.state).lower(), mode_name(s.mode), s.error
+        s.name,
+        s.version,
+        pb.ModelState.Name(s.state).lower(),
+        mode_name(s.mode),
+        s.error,
+        s.compute_path,
     )
 
 

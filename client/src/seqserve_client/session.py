@@ -9,7 +9,7 @@ with client.session("co2_next_week") as s:
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -51,10 +51,13 @@ def open_request(model: str, version: int, emit_on_request: bool, top_k: int) ->
     )
 
 
-def steps_request(values: np.ndarray, emit: bool) -> pb.SessionRequest:
-    array = np.asarray(values, dtype=np.float32)
-    if array.ndim == 1:
-        array = array[np.newaxis]
+def steps_request(values: np.ndarray | Sequence[int], emit: bool) -> pb.SessionRequest:
+    """Float steps: [steps, features] or one step [features]; token ids: [steps] integers."""
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.integer):
+        array = array.astype(np.float32)
+        if array.ndim == 1:
+            array = array[np.newaxis]
     return pb.SessionRequest(steps=pb.SessionSteps(values=to_tensor(array), emit=emit))
 
 
@@ -105,14 +108,16 @@ class Session:
     def mode(self) -> str:
         return self.info.mode
 
-    def step(self, values: np.ndarray, *, emit: bool = False) -> np.ndarray | None:
+    def step(self, values: np.ndarray | Sequence[int], *, emit: bool = False) -> np.ndarray | None:
         """Send one step ([features]) or several ([steps, features]); the output it produces:
         aligned: [steps, out]; many-to-one: the running prediction (None when not asked for);
         unaligned: None (call `end_input`)."""
         output = self.step_full(values, emit=emit)
         return None if output is None else output.values
 
-    def step_full(self, values: np.ndarray, *, emit: bool = False) -> SessionOutput | None:
+    def step_full(
+        self, values: np.ndarray | Sequence[int], *, emit: bool = False
+    ) -> SessionOutput | None:
         self._requests.put(steps_request(values, emit))
         if not expects_output(self.mode, self.emit_on_request, emit):
             return None

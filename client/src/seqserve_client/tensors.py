@@ -76,7 +76,7 @@ def to_batch(values: np.ndarray, lengths: Sequence[int] | None = None) -> pb.Bat
     return pb.Batch(values=to_tensor(values), lengths=list(lengths) if lengths is not None else [])
 
 
-def encode_inputs(inputs: np.ndarray | Sequence[np.ndarray]) -> pb.Batch:
+def encode_inputs(inputs: np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[int]]) -> pb.Batch:
     """A dense array as it is; a list of sequences of different lengths without padding."""
     if isinstance(inputs, np.ndarray):
         return to_batch(inputs)
@@ -94,9 +94,11 @@ def from_batch(batch: pb.Batch, field: str = "inputs") -> tuple[np.ndarray, np.n
     if not batch.lengths:
         return values, None
     lengths = np.asarray(batch.lengths, dtype=np.int64)
-    if values.ndim < 2:
+    if values.ndim < 1:
         raise TensorError(
-            f"{field}.values.shape", "[total_steps, features] with lengths", str(list(values.shape))
+            f"{field}.values.shape",
+            "[total_steps, features] (or [total_steps] token ids) with lengths",
+            str(list(values.shape)),
         )
     if (lengths < 0).any() or int(lengths.sum()) != values.shape[0]:
         raise TensorError(

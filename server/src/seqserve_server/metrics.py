@@ -73,6 +73,12 @@ class ServerMetrics:
             "seqserve_model_state", "Load state of each model version.", ["model", "version"],
             states=["loading", "ready", "failed"], registry=r,
         )  # fmt: skip
+        self.compute_path = Gauge(
+            "seqserve_model_compute_path",
+            "1 for the compiled path each model version runs, proven equal to Keras at load "
+            "(kind: predict or session).",
+            ["model", "version", "kind", "path"], registry=r,
+        )  # fmt: skip
         self.model_load_seconds = Gauge(
             "seqserve_model_load_seconds", "Time taken to load, compile and warm up a model.",
             ["model", "version"], registry=r,
@@ -116,6 +122,8 @@ class _ModelMetrics:
         self._depth = metrics.queue_depth.labels(model)
         self._sessions = metrics.open_sessions.labels(model)
         self._steps = metrics.session_steps.labels(model)
+        self._paths = metrics.compute_path
+        self._model = model
 
     def batch_executed(self, size: int, compute_seconds: float) -> None:
         self._batch.observe(size)
@@ -132,3 +140,6 @@ class _ModelMetrics:
 
     def session_steps(self, n: int) -> None:
         self._steps.inc(n)
+
+    def compute_path(self, version: int, kind: str, path: str) -> None:
+        self._paths.labels(self._model, str(version), kind, path).set(1)

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aseqserve/v1/seqserve.proto\x12\x0bseqserve.v1\"\x1d\n\x0b\x46loatValues\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x86\x01\n\x06Tensor\x12$\n\x05\x64type\x18\x01 \x01(\x0e\x32\x15.seqserve.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x03raw\x18\x03 \x01(\x0cH\x00\x12\x30\n\x0c\x66loat_values\x18\x04 \x01(\x0b\x32\x18.seqserve.v1.FloatValuesH\x00\x42\x06\n\x04\x64\x61ta\"=\n\x05\x42\x61tch\x12#\n\x06values\x18\x01 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12\x0f\n\x07lengths\x18\x02 \x03(\x03\"O\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.seqserve.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\"7\n\x04TopK\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0f\n\x07indices\x18\x03 \x03(\x05\"n\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\"\n\x06inputs\x18\x03 \x01(\x0b\x32\x12.seqserve.v1.Batch\x12\r\n\x05top_k\x18\x04 \x01(\x05\"3\n\x0cVectorOutput\x12#\n\x06values\x18\x01 \x01(\x0b\x32\x13.seqserve.v1.Tensor\"F\n\x0eSequenceOutput\x12#\n\x06values\x18\x01 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12\x0f\n\x07lengths\x18\x02 \x03(\x03\"\xe9\x01\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x1f\n\x04mode\x18\x03 \x01(\x0e\x32\x11.seqserve.v1.Mode\x12,\n\x07vectors\x18\x04 \x01(\x0b\x32\x19.seqserve.v1.VectorOutputH\x00\x12\x30\n\tsequences\x18\x05 \x01(\x0b\x32\x1b.seqserve.v1.SequenceOutputH\x00\x12 \n\x05top_k\x18\x06 \x03(\x0b\x32\x11.seqserve.v1.TopKB\x08\n\x06output\"\xdb\x01\n\x15PredictStreamResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x1f\n\x04mode\x18\x03 \x01(\x0e\x32\x11.seqserve.v1.Mode\x12\x13\n\x0binput_index\x18\x04 \x01(\x05\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12#\n\x06values\x18\x07 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12 \n\x05top_k\x18\x08 \x01(\x0b\x32\x11.seqserve.v1.TopK\"\x13\n\x11ListModelsRequest\"\x84\x01\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.seqserve.v1.ModelState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x1f\n\x04mode\x18\x05 \x01(\x0e\x32\x11.seqserve.v1.Mode\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.seqserve.v1.ModelStatus\"D\n\x17GetModelMetadataRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"\xc8\x03\n\x18GetModelMetadataResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12\x1f\n\x04mode\x18\x04 \x01(\x0e\x32\x11.seqserve.v1.Mode\x12&\n\x05input\x18\x05 \x01(\x0b\x32\x17.seqserve.v1.TensorSpec\x12\'\n\x06output\x18\x06 \x01(\x0b\x32\x17.seqserve.v1.TensorSpec\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\x1b\n\x13max_sequence_length\x18\t \x01(\x03\x12\x16\n\x0emax_batch_size\x18\n \x01(\x05\x12\x15\n\rstreams_steps\x18\x0b \x01(\x08\x12\x34\n\x0fsession_support\x18\x0c \x01(\x0e\x32\x1b.seqserve.v1.SessionSupport\x12\x15\n\ropen_sessions\x18\r \x01(\x05\x12\x14\n\x0cmax_sessions\x18\x0e \x01(\x05\x12&\n\x05state\x18\x0f \x01(\x0e\x32\x17.seqserve.v1.ModelState\x12\r\n\x05\x65rror\x18\x10 \x01(\t\"`\n\x0bSessionOpen\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x17\n\x0f\x65mit_on_request\x18\x03 \x01(\x08\x12\r\n\x05top_k\x18\x04 \x01(\x05\"A\n\x0cSessionSteps\x12#\n\x06values\x18\x01 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12\x0c\n\x04\x65mit\x18\x02 \x01(\x08\"\x0e\n\x0cSessionReset\"\x11\n\x0fSessionEndInput\"\xcd\x01\n\x0eSessionRequest\x12(\n\x04open\x18\x01 \x01(\x0b\x32\x18.seqserve.v1.SessionOpenH\x00\x12*\n\x05steps\x18\x02 \x01(\x0b\x32\x19.seqserve.v1.SessionStepsH\x00\x12*\n\x05reset\x18\x03 \x01(\x0b\x32\x19.seqserve.v1.SessionResetH\x00\x12\x31\n\tend_input\x18\x04 \x01(\x0b\x32\x1c.seqserve.v1.SessionEndInputH\x00\x42\x06\n\x04kind\"\xa5\x01\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x1f\n\x04mode\x18\x04 \x01(\x0e\x32\x11.seqserve.v1.Mode\x12\x34\n\x0fsession_support\x18\x05 \x01(\x0e\x32\x1b.seqserve.v1.SessionSupport\"r\n\rSessionOutput\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12#\n\x06values\x18\x02 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12 \n\x05top_k\x18\x03 \x03(\x0b\x32\x11.seqserve.v1.TopK\x12\x0c\n\x04last\x18\x04 \x01(\x08\"\x12\n\x10SessionResetDone\"\xa5\x01\n\x0fSessionResponse\x12,\n\x06opened\x18\x01 \x01(\x0b\x32\x1a.seqserve.v1.SessionOpenedH\x00\x12,\n\x06output\x18\x02 \x01(\x0b\x32\x1a.seqserve.v1.SessionOutputH\x00\x12.\n\x05reset\x18\x03 \x01(\x0b\x32\x1d.seqserve.v1.SessionResetDoneH\x00\x42\x06\n\x04kind*b\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03\x12\t\n\x05INT32\x10\x04\x12\t\n\x05INT64\x10\x05*\x84\x01\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0e\n\nONE_TO_ONE\x10\x01\x12\x0f\n\x0bONE_TO_MANY\x10\x02\x12\x0f\n\x0bMANY_TO_ONE\x10\x03\x12\x18\n\x14MANY_TO_MANY_ALIGNED\x10\x04\x12\x1a\n\x16MANY_TO_MANY_UNALIGNED\x10\x05*M\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\t\n\x05READY\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03*z\n\x0eSessionSupport\x12\x1f\n\x1bSESSION_SUPPORT_UNSPECIFIED\x10\x00\x12\x17\n\x13SESSION_UNSUPPORTED\x10\x01\x12\x17\n\x13SESSION_INCREMENTAL\x10\x02\x12\x15\n\x11SESSION_RECOMPUTE\x10\x03\x32\x9e\x03\n\x08SeqServe\x12\x44\n\x07Predict\x12\x1b.seqserve.v1.PredictRequest\x1a\x1c.seqserve.v1.PredictResponse\x12R\n\rPredictStream\x12\x1b.seqserve.v1.PredictRequest\x1a\".seqserve.v1.PredictStreamResponse0\x01\x12H\n\x07Session\x12\x1b.seqserve.v1.SessionRequest\x1a\x1c.seqserve.v1.SessionResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.seqserve.v1.ListModelsRequest\x1a\x1f.seqserve.v1.ListModelsResponse\x12_\n\x10GetModelMetadata\x12$.seqserve.v1.GetModelMetadataRequest\x1a%.seqserve.v1.GetModelMetadataResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aseqserve/v1/seqserve.proto\x12\x0bseqserve.v1\"\x1d\n\x0b\x46loatValues\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x86\x01\n\x06Tensor\x12$\n\x05\x64type\x18\x01 \x01(\x0e\x32\x15.seqserve.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x03raw\x18\x03 \x01(\x0cH\x00\x12\x30\n\x0c\x66loat_values\x18\x04 \x01(\x0b\x32\x18.seqserve.v1.FloatValuesH\x00\x42\x06\n\x04\x64\x61ta\"=\n\x05\x42\x61tch\x12#\n\x06values\x18\x01 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12\x0f\n\x07lengths\x18\x02 \x03(\x03\"O\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.seqserve.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\"7\n\x04TopK\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0f\n\x07indices\x18\x03 \x03(\x05\"n\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\"\n\x06inputs\x18\x03 \x01(\x0b\x32\x12.seqserve.v1.Batch\x12\r\n\x05top_k\x18\x04 \x01(\x05\"3\n\x0cVectorOutput\x12#\n\x06values\x18\x01 \x01(\x0b\x32\x13.seqserve.v1.Tensor\"F\n\x0eSequenceOutput\x12#\n\x06values\x18\x01 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12\x0f\n\x07lengths\x18\x02 \x03(\x03\"\xe9\x01\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x1f\n\x04mode\x18\x03 \x01(\x0e\x32\x11.seqserve.v1.Mode\x12,\n\x07vectors\x18\x04 \x01(\x0b\x32\x19.seqserve.v1.VectorOutputH\x00\x12\x30\n\tsequences\x18\x05 \x01(\x0b\x32\x1b.seqserve.v1.SequenceOutputH\x00\x12 \n\x05top_k\x18\x06 \x03(\x0b\x32\x11.seqserve.v1.TopKB\x08\n\x06output\"\xdb\x01\n\x15PredictStreamResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x1f\n\x04mode\x18\x03 \x01(\x0e\x32\x11.seqserve.v1.Mode\x12\x13\n\x0binput_index\x18\x04 \x01(\x05\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12#\n\x06values\x18\x07 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12 \n\x05top_k\x18\x08 \x01(\x0b\x32\x11.seqserve.v1.TopK\"\x13\n\x11ListModelsRequest\"\x9a\x01\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.seqserve.v1.ModelState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x1f\n\x04mode\x18\x05 \x01(\x0e\x32\x11.seqserve.v1.Mode\x12\x14\n\x0c\x63ompute_path\x18\x06 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.seqserve.v1.ModelStatus\"D\n\x17GetModelMetadataRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"\x85\x04\n\x18GetModelMetadataResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12\x1f\n\x04mode\x18\x04 \x01(\x0e\x32\x11.seqserve.v1.Mode\x12&\n\x05input\x18\x05 \x01(\x0b\x32\x17.seqserve.v1.TensorSpec\x12\'\n\x06output\x18\x06 \x01(\x0b\x32\x17.seqserve.v1.TensorSpec\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\x1b\n\x13max_sequence_length\x18\t \x01(\x03\x12\x16\n\x0emax_batch_size\x18\n \x01(\x05\x12\x15\n\rstreams_steps\x18\x0b \x01(\x08\x12\x34\n\x0fsession_support\x18\x0c \x01(\x0e\x32\x1b.seqserve.v1.SessionSupport\x12\x15\n\ropen_sessions\x18\r \x01(\x05\x12\x14\n\x0cmax_sessions\x18\x0e \x01(\x05\x12&\n\x05state\x18\x0f \x01(\x0e\x32\x17.seqserve.v1.ModelState\x12\r\n\x05\x65rror\x18\x10 \x01(\t\x12\x14\n\x0c\x63ompute_path\x18\x11 \x01(\t\x12\r\n\x05proof\x18\x12 \x01(\t\x12\x16\n\x0esession_reason\x18\x13 \x01(\t\"`\n\x0bSessionOpen\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x17\n\x0f\x65mit_on_request\x18\x03 \x01(\x08\x12\r\n\x05top_k\x18\x04 \x01(\x05\"A\n\x0cSessionSteps\x12#\n\x06values\x18\x01 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12\x0c\n\x04\x65mit\x18\x02 \x01(\x08\"\x0e\n\x0cSessionReset\"\x11\n\x0fSessionEndInput\"\xcd\x01\n\x0eSessionRequest\x12(\n\x04open\x18\x01 \x01(\x0b\x32\x18.seqserve.v1.SessionOpenH\x00\x12*\n\x05steps\x18\x02 \x01(\x0b\x32\x19.seqserve.v1.SessionStepsH\x00\x12*\n\x05reset\x18\x03 \x01(\x0b\x32\x19.seqserve.v1.SessionResetH\x00\x12\x31\n\tend_input\x18\x04 \x01(\x0b\x32\x1c.seqserve.v1.SessionEndInputH\x00\x42\x06\n\x04kind\"\xa5\x01\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x1f\n\x04mode\x18\x04 \x01(\x0e\x32\x11.seqserve.v1.Mode\x12\x34\n\x0fsession_support\x18\x05 \x01(\x0e\x32\x1b.seqserve.v1.SessionSupport\"r\n\rSessionOutput\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12#\n\x06values\x18\x02 \x01(\x0b\x32\x13.seqserve.v1.Tensor\x12 \n\x05top_k\x18\x03 \x03(\x0b\x32\x11.seqserve.v1.TopK\x12\x0c\n\x04last\x18\x04 \x01(\x08\"\x12\n\x10SessionResetDone\"\xa5\x01\n\x0fSessionResponse\x12,\n\x06opened\x18\x01 \x01(\x0b\x32\x1a.seqserve.v1.SessionOpenedH\x00\x12,\n\x06output\x18\x02 \x01(\x0b\x32\x1a.seqserve.v1.SessionOutputH\x00\x12.\n\x05reset\x18\x03 \x01(\x0b\x32\x1d.seqserve.v1.SessionResetDoneH\x00\x42\x06\n\x04kind*b\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03\x12\t\n\x05INT32\x10\x04\x12\t\n\x05INT64\x10\x05*\x84\x01\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0e\n\nONE_TO_ONE\x10\x01\x12\x0f\n\x0bONE_TO_MANY\x10\x02\x12\x0f\n\x0bMANY_TO_ONE\x10\x03\x12\x18\n\x14MANY_TO_MANY_ALIGNED\x10\x04\x12\x1a\n\x16MANY_TO_MANY_UNALIGNED\x10\x05*M\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\t\n\x05READY\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03*z\n\x0eSessionSupport\x12\x1f\n\x1bSESSION_SUPPORT_UNSPECIFIED\x10\x00\x12\x17\n\x13SESSION_UNSUPPORTED\x10\x01\x12\x17\n\x13SESSION_INCREMENTAL\x10\x02\x12\x15\n\x11SESSION_RECOMPUTE\x10\x03\x32\x9e\x03\n\x08SeqServe\x12\x44\n\x07Predict\x12\x1b.seqserve.v1.PredictRequest\x1a\x1c.seqserve.v1.PredictResponse\x12R\n\rPredictStream\x12\x1b.seqserve.v1.PredictRequest\x1a\".seqserve.v1.PredictStreamResponse0\x01\x12H\n\x07Session\x12\x1b.seqserve.v1.SessionRequest\x1a\x1c.seqserve.v1.SessionResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.seqserve.v1.ListModelsRequest\x1a\x1f.seqserve.v1.ListModelsResponse\x12_\n\x10GetModelMetadata\x12$.seqserve.v1.GetModelMetadataRequest\x1a%.seqserve.v1.GetModelMetadataResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'seqserve.v1.seqserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=2736
-  _globals['_DATATYPE']._serialized_end=2834
-  _globals['_MODE']._serialized_start=2837
-  _globals['_MODE']._serialized_end=2969
-  _globals['_MODELSTATE']._serialized_start=2971
-  _globals['_MODELSTATE']._serialized_end=3048
-  _globals['_SESSIONSUPPORT']._serialized_start=3050
-  _globals['_SESSIONSUPPORT']._serialized_end=3172
+  _globals['_DATATYPE']._serialized_start=2819
+  _globals['_DATATYPE']._serialized_end=2917
+  _globals['_MODE']._serialized_start=2920
+  _globals['_MODE']._serialized_end=3052
+  _globals['_MODELSTATE']._serialized_start=3054
+  _globals['_MODELSTATE']._serialized_end=3131
+  _globals['_SESSIONSUPPORT']._serialized_start=3133
+  _globals['_SESSIONSUPPORT']._serialized_end=3255
   _globals['_FLOATVALUES']._serialized_start=43
   _globals['_FLOATVALUES']._serialized_end=72
   _globals['_TENSOR']._serialized_start=75
@@ -62,31 +62,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSREQUEST']._serialized_start=1107
   _globals['_LISTMODELSREQUEST']._serialized_end=1126
   _globals['_MODELSTATUS']._serialized_start=1129
-  _globals['_MODELSTATUS']._serialized_end=1261
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1263
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1325
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1327
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1395
-  _globals['_GETMODELMETADATARESPONSE']._serialized_start=1398
-  _globals['_GETMODELMETADATARESPONSE']._serialized_end=1854
-  _globals['_SESSIONOPEN']._serialized_start=1856
-  _globals['_SESSIONOPEN']._serialized_end=1952
-  _globals['_SESSIONSTEPS']._serialized_start=1954
-  _globals['_SESSIONSTEPS']._serialized_end=2019
-  _globals['_SESSIONRESET']._serialized_start=2021
-  _globals['_SESSIONRESET']._serialized_end=2035
-  _globals['_SESSIONENDINPUT']._serialized_start=2037
-  _globals['_SESSIONENDINPUT']._serialized_end=2054
-  _globals['_SESSIONREQUEST']._serialized_start=2057
-  _globals['_SESSIONREQUEST']._serialized_end=2262
-  _globals['_SESSIONOPENED']._serialized_start=2265
-  _globals['_SESSIONOPENED']._serialized_end=2430
-  _globals['_SESSIONOUTPUT']._serialized_start=2432
-  _globals['_SESSIONOUTPUT']._serialized_end=2546
-  _globals['_SESSIONRESETDONE']._serialized_start=2548
-  _globals['_SESSIONRESETDONE']._serialized_end=2566
-  _globals['_SESSIONRESPONSE']._serialized_start=2569
-  _globals['_SESSIONRESPONSE']._serialized_end=2734
-  _globals['_SEQSERVE']._serialized_start=3175
-  _globals['_SEQSERVE']._serialized_end=3589
+  _globals['_MODELSTATUS']._serialized_end=1283
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1285
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1347
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1349
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1417
+  _globals['_GETMODELMETADATARESPONSE']._serialized_start=1420
+  _globals['_GETMODELMETADATARESPONSE']._serialized_end=1937
+  _globals['_SESSIONOPEN']._serialized_start=1939
+  _globals['_SESSIONOPEN']._serialized_end=2035
+  _globals['_SESSIONSTEPS']._serialized_start=2037
+  _globals['_SESSIONSTEPS']._serialized_end=2102
+  _globals['_SESSIONRESET']._serialized_start=2104
+  _globals['_SESSIONRESET']._serialized_end=2118
+  _globals['_SESSIONENDINPUT']._serialized_start=2120
+  _globals['_SESSIONENDINPUT']._serialized_end=2137
+  _globals['_SESSIONREQUEST']._serialized_start=2140
+  _globals['_SESSIONREQUEST']._serialized_end=2345
+  _globals['_SESSIONOPENED']._serialized_start=2348
+  _globals['_SESSIONOPENED']._serialized_end=2513
+  _globals['_SESSIONOUTPUT']._serialized_start=2515
+  _globals['_SESSIONOUTPUT']._serialized_end=2629
+  _globals['_SESSIONRESETDONE']._serialized_start=2631
+  _globals['_SESSIONRESETDONE']._serialized_end=2649
+  _globals['_SESSIONRESPONSE']._serialized_start=2652
+  _globals['_SESSIONRESPONSE']._serialized_end=2817
+  _globals['_SEQSERVE']._serialized_start=3258
+  _globals['_SEQSERVE']._serialized_end=3672
 # @@protoc_insertion_point(module_scope)

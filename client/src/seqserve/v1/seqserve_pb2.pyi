@@ -470,12 +470,17 @@ class ModelStatus(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    COMPUTE_PATH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     state: Global___ModelState.ValueType
     error: _builtins.str
     """why the model failed to load"""
     mode: Global___Mode.ValueType
+    compute_path: _builtins.str
+    """The compiled path that computes Predict, proven equal to Keras at load ("traced",
+    "graph" or "per_length"; empty when not loaded). See GetModelMetadataResponse.proof.
+    """
     def __init__(
         self,
         *,
@@ -484,10 +489,11 @@ class ModelStatus(_message.Message):
         state: Global___ModelState.ValueType = ...,
         error: _builtins.str = ...,
         mode: Global___Mode.ValueType = ...,
+        compute_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "mode", b"mode", "name", b"name", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_path", b"compute_path", "error", b"error", "mode", b"mode", "name", b"name", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -556,6 +562,9 @@ class GetModelMetadataResponse(_message.Message):
     MAX_SESSIONS_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    COMPUTE_PATH_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    SESSION_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """the version described"""
@@ -571,6 +580,17 @@ class GetModelMetadataResponse(_message.Message):
     max_sessions: _builtins.int
     state: Global___ModelState.ValueType
     error: _builtins.str
+    compute_path: _builtins.str
+    """Which compiled path computes Predict ("traced": Keras' call traced once with dynamic axes;
+    "graph": the functional graph node by node, with layers whose graph-mode code is wrong
+    replaced by exact equivalents; "per_length": one traced function per input length) and the
+    load-time proof that it equals the eager model, `model(x, training=False)`.
+    """
+    proof: _builtins.str
+    session_reason: _builtins.str
+    """How sessions and PredictStream step the model, and why (e.g. why an incremental step
+    program was not used and the prefix is recomputed instead).
+    """
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """every version the repository holds"""
@@ -600,10 +620,13 @@ class GetModelMetadataResponse(_message.Message):
         max_sessions: _builtins.int = ...,
         state: Global___ModelState.ValueType = ...,
         error: _builtins.str = ...,
+        compute_path: _builtins.str = ...,
+        proof: _builtins.str = ...,
+        session_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "error", b"error", "input", b"input", "labels", b"labels", "max_batch_size", b"max_batch_size", "max_sequence_length", b"max_sequence_length", "max_sessions", b"max_sessions", "mode", b"mode", "name", b"name", "open_sessions", b"open_sessions", "output", b"output", "session_support", b"session_support", "state", b"state", "streams_steps", b"streams_steps", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_path", b"compute_path", "description", b"description", "error", b"error", "input", b"input", "labels", b"labels", "max_batch_size", b"max_batch_size", "max_sequence_length", b"max_sequence_length", "max_sessions", b"max_sessions", "mode", b"mode", "name", b"name", "open_sessions", b"open_sessions", "output", b"output", "proof", b"proof", "session_reason", b"session_reason", "session_support", b"session_support", "state", b"state", "streams_steps", b"streams_steps", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

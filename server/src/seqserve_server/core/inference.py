@@ -22,10 +22,10 @@ from .modes import Mode
 from .observer import ModelObserver, NullObserver, Observer
 from .repository import ModelRepository, ModelVersion
 from .runtime import ModelRuntime
+from .sessions import STREAM_WINDOW
 from .stepper import StepProgram
 
 STREAM_CHUNK = 8  # inputs computed together per streamed part: first outputs leave early
-STREAM_WINDOW = 32  # steps per part when a steppable model streams a long sequence
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The five ways a recurrent network runs, and how to tell them from a model's shapes."""
+"""The five ways a recurrent network runs, and how to tell them from a model's graph."""
 
 from __future__ import annotations
 
@@ -30,15 +30,25 @@ _SEQUENCE_IN = {Mode.MANY_TO_ONE, Mode.MANY_TO_MANY_ALIGNED, Mode.MANY_TO_MANY_U
 _SEQUENCE_OUT = {Mode.ONE_TO_MANY, Mode.MANY_TO_MANY_ALIGNED, Mode.MANY_TO_MANY_UNALIGNED}
 
 
-def infer_mode(input_shape: Shape, output_shape: Shape) -> Mode:
-    """Infer the mode from shapes without the batch axis: (F,) is a vector, (T, F) a sequence."""
+def infer_mode(
+    input_shape: Shape, output_shape: Shape, sequence_input: bool | None = None
+) -> Mode:
+    """Infer the mode from shapes without the batch axis and what the graph says of the input.
+
+    `sequence_input`: True for a sequence ((steps, features), or (steps,) token ids feeding an
+    Embedding), False for a vector, None when the graph cannot tell (then rank decides: (F,) is a
+    vector). An output of rank 2 is a sequence, of rank 1 a vector.
+    """
     in_rank, out_rank = len(input_shape), len(output_shape)
+    if sequence_input is None:
+        sequence_input = in_rank == 2
     if in_rank not in (1, 2) or out_rank not in (1, 2):
         raise ModelLoadError(
             f"unsupported shapes: input {_fmt(input_shape)}, output {_fmt(output_shape)}; "
-            "expected (features,) for vectors or (steps, features) for sequences"
+            "expected (features,) for vectors, (steps, features) for sequences or (steps,) for "
+            "token ids"
         )
-    if in_rank == 1:
+    if not sequence_input:
         return Mode.ONE_TO_ONE if out_rank == 1 else Mode.ONE_TO_MANY
     if out_rank == 1:
         return Mode.MANY_TO_ONE
@@ -48,9 +58,17 @@ def infer_mode(input_shape: Shape, output_shape: Shape) -> Mode:
     return Mode.MANY_TO_MANY_UNALIGNED
 
 
-def resolve_mode(stated: Mode | None, input_shape: Shape, output_shape: Shape) -> Mode:
-    """The stated mode if the shapes allow it, else the inferred one; a contradiction fails."""
-    inferred = infer_mode(input_shape, output_shape)
+def resolve_mode(
+    stated: Mode | None, input_shape: Shape, output_shape: Shape, sequence_input: bool | None = None
+) -> Mode:
+    """The stated mode if the graph allows it, else the inferred one; a contradiction fails.
+
+    An input the graph cannot classify (integers of rank 1 that feed no Embedding) takes the
+    stated mode's reading: a sequence of ids for the many-to-* modes, a vector otherwise.
+    """
+    if sequence_input is None and stated is not None and len(input_shape) == 1:
+        sequence_input = stated.takes_sequence
+    inferred = infer_mode(input_shape, output_shape, sequence_input)
     if stated is None or stated == inferred:
         return inferred
     # Equal fixed lengths fit an encoder-decoder whose output happens to be as long as its input.

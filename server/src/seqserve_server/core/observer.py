@@ -13,6 +13,8 @@ class ModelObserver(Protocol):
     def queue_depth(self, n: int) -> None: ...
     def sessions_open(self, n: int) -> None: ...
     def session_steps(self, n: int) -> None: ...
+    def compute_path(self, version: int, kind: str, path: str) -> None:
+        """`kind` "predict" or "session": the path that computes it, proven at load."""
 
 
 class Observer(Protocol):
@@ -34,6 +36,9 @@ class NullModelObserver:
         pass
 
     def session_steps(self, n: int) -> None:
+        pass
+
+    def compute_path(self, version: int, kind: str, path: str) -> None:
         pass
 
 

@@ -104,11 +104,14 @@ class ModelRepository:
         )
         if version.runtime is None:
             return
+        path = version.runtime.compute_path
+        self._observer.for_model(version.name).compute_path(version.version, "predict", path)
         log.info(
-            "model %s version %d ready (%s) in %.2fs",
+            "model %s version %d ready (%s, %s path) in %.2fs",
             version.name,
             version.version,
             version.runtime.mode.value,
+            path,
             version.load_seconds,
         )
 

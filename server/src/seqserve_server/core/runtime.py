@@ -1,22 +1,29 @@
-"""One loaded Keras model: safe loading, signature checks, a compiled function, warm-up.
+"""One loaded Keras model: safe loading, signature checks, a proven compiled path, warm-up.
 
 Inference goes through a `tf.function` with dynamic batch (and, where the model allows, time)
 axes: on a small CPU a `model.predict` call costs ~50 ms of fixed overhead, the compiled function
-about 1 ms.
+about 1 ms. A compiled path is used only after it computed what the eager model computes on the
+probe set of proof.py; paths are tried in order (see `PATHS`) and a model none of them serves
+exactly fails to load, naming the probe.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from .batch import Batch
 from .errors import InvalidInput, ModelLoadError
+from .graph import GraphError, graph_of, run_graph
 from .modes import Mode, resolve_mode
+from .proof import InputKind, ProofFailed, Reference, probes, prove
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,63 +32,138 @@ import keras
 import tensorflow as tf
 
 ACCEPTED_FLOATS = (np.float16, np.float32, np.float64)
+ACCEPTED_IDS = (np.int32, np.int64)
+PER_LENGTH_CACHE = 64  # per-length path: compiled functions kept, least recently used dropped
 # Each model has its own tf.function, traced once: TF's "retracing" warning counts them all.
 tf.get_logger().setLevel("ERROR")
 
 
 @dataclass(frozen=True)
 class Signature:
-    """Shapes without the batch axis; None marks a dynamic axis."""
+    """Shapes without the batch axis; None marks a dynamic axis. `tokens`: the input is a
+    sequence of integer ids ([steps], no feature axis); `vocabulary`: ids must lie in
+    [0, vocabulary) (the input_dim of the Embedding the ids feed), None when unchecked."""
 
     input_shape: tuple[int | None, ...]
     output_shape: tuple[int | None, ...]
     input_dtype: np.dtype
     output_dtype: np.dtype
+    tokens: bool = False
+    vocabulary: int | None = None
 
     @property
     def features(self) -> int | None:
-        return self.input_shape[-1]
+        return None if self.tokens else self.input_shape[-1]
 
     @property
     def fixed_steps(self) -> int | None:
         """The input length a fixed-length sequence model requires, else None."""
-        return self.input_shape[0] if len(self.input_shape) == 2 else None
+        return self.input_shape[0] if len(self.input_shape) == (1 if self.tokens else 2) else None
+
+
+Compute = Callable[[np.ndarray], np.ndarray]
 
 
 class ModelRuntime:
     """A model ready to compute: validated inputs in, numpy outputs out."""
 
     def __init__(
-        self, model: keras.Model, mode: Mode, signature: Signature, max_sequence_length: int = 0
+        self,
+        model: keras.Model,
+        mode: Mode,
+        signature: Signature,
+        max_sequence_length: int = 0,
     ) -> None:
         self.model = model
         self.mode = mode
         self.signature = signature
         self.max_sequence_length = max_sequence_length
-        spec = tf.TensorSpec([None, *signature.input_shape], signature.input_dtype)
-        traced = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-        # Calling the concrete function skips tf.function's dispatch: ~0.7 vs ~1.2 ms at batch 1.
-        self._fn = traced.get_concrete_function()
+        self.input_kind = InputKind(
+            signature.input_shape, signature.input_dtype, mode.takes_sequence, signature.vocabulary
+        )
+        self.reference = Reference(lambda x: keras.ops.convert_to_numpy(model(x, training=False)))
+        self.compute_path, self.proof = self._proven_path()
 
     @classmethod
     def load(
         cls, path: Path, stated_mode: Mode | None = None, max_sequence_length: int = 0
     ) -> ModelRuntime:
-        """Load with safe_mode (a Lambda layer can run any code), check, compile, warm up."""
+        """Load with safe_mode (a Lambda layer can run any code), check, prove, warm up."""
         model = _load_keras(path)
         signature = _signature(model)
-        mode = resolve_mode(stated_mode, signature.input_shape, signature.output_shape)
+        vocabulary = _vocabulary(model)
+        mode = resolve_mode(
+            stated_mode, signature.input_shape, signature.output_shape,
+            _sequence_input(signature, vocabulary is not None),
+        )  # fmt: skip
+        if mode.takes_sequence and len(signature.input_shape) == 1:
+            signature = replace(signature, tokens=True, vocabulary=vocabulary)
         runtime = cls(model, mode, signature, max_sequence_length)
         runtime.warm_up()
         return runtime
+
+    # -- the proven compiled path ----------------------------------------------------------
+
+    def _proven_path(self) -> tuple[str, str]:
+        """The first path of `PATHS` that matches Keras on every probe; its name and proof."""
+        cases = probes(self.input_kind)
+        failures = []
+        for name, build in PATHS:
+            try:
+                fn = build(self)
+            except (GraphError, ProofFailed) as exc:
+                failures.append(f"{name}: {exc}")
+                continue
+            try:
+                prove(fn, cases, self.reference)
+            except ProofFailed as exc:
+                failures.append(f"{name}: {exc}")
+                continue
+            self._fn = fn
+            shown = ", ".join(sorted({p.name for p in cases}))
+            proof = f"{name} path equals Keras on probes {shown}"
+            if failures:
+                proof += " (after " + "; ".join(failures) + ")"
+            return name, proof
+        why = "; ".join(failures)
+        raise ModelLoadError(f"no compiled path computes what Keras computes: {why}")
+
+    def _spec(self, steps: int | None = None) -> tf.TensorSpec:
+        shape = list(self.signature.input_shape)
+        if steps is not None:
+            shape[0] = steps
+        return tf.TensorSpec([None, *shape], self.signature.input_dtype)
+
+    def _traced(self) -> Compute:
+        """Keras' own call traced once with dynamic batch and time axes."""
+        model = self.model
+        fn = tf.function(lambda x: model(x, training=False), input_signature=[self._spec()])
+        # Calling the concrete function skips tf.function's dispatch: ~0.7 vs ~1.2 ms at batch 1.
+        return _numpy_fn(fn.get_concrete_function())
+
+    def _graph(self) -> Compute:
+        """The functional graph run node by node (graph.py replaces wrong graph-mode layers)."""
+        graph = graph_of(self.model)
+        fn = tf.function(lambda x: run_graph(graph, x), input_signature=[self._spec()])
+        return _numpy_fn(fn.get_concrete_function())
+
+    def _per_length(self) -> Compute:
+        """One function per input length (static time axis), least recently used dropped."""
+        if self.signature.input_shape[0] is not None or not self.mode.takes_sequence:
+            raise ProofFailed("the time axis is already static")
+        return _PerLength(self.model, self._spec)
 
     # -- checks ----------------------------------------------------------------------------
 
     def validate(self, batch: Batch) -> Batch:
         """Check a decoded batch against the signature and limits; return it as the model dtype."""
         self._check_layout(batch)
-        values = _as_model_dtype(batch.values, self.signature.input_dtype)
-        _check_finite(values, batch)
+        if np.issubdtype(self.signature.input_dtype, np.integer):
+            values = _as_ids(batch.values, self.signature.input_dtype)
+            _check_vocabulary(values, batch, self.signature.vocabulary)
+        else:
+            values = _as_model_dtype(batch.values, self.signature.input_dtype)
+            _check_finite(values, batch)
         if self.mode.takes_sequence:
             self._check_lengths(batch.item_lengths())
         return Batch(values, batch.lengths)
@@ -90,7 +172,10 @@ class ModelRuntime:
         sig = self.signature
         if batch.size == 0:
             raise InvalidInput("inputs", "at least one input", "an empty batch")
-        if self.mode.takes_sequence:
+        if sig.tokens:
+            want_rank = 1 if batch.is_ragged else 2
+            layout = "[total_steps] token ids" if batch.is_ragged else "[batch, steps] token ids"
+        elif self.mode.takes_sequence:
             want_rank = 2 if batch.is_ragged else 3
             layout = "[total_steps, features]" if batch.is_ragged else "[batch, steps, features]"
         else:
@@ -125,8 +210,8 @@ class ModelRuntime:
     # -- compute ---------------------------------------------------------------------------
 
     def compute(self, values: np.ndarray) -> np.ndarray:
-        """Run the compiled function on a dense, validated batch."""
-        return self._fn(tf.constant(values)).numpy()
+        """Run the proven compiled path on a dense, validated batch."""
+        return self._fn(values)
 
     def warm_up(self) -> float:
         """Trace and run once so that the first request does not pay for it; seconds taken."""
@@ -135,6 +220,48 @@ class ModelRuntime:
         shape = (1, *(steps if d is None else d for d in self.signature.input_shape))
         self.compute(np.zeros(shape, dtype=self.signature.input_dtype))
         return time.perf_counter() - start
+
+
+def _numpy_fn(concrete: Callable[[tf.Tensor], tf.Tensor]) -> Compute:
+    return lambda values: concrete(tf.constant(values)).numpy()
+
+
+class _PerLength:
+    """Concrete functions keyed by input length, the `PER_LENGTH_CACHE` most recent kept."""
+
+    def __init__(self, model: keras.Model, spec: Callable[[int | None], tf.TensorSpec]) -> None:
+        self._model = model
+        self._spec = spec
+        self._fns: OrderedDict[int, Callable[[tf.Tensor], tf.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        return self._function(int(values.shape[1]))(tf.constant(values)).numpy()
+
+    def _function(self, steps: int) -> Callable[[tf.Tensor], tf.Tensor]:
+        with self._lock:
+            fn = self._fns.get(steps)
+            if fn is not None:
+                self._fns.move_to_end(steps)
+                return fn
+        model = self._model
+        spec = self._spec(steps)
+        fn = tf.function(lambda x: model(x, training=False), [spec]).get_concrete_function()
+        with self._lock:
+            self._fns[steps] = fn
+            while len(self._fns) > PER_LENGTH_CACHE:
+                self._fns.popitem(last=False)
+        return fn
+
+
+# Compiled paths in order of preference: Keras' own traced call, the graph node by node, then
+# a function per input length (exact wherever static shapes are, but it traces in the request
+# path at each new length).
+PATHS: tuple[tuple[str, Callable[[ModelRuntime], Compute]], ...] = (
+    ("traced", ModelRuntime._traced),
+    ("graph", ModelRuntime._graph),
+    ("per_length", ModelRuntime._per_length),
+)
 
 
 def _load_keras(path: Path) -> keras.Model:
@@ -162,6 +289,68 @@ def _signature(model: keras.Model) -> Signature:
     )
 
 
+def _vocabulary(model: keras.Model) -> int | None:
+    """The id range of an integer input that feeds Embedding layers: their smallest input_dim."""
+    try:
+        graph = graph_of(model)
+    except GraphError:
+        return None
+    dims = [
+        int(node.operation.input_dim)
+        for node in graph.nodes
+        if isinstance(node.operation, keras.layers.Embedding)
+        and any(kt is graph.input for kt in node.arguments.keras_tensors)
+    ]
+    return min(dims, default=None)
+
+
+def _sequence_input(signature: Signature, feeds_embedding: bool) -> bool | None:
+    """Whether the input is a sequence: (steps, features) is; (n,) of floats is a vector; (n,)
+    of integer ids feeding an Embedding is a sequence of tokens; other integers are undecided
+    (a config's stated mode settles them)."""
+    rank = len(signature.input_shape)
+    if rank != 1:
+        return rank == 2
+    if not np.issubdtype(signature.input_dtype, np.integer):
+        return False
+    return True if feeds_embedding else None
+
+
+def _as_ids(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if values.dtype.type not in ACCEPTED_IDS:
+        raise InvalidInput("inputs.values.dtype", "integers (int32 or int64)", str(values.dtype))
+    if dtype == np.int32 and values.dtype == np.int64:
+        low, high = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+        if values.size and (values.min() < low or values.max() > high):
+            raise InvalidInput("inputs.values", "token ids that fit int32", "ids beyond int32")
+    return values.astype(dtype, copy=False)
+
+
+def _check_vocabulary(values: np.ndarray, batch: Batch, vocabulary: int | None) -> None:
+    if vocabulary is None or not values.size:
+        return
+    bad = (values < 0) | (values >= vocabulary)
+    if not bad.any():
+        return
+    first = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    where = _where(batch, first)
+    raise InvalidInput(
+        "inputs.values", f"token ids in [0, {vocabulary}) (the Embedding's input_dim)",
+        f"{values[first]} in {where}",
+    )  # fmt: skip
+
+
+def _where(batch: Batch, at: tuple[np.intp, ...]) -> str:
+    """`inputs sequence i step j` for ragged batches, `inputs[i, j...]` for dense ones."""
+    row = int(at[0])
+    if batch.lengths is None:
+        return "inputs[" + ", ".join(str(int(i)) for i in at) + "]"
+    ends = np.cumsum(batch.lengths)
+    seq = int(np.searchsorted(ends, row, side="right"))
+    start = int(ends[seq - 1]) if seq else 0
+    return f"inputs sequence {seq} step {row - start}"
+
+
 def _as_model_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if values.dtype.type not in ACCEPTED_FLOATS:
         raise InvalidInput(
@@ -175,13 +364,8 @@ def _check_finite(values: np.ndarray, batch: Batch) -> None:
     if not bad.any():
         return
     first = np.unravel_index(int(np.argmax(bad)), bad.shape)
-    row, bad_value = int(first[0]), values[first]
-    if batch.lengths is not None:
-        seq = int(np.searchsorted(np.cumsum(batch.lengths), row, side="right"))
-        where = f"inputs sequence {seq}"
-    else:
-        where = f"inputs[{row}]"
-    raise InvalidInput("inputs.values", "finite numbers", f"{bad_value} in {where}")
+    where = _where(batch, first)
+    raise InvalidInput("inputs.values", "finite numbers", f"{values[first]} in {where}")
 
 
 def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:

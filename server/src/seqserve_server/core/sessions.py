@@ -24,13 +24,15 @@ from .compute_threads import ModelThreads
 from .errors import InvalidInput, LimitExceeded, Unsupported
 from .modes import Mode
 from .observer import ModelObserver
+from .proof import CHUNKS, ProofFailed, probes, prove_program
 from .repository import ModelRepository, ModelState, ModelVersion
-from .runtime import ACCEPTED_FLOATS
+from .runtime import ACCEPTED_FLOATS, ACCEPTED_IDS, ModelRuntime
 from .stepper import SessionsUnsupportedError, State, StepProgram, build_step_program
 
 log = logging.getLogger(__name__)
 
 MAX_STEP_BATCH = 256  # sessions stacked into one step computation
+STREAM_WINDOW = 32  # steps per part when PredictStream steps a long sequence
 
 
 class SessionSupport(str, enum.Enum):
@@ -105,7 +107,7 @@ class SessionManager:
         runtime = version.runtime
         assert runtime is not None
         try:
-            program = build_step_program(runtime.model, runtime.mode.value)
+            program = _proven_program(runtime)
         except SessionsUnsupportedError as exc:
             self._unsupported[key] = str(exc)
             return
@@ -114,6 +116,7 @@ class SessionManager:
             self._unsupported[key] = f"step program failed to build: {exc}"
             return
         self._programs[key] = program
+        self._observer_for(version.name).compute_path(version.version, "session", program.support)
         executor = self._threads.executor(version.name, version.version)
         self._queues[key] = _StepQueue(program, executor, self._observer_for(version.name))
         log.info(
@@ -207,6 +210,8 @@ class SessionManager:
         return self._output(session, 0, y[0], last=True)
 
     def _validate(self, session: Session, values: np.ndarray) -> np.ndarray:
+        if session.program.n_features is None:
+            return self._validate_tokens(session, values)
         features = session.program.n_features
         if values.ndim == 1:
             values = values[np.newaxis]
@@ -216,7 +221,7 @@ class SessionManager:
             )
         if len(values) == 0:
             raise InvalidInput("steps.values", "at least one step", "0 steps")
-        if values.dtype.type not in ACCEPTED_FLOATS:
+        if values.dtype.type not in ACCEPTED_FLOATS + ACCEPTED_IDS:  # SDKs send int lists as is
             raise InvalidInput("steps.values.dtype", "a floating type", str(values.dtype))
         if not np.isfinite(values).all():
             raise InvalidInput("steps.values", "finite numbers", "NaN or infinity")
@@ -224,6 +229,31 @@ class SessionManager:
             raise InvalidInput("steps", "a reset after end_input", "more steps")
         self._check_length(session, session.steps + len(values))
         return values.astype(np.float32, copy=False)
+
+    def _validate_tokens(self, session: Session, values: np.ndarray) -> np.ndarray:
+        """Token ids: [steps] integers inside the vocabulary."""
+        runtime = session.target.runtime
+        assert runtime is not None
+        if values.ndim == 0:
+            values = values[np.newaxis]
+        if values.ndim != 1:
+            raise InvalidInput("steps.values.shape", "[steps] token ids", str(list(values.shape)))
+        if len(values) == 0:
+            raise InvalidInput("steps.values", "at least one step", "0 steps")
+        if values.dtype.type not in ACCEPTED_IDS:
+            got = str(values.dtype)
+            raise InvalidInput("steps.values.dtype", "token ids as int32 or int64", got)
+        vocabulary = runtime.signature.vocabulary
+        if vocabulary is not None and ((values < 0) | (values >= vocabulary)).any():
+            bad = int(np.argmax((values < 0) | (values >= vocabulary)))
+            raise InvalidInput(
+                "steps.values", f"token ids in [0, {vocabulary}) (the Embedding's input_dim)",
+                f"{values[bad]} at step {bad}",
+            )  # fmt: skip
+        if session.finished:
+            raise InvalidInput("steps", "a reset after end_input", "more steps")
+        self._check_length(session, session.steps + len(values))
+        return values.astype(session.program.input_dtype)
 
     def _check_length(self, session: Session, total: int) -> None:
         runtime = session.target.runtime
@@ -242,6 +272,30 @@ class SessionManager:
             rows = values.reshape(-1, values.shape[-1])
             ranked = top_k(rows, session.target.config.labels, session.k)
         return SessionOutput(step, values, ranked, last)
+
+
+def _proven_program(runtime: ModelRuntime) -> StepProgram:
+    """The model's step program if it equals Keras on the probes, fed as sessions and streams
+    feed it; else the recompute program (through the proven compute path) if that does."""
+    model, mode = runtime.model, runtime.mode.value
+    cases = probes(runtime.input_kind)
+    chunkings = (CHUNKS, (STREAM_WINDOW,))
+    program = build_step_program(model, mode, runtime.compute)
+    try:
+        prove_program(program, cases, runtime.reference, chunkings)
+        return program
+    except ProofFailed as exc:
+        if program.support != "incremental":
+            raise SessionsUnsupportedError(f"the recompute step program differs: {exc}") from exc
+        failure = exc
+    fallback = build_step_program(model, mode, runtime.compute, incremental=False)
+    try:
+        prove_program(fallback, cases, runtime.reference, chunkings)
+    except ProofFailed as exc:
+        raise SessionsUnsupportedError(f"no step program equals Keras: {failure}; {exc}") from exc
+    fallback.reason = f"the incremental step program differs from Keras ({failure}); recomputing"
+    log.warning("%s", fallback.reason)
+    return fallback
 
 
 @dataclass

@@ -30,6 +30,8 @@ import numpy as np
 import tensorflow as tf
 from keras import tree
 
+from .graph import Graph, GraphError, call_op, graph_of, run_node, time_distributed
+
 __all__ = [
     "MODES",
     "IncrementalProgram",
@@ -75,7 +77,8 @@ class StepProgram(Protocol):
     reason: str
     output_kind: str  # "per_step" | "running_vector" | "decoded_sequence"
     mode: str
-    n_features: int
+    n_features: int | None  # None: token ids ([B, k] integers), no feature axis
+    input_dtype: np.dtype
     fixed_length: int | None
 
     def initial_state(self, batch: int = 1) -> State: ...
@@ -128,53 +131,40 @@ def _tile(arrays: dict[str, np.ndarray], batch: int) -> State:
     return {k: np.repeat(v, batch, axis=0) for k, v in arrays.items()}
 
 
-def _check_chunk(x: np.ndarray, state: State, n_features: int) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 3 or x.shape[2] != n_features:
-        raise StepperError(f"chunk must be [B, k, {n_features}], got {list(x.shape)}")
+@dataclass(frozen=True)
+class _Input:
+    """A program's input: float steps [B, k, features] or token ids [B, k] (features None)."""
+
+    dtype: np.dtype
+    features: int | None
+
+    @classmethod
+    def of(cls, model: keras.Model) -> _Input:
+        tensor = model.inputs[0]
+        dtype = np.dtype(keras.backend.standardize_dtype(tensor.dtype))
+        if len(tensor.shape) == 2 and np.issubdtype(dtype, np.integer):
+            return cls(dtype, None)
+        return cls(np.dtype(np.float32), int(tensor.shape[-1]))
+
+    def shape(self, batch: int | None, steps: int | None) -> list[int | None]:
+        return [batch, steps] if self.features is None else [batch, steps, self.features]
+
+    def zeros(self, batch: int, steps: int) -> np.ndarray:
+        return np.zeros(self.shape(batch, steps), self.dtype)  # type: ignore[arg-type]
+
+    def spec(self, steps: int | None) -> tf.TensorSpec:
+        return tf.TensorSpec(self.shape(None, steps), tf.as_dtype(self.dtype))
+
+
+def _check_chunk(x: np.ndarray, state: State, layout: _Input) -> np.ndarray:
+    x = np.asarray(x).astype(layout.dtype, copy=False)
+    want = layout.shape(None, None)
+    if x.ndim != len(want) or (layout.features is not None and x.shape[2] != layout.features):
+        shown = ", ".join("k" if d is None else str(d) for d in want[1:])
+        raise StepperError(f"chunk must be [B, {shown}], got {list(x.shape)}")
     if x.shape[0] != _batch_of(state):
         raise StepperError(f"chunk batch {x.shape[0]} != state batch {_batch_of(state)}")
     return x
-
-
-# --------------------------------------------------------------------------- graph access
-
-
-@dataclass
-class _Graph:
-    """Topologically ordered nodes of a single-input, single-output functional graph."""
-
-    nodes: list[Any]
-    input: Any  # KerasTensor
-    output: Any  # KerasTensor
-
-
-def _graph_of(model: keras.Model) -> _Graph:
-    fn = model._functional if isinstance(model, keras.Sequential) else model
-    if fn is None or not hasattr(fn, "_nodes_by_depth"):
-        raise _Unsteppable(f"{type(model).__name__} has no functional graph (subclassed model?)")
-    nodes = [
-        node
-        for depth in sorted(fn._nodes_by_depth, reverse=True)
-        for node in fn._nodes_by_depth[depth]
-        if node.operation is not None and not node.is_input
-    ]
-    return _Graph(nodes=nodes, input=fn.inputs[0], output=fn.outputs[0])
-
-
-def _call(op: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    """Call an op like ``Functional.call(training=False)`` does (inference semantics)."""
-    kwargs = dict(kwargs)
-    if "training" in getattr(op, "_call_context_args", ()):
-        kwargs["training"] = False
-    return op(*args, **kwargs)
-
-
-def _run_node(node: Any, values: dict[int, Any]) -> None:
-    args, kwargs = node.arguments.fill_in(values)
-    outs = tree.flatten(_call(node.operation, args, kwargs))
-    for kt, value in zip(node.outputs, outs, strict=True):
-        values[id(kt)] = value
 
 
 # --------------------------------------------------------------------------- classification
@@ -187,6 +177,7 @@ class _Unsteppable(Exception):
 _L = keras.layers
 _PER_STEP_LAYERS: tuple[type, ...] = (
     _L.Dense,
+    _L.Embedding,
     _L.Activation,
     _L.Dropout,
     _L.SpatialDropout1D,
@@ -285,7 +276,7 @@ class _SeqOp:
         return {}
 
     def run(self, values: dict[int, Any], state: dict, new_state: dict) -> None:
-        _run_node(self.node, values)
+        run_node(self.node, values)
 
 
 class _PerStep(_SeqOp):
@@ -293,25 +284,11 @@ class _PerStep(_SeqOp):
 
 
 class _TimeDistributed(_SeqOp):
-    """TimeDistributed: the wrapped layer on all new steps folded into the batch axis.
-
-    Keras' own dynamic-length path (vectorized_map over ``shape[0]``) is wrong inside a
-    graph with unknown time, so fold instead; the per-row math is identical.
-    """
+    """TimeDistributed: the wrapped layer on all new steps folded into the batch axis (Keras'
+    own dynamic-length path is wrong, see graph.py); the per-row math is identical."""
 
     def run(self, values: dict[int, Any], state: dict, new_state: dict) -> None:
-        args, kwargs = self.node.arguments.fill_in(values)
-        x, mask = args[0], kwargs.get("mask")
-        inner = self.node.operation.layer
-        lead = tf.shape(x)[:2]
-        flat = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
-        inner_kwargs = {}
-        if mask is not None and inner._call_has_mask_arg:
-            inner_kwargs["mask"] = tf.reshape(mask, [-1, *mask.shape[2:]])
-        y = _call(inner, [flat], inner_kwargs)
-        y = tf.reshape(y, tf.concat([lead, tf.shape(y)[1:]], axis=0))
-        out_shape = self.node.outputs[0].shape
-        values[id(self.node.outputs[0])] = tf.ensure_shape(y, [None, None, *out_shape[2:]])
+        values[id(self.node.outputs[0])] = time_distributed(self.node, values)
 
 
 class _Recurrent(_SeqOp):
@@ -402,7 +379,7 @@ class _CausalConv(_SeqOp):
         cat = tf.concat([win, args[0]], axis=1)
         # The layer's own causal padding only touches outputs of the window steps, which
         # are dropped, so the kept outputs are exactly the full-sequence ones.
-        y = _call(self.node.operation, [cat, *args[1:]], kwargs)
+        y = call_op(self.node.operation, [cat, *args[1:]], kwargs)
         values[id(self.node.outputs[0])] = y[:, self.window :]
         new_state[f"{self.key}/win"] = tf.ensure_shape(
             cat[:, -self.window :], [None, self.window, self._channels]
@@ -445,7 +422,7 @@ class _TailWindow(_SeqOp):
         if self._keep is not None:
             return buf[:, : self._keep]
         args, kwargs = self.node.arguments.fill_in({id(self.node.arguments.keras_tensors[0]): buf})
-        return _call(self.node.operation, args, kwargs)
+        return call_op(self.node.operation, args, kwargs)
 
 
 @dataclass
@@ -520,7 +497,7 @@ def _frontier_of(op: _SeqOp, stays_aligned: bool) -> dict[int, Callable[[dict], 
     return {}
 
 
-def _analyse(graph: _Graph) -> _Plan:
+def _analyse(graph: Graph) -> _Plan:
     plan = _Plan()
     aligned: set[int] = {id(graph.input)}
     static: set[int] = set()
@@ -557,8 +534,7 @@ def _state_spec(example: State) -> dict[str, tf.TensorSpec]:
     }
 
 
-def _concrete(fn: Callable, spec: dict, x_shape: list[int | None]) -> Any:
-    x_spec = tf.TensorSpec(x_shape, tf.float32)
+def _concrete(fn: Callable, spec: dict, x_spec: tf.TensorSpec) -> Any:
     return tf.function(fn, input_signature=[spec, x_spec]).get_concrete_function()
 
 
@@ -572,10 +548,12 @@ class _ProgramBase:
     support = ""
     reason = ""
 
-    def __init__(self, mode: str, n_features: int, out_shape: tuple[int, ...]) -> None:
+    def __init__(self, mode: str, layout: _Input, out_shape: tuple[int, ...]) -> None:
         self.mode = mode
         self.output_kind = _OUTPUT_KIND[mode]
-        self.n_features = n_features
+        self.layout = layout
+        self.n_features = layout.features
+        self.input_dtype = layout.dtype
         self.fixed_length: int | None = None
         self._out_shape = out_shape  # output shape without batch (and time for sequences)
 
@@ -604,10 +582,10 @@ class IncrementalProgram(_ProgramBase):
 
     support = "incremental"
 
-    def __init__(self, model: keras.Model, mode: str, graph: _Graph, plan: _Plan) -> None:
-        n_features = int(graph.input.shape[-1])
+    def __init__(self, model: keras.Model, mode: str, graph: Graph, plan: _Plan) -> None:
+        layout = _Input.of(model)
         out_shape = tuple(int(d) for d in graph.output.shape[2 if mode != "many_to_one" else 1 :])
-        super().__init__(mode, n_features, out_shape)
+        super().__init__(mode, layout, out_shape)
         self.model = model
         self.fixed_length = plan.fixed_length
         self.reason = "stepped exactly: " + ", ".join(
@@ -622,11 +600,11 @@ class IncrementalProgram(_ProgramBase):
         spec = _state_spec(init)
         # Two traces: any k (while_loop over steps) and k=1 (straight-line, the common case).
         # Concrete functions are called directly: cheaper than tf.function dispatch.
-        self._step_any = _concrete(self._step_graph, spec, [None, None, n_features])
-        self._step_one = _concrete(self._step_graph, spec, [None, 1, n_features])
+        self._step_any = _concrete(self._step_graph, spec, layout.spec(None))
+        self._step_one = _concrete(self._step_graph, spec, layout.spec(1))
         self._finish_fn = tf.function(self._static_graph).get_concrete_function(spec)
         for k in (1, 2):  # warm up both traces
-            self.step(self.initial_state(1), np.zeros((1, k, n_features), np.float32))
+            self.step(self.initial_state(1), layout.zeros(1, k))
 
     def initial_state(self, batch: int = 1) -> State:
         return _tile(self._init, batch)
@@ -651,7 +629,7 @@ class IncrementalProgram(_ProgramBase):
             return tf.zeros([tf.shape(state[_T_KEY])[0], 0, *self._out_shape])
         values = {kt_id: fn(state) for kt_id, fn in self._plan.frontier.items()}
         for node in self._plan.static_nodes:
-            _run_node(node, values)
+            run_node(node, values)
         y = tf.cast(values[id(self._graph.output)], tf.float32)
         if self.fixed_length is not None:
             ok = tf.equal(state[_T_KEY], self.fixed_length)
@@ -661,7 +639,7 @@ class IncrementalProgram(_ProgramBase):
 
     def step(self, state: State, x: np.ndarray) -> tuple[State, np.ndarray]:
         """Consume ``x`` [B, k, F]; return the new state and this step's output."""
-        x = _check_chunk(x, state, self.n_features)
+        x = _check_chunk(x, state, self.layout)
         if x.shape[1] == 0:
             return state, self._no_new_steps(state)
         step_fn = self._step_one if x.shape[1] == 1 else self._step_any
@@ -691,35 +669,42 @@ class RecomputeProgram(_ProgramBase):
 
     support = "recompute"
 
-    def __init__(self, model: keras.Model, mode: str, reason: str) -> None:
+    def __init__(
+        self,
+        model: keras.Model,
+        mode: str,
+        reason: str,
+        compute: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        """`compute`: the full model on a dense batch (the server passes its proven path);
+        by default Keras' call traced with dynamic batch and time axes."""
         inp, out = model.inputs[0], model.outputs[0]
         out_shape = tuple(int(d) for d in out.shape[2 if mode != "many_to_one" else 1 :])
-        super().__init__(mode, int(inp.shape[-1]), out_shape)
+        layout = _Input.of(model)
+        super().__init__(mode, layout, out_shape)
         self.model = model
         self.reason = reason
         length = inp.shape[1]
         self.fixed_length = None if length is None else int(length)
-        spec = tf.TensorSpec([None, length, self.n_features], tf.float32)
-        run = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), [spec])
-        self._run = run.get_concrete_function()
-        warm = self.fixed_length or 1
-        self._run(np.zeros((1, warm, self.n_features), np.float32))
+        if compute is None:
+            spec = layout.spec(self.fixed_length)
+            run = tf.function(lambda x: model(x, training=False), [spec]).get_concrete_function()
+            compute = lambda x: run(tf.constant(x)).numpy()  # noqa: E731
+        self._compute = compute
+        self._compute(layout.zeros(1, self.fixed_length or 1))
 
     def initial_state(self, batch: int = 1) -> State:
-        return {
-            "x": np.zeros((batch, 0, self.n_features), np.float32),
-            _T_KEY: np.zeros((batch,), np.int32),
-        }
+        return {"x": self.layout.zeros(batch, 0), _T_KEY: np.zeros((batch,), np.int32)}
 
     def _outputs(self, prefix: np.ndarray) -> np.ndarray | None:
         """Full-model output on the prefix, or None where the model is undefined (length)."""
         if prefix.shape[1] == 0 or self.fixed_length not in (None, prefix.shape[1]):
             return None
-        return self._run(prefix).numpy()
+        return np.asarray(self._compute(prefix), np.float32)
 
     def step(self, state: State, x: np.ndarray) -> tuple[State, np.ndarray]:
         """Append ``x`` to the prefix and recompute the output the mode asks for."""
-        x = _check_chunk(x, state, self.n_features)
+        x = _check_chunk(x, state, self.layout)
         prefix = np.concatenate([state["x"], x], axis=1)
         new_state = {"x": prefix, _T_KEY: state[_T_KEY] + np.int32(x.shape[1])}
         batch, k = x.shape[:2]
@@ -763,9 +748,10 @@ def _check_model(model: keras.Model, mode: str) -> None:
         raise SessionsUnsupportedError("model has no symbolic inputs/outputs (not built?)")
     if len(inputs) != 1 or len(outputs) != 1:
         raise SessionsUnsupportedError("sessions need a single sequence input and output")
-    if len(inputs[0].shape) != 3:
+    if len(inputs[0].shape) != 3 and _Input.of(model).features is not None:
         raise SessionsUnsupportedError(
-            f"sessions need a [batch, time, features] input, got {inputs[0].shape}"
+            f"sessions need a [batch, time, features] or [batch, time] token id input, got "
+            f"{inputs[0].shape}"
         )
     want = 2 if mode == "many_to_one" else 3
     if len(outputs[0].shape) != want:
@@ -775,7 +761,10 @@ def _check_model(model: keras.Model, mode: str) -> None:
 
 
 def _incremental(model: keras.Model, mode: str) -> IncrementalProgram:
-    graph = _graph_of(model)
+    try:
+        graph = graph_of(model)
+    except GraphError as exc:
+        raise _Unsteppable(str(exc)) from exc
     plan = _analyse(graph)
     if plan.output_is_seq != (mode == "many_to_many_aligned"):
         where = "aligned with" if plan.output_is_seq else "not aligned with"
@@ -786,15 +775,23 @@ def _incremental(model: keras.Model, mode: str) -> IncrementalProgram:
         raise _Unsteppable(f"tracing the step function failed: {exc!r}"[:300]) from exc
 
 
-def build_step_program(model: keras.Model, mode: str) -> StepProgram:
-    """Compile a step program for ``model`` under ``mode``; falls back to recompute.
+def build_step_program(
+    model: keras.Model,
+    mode: str,
+    compute: Callable[[np.ndarray], np.ndarray] | None = None,
+    incremental: bool = True,
+) -> StepProgram:
+    """Compile a step program for ``model`` under ``mode``; falls back to recompute (through
+    ``compute``, see ``RecomputeProgram``). ``incremental=False`` asks for recompute at once.
 
     Raises ``SessionsUnsupportedError`` (a ``ValueError``) for modes/models that cannot hold a
     streaming session at all. ``mode`` may be a plain string or a ``str`` enum member.
     """
     mode = str(getattr(mode, "value", mode))  # str-enum members hash by name, not value
     _check_model(model, mode)
+    if not incremental:
+        return RecomputeProgram(model, mode, "recompute requested", compute)
     try:
         return _incremental(model, mode)
     except _Unsteppable as exc:
-        return RecomputeProgram(model, mode, reason=str(exc))
+        return RecomputeProgram(model, mode, str(exc), compute)

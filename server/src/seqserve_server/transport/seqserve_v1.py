@@ -89,9 +89,11 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         repository = self.inference.repository
         entry = repository.entry(request.model_name)
         version = _describe(entry, request.model_version)
-        support, _ = self.sessions.support(version)
+        support, reason = self.sessions.support(version)
         open_sessions = self.sessions.open_count(entry.name)
-        return msg.metadata_to_proto(entry, version, msg.support_to_proto(support), open_sessions)
+        return msg.metadata_to_proto(
+            entry, version, msg.support_to_proto(support), reason, open_sessions
+        )
 
     @grpc_errors
     async def Session(

@@ -100,6 +100,7 @@ def status_to_proto(version: ModelVersion) -> pb.ModelStatus:
         state=_STATES[version.state],
         error=version.error,
         mode=mode_to_proto(runtime.mode if runtime else version.config.mode),
+        compute_path=runtime.compute_path if runtime else "",
     )
 
 
@@ -107,6 +108,7 @@ def metadata_to_proto(
     entry: ModelEntry,
     version: ModelVersion,
     session_support: pb.SessionSupport.ValueType,
+    session_reason: str,
     open_sessions: int,
 ) -> pb.GetModelMetadataResponse:
     config = version.config
@@ -121,6 +123,7 @@ def metadata_to_proto(
         max_sessions=config.max_sessions,
         open_sessions=open_sessions,
         session_support=session_support,
+        session_reason=session_reason,
         state=_STATES[version.state],
         error=version.error or entry.error,
     )
@@ -133,6 +136,8 @@ def metadata_to_proto(
     response.input.CopyFrom(_spec("input", sig.input_shape, sig.input_dtype))
     response.output.CopyFrom(_spec("output", sig.output_shape, sig.output_dtype))
     response.streams_steps = runtime.mode.gives_sequence
+    response.compute_path = runtime.compute_path
+    response.proof = runtime.proof
     return response
 
 

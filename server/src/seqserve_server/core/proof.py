@@ -1,0 +1,194 @@
+"""The load-time proof: a compiled path is served only if it computes what Keras computes.
+
+Every candidate path (the traced function, the node-by-node graph, per-length functions, step
+programs) runs a probe set and is compared with the eager model, `model(x, training=False)`:
+batch 1 and a larger batch; lengths 1, 2, an odd length and one longer than any warm-up (only
+the fixed length where the model has one); token ids drawn inside the
+vocabulary, with padding ids among them; float steps with some all-zero steps (what `Masking`
+skips). Shapes must be equal and every value within `TOL` (relative above magnitude 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+TOL = 1e-5
+# (batch, steps): batch 1 at every length, a larger batch at a short and the longest length.
+# 9: odd, and longer than any warm-up (2). Eager Keras costs ~5-50 ms per step on a small CPU,
+# so the probe set is what makes loading slow; it is kept to 28 eager steps.
+PROBE_SHAPES = ((1, 1), (1, 2), (1, 5), (1, 9), (3, 2), (3, 9))
+PROBE_BATCHES = (1, 3)  # vector models
+RUNNING_CHECK_MAX_LENGTH = 5  # many-to-one sessions: every running output checked up to here
+CHUNKS = (1, 3, 2, 4)  # session message sizes the step proof feeds, cycled
+
+
+@dataclass(frozen=True)
+class InputKind:
+    """What the probes must look like: shape without batch (None: any length), dtype, and for
+    token ids the vocabulary size."""
+
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+    takes_sequence: bool
+    vocabulary: int | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    x: np.ndarray
+
+    @property
+    def steps(self) -> int:
+        return int(self.x.shape[1])
+
+
+class ProofFailed(Exception):
+    """A candidate differs from Keras on a probe; the message names the probe and how."""
+
+
+def probes(kind: InputKind, seed: int = 0) -> list[Probe]:
+    rng = np.random.default_rng(seed)
+    if not kind.takes_sequence:
+        return [_probe(rng, kind, b, None) for b in PROBE_BATCHES]
+    fixed = kind.shape[0]
+    if fixed is not None:
+        return [_probe(rng, kind, b, fixed) for b in PROBE_BATCHES]
+    return [_probe(rng, kind, b, n) for b, n in PROBE_SHAPES]
+
+
+def _probe(rng: np.random.Generator, kind: InputKind, batch: int, steps: int | None) -> Probe:
+    shape = (batch, *(int(steps if d is None else d) for d in kind.shape))  # type: ignore[arg-type]
+    if np.issubdtype(kind.dtype, np.integer):  # ids 0 and 1 where the range is not known
+        x = rng.integers(0, kind.vocabulary or 2, size=shape).astype(kind.dtype)
+    else:
+        x = rng.normal(size=shape).astype(kind.dtype)
+    if steps is not None and steps > 2 and batch > 1:  # padding / masked steps mid-sequence
+        x[1, 1] = 0
+        x[2, steps // 2 :: 3] = 0
+    where = f"batch {batch}" + ("" if steps is None else f" x {steps} steps")
+    return Probe(where, x)
+
+
+def compare(probe: str, got: np.ndarray, want: np.ndarray) -> None:
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        raise ProofFailed(f"probe {probe}: shape {list(got.shape)}, Keras gives {list(want.shape)}")
+    got64, want64 = got.astype(np.float64), want.astype(np.float64)
+    both_nan = np.isnan(got64) & np.isnan(want64)
+    diff = np.where(both_nan, 0.0, np.abs(got64 - want64))
+    limit = TOL * np.fmax(1.0, np.abs(want64))
+    bad = ~(diff <= limit)  # NaN on one side only is a difference
+    if bad.any():
+        at = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        raise ProofFailed(
+            f"probe {probe}: value {got64[at]:.7g} at {[int(i) for i in at]}, Keras gives "
+            f"{want64[at]:.7g} "
+            f"(max difference {float(np.nanmax(diff)):.3g})"
+        )
+
+
+class Reference:
+    """The eager model's outputs, computed once per input and shared by every candidate."""
+
+    def __init__(self, eager: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._eager = eager
+        self._cache: dict[tuple[tuple[int, ...], bytes], np.ndarray] = {}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        key = (x.shape, x.tobytes())
+        if key not in self._cache:
+            self._cache[key] = np.asarray(self._eager(x))
+        return self._cache[key]
+
+
+def prove(fn: Callable[[np.ndarray], np.ndarray], cases: Sequence[Probe], ref: Reference) -> None:
+    """Raise ProofFailed at the first probe where `fn` differs from Keras (or raises)."""
+    for probe in cases:
+        try:
+            got = fn(probe.x)
+        except Exception as exc:  # a candidate that cannot run a probe is no candidate
+            raise ProofFailed(f"probe {probe.name}: {type(exc).__name__}: {exc}"[:400]) from exc
+        compare(probe.name, got, ref(probe.x))
+
+
+def chunk_bounds(total: int, sizes: Sequence[int] = CHUNKS) -> list[tuple[int, int]]:
+    """Boundaries of chunks of the cycled `sizes` covering `total` steps."""
+    out, start, i = [], 0, 0
+    while start < total:
+        end = min(total, start + sizes[i % len(sizes)])
+        out.append((start, end))
+        start, i = end, i + 1
+    return out
+
+
+class SteppedProgram(Protocol):
+    """What the step proof needs of a step program (stepper.StepProgram)."""
+
+    output_kind: str
+    support: str
+    fixed_length: int | None
+
+    def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]: ...
+
+    def step(
+        self, state: dict[str, np.ndarray], x: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]: ...
+
+    def finish(self, state: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+def prove_program(
+    program: SteppedProgram,
+    cases: Sequence[Probe],
+    ref: Reference,
+    chunkings: Sequence[Sequence[int]] = (CHUNKS,),
+) -> None:
+    """Feed every probe a chunk at a time (each chunking: session messages, stream windows) and
+    compare what the program emits with Keras on the same steps."""
+    for probe in cases:
+        for sizes in chunkings:
+            name = f"{probe.name} fed in chunks of {','.join(map(str, sizes))}"
+            try:
+                _prove_stepped(program, probe.x, name, ref, sizes)
+            except ProofFailed:
+                raise
+            except Exception as exc:
+                raise ProofFailed(f"probe {name}: {type(exc).__name__}: {exc}"[:400]) from exc
+
+
+def _prove_stepped(
+    program: SteppedProgram, x: np.ndarray, name: str, ref: Reference, sizes: Sequence[int]
+) -> None:
+    """A session's outputs after each chunk are the model's on the prefix fed so far (checked
+    on every chunk of short probes, the last of long ones); an incremental aligned program's
+    steps together are the model's on the whole sequence (what PredictStream sends)."""
+    total = x.shape[1]
+    state = program.initial_state(len(x))
+    per_step: list[np.ndarray] = []
+    for start, end in chunk_bounds(total, sizes):
+        state, y = program.step(state, x[:, start:end])
+        if program.output_kind == "decoded_sequence" or not _checks_running(program, total, end):
+            per_step.append(y)
+            continue
+        want = ref(x[:, :end])
+        if program.output_kind == "per_step":
+            want = want[:, start:end]
+        compare(f"{name}, output after {end} steps", y, want)
+        per_step.append(y)
+    if program.output_kind == "per_step" and program.support == "incremental":
+        compare(name, np.concatenate(per_step, axis=1), ref(x))
+    elif program.output_kind == "decoded_sequence":
+        compare(name, program.finish(state), ref(x))
+
+
+def _checks_running(program: SteppedProgram, total: int, end: int) -> bool:
+    """Running outputs: all of them on short probes, the last on long ones; a fixed-length
+    model is defined at its length only."""
+    if program.fixed_length is not None:
+        return end == program.fixed_length
+    return end == total or total <= RUNNING_CHECK_MAX_LENGTH

@@ -1,0 +1,265 @@
+"""The whole zoo through one real server: Predict = PredictStream = session = eager Keras.
+
+Every model of tests/model_zoo.py is saved into a repository as an operator would lay it out,
+served with no config (the mode comes from the graph), and called through the SDK with random
+batch sizes and variable lengths; every output is compared with the same file loaded in-process
+and called eagerly, `model(x, training=False)`, one sequence at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from seqserve_client import SeqServeClient
+from seqserve_client.errors import InvalidInputError
+from tests.model_zoo import STEPPER_CASES, VOCAB, ZOO
+from tests.server_process import ServerProcess, start_server
+
+TOL = 1e-5
+MAX_LENGTH = 12
+
+
+# Models the named tests below use, served whatever tests are selected.
+NAMED = {"time_distributed_head", "lstm_aligned", "token_classifier", "token_tagger"}
+NAMED |= {"token_unmasked_aligned"}
+
+
+@pytest.fixture(scope="module")
+def zoo_root(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """Only the models of the selected tests: each one costs seconds of load-time proof."""
+    root = tmp_path_factory.mktemp("zoo")
+    for name in _selected_models(request.session) | NAMED:
+        (root / name / "1").mkdir(parents=True)
+        ZOO[name][0]().save(root / name / "1" / "model.keras")
+    return root
+
+
+@pytest.fixture(scope="module")
+def zoo_server(zoo_root: Path) -> Iterator[ServerProcess]:
+    process = start_server(zoo_root, timeout=600)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def zoo(zoo_server: ServerProcess) -> Iterator[SeqServeClient]:
+    with SeqServeClient(zoo_server.target, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def eager(zoo_root: Path) -> functools._lru_cache_wrapper:
+    @functools.cache
+    def load(name: str) -> keras.Model:
+        path = zoo_root / name / "1" / "model.keras"
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+    return load
+
+
+def _selected_models(session: pytest.Session) -> set[str]:
+    names = set()
+    for item in session.items:
+        callspec = getattr(item, "callspec", None)
+        if item.path == Path(__file__) and callspec is not None and "name" in callspec.params:
+            names.add(callspec.params["name"])
+    return names
+
+
+def _cases(names: list[str]) -> list:
+    """The architectures test_predict/test_sessions and test_stepper already cover run with
+    the slow tests; the others by default."""
+    slow = pytest.mark.slow
+    return [pytest.param(n, marks=slow) if n in STEPPER_CASES else n for n in names]
+
+
+def _keras(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    return keras.ops.convert_to_numpy(model(x[np.newaxis], training=False))[0]
+
+
+def _inputs(name: str, model: keras.Model, rng: np.random.Generator) -> list[np.ndarray]:
+    """1-4 inputs: vectors, or sequences of random (or the fixed) lengths; token ids with
+    padding ids among them, float steps with some all-zero (masked) steps."""
+    _, mode, fixed = ZOO[name]
+    tensor = model.inputs[0]
+    count = int(rng.integers(1, 5))
+    if not mode.startswith("many"):
+        return [rng.normal(size=tensor.shape[1:]).astype(np.float32) for _ in range(count)]
+    lengths = [fixed or int(rng.integers(1, MAX_LENGTH + 1)) for _ in range(count)]
+    if len(tensor.shape) == 2:  # token ids
+        return [rng.integers(0, VOCAB, size=n).astype(np.int32) for n in lengths]
+    out = []
+    for n in lengths:
+        x = rng.normal(size=(n, tensor.shape[-1])).astype(np.float32)
+        x[rng.random(n) < 0.2] = 0.0
+        out.append(x)
+    return out
+
+
+def _seed(name: str) -> int:
+    return sum(map(ord, name))
+
+
+def test_zoo_is_wide() -> None:
+    assert len(ZOO) >= 25
+
+
+@pytest.mark.parametrize("name", _cases(list(ZOO)))
+def test_predict_and_stream_equal_keras(
+    name: str, zoo: SeqServeClient, eager: functools._lru_cache_wrapper
+) -> None:
+    model = eager(name)
+    rng = np.random.default_rng(_seed(name))
+    inputs = _inputs(name, model, rng)
+    want = [_keras(model, x) for x in inputs]
+    meta = zoo.metadata(name)
+    assert meta.mode == ZOO[name][1], meta
+    assert meta.compute_path in ("traced", "graph", "per_length") and "equals Keras" in meta.proof
+
+    served = zoo.predict(name, inputs)
+    assert len(served) == len(want)
+    for got, ref in zip(served, want, strict=True):
+        np.testing.assert_allclose(got, ref, atol=TOL, rtol=TOL)
+
+    parts: dict[int, list[np.ndarray]] = {}
+    for part in zoo.predict_stream(name, inputs):
+        parts.setdefault(part.input_index, []).append(part.values)
+    for index, ref in enumerate(want):
+        got = np.stack(parts[index]) if ref.ndim == 2 else parts[index][0]
+        np.testing.assert_allclose(got, ref, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("name", _cases([n for n in ZOO if ZOO[n][1].startswith("many")]))
+def test_sessions_equal_keras_on_each_prefix(
+    name: str, zoo: SeqServeClient, eager: functools._lru_cache_wrapper
+) -> None:
+    """Fed a few steps per message, a session's outputs are the model's on the prefix so far."""
+    model = eager(name)
+    _, mode, fixed = ZOO[name]
+    x = _inputs(name, model, np.random.default_rng(_seed(name) + 1))[0]
+    with zoo.session(name) as session:
+        start = 0
+        for size in (1, 3, 2, 4, 1, 5):
+            end = min(len(x), start + size)
+            if start >= end:
+                break
+            got = session.step(x[start:end])
+            if mode == "many_to_many_aligned":
+                if fixed is None:
+                    np.testing.assert_allclose(got, _keras(model, x[:end])[start:end], atol=TOL)
+            elif mode == "many_to_one" and got is not None and (fixed is None or end == fixed):
+                np.testing.assert_allclose(got, _keras(model, x[:end]), atol=TOL, rtol=TOL)
+            start = end
+        if start < len(x):
+            session.step(x[start:])
+        if mode == "many_to_many_unaligned":
+            np.testing.assert_allclose(session.end_input(), _keras(model, x), atol=TOL)
+
+
+def test_time_distributed_head_runs_the_graph_path(zoo: SeqServeClient) -> None:
+    """Keras' traced TimeDistributed gives one step per sequence here; the proof caught it."""
+    meta = zoo.metadata("time_distributed_head")
+    assert meta.compute_path == "graph"
+    assert "traced: probe" in meta.proof and "Keras gives" in meta.proof
+    statuses = {s.name: s for s in zoo.list_models()}
+    assert statuses["time_distributed_head"].compute_path == "graph"
+    assert statuses["lstm_aligned"].compute_path == "traced"
+    lengths = [5, 9, 13]
+    rng = np.random.default_rng(3)
+    served = zoo.predict("time_distributed_head", [rng.normal(size=(n, 5)) for n in lengths])
+    assert [len(s) for s in served] == lengths
+
+
+def test_compute_paths_are_exported_as_metrics(zoo_server: ServerProcess) -> None:
+    url = f"http://127.0.0.1:{zoo_server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    for kind, path in (("predict", "graph"), ("session", "incremental")):
+        labels = f'kind="{kind}",model="time_distributed_head",path="{path}",version="1"'
+        assert f"seqserve_model_compute_path{{{labels}}} 1.0" in text
+    labels = 'kind="session",model="token_tagger",path="recompute",version="1"'
+    assert f"seqserve_model_compute_path{{{labels}}} 1.0" in text
+
+
+def test_token_models_take_ids_as_declared(zoo: SeqServeClient) -> None:
+    assert zoo.metadata("token_classifier").mode == "many_to_one"
+    assert zoo.metadata("token_tagger").mode == "many_to_many_aligned"
+    assert zoo.metadata("token_tagger").input.dtype == "int32"
+    dense = zoo.predict("token_classifier", np.array([[3, 4, 5], [0, 7, 1]], np.int64))
+    assert dense.shape == (2, 3)
+    ragged = zoo.predict("token_tagger", [[1, 2, 3], [4, 5]])
+    assert [r.shape for r in ragged] == [(3, 3), (2, 3)]
+
+
+@pytest.mark.parametrize(
+    "ids, where",
+    [([[1, 2, VOCAB]], "inputs[0, 2]"), ([[1, -1, 2]], "inputs[0, 1]")],
+)
+def test_out_of_vocabulary_ids_are_invalid(zoo: SeqServeClient, ids: list, where: str) -> None:
+    expected = rf"inputs\.values.*\[0, {VOCAB}\).*{re.escape(where)}"
+    with pytest.raises(InvalidInputError, match=expected):
+        zoo.predict("token_classifier", np.array(ids, np.int32))
+
+
+def test_out_of_vocabulary_in_ragged_batch_and_session(zoo: SeqServeClient) -> None:
+    with pytest.raises(InvalidInputError, match="inputs sequence 1 step 0"):
+        zoo.predict("token_tagger", [[1, 2], [VOCAB + 5, 1, 2]])
+    with (
+        pytest.raises(InvalidInputError, match=r"steps\.values"),
+        zoo.session("token_unmasked_aligned") as session,
+    ):
+        session.step(np.array([1, 2, 99]))
+
+
+def test_float_ids_are_refused_for_token_models(zoo: SeqServeClient) -> None:
+    with pytest.raises(InvalidInputError, match=r"inputs\.values\.dtype"):
+        zoo.predict("token_classifier", np.ones((1, 3), np.float32))
+
+
+def test_token_session_steps_one_token_at_a_time(
+    zoo: SeqServeClient, eager: functools._lru_cache_wrapper
+) -> None:
+    model = eager("token_unmasked_aligned")
+    ids = np.array([4, 8, 15, 16, 23], np.int32)
+    assert zoo.metadata("token_unmasked_aligned").session_support == "session_incremental"
+    with zoo.session("token_unmasked_aligned") as session:
+        steps = [session.step([int(t)]) for t in ids]
+    np.testing.assert_allclose(np.concatenate(steps), _keras(model, ids), atol=TOL)
+
+
+@st.composite
+def _ragged_batch(draw: st.DrawFn, features: tuple[int, ...] | None) -> list[np.ndarray]:
+    """1-4 sequences of 1-10 steps: float steps in [-4, 4] (exact zeros allowed), or token ids
+    (`features` None)."""
+    count = draw(st.integers(1, 4))
+    lengths = draw(st.lists(st.integers(1, 10), min_size=count, max_size=count))
+    if features is None:
+        ids = st.integers(0, VOCAB - 1)
+        return [draw(hnp.arrays(np.int32, (n,), elements=ids)) for n in lengths]
+    values = st.floats(-4, 4, width=32)
+    return [draw(hnp.arrays(np.float32, (n, *features), elements=values)) for n in lengths]
+
+
+@pytest.mark.parametrize("name", ["time_distributed_head", "token_tagger", "stacked_cells"])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.data_too_large])
+@given(data=st.data())
+def test_any_batch_equals_keras(
+    name: str, data: st.DataObject, zoo: SeqServeClient, eager: functools._lru_cache_wrapper
+) -> None:
+    model = eager(name)
+    shape = model.inputs[0].shape
+    inputs = data.draw(_ragged_batch(None if len(shape) == 2 else tuple(shape[2:])))
+    served = zoo.predict(name, inputs)
+    for got, x in zip(served, inputs, strict=True):
+        np.testing.assert_allclose(got, _keras(model, x), atol=TOL, rtol=TOL)
