@@ -109,6 +109,12 @@ def test_word_language_vocabulary_is_documented_and_matches_the_model() -> None:
     embedding = load("word_language").get_layer("char_embedding")
     assert embedding.input_dim == data.FIRST_CHAR_ID + len(words.alphabet)
     assert words.alphabet in (MODELS_DIR / "word_language" / "MODEL_CARD.md").read_text()
+    # Case-folded like wordfreq's lists, so capitals and "ß" map into the alphabet.
+    assert (
+        data.char_ids("Straße", words.alphabet).tolist()
+        == data.char_ids("strasse", vocab["alphabet"]).tolist()
+    )
+    assert data.UNKNOWN_ID not in data.char_ids("Straße", words.alphabet)
 
 
 def test_word_language_beats_majority_class_by_far() -> None:

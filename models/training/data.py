@@ -222,12 +222,17 @@ def _candidate_words(lang: str) -> list[str]:
 def char_ids(word: str, alphabet: str) -> np.ndarray:
     """The model's input for one word: int32 ids, FIRST_CHAR_ID + alphabet index per character.
 
-    The word is NFC-normalised and lower-cased first (as wordfreq's lists are); characters not
-    in the alphabet become UNKNOWN_ID. PAD_ID (0) is padding and never appears inside a word.
+    The word is NFC-normalised and case-folded first, as wordfreq's lists are ("Straße" ->
+    "strasse"); characters not in the alphabet become UNKNOWN_ID. PAD_ID (0) is padding and never
+    appears inside a word.
     """
     index = {c: FIRST_CHAR_ID + i for i, c in enumerate(alphabet)}
-    text = unicodedata.normalize("NFC", word).lower()
-    return np.array([index.get(c, UNKNOWN_ID) for c in text], dtype="int32")
+    return np.array([index.get(c, UNKNOWN_ID) for c in fold_word(word)], dtype="int32")
+
+
+def fold_word(word: str) -> str:
+    """The text char_ids encodes, one id per character: NFC, then case-folded."""
+    return unicodedata.normalize("NFC", word).casefold()
 
 
 def padded_char_ids(words: list[str], alphabet: str) -> np.ndarray:

@@ -87,7 +87,7 @@ With a server running (`make serve`), each model has a client example using real
 inputs:
 
     .venv/bin/python -m models.examples.<model_name> --target 127.0.0.1:8500
-    .venv/bin/python -m models.examples.word_language bonjour hello   # any words
+    .venv/bin/python -m models.examples.word_language bonjour thanks Straße   # any words
 """
 
 

@@ -47,6 +47,11 @@ def train() -> Artifact:
     for epoch in range(EPOCHS):
         for x, y in length_batches(words, data.SEED + epoch):
             model.train_on_batch(x, y)
+    return describe(model, words)
+
+
+def describe(model: keras.Model, words: data.Words) -> Artifact:
+    """The trained model with its config, card text and held-out evaluation."""
     names = ", ".join(f"{k} {data.WORD_LANGUAGE_NAMES[k]}" for k in data.WORD_LANGUAGES)
     return Artifact(
         name=NAME,
@@ -55,7 +60,7 @@ def train() -> Artifact:
         description=f"Language of a single word from its characters: {names}. Input is "
         "character ids: see `vocabulary` in config.yaml.",
         input_description="[batch, steps] int32 character ids, one step per character of the "
-        "NFC-normalised, lower-cased word: id = 2 + index in `vocabulary.alphabet`, 1 for any "
+        "NFC-normalised, case-folded word: id = 2 + index in `vocabulary.alphabet`, 1 for any "
         "other character, 0 = padding (masked; send ragged words unpadded)",
         output_description=f"[batch, {len(data.WORD_LANGUAGES)}] class probabilities (softmax) "
         "over the labels (ISO 639-1 codes)",
@@ -74,7 +79,7 @@ def vocabulary(alphabet: str) -> dict[str, object]:
         "first_char_id": data.FIRST_CHAR_ID,
         "unknown_id": data.UNKNOWN_ID,
         "padding_id": data.PAD_ID,
-        "normalization": "NFC, then str.lower()",
+        "normalization": "NFC, then str.casefold()",
     }
 
 
@@ -94,7 +99,8 @@ Split 80/20 stratified by language, `random_state={data.SEED}`.
 
 ## Input encoding (what a client sends)
 
-One int32 id per character of the NFC-normalised, lower-cased word:
+One int32 id per character of the NFC-normalised, case-folded word (`str.casefold()`, as in
+wordfreq's lists: "Straße" -> "strasse"):
 
 - id = {data.FIRST_CHAR_ID} + the character's index in this alphabet (the characters seen in
   training words, sorted by code point; also in `config.yaml` under `vocabulary.alphabet`):
@@ -104,7 +110,7 @@ One int32 id per character of the NFC-normalised, lower-cased word:
   different lengths as a ragged batch, or right-pad a dense batch with {data.PAD_ID}.
 
 `models.training.data.char_ids(word, alphabet)` is the reference encoder;
-`python -m models.examples.word_language bonjour hello` shows it against a server.
+`python -m models.examples.word_language bonjour thanks` shows it against a server.
 
 ## Model
 
