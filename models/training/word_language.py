@@ -43,7 +43,9 @@ def train() -> Artifact:
     seed_everything(data.SEED)
     words = data.word_language_split()
     model = build(data.FIRST_CHAR_ID + len(words.alphabet))
-    model.compile(keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    # A fixed optimizer name: Keras numbers unnamed ones per process (adam_6 in make models),
+    # which would make the saved bytes depend on what trained before.
+    model.compile(keras.optimizers.Adam(3e-3, name="adam"), loss="sparse_categorical_crossentropy")
     for epoch in range(EPOCHS):
         for x, y in length_batches(words, data.SEED + epoch):
             model.train_on_batch(x, y)
