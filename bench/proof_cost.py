@@ -20,7 +20,7 @@ import keras
 
 from seqserve_server.core.proof import Reference, probes, prove
 from seqserve_server.core.runtime import ModelRuntime, _load_keras
-from seqserve_server.core.sessions import _proven_program
+from seqserve_server.core.sessions import proven_program
 from seqserve_server.core.stepper import SessionsUnsupportedError
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -46,7 +46,7 @@ def measure(path: Path) -> dict[str, float | str]:
     fresh = Reference(lambda x: keras.ops.convert_to_numpy(model(x, training=False)))
     proof = _seconds(lambda: prove(runtime.compute, probes(runtime.input_kind), fresh))
     try:
-        sessions = _seconds(lambda: _proven_program(runtime))
+        sessions = _seconds(lambda: proven_program(runtime))
     except SessionsUnsupportedError:
         sessions = 0.0
     return {

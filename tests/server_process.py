@@ -41,8 +41,11 @@ class ServerProcess:
         return "".join(self.log)
 
 
-def start_server(repository: Path, *args: str, timeout: float = 120, **env: str) -> ServerProcess:
-    """Run `seqserve serve` until it prints its ready line; its output is kept in `.log`."""
+def start_server(repository: Path, *args: str, timeout: float = 600, **env: str) -> ServerProcess:
+    """Run `seqserve serve` until it prints its ready line; its output is kept in `.log`.
+
+    Every model version is proven against eager Keras before the server is ready (a few
+    seconds each), so a repository of many models takes minutes on a busy 2-core machine."""
     command = [
         sys.executable, "-m", "seqserve_server.cli", "serve",
         "--model-repository", str(repository), "--port", "0", "--metrics-port", "0", *args,

@@ -18,7 +18,7 @@ from seqserve_server.core.errors import ModelLoadError
 from seqserve_server.core.modes import Mode
 from seqserve_server.core.proof import ProofFailed, Reference, compare, probes, prove
 from seqserve_server.core.runtime import ModelRuntime
-from seqserve_server.core.sessions import _proven_program
+from seqserve_server.core.sessions import proven_program
 from tests.model_zoo import ZOO
 
 TOL = 1e-5
@@ -101,7 +101,7 @@ def test_a_step_program_that_differs_is_replaced_by_recompute(
         return new_state, y + (1e-3 if x.shape[1] > 4 else 0.0)  # stream windows drift
 
     monkeypatch.setattr(stepper.IncrementalProgram, "step", drifting)
-    program = _proven_program(runtime)
+    program = proven_program(runtime)
     assert program.support == "recompute"
     assert "incremental step program differs from Keras (probe batch" in program.reason
     assert "fed in chunks of 32" in program.reason  # as PredictStream feeds it

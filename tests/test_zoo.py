@@ -32,7 +32,7 @@ MAX_LENGTH = 12
 
 # Models the named tests below use, served whatever tests are selected.
 NAMED = {"time_distributed_head", "lstm_aligned", "token_classifier", "token_tagger"}
-NAMED |= {"token_unmasked_aligned"}
+NAMED |= {"token_unmasked_aligned", "token_conv_many_to_one"}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def zoo_root(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
 
 @pytest.fixture(scope="module")
 def zoo_server(zoo_root: Path) -> Iterator[ServerProcess]:
-    process = start_server(zoo_root, timeout=600)
+    process = start_server(zoo_root)
     yield process
     process.stop()
 
@@ -232,7 +232,8 @@ def test_token_session_steps_one_token_at_a_time(
 ) -> None:
     model = eager("token_unmasked_aligned")
     ids = np.array([4, 8, 15, 16, 23], np.int32)
-    assert zoo.metadata("token_unmasked_aligned").session_support == "session_incremental"
+    for name in ("token_unmasked_aligned", "token_classifier", "token_conv_many_to_one"):
+        assert zoo.metadata(name).session_support == "session_incremental", name
     with zoo.session("token_unmasked_aligned") as session:
         steps = [session.step([int(t)]) for t in ids]
     np.testing.assert_allclose(np.concatenate(steps), _keras(model, ids), atol=TOL)

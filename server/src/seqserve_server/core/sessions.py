@@ -107,7 +107,7 @@ class SessionManager:
         runtime = version.runtime
         assert runtime is not None
         try:
-            program = _proven_program(runtime)
+            program = proven_program(runtime)
         except SessionsUnsupportedError as exc:
             self._unsupported[key] = str(exc)
             return
@@ -274,7 +274,7 @@ class SessionManager:
         return SessionOutput(step, values, ranked, last)
 
 
-def _proven_program(runtime: ModelRuntime) -> StepProgram:
+def proven_program(runtime: ModelRuntime) -> StepProgram:
     """The model's step program if it equals Keras on the probes, fed as sessions and streams
     feed it; else the recompute program (through the proven compute path) if that does."""
     model, mode = runtime.model, runtime.mode.value

@@ -14,7 +14,10 @@ O(k) whatever the prefix length.
   model would compute them had the sequence ended there.
 
 Graphs that cannot be stepped exactly fall back to ``RecomputeProgram``, which keeps the input
-prefix and re-runs a compiled full-model function (same interface, O(T) per step).
+prefix and re-runs a compiled full-model function (same interface, O(T) per step). Inputs are
+float steps ``[B, k, features]`` or token ids ``[B, k]`` (an Embedding is a per-step layer).
+The server uses a program only after it passed the load-time proof (proof.py, applied by
+``sessions.proven_program``); graph access shared with the runtime lives in graph.py.
 
 This module is pure Keras/TF/numpy on purpose: the transport layer owns gRPC and protobuf.
 """
