@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from models.training import data
 from seqserve_client import SeqServeClient
 from tests.server_process import start_server
 
@@ -34,6 +35,10 @@ def example_input(name: str, rng: np.random.Generator) -> np.ndarray:
         return np.eye(10, dtype=np.float32)[[0, 3, 7]]
     if name == "digit_classifier":
         return rng.integers(0, 17, size=(4, 8, 8)).astype(np.float32)
+    if name == "word_language":  # character ids; 0 is padding, masked by the Embedding
+        ids = rng.integers(1, 60, size=(4, 9), dtype=np.int32)
+        ids[1, 5:] = ids[2, 3:] = 0
+        return ids
     weeks = {"co2_next_week": 80}.get(name, 52)
     trend = 340 + 0.03 * np.arange(weeks) + 3 * np.sin(np.arange(weeks) * 2 * np.pi / 52)
     return (trend + rng.normal(0, 0.3, size=(3, weeks)))[..., None].astype(np.float32)
@@ -56,6 +61,7 @@ def test_served_equals_in_process(bundled: SeqServeClient, name: str) -> None:
 SESSION_MODELS = [
     "co2_next_week",
     "digit_classifier",
+    "word_language",
     "co2_forecast_13w",
     "co2_forecast_13w_cropped",
 ]
@@ -84,3 +90,17 @@ def test_bundled_sessions_equal_predict(bundled: SeqServeClient, name: str) -> N
 def test_aligned_co2_model_runs_incrementally(bundled: SeqServeClient) -> None:
     """Its differencing front end (a causal convolution) keeps its window in the session."""
     assert bundled.metadata("co2_next_week").session_support == "session_incremental"
+
+
+def test_word_language_takes_ragged_words(bundled: SeqServeClient) -> None:
+    """Words as clients send them: unpadded int32 character ids of different lengths."""
+    alphabet = data.word_language_split().alphabet
+    ids = [data.char_ids(w, alphabet) for w in ["bonjour", "thanks", "Straße", "kiitos", "ñ"]]
+    model = keras.saving.load_model(MODELS / "word_language" / "1" / "model.keras", safe_mode=True)
+    expected = np.concatenate([model(x[None], training=False).numpy() for x in ids])
+    np.testing.assert_allclose(
+        bundled.predict("word_language", ids), expected, rtol=1e-5, atol=1e-6
+    )
+    labels = bundled.metadata("word_language").labels
+    top = bundled.classify("word_language", ids, top_k=1)
+    assert [t[0][0] for t in top] == [labels[i] for i in expected.argmax(-1)]

@@ -13,7 +13,7 @@ import keras
 import pytest
 import yaml
 
-from models.training import evaluate
+from models.training import data, evaluate
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 NAMES = [
@@ -23,8 +23,9 @@ NAMES = [
     "co2_next_week",
     "co2_forecast_13w",
     "co2_forecast_13w_cropped",
+    "word_language",
 ]
-MODES = {  # mode -> (input rank, output rank) including the batch axis
+MODES = {  # mode -> (input rank, output rank) including the batch axis and a feature axis
     "one_to_one": (2, 2),
     "one_to_many": (2, 3),
     "many_to_one": (3, 2),
@@ -40,6 +41,7 @@ SCORERS = {
     "co2_next_week": lambda: evaluate.co2_next_week(load("co2_next_week")),
     "co2_forecast_13w": lambda: evaluate.co2_forecast(load("co2_forecast_13w")),
     "co2_forecast_13w_cropped": lambda: evaluate.co2_forecast(load("co2_forecast_13w_cropped")),
+    "word_language": lambda: evaluate.word_language(load("word_language")),
 }
 
 
@@ -69,7 +71,8 @@ def test_config_mode_matches_shapes(name: str) -> None:
     cfg, model = config(name), load(name)
     assert cfg["mode"] in MODES
     in_shape, out_shape = tuple(model.input.shape), tuple(model.output.shape)
-    assert (len(in_shape), len(out_shape)) == MODES[cfg["mode"]]
+    token_ids = "int" in str(model.input.dtype)  # [batch, time] ids: no feature axis
+    assert (len(in_shape) + token_ids, len(out_shape)) == MODES[cfg["mode"]]
     if cfg["mode"] == "many_to_many_aligned":
         assert in_shape[1] == out_shape[1]  # same (possibly dynamic) time axis
     if cfg["mode"] == "many_to_many_unaligned":
@@ -82,10 +85,39 @@ def test_digit_classifier_accepts_partial_sequences() -> None:
     assert load("digit_classifier").input.shape[1] is None
 
 
+@cache
+def score(name: str) -> evaluate.Evaluation:
+    return SCORERS[name]()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_held_out_gate(name: str) -> None:
-    result = SCORERS[name]()
+    result = score(name)
     assert result.passed, f"{name}: {result.metric} {result.score:.4f} fails {result.gate}"
     recorded = config(name)["evaluation"]
     assert recorded["score"] == pytest.approx(result.score, abs=1e-3), "config.yaml is stale"
     assert recorded["baseline"] == pytest.approx(result.baseline, abs=1e-3)
+
+
+def test_word_language_vocabulary_is_documented_and_matches_the_model() -> None:
+    """Clients encode with config.yaml's vocabulary: it must be the one the model was scored with."""
+    vocab = config("word_language")["vocabulary"]
+    words = data.word_language_split()
+    assert vocab["alphabet"] == words.alphabet
+    assert (vocab["padding_id"], vocab["unknown_id"]) == (data.PAD_ID, data.UNKNOWN_ID)
+    assert vocab["first_char_id"] == data.FIRST_CHAR_ID
+    embedding = load("word_language").get_layer("char_embedding")
+    assert embedding.input_dim == data.FIRST_CHAR_ID + len(words.alphabet)
+    assert words.alphabet in (MODELS_DIR / "word_language" / "MODEL_CARD.md").read_text()
+    # Case-folded like wordfreq's lists, so capitals and "ß" map into the alphabet.
+    assert (
+        data.char_ids("Straße", words.alphabet).tolist()
+        == data.char_ids("strasse", vocab["alphabet"]).tolist()
+    )
+    assert data.UNKNOWN_ID not in data.char_ids("Straße", words.alphabet)
+
+
+def test_word_language_beats_majority_class_by_far() -> None:
+    result = score("word_language")
+    assert result.score > 5 * result.baseline
+    assert result.extra["accuracy_char_1_5_gram_naive_bayes"] > result.baseline  # baseline is real

@@ -10,12 +10,14 @@ import numpy as np
 SHADES = " .:-=+*#%@"  # light to dark, for 0..16 pixel intensities
 
 
-def parse_args(description: str, plot: bool = False) -> argparse.Namespace:
-    """--target host:port of a running seqserve (and --out for examples that plot)."""
+def parse_args(description: str, plot: bool = False, words: bool = False) -> argparse.Namespace:
+    """--target host:port of a running seqserve (--out for examples that plot, words to send)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--target", default="127.0.0.1:8500", help="seqserve host:port")
     if plot:
         parser.add_argument("--out", type=Path, default=None, help="PNG path to write")
+    if words:
+        parser.add_argument("words", nargs="*", help="words to classify (default: held-out ones)")
     return parser.parse_args()
 
 

@@ -142,6 +142,7 @@ def write_artifact(a: Artifact) -> Path:
     if size >= MAX_MODEL_BYTES:
         raise ValueError(f"{path} is {size} bytes, over the 2 MB limit")
     with open(root / "config.yaml", "w") as f:
-        yaml.safe_dump(config_dict(a), f, sort_keys=False, width=100, default_flow_style=None)
+        options = {"sort_keys": False, "width": 100, "default_flow_style": None}
+        yaml.safe_dump(config_dict(a), f, allow_unicode=True, **options)
     (root / "MODEL_CARD.md").write_text(model_card(a, size))
     return path

@@ -20,6 +20,7 @@ DIGIT_MIN_ACCURACY = 0.97
 GENERATOR_MIN_AGREEMENT = 0.95
 NEXT_WEEK_MAX_RATIO = 0.80
 FORECAST_MAX_RATIO = 0.75
+WORD_LANGUAGE_MIN_ACCURACY = 0.75
 
 
 @dataclass
@@ -132,4 +133,21 @@ def co2_forecast(model: keras.Model) -> Evaluation:
         f"rmse <= {FORECAST_MAX_RATIO} x best of persistence, seasonal naive, seasonal naive "
         "with drift",
         score <= FORECAST_MAX_RATIO * baselines[best], extra,
+    )  # fmt: skip
+
+
+def word_language(model: keras.Model) -> Evaluation:
+    """Accuracy on the held-out 20% of words, beside majority class and char n-gram naive Bayes."""
+    s = data.word_language_split()
+    x = data.padded_char_ids(s.test, s.alphabet)
+    probs = np.concatenate([_predict(model, x[i : i + 2048]) for i in range(0, len(x), 2048)])
+    acc = float(np.mean(probs.argmax(-1) == s.y_test))
+    majority = float(np.mean(s.y_test == np.bincount(s.y_train).argmax()))
+    bayes = float(np.mean(data.word_language_naive_bayes() == s.y_test))
+    return Evaluation(
+        "accuracy", acc, "majority class", majority,
+        f"stratified 80/20 train/held-out split of {len(s.train) + len(s.test)} words "
+        f"(seed {data.SEED})",
+        f"accuracy >= {WORD_LANGUAGE_MIN_ACCURACY}", acc >= WORD_LANGUAGE_MIN_ACCURACY,
+        {"accuracy_char_1_5_gram_naive_bayes": bayes},
     )  # fmt: skip

@@ -21,6 +21,7 @@ from models.training import (
     digit_classifier,
     digit_generator,
     iris_classifier,
+    word_language,
 )
 from models.training.common import MODELS_DIR, Artifact, timed, write_artifact
 
@@ -31,6 +32,7 @@ DATA_NAMES = {
     "co2_next_week": "statsmodels co2 (weekly)",
     "co2_forecast_13w": "statsmodels co2 (weekly)",
     "co2_forecast_13w_cropped": "statsmodels co2 (weekly)",
+    "word_language": "wordfreq word lists",
 }
 
 
@@ -41,6 +43,7 @@ def train_everything() -> list[Artifact]:
     artifacts += [classifier, timed(lambda: digit_generator.train(classifier.model))]
     for module in (co2_next_week, co2_forecast_13w, co2_forecast_13w_cropped):
         artifacts.append(timed(module.train))
+    artifacts.append(timed(word_language.train))
     return artifacts
 
 
@@ -54,11 +57,13 @@ def readme(artifacts: list[Artifact]) -> str:
     )
     return f"""# Bundled models
 
-Pretrained Keras 3 recurrent models served by seqserve, one per sequence mode. Each directory
-holds `config.yaml` (mode, labels, limits, measured evaluation), `1/model.keras` (version 1)
-and `MODEL_CARD.md` (data, split, metric, baseline, input/output meaning and units). All
-preprocessing is inside the models with built-in layers: clients send raw values, and every
-file loads with `keras.saving.load_model(path, safe_mode=True)`.
+Pretrained Keras 3 recurrent models served by seqserve, one per sequence mode, plus a token-id
+model (`word_language`: integer character ids into an `Embedding`). Each directory holds
+`config.yaml` (mode, labels, limits, measured evaluation), `1/model.keras` (version 1) and
+`MODEL_CARD.md` (data, split, metric, baselines, input/output meaning and units). All
+preprocessing is inside the models with built-in layers: clients send raw values (for
+`word_language`, character ids by the mapping in its `config.yaml` under `vocabulary`, also in
+its card), and every file loads with `keras.saving.load_model(path, safe_mode=True)`.
 
 Scores are on held-out data the model never trained on (lower is better for rmse):
 
@@ -69,9 +74,9 @@ Scores are on held-out data the model never trained on (lower is better for rmse
 
     make models        # = .venv/bin/python -m models.training.train_all
 
-Retrains all models deterministically on CPU (about 3-5 minutes on 2 cores; identical weights
-and `.keras` bytes on every run), rewrites each `config.yaml`, `MODEL_CARD.md` and this file,
-and exits non-zero if a quality gate fails.
+Retrains all models deterministically on CPU (about 10-15 minutes on 2 busy cores, 3 of them
+`word_language`; identical weights and `.keras` bytes on every run), rewrites each
+`config.yaml`, `MODEL_CARD.md` and this file, and exits non-zero if a quality gate fails.
 `tests/test_model_quality.py` reloads the shipped files and re-checks every gate.
 Code: `models/training/` (`data.py` datasets and baselines, `evaluate.py` gates, `common.py`
 seeding and file writing, one module per model).
@@ -82,6 +87,7 @@ With a server running (`make serve`), each model has a client example using real
 inputs:
 
     .venv/bin/python -m models.examples.<model_name> --target 127.0.0.1:8500
+    .venv/bin/python -m models.examples.word_language bonjour thanks Straße   # any words
 """
 
 
