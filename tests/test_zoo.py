@@ -202,6 +202,16 @@ def test_metadata_lists_every_output(zoo: SeqServeClient) -> None:
     assert [s.name for s in single.outputs] == ["output"] and single.output.shape == (-1, -1, 2)
 
 
+def test_readme_several_outputs_example_runs(zoo: SeqServeClient) -> None:
+    """The README's several-outputs snippet, run as written against the zoo's two_heads."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("<!-- readme-several-outputs", 1)[1].split("```python\n", 1)[1]
+    scope: dict = {"client": zoo, "np": np}
+    exec(block.split("```", 1)[0], scope)  # the project's own README
+    assert scope["label"].shape == (2, 3) and scope["value"].shape == (2, 1)
+    assert scope["names"] == ["label", "value"]
+
+
 def test_sessions_refuse_several_outputs_with_the_reason(zoo: SeqServeClient) -> None:
     meta = zoo.metadata("two_heads")
     assert meta.session_support == "session_unsupported"
