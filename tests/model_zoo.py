@@ -400,6 +400,25 @@ def one_to_many_generator() -> keras.Model:
     return keras.Model(inp, layers.TimeDistributed(layers.Dense(2))(x))
 
 
+@_seeded
+def two_heads() -> keras.Model:
+    """A classification head and a regression head on one LSTM summary."""
+    inp = keras.Input((None, FEATURES))
+    summary = layers.LSTM(8)(inp)
+    label = layers.Dense(3, activation="softmax", name="label")(summary)
+    value = layers.Dense(1, name="value")(summary)
+    return keras.Model(inp, [label, value])
+
+
+@_seeded
+def two_heads_aligned() -> keras.Model:
+    """Two per-step heads (a dict of outputs): a tag distribution and a value per step."""
+    inp = keras.Input((None, FEATURES))
+    x = layers.GRU(8, return_sequences=True)(inp)
+    tags = layers.Dense(2, activation="softmax")(x)
+    return keras.Model(inp, {"tag": tags, "level": layers.Dense(1)(x)})
+
+
 ZOO: dict[str, tuple[Builder, str, int | None]] = {
     "lstm_aligned": (lstm_aligned, "many_to_many_aligned", None),
     "gru_aligned": (gru_aligned, "many_to_many_aligned", None),
@@ -440,5 +459,8 @@ ZOO.update(
         "layer_norm_many_to_one": (layer_norm_many_to_one, "many_to_one", None),
         "one_to_many_generator": (one_to_many_generator, "one_to_many", None),
         "dense_one_to_one": (dense_one_to_one, "one_to_one", None),
+        "two_heads": (two_heads, "many_to_one", None),
+        "two_heads_aligned": (two_heads_aligned, "many_to_many_aligned", None),
     }
 )  # fmt: skip
+SEVERAL_OUTPUTS = {"two_heads", "two_heads_aligned"}  # served by name; no sessions

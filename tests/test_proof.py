@@ -142,3 +142,36 @@ def test_integer_input_without_embedding_takes_the_stated_mode(tmp_path: Path) -
     assert ModelRuntime.load(tmp_path / "m.keras").mode is Mode.ONE_TO_ONE
     stated = ModelRuntime.load(tmp_path / "m.keras", Mode.MANY_TO_ONE)
     assert stated.mode is Mode.MANY_TO_ONE and stated.signature.fixed_steps == 6
+
+
+def _save(model: keras.Model, root: Path, name: str) -> Path:
+    path = root / f"{name}.keras"
+    model.save(path)
+    return path
+
+
+def test_outputs_of_different_kinds_are_refused_naming_them(tmp_path: Path) -> None:
+    inp = keras.Input((None, 3))
+    steps = keras.layers.LSTM(4, return_sequences=True)(inp)
+    summary = keras.layers.GlobalAveragePooling1D()(steps)
+    model = keras.Model(inp, [keras.layers.Dense(2, name="per_step")(steps), summary])
+    with pytest.raises(ModelLoadError, match=r"all vectors or all sequences.*per_step \[None, 2\]"):
+        ModelRuntime.load(_save(model, tmp_path, "mixed"))
+
+
+def test_several_inputs_are_refused_with_the_reason(tmp_path: Path) -> None:
+    seq, static = keras.Input((None, 3)), keras.Input((2,))
+    merged = keras.layers.Concatenate()([keras.layers.LSTM(4)(seq), static])
+    model = keras.Model([seq, static], keras.layers.Dense(1)(merged))
+    with pytest.raises(ModelLoadError, match="one input; this one has 2 inputs"):
+        ModelRuntime.load(_save(model, tmp_path, "two_inputs"))
+
+
+def test_several_outputs_are_computed_packed_and_split_by_name(saved: Callable) -> None:
+    runtime = ModelRuntime.load(saved("two_heads"))
+    assert runtime.signature.output_names == ("label", "value")
+    x = np.random.default_rng(2).normal(size=(4, 7, 3)).astype(np.float32)
+    label, value = runtime.model(x, training=False)
+    split = runtime.signature.split(runtime.compute(x))
+    np.testing.assert_allclose(split["label"], keras.ops.convert_to_numpy(label), atol=TOL)
+    np.testing.assert_allclose(split["value"], keras.ops.convert_to_numpy(value), atol=TOL)

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from seqserve_client import SeqServeClient
-from seqserve_client.errors import InvalidInputError
-from tests.model_zoo import STEPPER_CASES, VOCAB, ZOO
+from seqserve_client.errors import FailedPreconditionError, InvalidInputError
+from tests.model_zoo import SEVERAL_OUTPUTS, STEPPER_CASES, VOCAB, ZOO
 from tests.server_process import ServerProcess, start_server
 
 TOL = 1e-5
@@ -32,7 +32,7 @@ MAX_LENGTH = 12
 
 # Models the named tests below use, served whatever tests are selected.
 NAMED = {"time_distributed_head", "lstm_aligned", "token_classifier", "token_tagger"}
-NAMED |= {"token_unmasked_aligned", "token_conv_many_to_one"}
+NAMED |= {"token_unmasked_aligned", "token_conv_many_to_one"} | SEVERAL_OUTPUTS
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,19 @@ def _keras(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return keras.ops.convert_to_numpy(model(x[np.newaxis], training=False))[0]
 
 
+def _keras_by_name(model: keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of the model on one input by output name ("" for a single output)."""
+    out = model(x[np.newaxis], training=False)
+    if isinstance(out, dict):
+        return {k: keras.ops.convert_to_numpy(v)[0] for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return {
+            k: keras.ops.convert_to_numpy(v)[0]
+            for k, v in zip(model.output_names, out, strict=True)
+        }
+    return {"": keras.ops.convert_to_numpy(out)[0]}
+
+
 def _inputs(name: str, model: keras.Model, rng: np.random.Generator) -> list[np.ndarray]:
     """1-4 inputs: vectors, or sequences of random (or the fixed) lengths; token ids with
     padding ids among them, float steps with some all-zero (masked) steps."""
@@ -119,28 +132,36 @@ def test_zoo_is_wide() -> None:
 def test_predict_and_stream_equal_keras(
     name: str, zoo: SeqServeClient, eager: functools._lru_cache_wrapper
 ) -> None:
+    """Models with several outputs answer by output name, in Predict and PredictStream."""
     model = eager(name)
     rng = np.random.default_rng(_seed(name))
     inputs = _inputs(name, model, rng)
-    want = [_keras(model, x) for x in inputs]
+    want = [_keras_by_name(model, x) for x in inputs]
     meta = zoo.metadata(name)
     assert meta.mode == ZOO[name][1], meta
     assert meta.compute_path in ("traced", "graph", "per_length") and "equals Keras" in meta.proof
 
     served = zoo.predict(name, inputs)
-    assert len(served) == len(want)
-    for got, ref in zip(served, want, strict=True):
-        np.testing.assert_allclose(got, ref, atol=TOL, rtol=TOL)
+    by_name = served if isinstance(served, dict) else {"": served}
+    assert set(by_name) == set(want[0])
+    for output, outputs in by_name.items():
+        assert len(outputs) == len(want)
+        for got, ref in zip(outputs, want, strict=True):
+            np.testing.assert_allclose(got, ref[output], atol=TOL, rtol=TOL)
 
-    parts: dict[int, list[np.ndarray]] = {}
+    parts: dict[tuple[str, int], list[np.ndarray]] = {}
     for part in zoo.predict_stream(name, inputs):
-        parts.setdefault(part.input_index, []).append(part.values)
-    for index, ref in enumerate(want):
-        got = np.stack(parts[index]) if ref.ndim == 2 else parts[index][0]
-        np.testing.assert_allclose(got, ref, atol=TOL, rtol=TOL)
+        parts.setdefault((part.output_name, part.input_index), []).append(part.values)
+    for index, refs in enumerate(want):
+        for output, ref in refs.items():
+            got = parts[output, index]
+            got_array = np.stack(got) if ref.ndim == 2 else got[0]
+            np.testing.assert_allclose(got_array, ref, atol=TOL, rtol=TOL)
 
 
-@pytest.mark.parametrize("name", _cases([n for n in ZOO if ZOO[n][1].startswith("many")]))
+@pytest.mark.parametrize(
+    "name", _cases([n for n in ZOO if ZOO[n][1].startswith("many") and n not in SEVERAL_OUTPUTS])
+)
 def test_sessions_equal_keras_on_each_prefix(
     name: str, zoo: SeqServeClient, eager: functools._lru_cache_wrapper
 ) -> None:
@@ -165,6 +186,38 @@ def test_sessions_equal_keras_on_each_prefix(
             session.step(x[start:])
         if mode == "many_to_many_unaligned":
             np.testing.assert_allclose(session.end_input(), _keras(model, x), atol=TOL)
+
+
+def test_metadata_lists_every_output(zoo: SeqServeClient) -> None:
+    meta = zoo.metadata("two_heads")
+    assert [(s.name, s.shape, s.sequence) for s in meta.outputs] == [
+        ("label", (-1, 3), False),
+        ("value", (-1, 1), False),
+    ]
+    assert [(s.name, s.shape, s.sequence) for s in meta.inputs] == [("input", (-1, -1, 3), True)]
+    aligned = zoo.metadata("two_heads_aligned")
+    assert {s.name: s.shape for s in aligned.outputs} == {"tag": (-1, -1, 2), "level": (-1, -1, 1)}
+    assert all(s.sequence for s in aligned.outputs)
+    single = zoo.metadata("lstm_aligned")
+    assert [s.name for s in single.outputs] == ["output"] and single.output.shape == (-1, -1, 2)
+
+
+def test_readme_several_outputs_example_runs(zoo: SeqServeClient) -> None:
+    """The README's several-outputs snippet, run as written against the zoo's two_heads."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("<!-- readme-several-outputs", 1)[1].split("```python\n", 1)[1]
+    scope: dict = {"client": zoo, "np": np}
+    exec(block.split("```", 1)[0], scope)  # the project's own README
+    assert scope["label"].shape == (2, 3) and scope["value"].shape == (2, 1)
+    assert scope["names"] == ["label", "value"]
+
+
+def test_sessions_refuse_several_outputs_with_the_reason(zoo: SeqServeClient) -> None:
+    meta = zoo.metadata("two_heads")
+    assert meta.session_support == "session_unsupported"
+    assert "several" in meta.session_reason
+    with pytest.raises(FailedPreconditionError), zoo.session("two_heads") as session:
+        session.step(np.zeros((2, 3), np.float32))
 
 
 def test_time_distributed_head_runs_the_graph_path(zoo: SeqServeClient) -> None:

@@ -25,7 +25,7 @@ from .errors import from_rpc_error
 from .results import (
     ModelMetadata,
     ModelStatus,
-    Outputs,
+    Predicted,
     Prediction,
     StreamPart,
     metadata_from_proto,
@@ -74,7 +74,7 @@ class AsyncSeqServeClient:
 
     async def predict(
         self, model: str, inputs: Inputs, *, version: int = 0, timeout: float | None = None
-    ) -> Outputs:
+    ) -> Predicted:
         return (await self.predict_full(model, inputs, version=version, timeout=timeout)).outputs
 
     async def classify(

@@ -19,6 +19,7 @@ from .results import (
     ModelMetadata,
     ModelStatus,
     Outputs,
+    Predicted,
     Prediction,
     StreamPart,
     metadata_from_proto,
@@ -73,8 +74,9 @@ class SeqServeClient:
 
     def predict(
         self, model: str, inputs: Inputs, *, version: int = 0, timeout: float | None = None
-    ) -> Outputs:
-        """Outputs as numpy: one array [batch, ...], or a list when output lengths differ."""
+    ) -> Predicted:
+        """Outputs as numpy: one array [batch, ...], or a list when output lengths differ; a
+        dict of them by output name for a model with several outputs."""
         return self.predict_full(model, inputs, version=version, timeout=timeout).outputs
 
     def classify(
@@ -164,6 +166,16 @@ class SeqServeClient:
             raise from_rpc_error(exc) from None
 
 
+def _output_from(message: pb.PredictResponse | pb.Output) -> Outputs:
+    if message.WhichOneof("output") == "vectors":
+        return from_tensor(message.vectors.values)
+    values = from_tensor(message.sequences.values)
+    lengths = list(message.sequences.lengths)
+    if lengths and all(n == lengths[0] for n in lengths):
+        return values.reshape(len(lengths), lengths[0], *values.shape[1:])
+    return split_sequences(values, lengths)
+
+
 def predict_request(model: str, inputs: Inputs, version: int, top_k: int) -> pb.PredictRequest:
     return pb.PredictRequest(
         model_name=model, model_version=version, inputs=encode_inputs(inputs), top_k=top_k
@@ -171,17 +183,13 @@ def predict_request(model: str, inputs: Inputs, version: int, top_k: int) -> pb.
 
 
 def prediction_from(response: pb.PredictResponse) -> Prediction:
+    """Outputs as numpy; a dict of them by name for a model with several outputs."""
     ranked = [top_k_pairs(t) for t in response.top_k]
-    kind = response.WhichOneof("output")
-    if kind == "vectors":
-        outputs: Outputs = from_tensor(response.vectors.values)
+    outputs: Predicted
+    if response.named_outputs:
+        outputs = {name: _output_from(o) for name, o in sorted(response.named_outputs.items())}
     else:
-        values = from_tensor(response.sequences.values)
-        lengths = list(response.sequences.lengths)
-        if lengths and all(n == lengths[0] for n in lengths):
-            outputs = values.reshape(len(lengths), lengths[0], *values.shape[1:])
-        else:
-            outputs = split_sequences(values, lengths)
+        outputs = _output_from(response)
     return Prediction(
         response.model_name, response.model_version, mode_name(response.mode), outputs, ranked
     )

@@ -11,6 +11,8 @@ from seqserve.v1 import seqserve_pb2 as pb
 from .tensors import from_tensor
 
 Outputs = np.ndarray | list[np.ndarray]
+# What predict returns: the outputs, or for a model with several outputs a dict of them by name.
+Predicted = Outputs | dict[str, Outputs]
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,7 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple[int, ...]  # -1: any size
+    sequence: bool = False  # [batch, time, ...] rather than [batch, ...]
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,9 @@ class Prediction:
     model: str
     version: int
     mode: str
-    outputs: Outputs  # [batch, ...] when every output has the same shape, else a list
+    # [batch, ...] when every output has the same shape, else a list; by name (a dict) for a
+    # model with several outputs
+    outputs: Predicted
     top_k: list[list[tuple[str, float]]] = field(default_factory=list)
 
 
@@ -38,6 +43,7 @@ class StreamPart:
     last: bool
     values: np.ndarray
     top_k: list[tuple[str, float]] = field(default_factory=list)
+    output_name: str = ""  # models with several outputs: which output `values` is
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,8 @@ class ModelMetadata:
     max_request_elements: int = 0
     max_inputs_per_request: int = 0
     max_message_bytes: int = 0
+    inputs: tuple[TensorSpec, ...] = ()  # every input and output by name
+    outputs: tuple[TensorSpec, ...] = ()
 
 
 def mode_name(value: pb.Mode.ValueType) -> str:
@@ -81,7 +89,8 @@ def mode_name(value: pb.Mode.ValueType) -> str:
 
 
 def spec_from_proto(spec: pb.TensorSpec) -> TensorSpec:
-    return TensorSpec(spec.name, pb.DataType.Name(spec.dtype).lower(), tuple(spec.shape))
+    dtype = pb.DataType.Name(spec.dtype).lower()
+    return TensorSpec(spec.name, dtype, tuple(spec.shape), spec.sequence)
 
 
 def top_k_pairs(ranked: pb.TopK) -> list[tuple[str, float]]:
@@ -112,6 +121,8 @@ def metadata_from_proto(m: pb.GetModelMetadataResponse) -> ModelMetadata:
         max_request_elements=m.max_request_elements,
         max_inputs_per_request=m.max_inputs_per_request,
         max_message_bytes=m.max_message_bytes,
+        inputs=tuple(spec_from_proto(s) for s in m.inputs),
+        outputs=tuple(spec_from_proto(s) for s in m.outputs),
     )
 
 
@@ -128,5 +139,10 @@ def status_from_proto(s: pb.ModelStatus) -> ModelStatus:
 
 def stream_part_from(part: pb.PredictStreamResponse) -> StreamPart:
     return StreamPart(
-        part.input_index, part.step, part.last, from_tensor(part.values), top_k_pairs(part.top_k)
+        part.input_index,
+        part.step,
+        part.last,
+        from_tensor(part.values),
+        top_k_pairs(part.top_k),
+        part.output_name,
     )

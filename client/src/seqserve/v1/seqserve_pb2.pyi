@@ -214,8 +214,11 @@ class TensorSpec(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
     SHAPE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     dtype: Global___DataType.ValueType
+    sequence: _builtins.bool
+    """a sequence ([batch, time, ...]) rather than a static tensor ([batch, ...])"""
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -224,10 +227,11 @@ class TensorSpec(_message.Message):
         name: _builtins.str = ...,
         dtype: Global___DataType.ValueType = ...,
         shape: _abc.Iterable[_builtins.int] | None = ...,
+        sequence: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "name", b"name", "shape", b"shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "name", b"name", "sequence", b"sequence", "shape", b"shape"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -353,12 +357,34 @@ Global___SequenceOutput: _TypeAlias = SequenceOutput  # noqa: Y015
 class PredictResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class NamedOutputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Output: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Output | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     VECTORS_FIELD_NUMBER: _builtins.int
     SEQUENCES_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
+    NAMED_OUTPUTS_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
     mode: Global___Mode.ValueType
@@ -372,6 +398,10 @@ class PredictResponse(_message.Message):
         rows of `vectors` or of the steps of `sequences`.
         """
 
+    @_builtins.property
+    def named_outputs(self) -> _containers.MessageMap[_builtins.str, Global___Output]:
+        """Models with several outputs: every output by name (`vectors`/`sequences` are then unset)."""
+
     def __init__(
         self,
         *,
@@ -381,16 +411,45 @@ class PredictResponse(_message.Message):
         vectors: Global___VectorOutput | None = ...,
         sequences: Global___SequenceOutput | None = ...,
         top_k: _abc.Iterable[Global___TopK] | None = ...,
+        named_outputs: _abc.Mapping[_builtins.str, Global___Output] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "sequences", b"sequences", "vectors", b"vectors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "model_name", b"model_name", "model_version", b"model_version", "output", b"output", "sequences", b"sequences", "top_k", b"top_k", "vectors", b"vectors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "model_name", b"model_name", "model_version", b"model_version", "named_outputs", b"named_outputs", "output", b"output", "sequences", b"sequences", "top_k", b"top_k", "vectors", b"vectors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_output: _TypeAlias = _typing.Literal["vectors", "sequences"]  # noqa: Y015
     _WhichOneofArgType_output: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_output) -> _WhichOneofReturnType_output | None: ...
 
 Global___PredictResponse: _TypeAlias = PredictResponse  # noqa: Y015
+
+@_typing.final
+class Output(_message.Message):
+    """One named output of a model with several outputs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTORS_FIELD_NUMBER: _builtins.int
+    SEQUENCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vectors(self) -> Global___VectorOutput: ...
+    @_builtins.property
+    def sequences(self) -> Global___SequenceOutput: ...
+    def __init__(
+        self,
+        *,
+        vectors: Global___VectorOutput | None = ...,
+        sequences: Global___SequenceOutput | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "sequences", b"sequences", "vectors", b"vectors"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "sequences", b"sequences", "vectors", b"vectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_output: _TypeAlias = _typing.Literal["vectors", "sequences"]  # noqa: Y015
+    _WhichOneofArgType_output: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_output) -> _WhichOneofReturnType_output | None: ...
+
+Global___Output: _TypeAlias = Output  # noqa: Y015
 
 @_typing.final
 class PredictStreamResponse(_message.Message):
@@ -406,6 +465,7 @@ class PredictStreamResponse(_message.Message):
     LAST_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
+    OUTPUT_NAME_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
     mode: Global___Mode.ValueType
@@ -415,6 +475,10 @@ class PredictStreamResponse(_message.Message):
     """step of the output sequence (0 for vector outputs)"""
     last: _builtins.bool
     """the last part for this input"""
+    output_name: _builtins.str
+    """Models with several outputs: which output `values` belongs to (one message per output
+    for each vector or step; empty for single-output models).
+    """
     @_builtins.property
     def values(self) -> Global___Tensor:
         """[features...]"""
@@ -432,10 +496,11 @@ class PredictStreamResponse(_message.Message):
         last: _builtins.bool = ...,
         values: Global___Tensor | None = ...,
         top_k: Global___TopK | None = ...,
+        output_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["top_k", b"top_k", "values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_index", b"input_index", "last", b"last", "mode", b"mode", "model_name", b"model_name", "model_version", b"model_version", "step", b"step", "top_k", b"top_k", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_index", b"input_index", "last", b"last", "mode", b"mode", "model_name", b"model_name", "model_version", b"model_version", "output_name", b"output_name", "step", b"step", "top_k", b"top_k", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -568,6 +633,8 @@ class GetModelMetadataResponse(_message.Message):
     MAX_REQUEST_ELEMENTS_FIELD_NUMBER: _builtins.int
     MAX_INPUTS_PER_REQUEST_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """the version described"""
@@ -612,6 +679,14 @@ class GetModelMetadataResponse(_message.Message):
     def output(self) -> Global___TensorSpec: ...
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]:
+        """Every input and output by name, each marked sequence or static (`input`/`output` describe
+        the single-output view: for a model with several outputs, `output` is empty).
+        """
+
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]: ...
     def __init__(
         self,
         *,
@@ -637,10 +712,12 @@ class GetModelMetadataResponse(_message.Message):
         max_request_elements: _builtins.int = ...,
         max_inputs_per_request: _builtins.int = ...,
         max_message_bytes: _builtins.int = ...,
+        inputs: _abc.Iterable[Global___TensorSpec] | None = ...,
+        outputs: _abc.Iterable[Global___TensorSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_path", b"compute_path", "description", b"description", "error", b"error", "input", b"input", "labels", b"labels", "max_batch_size", b"max_batch_size", "max_inputs_per_request", b"max_inputs_per_request", "max_message_bytes", b"max_message_bytes", "max_request_elements", b"max_request_elements", "max_sequence_length", b"max_sequence_length", "max_sessions", b"max_sessions", "mode", b"mode", "name", b"name", "open_sessions", b"open_sessions", "output", b"output", "proof", b"proof", "session_reason", b"session_reason", "session_support", b"session_support", "state", b"state", "streams_steps", b"streams_steps", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_path", b"compute_path", "description", b"description", "error", b"error", "input", b"input", "inputs", b"inputs", "labels", b"labels", "max_batch_size", b"max_batch_size", "max_inputs_per_request", b"max_inputs_per_request", "max_message_bytes", b"max_message_bytes", "max_request_elements", b"max_request_elements", "max_sequence_length", b"max_sequence_length", "max_sessions", b"max_sessions", "mode", b"mode", "name", b"name", "open_sessions", b"open_sessions", "output", b"output", "outputs", b"outputs", "proof", b"proof", "session_reason", b"session_reason", "session_support", b"session_support", "state", b"state", "streams_steps", b"streams_steps", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

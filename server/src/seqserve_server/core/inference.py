@@ -35,6 +35,7 @@ class Prediction:
     mode: Mode
     outputs: Batch  # one vector or one sequence per input, in request order
     top_k: list[TopK] | None = None
+    named: dict[str, Batch] | None = None  # models with several outputs: `outputs` by name
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,11 @@ class InferenceService:
         check_top_k(k, target.config.labels, "top_k")
         outputs = await self._run(target, batch, deadline)
         ranked = _rank(outputs.values, target.config.labels, k) if k else None
-        return Prediction(target.name, target.version, runtime.mode, outputs, ranked)
+        named = None
+        if runtime.signature.several_outputs:
+            split = runtime.signature.split(outputs.values)
+            named = {name: Batch(values, outputs.lengths) for name, values in split.items()}
+        return Prediction(target.name, target.version, runtime.mode, outputs, ranked, named)
 
     async def predict_parts(
         self,

@@ -50,6 +50,19 @@ class Signature:
     output_dtype: np.dtype
     tokens: bool = False
     vocabulary: int | None = None
+    # Several outputs: their names and widths. They are computed packed along the feature axis
+    # (`output_shape` is the packed shape), so batching, the proof and streams see one array.
+    output_names: tuple[str, ...] = ()
+    output_widths: tuple[int, ...] = ()
+
+    @property
+    def several_outputs(self) -> bool:
+        return len(self.output_names) > 1
+
+    def split(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        """Packed outputs (feature axis last) by output name."""
+        ends = np.cumsum(self.output_widths)[:-1]
+        return dict(zip(self.output_names, np.split(values, ends, axis=-1), strict=True))
 
     @property
     def features(self) -> int | None:
@@ -81,7 +94,9 @@ class ModelRuntime:
         self.input_kind = InputKind(
             signature.input_shape, signature.input_dtype, mode.takes_sequence, signature.vocabulary
         )
-        self.reference = Reference(lambda x: keras.ops.convert_to_numpy(model(x, training=False)))
+        self.reference = Reference(
+            lambda x: keras.ops.convert_to_numpy(self._packed(model(x, training=False)))
+        )
         self.compute_path, self.proof = self._proven_path()
 
     @classmethod
@@ -128,6 +143,17 @@ class ModelRuntime:
         why = "; ".join(failures)
         raise ModelLoadError(f"no compiled path computes what Keras computes: {why}")
 
+    def _packed(self, outputs: object) -> tf.Tensor:
+        """One tensor: the output, or several outputs (list or dict) packed by feature axis."""
+        if not self.signature.several_outputs:
+            return outputs
+        if isinstance(outputs, dict):
+            outputs = [outputs[name] for name in self.signature.output_names]
+        return tf.concat(list(outputs), axis=-1)  # type: ignore[call-overload]
+
+    def _call(self, x: tf.Tensor) -> tf.Tensor:
+        return self._packed(self.model(x, training=False))
+
     def _spec(self, steps: int | None = None) -> tf.TensorSpec:
         shape = list(self.signature.input_shape)
         if steps is not None:
@@ -136,14 +162,15 @@ class ModelRuntime:
 
     def _traced(self) -> Compute:
         """Keras' own call traced once with dynamic batch and time axes."""
-        model = self.model
-        fn = tf.function(lambda x: model(x, training=False), input_signature=[self._spec()])
+        fn = tf.function(self._call, input_signature=[self._spec()])
         # Calling the concrete function skips tf.function's dispatch: ~0.7 vs ~1.2 ms at batch 1.
         return _numpy_fn(fn.get_concrete_function())
 
     def _graph(self) -> Compute:
         """The functional graph run node by node (graph.py replaces wrong graph-mode layers)."""
         graph = graph_of(self.model)
+        if self.signature.several_outputs:
+            raise GraphError("the node-by-node path runs single-output models")
         fn = tf.function(lambda x: run_graph(graph, x), input_signature=[self._spec()])
         return _numpy_fn(fn.get_concrete_function())
 
@@ -151,7 +178,7 @@ class ModelRuntime:
         """One function per input length (static time axis), least recently used dropped."""
         if self.signature.input_shape[0] is not None or not self.mode.takes_sequence:
             raise ProofFailed("the time axis is already static")
-        return _PerLength(self.model, self._spec)
+        return _PerLength(self._call, self._spec)
 
     # -- checks ----------------------------------------------------------------------------
 
@@ -231,8 +258,10 @@ def _numpy_fn(concrete: Callable[[tf.Tensor], tf.Tensor]) -> Compute:
 class _PerLength:
     """Concrete functions keyed by input length, the `PER_LENGTH_CACHE` most recent kept."""
 
-    def __init__(self, model: keras.Model, spec: Callable[[int | None], tf.TensorSpec]) -> None:
-        self._model = model
+    def __init__(
+        self, call: Callable[[tf.Tensor], tf.Tensor], spec: Callable[[int | None], tf.TensorSpec]
+    ) -> None:
+        self._call = call
         self._spec = spec
         self._fns: OrderedDict[int, Callable[[tf.Tensor], tf.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
@@ -246,9 +275,7 @@ class _PerLength:
             if fn is not None:
                 self._fns.move_to_end(steps)
                 return fn
-        model = self._model
-        spec = self._spec(steps)
-        fn = tf.function(lambda x: model(x, training=False), [spec]).get_concrete_function()
+        fn = tf.function(self._call, [self._spec(steps)]).get_concrete_function()
         with self._lock:
             self._fns[steps] = fn
             while len(self._fns) > PER_LENGTH_CACHE:
@@ -273,21 +300,60 @@ def _load_keras(path: Path) -> keras.Model:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # keras raises many types for corrupt or unsafe files
         raise ModelLoadError(f"cannot load {path.name}: {type(exc).__name__}: {exc}") from exc
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    if len(model.inputs) != 1:
         raise ModelLoadError(
-            f"seqserve serves models with one input and one output; this one has "
-            f"{len(model.inputs)} inputs and {len(model.outputs)} outputs"
+            f"seqserve serves models with one input; this one has {len(model.inputs)} inputs"
         )
     return model
 
 
 def _signature(model: keras.Model) -> Signature:
-    inp, out = model.inputs[0], model.outputs[0]
-    return Signature(
+    inp, outs = model.inputs[0], list(model.outputs)
+    shapes = [tuple(out.shape[1:]) for out in outs]
+    dtypes = {np.dtype(keras.backend.standardize_dtype(out.dtype)) for out in outs}
+    signature = Signature(
         input_shape=tuple(inp.shape[1:]),
-        output_shape=tuple(out.shape[1:]),
+        output_shape=shapes[0],
         input_dtype=np.dtype(keras.backend.standardize_dtype(inp.dtype)),
-        output_dtype=np.dtype(keras.backend.standardize_dtype(out.dtype)),
+        output_dtype=dtypes.pop(),
+    )
+    if len(outs) == 1:
+        return signature
+    return _several_outputs(signature, _output_names(model), shapes, dtypes)
+
+
+def _output_names(model: keras.Model) -> list[str]:
+    """Names in the order of `model.outputs`: a dict's keys for dict outputs (what calling the
+    model returns), else the output layers' names."""
+    structure = model.output
+    if not isinstance(structure, dict):
+        return list(model.output_names)
+    key_of = {id(tensor): key for key, tensor in structure.items()}
+    return [key_of[id(tensor)] for tensor in model.outputs]
+
+
+def _several_outputs(
+    signature: Signature,
+    names: list[str],
+    shapes: list[tuple[int | None, ...]],
+    other_dtypes: set[np.dtype],
+) -> Signature:
+    """Outputs of one kind (all vectors, or all sequences of the input's steps) of one dtype are
+    served packed; others are refused with the reason."""
+    leading = {shape[:-1] for shape in shapes}
+    widths = [shape[-1] for shape in shapes]
+    if len(leading) != 1 or other_dtypes or any(w is None for w in widths):
+        described = ", ".join(f"{n} {list(s)}" for n, s in zip(names, shapes, strict=True))
+        raise ModelLoadError(
+            "seqserve serves several outputs when they are all vectors or all sequences, of "
+            f"one dtype and a fixed number of features; this model has {described}"
+        )
+    packed = (*shapes[0][:-1], sum(w for w in widths if w is not None))
+    return replace(
+        signature,
+        output_shape=packed,
+        output_names=tuple(names),
+        output_widths=tuple(w for w in widths if w is not None),
     )
 
 

@@ -291,6 +291,11 @@ class SessionManager:
 def proven_program(runtime: ModelRuntime) -> StepProgram:
     """The model's step program if it equals Keras on the probes, fed as sessions and streams
     feed it; else the recompute program (through the proven compute path) if that does."""
+    if runtime.signature.several_outputs:
+        raise SessionsUnsupportedError(
+            "sessions step models with one output; this one has several (Predict and "
+            "PredictStream serve them, by output name)"
+        )
     model, mode = runtime.model, runtime.mode.value
     cases = probes(runtime.input_kind)
     chunkings = (CHUNKS, (STREAM_WINDOW,))

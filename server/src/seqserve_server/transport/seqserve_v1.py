@@ -66,12 +66,14 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             model_name=target.name, model_version=target.version, mode=msg.mode_to_proto(mode)
         )
         sequence = bool(mode and mode.gives_sequence)
+        signature = target.runtime.signature if target.runtime else None
+        split = signature.split if signature and signature.several_outputs else None
         program = self.sessions.incremental_program(target)
         parts = self.inference.predict_parts(
             target, inputs, request.top_k, _deadline(context), program
         )
         async for part in parts:
-            for message in msg.stream_messages(header, part, sequence):
+            for message in msg.stream_messages(header, part, sequence, split):
                 yield message
 
     @observed

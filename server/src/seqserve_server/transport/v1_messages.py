@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from ..core.inference import Prediction, PredictionPart
 from ..core.limits import RequestLimits
 from ..core.modes import Mode
 from ..core.repository import ModelEntry, ModelState, ModelVersion
+from ..core.runtime import ModelRuntime
 from ..core.sessions import Session, SessionOutput, SessionSupport
 
 _DTYPES = {
@@ -59,46 +60,76 @@ def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
         mode=mode_to_proto(prediction.mode),
         top_k=[top_k_to_proto(t) for t in prediction.top_k or []],
     )
-    outputs = prediction.outputs
-    if not prediction.mode.gives_sequence:
-        response.vectors.values.CopyFrom(to_tensor(outputs.values))
+    if prediction.named is None:
+        _output_to_proto(prediction.outputs, prediction.mode, response)
         return response
+    for name, outputs in prediction.named.items():
+        _output_to_proto(outputs, prediction.mode, response.named_outputs[name])
+    return response
+
+
+def _output_to_proto(outputs: Batch, mode: Mode, message: pb.PredictResponse | pb.Output) -> None:
+    """Set a response's (or a named output's) `vectors` or `sequences`."""
+    if not mode.gives_sequence:
+        message.vectors.values.CopyFrom(to_tensor(outputs.values))
+        return
     lengths = outputs.item_lengths()
     flat = (
         outputs.values
         if outputs.is_ragged
         else outputs.values.reshape(-1, *outputs.values.shape[2:])
     )
-    response.sequences.values.CopyFrom(to_tensor(flat))
-    response.sequences.lengths.extend(lengths.tolist())
-    return response
+    message.sequences.values.CopyFrom(to_tensor(flat))
+    message.sequences.lengths.extend(lengths.tolist())
+
+
+Split = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 def stream_messages(
-    header: pb.PredictStreamResponse, part: PredictionPart, sequence: bool
+    header: pb.PredictStreamResponse, part: PredictionPart, sequence: bool, split: Split | None
 ) -> Iterator[pb.PredictStreamResponse]:
-    """One message per output vector, or per step of an output sequence."""
+    """One message per output vector, or per step of an output sequence; with several outputs
+    (`split` gives them by name), one such message per output."""
     for offset, (index, output) in enumerate(zip(part.indices, part.outputs, strict=True)):
         rows = output if sequence else output[np.newaxis]
         total = part.lengths[offset] if part.lengths else part.first_step + len(rows)
         ranked = part.top_k[offset] if part.top_k else None
         for row_number, row in enumerate(rows):
             step = part.first_step + row_number
-            message = pb.PredictStreamResponse(
-                input_index=index, step=step, last=step == total - 1, values=to_tensor(row)
-            )
-            message.MergeFrom(header)
-            if ranked:
-                message.top_k.CopyFrom(top_k_to_proto(ranked[row_number]))
-            yield message
+            named = split(row) if split is not None else {"": row}
+            for name, values in named.items():
+                message = pb.PredictStreamResponse(
+                    input_index=index, step=step, last=step == total - 1,
+                    values=to_tensor(values), output_name=name,
+                )  # fmt: skip
+                message.MergeFrom(header)
+                if ranked:
+                    message.top_k.CopyFrom(top_k_to_proto(ranked[row_number]))
+                yield message
 
 
-def _spec(name: str, shape: tuple[int | None, ...], dtype: np.dtype) -> pb.TensorSpec:
+def _spec(
+    name: str, shape: tuple[int | None, ...], dtype: np.dtype, sequence: bool = False
+) -> pb.TensorSpec:
     return pb.TensorSpec(
         name=name,
         dtype=_DTYPES.get(dtype, pb.DATA_TYPE_UNSPECIFIED),
         shape=[-1, *(-1 if d is None else d for d in shape)],
+        sequence=sequence,
     )
+
+
+def _output_specs(runtime: ModelRuntime) -> list[pb.TensorSpec]:
+    """Every output by name: the one output ("output"), or each of several unpacked."""
+    sig, sequence = runtime.signature, runtime.mode.gives_sequence
+    if not sig.several_outputs:
+        return [_spec("output", sig.output_shape, sig.output_dtype, sequence)]
+    leading = sig.output_shape[:-1]
+    return [
+        _spec(name, (*leading, width), sig.output_dtype, sequence)
+        for name, width in zip(sig.output_names, sig.output_widths, strict=True)
+    ]
 
 
 def status_to_proto(version: ModelVersion) -> pb.ModelStatus:
@@ -147,8 +178,14 @@ def metadata_to_proto(
         return response
     sig = runtime.signature
     response.mode = mode_to_proto(runtime.mode)
-    response.input.CopyFrom(_spec("input", sig.input_shape, sig.input_dtype))
-    response.output.CopyFrom(_spec("output", sig.output_shape, sig.output_dtype))
+    response.input.CopyFrom(
+        _spec("input", sig.input_shape, sig.input_dtype, runtime.mode.takes_sequence)
+    )
+    response.inputs.append(response.input)
+    outputs = _output_specs(runtime)
+    response.outputs.extend(outputs)
+    if not sig.several_outputs:
+        response.output.CopyFrom(outputs[0])
     response.streams_steps = runtime.mode.gives_sequence
     response.compute_path = runtime.compute_path
     response.proof = runtime.proof
