@@ -101,6 +101,9 @@ def test_word_language_takes_ragged_words(bundled: SeqServeClient) -> None:
     np.testing.assert_allclose(
         bundled.predict("word_language", ids), expected, rtol=1e-5, atol=1e-6
     )
-    labels = bundled.metadata("word_language").labels
+    metadata = bundled.metadata("word_language")
     top = bundled.classify("word_language", ids, top_k=1)
-    assert [t[0][0] for t in top] == [labels[i] for i in expected.argmax(-1)]
+    assert [t[0][0] for t in top] == [metadata.labels[i] for i in expected.argmax(-1)]
+    embedding = next(x for x in model.layers if isinstance(x, keras.layers.Embedding))
+    assert metadata.input.vocabulary == embedding.input_dim  # clients learn the id range
+    assert metadata.input.dtype == "int32" and metadata.input.sequence

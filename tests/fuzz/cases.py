@@ -391,7 +391,7 @@ def _session_event(
         tags.append("open_again")
         return _session_open(target, r, tags)
     steps = r.choice([1, 1, 2, 3]) if kind != "huge_steps" else r.choice([1000, 20_000])
-    x = rng.normal(size=(steps, target.features)).astype(np.float32)
+    x = target.valid_steps(rng, steps)
     message = pb.SessionRequest(steps=pb.SessionSteps(values=to_tensor(x), emit=r.random() < 0.5))
     if kind == "bad_steps":
         mutate_tensor(message.steps.values, r, tags)

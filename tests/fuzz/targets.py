@@ -22,14 +22,21 @@ class Target:
     version: int
     mode: int  # pb.Mode
     input_shape: tuple[int, ...]  # -1: any size (axis 0 is the batch)
+    input_dtype: int  # pb.DataType
+    vocabulary: int  # token-id inputs: ids in [0, vocabulary); 0 otherwise
     labels: int
     max_sequence_length: int
     session_support: int  # pb.SessionSupport
     max_sessions: int
 
     @property
+    def tokens(self) -> bool:
+        """Token ids: [batch, steps] integers (no feature axis)."""
+        return self.input_dtype in (pb.INT32, pb.INT64) and len(self.input_shape) == 2
+
+    @property
     def is_sequence(self) -> bool:
-        return len(self.input_shape) == 3
+        return len(self.input_shape) == 3 or self.tokens
 
     @property
     def features(self) -> int:
@@ -52,11 +59,20 @@ class Target:
         return self.session_support in (pb.SESSION_INCREMENTAL, pb.SESSION_RECOMPUTE)
 
     def valid_input(self, rng: np.random.Generator, batch: int) -> np.ndarray:
-        """A dense float32 input of `batch` rows that the model must accept."""
+        """A dense input of `batch` rows that the model must accept: float32 values, or
+        int32 token ids inside the vocabulary."""
         shape = [batch, *self.input_shape[1:]]
         if self.is_sequence:
             shape[1] = self.steps
+        if self.tokens:
+            return rng.integers(1, max(self.vocabulary, 2), size=shape, dtype=np.int32)
         return rng.normal(size=shape).astype(np.float32)
+
+    def valid_steps(self, rng: np.random.Generator, steps: int) -> np.ndarray:
+        """A session's next `steps` steps: [steps] token ids, or [steps, features] floats."""
+        if self.tokens:
+            return rng.integers(1, max(self.vocabulary, 2), size=steps, dtype=np.int32)
+        return rng.normal(size=(steps, self.features)).astype(np.float32)
 
 
 async def discover(channel: grpc.aio.Channel) -> list[Target]:
@@ -75,6 +91,8 @@ async def discover(channel: grpc.aio.Channel) -> list[Target]:
                 version=meta.version,
                 mode=meta.mode,
                 input_shape=tuple(meta.input.shape),
+                input_dtype=meta.input.dtype,
+                vocabulary=meta.input.vocabulary,
                 labels=len(meta.labels),
                 max_sequence_length=meta.max_sequence_length,
                 session_support=meta.session_support,

@@ -21,6 +21,7 @@ class TensorSpec:
     dtype: str
     shape: tuple[int, ...]  # -1: any size
     sequence: bool = False  # [batch, time, ...] rather than [batch, ...]
+    vocabulary: int = 0  # token ids: each in [0, vocabulary); 0 for other inputs
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def mode_name(value: pb.Mode.ValueType) -> str:
 
 def spec_from_proto(spec: pb.TensorSpec) -> TensorSpec:
     dtype = pb.DataType.Name(spec.dtype).lower()
-    return TensorSpec(spec.name, dtype, tuple(spec.shape), spec.sequence)
+    return TensorSpec(spec.name, dtype, tuple(spec.shape), spec.sequence, spec.vocabulary)
 
 
 def top_k_pairs(ranked: pb.TopK) -> list[tuple[str, float]]:

@@ -110,13 +110,18 @@ def stream_messages(
 
 
 def _spec(
-    name: str, shape: tuple[int | None, ...], dtype: np.dtype, sequence: bool = False
+    name: str,
+    shape: tuple[int | None, ...],
+    dtype: np.dtype,
+    sequence: bool = False,
+    vocabulary: int | None = None,
 ) -> pb.TensorSpec:
     return pb.TensorSpec(
         name=name,
         dtype=_DTYPES.get(dtype, pb.DATA_TYPE_UNSPECIFIED),
         shape=[-1, *(-1 if d is None else d for d in shape)],
         sequence=sequence,
+        vocabulary=vocabulary or 0,
     )
 
 
@@ -179,7 +184,9 @@ def metadata_to_proto(
     sig = runtime.signature
     response.mode = mode_to_proto(runtime.mode)
     response.input.CopyFrom(
-        _spec("input", sig.input_shape, sig.input_dtype, runtime.mode.takes_sequence)
+        _spec(
+            "input", sig.input_shape, sig.input_dtype, runtime.mode.takes_sequence, sig.vocabulary
+        )
     )
     response.inputs.append(response.input)
     outputs = _output_specs(runtime)
