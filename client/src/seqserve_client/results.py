@@ -74,6 +74,7 @@ class ModelMetadata:
     max_request_elements: int = 0
     max_inputs_per_request: int = 0
     max_message_bytes: int = 0
+    max_stream_messages: int = 0
 
 
 def mode_name(value: pb.Mode.ValueType) -> str:
@@ -112,6 +113,7 @@ def metadata_from_proto(m: pb.GetModelMetadataResponse) -> ModelMetadata:
         max_request_elements=m.max_request_elements,
         max_inputs_per_request=m.max_inputs_per_request,
         max_message_bytes=m.max_message_bytes,
+        max_stream_messages=m.max_stream_messages,
     )
 
 
