@@ -8,8 +8,9 @@ import grpc
 import numpy as np
 import pytest
 
-from seqserve_client import AsyncSeqServeClient, SeqServeClient, SeqServeError
-from tests.fixture_models import random_sequences
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve_client import AsyncSeqServeClient, InvalidInputError, SeqServeClient, SeqServeError
+from tests.fixture_models import FEATURES, random_sequences
 
 TOLERANCE = 1e-5
 
@@ -50,3 +51,31 @@ def test_asyncio_client_matches_the_sync_client(server, client: SeqServeClient) 
     np.testing.assert_allclose(
         got["decoded"], client.predict("enc_dec", x[None])[0], atol=TOLERANCE
     )
+
+
+def test_async_session_reports_the_servers_error_not_a_write_failure(server) -> None:
+    """The server ends a session on a bad steps message while the caller still writes; grpc.aio
+    then fails the write with its own INTERNAL (grpc/grpc#36066): the caller must get the
+    server's INVALID_ARGUMENT with its field, as the sync client does. Without the fix most of
+    these sessions reported INTERNAL."""
+    bad = pb.SessionRequest(
+        steps=pb.SessionSteps(values=pb.Tensor(dtype=6, shape=[1, FEATURES], raw=b"\0" * 12))
+    )
+    step = np.ones((1, FEATURES), np.float32)
+
+    async def one(c: AsyncSeqServeClient) -> SeqServeError:
+        with pytest.raises(SeqServeError) as caught:
+            async with c.session("enc_dec") as s:  # no output per step: writes follow writes
+                await s._write(bad)
+                for _ in range(200):
+                    await s.step(step)
+        return caught.value
+
+    async def sessions() -> list[SeqServeError]:
+        async with AsyncSeqServeClient(server.target) as c:
+            return [await one(c) for _ in range(10)]
+
+    for error in asyncio.run(sessions()):
+        assert isinstance(error, InvalidInputError), error
+        assert error.field == "steps.values.dtype" and error.got.startswith("6"), error
+        assert error.expected

@@ -25,6 +25,9 @@ from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_client import SeqServeClient, SeqServeError
 from seqserve_client.channel import DEFAULT_OPTIONS
 from seqserve_client.tensors import to_batch, to_tensor
+from seqserve_server.core.errors import LimitExceeded
+from seqserve_server.core.limits import check_stream_messages
+from seqserve_server.core.modes import Mode
 from tests.fixture_models import FEATURES, aligned, many_to_one
 from tests.server_process import ServerProcess, start_server
 from tests.test_metrics import samples, scrape, value
@@ -33,6 +36,7 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 MAX_STEPS, MAX_INPUTS, MAX_ELEMENTS = 64, 512, 100_000
 MAX_RPCS, MAX_STREAMS = 6, 3
+MAX_STREAM_MESSAGES, CLASSIFIER_STREAM_MESSAGES = 1000, 10
 FAST_S = 5.0  # every refusal here is answered well within this
 
 
@@ -57,7 +61,10 @@ def fails_warm_up() -> keras.Model:
 
 MODELS = {
     "aligned": (aligned, {}),
-    "classifier": (many_to_one, {"labels": ["w", "x", "y", "z"]}),
+    "classifier": (
+        many_to_one,
+        {"labels": ["w", "x", "y", "z"], "max_stream_messages": CLASSIFIER_STREAM_MESSAGES},
+    ),
     "wide": (wide, {}),
     "embed": (embedding, {}),
     "bad_warmup": (fails_warm_up, {"mode": "many_to_many_unaligned"}),
@@ -83,6 +90,7 @@ def hardened(hardened_root: Path) -> Iterator[ServerProcess]:
         "--max-sequence-length": MAX_STEPS, "--max-inputs-per-request": MAX_INPUTS,
         "--max-request-elements": MAX_ELEMENTS, "--max-concurrent-rpcs": MAX_RPCS,
         "--max-streams-per-connection": MAX_STREAMS, "--grace-period-s": 1,
+        "--max-stream-messages": MAX_STREAM_MESSAGES,
     }  # fmt: skip
     process = start_server(hardened_root, *(str(a) for kv in limits.items() for a in kv))
     yield process
@@ -237,17 +245,66 @@ def test_request_limits_name_the_limit(hardened: ServerProcess) -> None:
         assert len(client.predict("aligned", seqs(MAX_STEPS, 1))) == 2  # at the limit: served
 
 
+def test_predict_stream_messages_are_bounded_before_computing(
+    stub: pb_grpc.SeqServeStub,
+) -> None:
+    """One message per output step: a request within the element limit could mean millions of
+    messages. Past the limit the call is refused before its first message; within it, served."""
+    over = [MAX_STEPS] * (MAX_STREAM_MESSAGES // MAX_STEPS + 1)  # aligned: a message a step
+    cases = [
+        ("aligned", over, MAX_STREAM_MESSAGES),
+        ("classifier", [3] * (CLASSIFIER_STREAM_MESSAGES + 1), CLASSIFIER_STREAM_MESSAGES),
+    ]
+    for model, lengths, limit in cases:
+        x = to_tensor(np.ones((sum(lengths), FEATURES), np.float32))
+        messages = stub.PredictStream(predict(model, x, lengths), timeout=30)
+        error = refused(lambda stream, timeout: next(stream), messages)  # before any message
+        assert error.code() == EXHAUSTED, error
+        assert "max_stream_messages" in error.details()
+        assert f"{sum(lengths) if model == 'aligned' else len(lengths)} messages" in (
+            error.details()
+        )
+        at_limit = lengths[:-1] if model == "classifier" else [MAX_STEPS] * (limit // MAX_STEPS)
+        x = to_tensor(np.ones((sum(at_limit), FEATURES), np.float32))
+        assert len(list(stub.PredictStream(predict(model, x, at_limit), timeout=30))) == (
+            len(at_limit) if model == "classifier" else sum(at_limit)
+        )
+
+
+@pytest.mark.parametrize(
+    ("mode", "output_steps", "lengths", "messages"),
+    [
+        (Mode.ONE_TO_ONE, None, [1] * 7, 7),
+        (Mode.MANY_TO_ONE, None, [50, 60], 2),
+        (Mode.MANY_TO_MANY_ALIGNED, None, [50, 60], 110),
+        (Mode.MANY_TO_MANY_UNALIGNED, 9, [50, 60], 18),  # the model's fixed output length
+        (Mode.ONE_TO_MANY, 12, [1] * 3, 36),
+        (Mode.MANY_TO_MANY_UNALIGNED, None, [50, 60], 110),  # dynamic: as long as the input
+    ],
+)
+def test_stream_message_count_per_mode(
+    mode: Mode, output_steps: int | None, lengths: list[int], messages: int
+) -> None:
+    check_stream_messages(messages, mode, output_steps, lengths)  # exactly at the limit
+    with pytest.raises(LimitExceeded, match=f"{messages} messages.*max_stream_messages"):
+        check_stream_messages(messages - 1, mode, output_steps, lengths)
+
+
 def test_metadata_shows_the_limits(hardened: ServerProcess, client: SeqServeClient) -> None:
     with SeqServeClient(hardened.target) as c:
         meta = c.metadata("aligned")
+        c_classifier = c.metadata("classifier")
     assert (meta.max_sequence_length, meta.max_inputs_per_request) == (MAX_STEPS, MAX_INPUTS)
     assert meta.max_request_elements == MAX_ELEMENTS
     assert meta.max_message_bytes == 64 * 1024 * 1024
+    assert meta.max_stream_messages == MAX_STREAM_MESSAGES
+    assert c_classifier.max_stream_messages == CLASSIFIER_STREAM_MESSAGES
     # The shared server runs with the defaults (and a 4 MiB message limit).
     default = client.metadata("aligned")
     assert (default.max_sequence_length, default.max_inputs_per_request) == (4096, 4096)
     assert default.max_request_elements == 16 * 1024 * 1024
     assert default.max_message_bytes == 4 * 1024 * 1024
+    assert default.max_stream_messages == 1_000_000
     assert client.metadata("classifier").max_sequence_length == 50  # its config's own
     assert client.metadata("fixed").max_sequence_length == 6  # a fixed-length model's length
 

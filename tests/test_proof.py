@@ -50,7 +50,9 @@ def test_keras_traced_time_distributed_is_wrong_on_a_dynamic_time_axis() -> None
 def test_time_distributed_head_is_served_by_the_graph_path(saved: Callable) -> None:
     runtime = ModelRuntime.load(saved("time_distributed_head"))
     assert runtime.compute_path == "graph"
-    assert "traced: probe batch 1 x 2 steps: shape [1, 1, 4], Keras gives [1, 2, 4]" in runtime.proof
+    assert (
+        "traced: probe batch 1 x 2 steps: shape [1, 1, 4], Keras gives [1, 2, 4]" in runtime.proof
+    )
     rng = np.random.default_rng(1)
     for batch, steps in ((1, 5), (4, 9), (2, 13), (7, 3)):
         x = rng.normal(size=(batch, steps, 5)).astype(np.float32)

@@ -8,9 +8,10 @@ async with AsyncSeqServeClient("127.0.0.1:8500") as client:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -41,6 +42,12 @@ from .session import (
     output_from,
     steps_request,
 )
+
+# grpc.aio's own status for a write that Core fails because the call has ended: it may replace
+# the status the server sent (grpc/grpc#36066), which the sync client reports.
+CORE_WRITE_FAILURE = "Internal error from Core"
+SERVER_STATUS_WAIT_S = 5.0  # for the server's status to follow Core's; none comes on a local fault
+T = TypeVar("T")
 
 
 class AsyncSeqServeClient:
@@ -150,9 +157,12 @@ class AsyncSession:
         self.emit_on_request = opening.open.emit_on_request
         self._call: Any = None
         self.info: SessionInfo | None = None
+        self._statuses: list[grpc.aio.AioRpcError] = []  # every status the call was given
+        self._status_set = asyncio.Event()
 
     async def __aenter__(self) -> AsyncSession:
         self._call = self._stub.Session(timeout=self._timeout)
+        self._call.add_done_callback(self._keep_status)
         await self._write(self._opening)
         self.info = info_from(await self._read())
         return self
@@ -222,12 +232,37 @@ class AsyncSession:
             self._call.cancel()
 
     async def _write(self, request: pb.SessionRequest) -> None:
+        """A write fails when the call has ended: raise the status the server ended it with."""
         try:
             await self._call.write(request)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        except grpc.aio.UsageError:
-            raise from_rpc_error(await self._ended_call()) from None
+        except (grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            raise from_rpc_error(await self._server_status()) from None
+
+    def _keep_status(self, call: Any) -> None:
+        """Called each time the call's status is set, which grpc.aio may do twice."""
+        self._statuses.append(
+            grpc.aio.AioRpcError(
+                _settled(call.code()),
+                _settled(call.initial_metadata()),
+                _settled(call.trailing_metadata()),
+                _settled(call.details()),
+            )
+        )
+        self._status_set.set()
+
+    async def _server_status(self) -> grpc.RpcError:
+        """The call's status, but the server's rather than Core's write failure when both come
+        (in either order); Core's alone when the server sends none within a few seconds."""
+        failure = await self._ended_call()
+        try:
+            async with asyncio.timeout(SERVER_STATUS_WAIT_S):
+                while all(_core_write_failure(s) for s in self._statuses):
+                    self._status_set.clear()
+                    await self._status_set.wait()
+        except TimeoutError:
+            return failure
+        server = next(s for s in self._statuses if not _core_write_failure(s))
+        return failure if server.code() == grpc.StatusCode.OK else server
 
     async def _read(self) -> pb.SessionResponse:
         try:
@@ -257,3 +292,18 @@ class AsyncSession:
             await self._call.trailing_metadata(),
             await self._call.details(),
         )
+
+
+def _core_write_failure(status: grpc.aio.AioRpcError) -> bool:
+    return status.code() == grpc.StatusCode.INTERNAL and status.details() == CORE_WRITE_FAILURE
+
+
+def _settled(awaitable: Awaitable[T]) -> T:
+    """The value of a call accessor once the call has its status (it then never suspends), for
+    use in a done callback, which cannot await."""
+    step = awaitable.__await__()
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    raise RuntimeError("the call has no status yet")

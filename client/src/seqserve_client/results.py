@@ -81,6 +81,7 @@ class ModelMetadata:
     max_request_elements: int = 0
     max_inputs_per_request: int = 0
     max_message_bytes: int = 0
+    max_stream_messages: int = 0
     inputs: tuple[TensorSpec, ...] = ()  # every input and output by name
     outputs: tuple[TensorSpec, ...] = ()
 
@@ -122,6 +123,7 @@ def metadata_from_proto(m: pb.GetModelMetadataResponse) -> ModelMetadata:
         max_request_elements=m.max_request_elements,
         max_inputs_per_request=m.max_inputs_per_request,
         max_message_bytes=m.max_message_bytes,
+        max_stream_messages=m.max_stream_messages,
         inputs=tuple(spec_from_proto(s) for s in m.inputs),
         outputs=tuple(spec_from_proto(s) for s in m.outputs),
     )

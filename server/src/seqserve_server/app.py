@@ -45,6 +45,7 @@ class App:
             settings.max_sequence_length,
             settings.max_request_elements,
             settings.max_inputs_per_request,
+            settings.max_stream_messages,
         )
         self.repository = ModelRepository(
             settings.model_repository, observer=self.metrics, limits=limits

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_inputs_per_request: int = Field(
         _LIMITS.max_inputs_per_request, ge=1, description="sequences or vectors per request"
     )
+    max_stream_messages: int = Field(
+        _LIMITS.max_stream_messages, ge=1, description="messages one PredictStream call may send"
+    )
     max_concurrent_rpcs: int = Field(
         1024, ge=1, description="calls in progress server-wide, sessions included"
     )

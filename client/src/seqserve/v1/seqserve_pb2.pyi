@@ -639,6 +639,7 @@ class GetModelMetadataResponse(_message.Message):
     MAX_REQUEST_ELEMENTS_FIELD_NUMBER: _builtins.int
     MAX_INPUTS_PER_REQUEST_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_STREAM_MESSAGES_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
@@ -675,6 +676,8 @@ class GetModelMetadataResponse(_message.Message):
     """sequences or vectors in one request"""
     max_message_bytes: _builtins.int
     """the largest gRPC message the server takes or sends"""
+    max_stream_messages: _builtins.int
+    """messages one PredictStream call may send"""
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """every version the repository holds"""
@@ -718,12 +721,13 @@ class GetModelMetadataResponse(_message.Message):
         max_request_elements: _builtins.int = ...,
         max_inputs_per_request: _builtins.int = ...,
         max_message_bytes: _builtins.int = ...,
+        max_stream_messages: _builtins.int = ...,
         inputs: _abc.Iterable[Global___TensorSpec] | None = ...,
         outputs: _abc.Iterable[Global___TensorSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_path", b"compute_path", "description", b"description", "error", b"error", "input", b"input", "inputs", b"inputs", "labels", b"labels", "max_batch_size", b"max_batch_size", "max_inputs_per_request", b"max_inputs_per_request", "max_message_bytes", b"max_message_bytes", "max_request_elements", b"max_request_elements", "max_sequence_length", b"max_sequence_length", "max_sessions", b"max_sessions", "mode", b"mode", "name", b"name", "open_sessions", b"open_sessions", "output", b"output", "outputs", b"outputs", "proof", b"proof", "session_reason", b"session_reason", "session_support", b"session_support", "state", b"state", "streams_steps", b"streams_steps", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_path", b"compute_path", "description", b"description", "error", b"error", "input", b"input", "inputs", b"inputs", "labels", b"labels", "max_batch_size", b"max_batch_size", "max_inputs_per_request", b"max_inputs_per_request", "max_message_bytes", b"max_message_bytes", "max_request_elements", b"max_request_elements", "max_sequence_length", b"max_sequence_length", "max_sessions", b"max_sessions", "max_stream_messages", b"max_stream_messages", "mode", b"mode", "name", b"name", "open_sessions", b"open_sessions", "output", b"output", "outputs", b"outputs", "proof", b"proof", "session_reason", b"session_reason", "session_support", b"session_support", "state", b"state", "streams_steps", b"streams_steps", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,6 +18,7 @@ from .batching import DynamicBatcher
 from .classification import TopK, check_top_k, top_k
 from .compute_threads import ModelThreads
 from .errors import DeadlineExpired
+from .limits import check_stream_messages
 from .modes import Mode
 from .observer import ModelObserver, NullObserver, Observer
 from .repository import ModelRepository, ModelVersion
@@ -119,6 +120,11 @@ class InferenceService:
         runtime = _runtime(target)
         batch = runtime.validate(inputs)
         check_top_k(k, target.config.labels, "top_k")
+        lengths = batch.item_lengths().tolist() if runtime.mode.takes_sequence else [1] * batch.size
+        output_steps = runtime.signature.output_shape[0] if runtime.mode.gives_sequence else None
+        check_stream_messages(
+            target.limits.max_stream_messages, runtime.mode, output_steps, lengths
+        )
         if program is not None and program.output_kind == "per_step":
             async for part in self._stepped_parts(target, batch, program, k, deadline):
                 yield part

@@ -28,6 +28,7 @@ class ModelConfig(BaseModel):
     max_sequence_length: int = Field(default=0, ge=0)
     max_request_elements: int = Field(default=0, ge=0)
     max_inputs_per_request: int = Field(default=0, ge=0)
+    max_stream_messages: int = Field(default=0, ge=0)
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     max_queue_size: int = Field(default=4096, ge=1)  # sequences waiting, not requests
     max_sessions: int = Field(default=256, ge=0)

@@ -30,9 +30,7 @@ _SEQUENCE_IN = {Mode.MANY_TO_ONE, Mode.MANY_TO_MANY_ALIGNED, Mode.MANY_TO_MANY_U
 _SEQUENCE_OUT = {Mode.ONE_TO_MANY, Mode.MANY_TO_MANY_ALIGNED, Mode.MANY_TO_MANY_UNALIGNED}
 
 
-def infer_mode(
-    input_shape: Shape, output_shape: Shape, sequence_input: bool | None = None
-) -> Mode:
+def infer_mode(input_shape: Shape, output_shape: Shape, sequence_input: bool | None = None) -> Mode:
     """Infer the mode from shapes without the batch axis and what the graph says of the input.
 
     `sequence_input`: True for a sequence ((steps, features), or (steps,) token ids feeding an

@@ -102,7 +102,11 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         support, reason = self.sessions.support(version)
         open_sessions = self.sessions.open_count(entry.name)
         return msg.metadata_to_proto(
-            entry, version, msg.support_to_proto(support), reason, open_sessions,
+            entry,
+            version,
+            msg.support_to_proto(support),
+            reason,
+            open_sessions,
             self.max_message_bytes,
         )
 

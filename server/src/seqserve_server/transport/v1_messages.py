@@ -177,6 +177,7 @@ def metadata_to_proto(
         max_request_elements=version.limits.max_request_elements,
         max_inputs_per_request=version.limits.max_inputs_per_request,
         max_message_bytes=max_message_bytes,
+        max_stream_messages=version.limits.max_stream_messages,
     )
     if runtime is None:
         response.mode = mode_to_proto(config.mode)
