@@ -11,10 +11,10 @@ METRICS_PORT ?= 8502
 
 venv: $(STAMP)
 
-$(STAMP): client/pyproject.toml server/pyproject.toml
+$(STAMP): protos/pyproject.toml client/pyproject.toml server/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e client -e 'server[dev]'
+	$(BIN)/pip install --quiet -e protos -e client -e 'server[dev]'
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -35,7 +35,7 @@ def timed(fn, seconds: float, max_calls: int = 100_000) -> list[float]:
 
 def main(repo: str, model: str, steps: int, features: int, seconds: float) -> dict:
     from seqserve.v1 import seqserve_pb2 as pb
-    from seqserve_client.tensors import to_batch
+    from seqserve_api.tensors import to_batch
     from seqserve_server.core.batch import Batch
     from seqserve_server.core.inference import Prediction
     from seqserve_server.core.runtime import ModelRuntime

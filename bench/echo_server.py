@@ -17,7 +17,7 @@ import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-from seqserve_client.tensors import to_tensor
+from seqserve_api.tensors import to_tensor
 
 
 class Echo(pb_grpc.SeqServeServicer):

@@ -39,7 +39,7 @@ def measure(label: str, call: Callable[[], Awaitable[object]], n: int) -> dict:
 
 def main(n: int) -> list[dict]:
     from seqserve.v1 import seqserve_pb2 as pb
-    from seqserve_client.tensors import to_batch
+    from seqserve_api.tensors import to_batch
     from seqserve_server.core.batching import DynamicBatcher
     from seqserve_server.core.compute_threads import ModelThreads
     from seqserve_server.core.inference import InferenceService

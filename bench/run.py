@@ -43,7 +43,7 @@ def request_bytes(model: BenchModel, seqs: int, seed: int = 0) -> bytes:
     import numpy as np
 
     from seqserve.v1 import seqserve_pb2 as pb
-    from seqserve_client.tensors import to_batch
+    from seqserve_api.tensors import to_batch
 
     x = model.inputs(np.random.default_rng(seed), seqs)
     return pb.PredictRequest(model_name=model.name, inputs=to_batch(x)).SerializeToString()

@@ -3,7 +3,7 @@
 #   deps/     every third-party wheel the server needs (tensorflow-cpu, keras, grpcio, ...), pinned
 #             to the versions in the tested .venv when it exists; one image layer, cached while
 #             these files do not change
-#   project/  the seqserve-client and seqserve-server wheels, rebuilt on every run (small layer)
+#   project/  the seqserve-api, seqserve-client and seqserve-server wheels, rebuilt on every run (small layer)
 # Usage: deploy/build_wheelhouse.sh   (PIP: the pip to use, default .venv/bin/pip else pip3;
 #        FORCE=1 re-resolves deps/ even when its inputs did not change)
 # The wheels must fit the image: CPython 3.11 on linux x86_64 (the host's pip decides; this
@@ -26,7 +26,7 @@ fi
 
 mkdir -p "$OUT/deps" "$OUT/project"
 rm -f "$OUT"/project/*.whl
-$PIP wheel --quiet --no-deps --wheel-dir "$OUT/project" ./client ./server
+$PIP wheel --quiet --no-deps --wheel-dir "$OUT/project" ./protos ./client ./server
 
 # Pin to what the .venv runs (the versions the test suite passed with), editable installs aside.
 constraints="$(mktemp)"
@@ -38,7 +38,7 @@ fi
 
 # deps/ is current when neither the packages' metadata nor the pins changed since it was filled:
 # then skip the (slow) resolution, and the image's dependency layer stays cached.
-stamp="$(cat client/pyproject.toml server/pyproject.toml "$constraints" | sha256sum | cut -d' ' -f1)"
+stamp="$(cat protos/pyproject.toml client/pyproject.toml server/pyproject.toml "$constraints" | sha256sum | cut -d' ' -f1)"
 if [[ -z "${FORCE:-}" && -f "$OUT/deps.stamp" && "$(cat "$OUT/deps.stamp")" == "$stamp" ]] \
     && compgen -G "$OUT/deps/*.whl" >/dev/null; then
   echo "wheelhouse: deps/ up to date ($(ls "$OUT/deps" | wc -l) wheels), $(ls "$OUT/project" | tr "\n" " ")"

@@ -1,4 +1,4 @@
-"""Generate the Python code and typed stubs for protos/ into the client package.
+"""Generate the Python code and typed stubs for protos/ into the API package (protos/python).
 
 `python protos/generate.py` rewrites the committed files; `--check` exits 1 when they are stale.
 The generated modules import as `seqserve.v1.*` (the proto package), as `google.rpc` does.
@@ -16,12 +16,12 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-OUT_ROOT = ROOT / "client" / "src"
+OUT_ROOT = PROTO_ROOT / "python"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
 def proto_files() -> list[Path]:
-    return sorted(PROTO_ROOT.rglob("*.proto"))
+    return sorted((PROTO_ROOT / "seqserve").rglob("*.proto"))
 
 
 def generate(out: Path) -> None:

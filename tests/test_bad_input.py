@@ -14,8 +14,8 @@ from grpc_status import rpc_status
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from seqserve_api.tensors import to_batch, to_tensor
 from seqserve_client import SeqServeClient, SeqServeError
-from seqserve_client.tensors import to_batch, to_tensor
 from tests.fixture_models import FEATURES
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

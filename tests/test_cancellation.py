@@ -13,8 +13,8 @@ import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from seqserve_api.tensors import to_batch, to_tensor
 from seqserve_client import SeqServeClient
-from seqserve_client.tensors import to_batch, to_tensor
 from tests.fixture_models import FEATURES
 from tests.server_process import ServerProcess
 from tests.test_metrics import scrape, value

@@ -97,16 +97,25 @@ def test_generated_code_is_fresh() -> None:
 
 def test_client_imports_without_tensorflow() -> None:
     code = (
-        "import sys, seqserve_client, seqserve_client.tensors; "
+        "import sys, seqserve_client, seqserve_api.tensors; "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_client_package_does_not_depend_on_tensorflow() -> None:
+def _requirements(distribution: str) -> set[str]:
     from importlib.metadata import requires
 
-    names = {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip()
-             for r in requires("seqserve-client") or []}  # fmt: skip
-    assert {"grpcio", "protobuf", "numpy"} <= names
-    assert not names & {"tensorflow", "tensorflow-cpu", "keras"}
+    return {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip()
+            for r in requires(distribution) or [] if "extra ==" not in r}  # fmt: skip
+
+
+def test_client_package_does_not_depend_on_tensorflow() -> None:
+    client, api = _requirements("seqserve-client"), _requirements("seqserve-api")
+    assert "seqserve-api" in client and {"grpcio", "protobuf", "numpy"} <= api
+    assert not (client | api) & {"tensorflow", "tensorflow-cpu", "keras"}
+
+
+def test_server_depends_on_the_api_package_not_on_the_sdk() -> None:
+    assert "seqserve-api" in _requirements("seqserve-server")
+    assert "seqserve-client" not in _requirements("seqserve-server")

@@ -22,9 +22,9 @@ from keras import layers
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from seqserve_api.tensors import to_batch, to_tensor
 from seqserve_client import SeqServeClient, SeqServeError
 from seqserve_client.channel import DEFAULT_OPTIONS
-from seqserve_client.tensors import to_batch, to_tensor
 from seqserve_server.core.errors import LimitExceeded
 from seqserve_server.core.limits import check_stream_messages
 from seqserve_server.core.modes import Mode

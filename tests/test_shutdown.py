@@ -19,7 +19,7 @@ import pytest
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-from seqserve_client.tensors import to_batch
+from seqserve_api.tensors import to_batch
 from tests.fixture_models import FEATURES, write_repository
 from tests.server_process import ServerProcess, start_server
 

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
 
 from seqserve.v1 import seqserve_pb2 as pb
-from seqserve_client.tensors import to_tensor
+from seqserve_api.tensors import to_tensor
 
 from .targets import Target
 

@@ -6,7 +6,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the server's default --max-message-bytes
+from seqserve_api import MAX_MESSAGE_BYTES
+
 SERVICE = "seqserve.v1.SeqServe"
 # Calls that change nothing on the server: safe to send again. A session holds state: never.
 IDEMPOTENT = ("Predict", "PredictStream", "ListModels", "GetModelMetadata")

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from seqserve_api.tensors import encode_inputs, from_tensor, split_sequences
 
 from .channel import channel_options
 from .errors import from_rpc_error
@@ -29,7 +30,6 @@ from .results import (
     top_k_pairs,
 )
 from .session import Session, open_request
-from .tensors import encode_inputs, from_tensor, split_sequences
 
 DEFAULT_TIMEOUT_S = 30.0
 Inputs = np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[int]]  # lists: ragged sequences

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
-
-from .tensors import from_tensor
+from seqserve_api.tensors import from_tensor
 
 Outputs = np.ndarray | list[np.ndarray]
 # What predict returns: the outputs, or for a model with several outputs a dict of them by name.

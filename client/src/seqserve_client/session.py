@@ -18,10 +18,10 @@ import grpc
 import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
+from seqserve_api.tensors import from_tensor, to_tensor
 
 from .errors import from_rpc_error
 from .results import mode_name, top_k_pairs
-from .tensors import from_tensor, to_tensor
 
 _CLOSE = object()
 

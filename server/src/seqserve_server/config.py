@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from seqserve_client.channel import MAX_MESSAGE_BYTES
+from seqserve_api import MAX_MESSAGE_BYTES
 
 from .core.limits import RequestLimits
 

@@ -13,7 +13,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from seqserve_client.tensors import TensorError, TensorTooLarge
+from seqserve_api.tensors import TensorError, TensorTooLarge
 
 from ..core import errors
 from ..core.tf_errors import from_tensorflow

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
-from seqserve_client.tensors import DecodeLimits, from_batch, from_tensor, to_tensor
+from seqserve_api.tensors import DecodeLimits, from_batch, from_tensor, to_tensor
 
 from ..core.batch import Batch
 from ..core.classification import TopK
