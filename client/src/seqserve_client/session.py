@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
+from seqserve_api.session_protocol import steps_get_output
 from seqserve_api.tensors import from_tensor, to_tensor
 
 from .errors import from_rpc_error
@@ -79,10 +80,8 @@ def output_from(response: pb.SessionResponse) -> SessionOutput:
 
 
 def expects_output(mode: str, emit_on_request: bool, emit: bool) -> bool:
-    """Whether the server answers a steps message (the protocol's rule)."""
-    if mode == "many_to_many_aligned":
-        return True
-    return mode == "many_to_one" and (emit or not emit_on_request)
+    """Whether the server answers a steps message (the protocol's rule, in seqserve_api)."""
+    return steps_get_output(pb.Mode.Value(mode.upper()), emit_on_request, emit)
 
 
 class Session:
