@@ -1,6 +1,6 @@
 """The servers under test, on 127.0.0.1 only.
 
-The production server starts through `tests/server_process.start_server` (the tests' own
+The production server starts through `tests/support/server_process.start_server` (the tests' own
 launcher: `seqserve serve` on ephemeral ports, ready line parsed); the echo server (bench only)
 is started on a port picked here and is ready when a channel to it connects.
 """
@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.server_process import ServerProcess, start_server
+from tests.support.server_process import ServerProcess, start_server
 
 
 @dataclass

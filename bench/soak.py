@@ -4,7 +4,7 @@ server's RSS must not grow more than 5% after the warm-up, and its open sessions
 descriptors must come back to their baseline once the callers are gone.
 
 `python -m bench.soak [--duration-s 600] [--callers 64] [--repository models]` (`make soak`);
-tests/test_soak.py runs 60 s of it in the slow suite. The traffic is tests/fuzz/valid.py's.
+tests/server/test_soak.py runs 60 s of it in the slow suite. The traffic is tests/fuzz/valid.py's.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from tests.fuzz import valid
 from tests.fuzz.targets import Target, discover
-from tests.server_process import open_fds, rss_bytes, start_server
+from tests.support.server_process import open_fds, rss_bytes, start_server
 
 CHANNELS = 8  # callers share these connections, as a few client processes would
 SETTLE_S = 20.0  # how long sessions and descriptors may take to come back after the load

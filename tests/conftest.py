@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,8 +10,9 @@ from typing import Any
 import pytest
 
 from seqserve_client import SeqServeClient
-from tests.fixture_models import write_repository
-from tests.server_process import ServerProcess, start_server
+from tests.support.model_zoo import write_repository
+from tests.support.reference import loader
+from tests.support.server_process import ServerProcess, served
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,10 +24,15 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model only (`aligned`): for the tests that start servers of their own."""
+    return write_repository(tmp_path_factory.mktemp("small"), only={"aligned"})
+
+
+@pytest.fixture(scope="session")
 def server(repository: Path) -> Iterator[ServerProcess]:
-    process = start_server(repository, "--max-message-bytes", str(4 * 1024 * 1024))
-    yield process
-    process.stop()
+    with served(repository, "--max-message-bytes", str(4 * 1024 * 1024)) as process:
+        yield process
 
 
 @pytest.fixture(scope="session")
@@ -39,13 +44,4 @@ def client(server: ServerProcess) -> Iterator[SeqServeClient]:
 @pytest.fixture(scope="session")
 def reference(repository: Path) -> Callable[..., Any]:
     """The same files loaded in-process: what every served output is checked against."""
-    import keras
-
-    @functools.cache
-    def load(name: str, version: int = 0) -> Any:
-        """Version 0: the newest, as the server serves it."""
-        version = version or max(int(p.name) for p in (repository / name).iterdir() if p.is_dir())
-        path = repository / name / str(version) / "model.keras"
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
-
-    return load
+    return loader(repository)

@@ -83,7 +83,7 @@ def model_card(a: Artifact, size_bytes: int) -> str:
 - **File:** `1/model.keras`, {size_bytes / 1024:.0f} KiB; loads with
   `keras.saving.load_model(path, safe_mode=True)` (built-in layers only, no custom code).
 {labels}
-## Evaluation (held-out, measured by `make models`, re-checked by tests/test_model_quality.py)
+## Evaluation (held-out, measured by `make models`, checked by tests/models/test_model_quality.py)
 
 - **Split:** {ev.split}
 - **Gate:** {ev.gate} -> {"PASS" if ev.passed else "FAIL"}

@@ -1,4 +1,5 @@
-"""Datasets, seeded splits and naive baselines shared by training and tests/test_model_quality.py.
+"""Datasets, seeded splits and naive baselines shared by training and the quality gates
+(tests/models/test_model_quality.py).
 
 Everything here is deterministic and comes from data bundled in installed packages (no downloads),
 so the quality tests recompute exactly the held-out sets the models were scored on.

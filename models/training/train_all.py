@@ -77,7 +77,7 @@ Scores are on held-out data the model never trained on (lower is better for rmse
 Retrains all models deterministically on CPU (about 10-15 minutes on 2 busy cores, 3 of them
 `word_language`; identical weights and `.keras` bytes on every run), rewrites each
 `config.yaml`, `MODEL_CARD.md` and this file, and exits non-zero if a quality gate fails.
-`tests/test_model_quality.py` reloads the shipped files and re-checks every gate.
+`tests/models/test_model_quality.py` reloads the shipped files and re-checks every gate.
 Code: `models/training/` (`data.py` datasets and baselines, `evaluate.py` gates, `common.py`
 seeding and file writing, one module per model).
 

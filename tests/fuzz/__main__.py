@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.replay:
         return _replay(args.replay, args.repository, args.server_args)
-    from tests.server_process import start_server
+    from tests.support.server_process import start_server
 
     from .run import FuzzConfig, fuzz
 
@@ -57,7 +57,7 @@ def _replay(spec: str, repository: Path, server_args: list[str]) -> int:
     """Start the server to learn its models (cases depend on them), then print one case."""
     import grpc
 
-    from tests.server_process import start_server
+    from tests.support.server_process import start_server
 
     from .cases import make_case
     from .targets import discover

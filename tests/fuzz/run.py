@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from tests.server_process import rss_bytes
+from tests.support.server_process import rss_bytes
 
 from . import valid
 from .cases import Case, make_case

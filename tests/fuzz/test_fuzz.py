@@ -12,7 +12,7 @@ import pytest
 
 from tests.fuzz.cases import RPC_WEIGHTS, SEQSERVE, Case
 from tests.fuzz.run import FuzzConfig, execute, fuzz
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 
 def test_fuzz_every_rpc(server: ServerProcess, repository: Path) -> None:

@@ -5,9 +5,7 @@ calls ending CANCELLED: `grpc.aio`'s stop kills calls it has queued but not star
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -15,36 +13,15 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import pytest
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.tensors import to_batch
-from tests.fixture_models import FEATURES, write_repository
-from tests.server_process import ServerProcess, start_server
+from tests.support.channels import RETRYING
+from tests.support.model_zoo import FEATURES
+from tests.support.server_process import ServerProcess, free_port, start_server
 
 CALLERS = 32
-RETRY_CONFIG = json.dumps({
-    "methodConfig": [{
-        "name": [{"service": "seqserve.v1.SeqServe"}],
-        "retryPolicy": {
-            "maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s",
-            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }]
-})  # fmt: skip
-RETRYING = [("grpc.enable_retries", 1), ("grpc.service_config", RETRY_CONFIG)]
-
-
-@pytest.fixture(scope="module")
-def small_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_repository(tmp_path_factory.mktemp("shutdown"), only={"aligned"})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def two_replicas(repository: Path) -> tuple[ServerProcess, ServerProcess]:

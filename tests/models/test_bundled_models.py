@@ -12,19 +12,17 @@ import pytest
 
 from models.training import data
 from seqserve_client import SeqServeClient
-from tests.server_process import start_server
+from tests.support.server_process import served
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 TOLERANCE = 1e-4  # raw ppm (~350) in float32: 1e-5 relative to the values served
 NAMES = sorted(p.parent.parent.name for p in MODELS.glob("*/1/model.keras"))
 
 
 @pytest.fixture(scope="module")
 def bundled() -> Iterator[SeqServeClient]:
-    server = start_server(MODELS)
-    with SeqServeClient(server.target, timeout=60) as client:
+    with served(MODELS) as server, SeqServeClient(server.target, timeout=60) as client:
         yield client
-    server.stop()
 
 
 def example_input(name: str, rng: np.random.Generator) -> np.ndarray:

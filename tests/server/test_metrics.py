@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -15,37 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from seqserve_client import SeqServeClient, SeqServeError
-from tests.server_process import ServerProcess
+from tests.support.metrics import samples, scrape, value
+from tests.support.server_process import ServerProcess, free_port
 
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
 needs_prometheus = pytest.mark.skipif(
     not (PROMTOOL and PROMETHEUS), reason="Debian's prometheus package (make test installs it)"
 )
-
-
-def scrape(server: ServerProcess) -> str:
-    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
-
-
-def samples(text: str, name: str) -> dict[tuple, float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                found[tuple(sorted(sample.labels.items()))] = sample.value
-    return found
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return sum(
-        v for key, v in samples(text, name).items() if set(labels.items()) <= set(dict(key).items())
-    )
 
 
 def test_requests_latency_batches_and_errors_are_counted(
@@ -95,12 +73,6 @@ def test_promtool_accepts_the_metrics(client: SeqServeClient, server: ServerProc
         [PROMTOOL, "check", "metrics"], input=scrape(server), capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

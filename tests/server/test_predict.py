@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from seqserve_client import SeqServeClient
-from tests.fixture_models import FEATURES, random_sequences
+from tests.support.model_zoo import FEATURES, random_sequences
 
 TOLERANCE = 1e-5
 

@@ -15,7 +15,7 @@ import yaml
 
 from models.training import data, evaluate
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 NAMES = [
     "iris_classifier",
     "digit_classifier",

@@ -16,7 +16,7 @@ from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.tensors import to_batch, to_tensor
 from seqserve_client import SeqServeClient, SeqServeError
-from tests.fixture_models import FEATURES
+from tests.support.model_zoo import FEATURES
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from seqserve_client import AsyncSeqServeClient, SeqServeClient, SeqServeError
-from tests.fixture_models import FEATURES
-from tests.test_metrics import scrape, value
+from tests.support.metrics import scrape, value
+from tests.support.model_zoo import FEATURES
 
 TOLERANCE = 1e-5
 CHUNKS = [1, 3, 2, 1, 4]  # 11 steps fed in uneven pieces

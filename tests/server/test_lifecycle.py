@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 import urllib.request
@@ -16,14 +15,9 @@ import numpy as np
 import pytest
 
 from seqserve_client import SeqServeClient, SeqServeError
-from tests.fixture_models import FEATURES, write_repository
-from tests.server_process import ServerProcess, start_server
-from tests.test_shutdown import RETRYING
-
-
-@pytest.fixture(scope="module")
-def small_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_repository(tmp_path_factory.mktemp("small"), only={"aligned"})
+from tests.support.channels import RETRYING
+from tests.support.model_zoo import FEATURES
+from tests.support.server_process import ServerProcess, free_port, start_server
 
 
 def test_sigterm_drains_in_flight_work_then_exits(small_repository: Path) -> None:
@@ -56,12 +50,6 @@ def test_sigterm_drains_in_flight_work_then_exits(small_repository: Path) -> Non
     with SeqServeClient(server.target, timeout=2) as c, pytest.raises(SeqServeError):
         c.predict("aligned", inputs[:1])
     assert "stopping" in server.output()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.tensors import to_batch, to_tensor
 from seqserve_client import SeqServeClient
-from tests.fixture_models import FEATURES
-from tests.server_process import ServerProcess
-from tests.test_metrics import scrape, value
+from tests.support.metrics import scrape, value
+from tests.support.model_zoo import FEATURES
+from tests.support.server_process import ServerProcess
 
 CALLS = 1000
 CONCURRENCY = 64

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +84,23 @@ def start_server(repository: Path, *args: str, timeout: float = 600, **env: str)
         raise RuntimeError("server exited before it was ready:\n" + "".join(log))
     host, port, metrics = found[0].groups()
     return ServerProcess(process, host, int(port), int(metrics), log)
+
+
+@contextlib.contextmanager
+def served(repository: Path, *args: str, **env: str) -> Iterator[ServerProcess]:
+    """`start_server` for the length of a `with` block (a fixture's lifetime)."""
+    process = start_server(repository, *args, **env)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, for servers that must be told theirs (shared ports)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def rss_bytes(pid: int) -> int:

@@ -1,6 +1,6 @@
 """The whole zoo through one real server: Predict = PredictStream = session = eager Keras.
 
-Every model of tests/model_zoo.py is saved into a repository as an operator would lay it out,
+Every model of tests/support/model_zoo.py is saved into a repository as an operator would lay it out,
 served with no config (the mode comes from the graph), and called through the SDK with random
 batch sizes and variable lengths; every output is compared with the same file loaded in-process
 and called eagerly, `model(x, training=False)`, one sequence at a time.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import keras
@@ -23,8 +23,9 @@ from hypothesis.extra import numpy as hnp
 
 from seqserve_client import SeqServeClient
 from seqserve_client.errors import FailedPreconditionError, InvalidInputError
-from tests.model_zoo import SEVERAL_OUTPUTS, STEPPER_CASES, VOCAB, ZOO
-from tests.server_process import ServerProcess, start_server
+from tests.support.model_zoo import SEVERAL_OUTPUTS, STEPPER_CASES, VOCAB, ZOO
+from tests.support.reference import loader
+from tests.support.server_process import ServerProcess, served
 
 TOL = 1e-5
 MAX_LENGTH = 12
@@ -47,9 +48,8 @@ def zoo_root(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
 
 @pytest.fixture(scope="module")
 def zoo_server(zoo_root: Path) -> Iterator[ServerProcess]:
-    process = start_server(zoo_root)
-    yield process
-    process.stop()
+    with served(zoo_root) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +59,8 @@ def zoo(zoo_server: ServerProcess) -> Iterator[SeqServeClient]:
 
 
 @pytest.fixture(scope="module")
-def eager(zoo_root: Path) -> functools._lru_cache_wrapper:
-    @functools.cache
-    def load(name: str) -> keras.Model:
-        path = zoo_root / name / "1" / "model.keras"
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
-
-    return load
+def eager(zoo_root: Path) -> Callable[..., keras.Model]:
+    return loader(zoo_root)
 
 
 def _selected_models(session: pytest.Session) -> set[str]:
@@ -204,7 +199,7 @@ def test_metadata_lists_every_output(zoo: SeqServeClient) -> None:
 
 def test_readme_several_outputs_example_runs(zoo: SeqServeClient) -> None:
     """The README's several-outputs snippet, run as written against the zoo's two_heads."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     block = readme.split("<!-- readme-several-outputs", 1)[1].split("```python\n", 1)[1]
     scope: dict = {"client": zoo, "np": np}
     exec(block.split("```", 1)[0], scope)  # the project's own README

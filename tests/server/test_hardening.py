@@ -28,9 +28,9 @@ from seqserve_client.channel import DEFAULT_OPTIONS
 from seqserve_server.core.errors import LimitExceeded
 from seqserve_server.core.limits import check_stream_messages
 from seqserve_server.core.modes import Mode
-from tests.fixture_models import FEATURES, aligned, many_to_one
-from tests.server_process import ServerProcess, start_server
-from tests.test_metrics import samples, scrape, value
+from tests.support.metrics import samples, scrape, value
+from tests.support.model_zoo import FEATURES, aligned, lstm_many_to_one
+from tests.support.server_process import ServerProcess, served
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -62,7 +62,7 @@ def fails_warm_up() -> keras.Model:
 MODELS = {
     "aligned": (aligned, {}),
     "classifier": (
-        many_to_one,
+        lstm_many_to_one,
         {"labels": ["w", "x", "y", "z"], "max_stream_messages": CLASSIFIER_STREAM_MESSAGES},
     ),
     "wide": (wide, {}),
@@ -92,9 +92,8 @@ def hardened(hardened_root: Path) -> Iterator[ServerProcess]:
         "--max-streams-per-connection": MAX_STREAMS, "--grace-period-s": 1,
         "--max-stream-messages": MAX_STREAM_MESSAGES,
     }  # fmt: skip
-    process = start_server(hardened_root, *(str(a) for kv in limits.items() for a in kv))
-    yield process
-    process.stop()
+    with served(hardened_root, *(str(a) for kv in limits.items() for a in kv)) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

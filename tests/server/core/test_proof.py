@@ -19,7 +19,7 @@ from seqserve_server.core.modes import Mode
 from seqserve_server.core.proof import ProofFailed, Reference, compare, probes, prove
 from seqserve_server.core.runtime import ModelRuntime
 from seqserve_server.core.sessions import proven_program
-from tests.model_zoo import ZOO
+from tests.support.model_zoo import ZOO
 
 TOL = 1e-5
 

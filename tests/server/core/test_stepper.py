@@ -19,7 +19,7 @@ from seqserve_server.core.stepper import (
     StepProgram,
     build_step_program,
 )
-from tests.model_zoo import STEPPER_CASES, ZOO, dense_one_to_one
+from tests.support.model_zoo import STEPPER_CASES, ZOO, dense_one_to_one
 
 TOL = 1e-5
 STEPS = 11  # length fed to models whose input length is free

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.soak import SoakConfig, soak
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 
 @pytest.mark.slow

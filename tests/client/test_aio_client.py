@@ -10,7 +10,7 @@ import pytest
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve_client import AsyncSeqServeClient, InvalidInputError, SeqServeClient, SeqServeError
-from tests.fixture_models import FEATURES, random_sequences
+from tests.support.model_zoo import FEATURES, random_sequences
 
 TOLERANCE = 1e-5
 
