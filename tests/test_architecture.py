@@ -104,6 +104,26 @@ def test_the_sdk_speaks_through_the_api_package() -> None:
     assert any(matches(m, "seqserve_api") for m in modules)
 
 
+def test_test_files_import_no_test_files() -> None:
+    """Shared helpers live in tests/support, so moving or deleting a test breaks no other."""
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno} imports {module}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for module in _imported_names(node)
+        if module.startswith("tests.") and module.rsplit(".", 1)[-1].startswith("test_")
+    ]
+    assert not found, "\n".join(found)
+
+
+def _imported_names(node: ast.Import | ast.ImportFrom) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    base = node.module or ""
+    return [base, *(f"{base}.{alias.name}" for alias in node.names)]
+
+
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not name.endswith("__")
 
