@@ -1,24 +1,11 @@
-"""Settings come from flags or SEQSERVE_* variables; modes come from shapes or the config."""
+"""Modes come from the shapes of a model's input and output, or from its config, checked."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from pydantic_settings import CliApp
 
-from seqserve_server.config import Settings
 from seqserve_server.core.errors import ModelLoadError
 from seqserve_server.core.modes import Mode, infer_mode, resolve_mode
-
-
-def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SEQSERVE_PORT", "9100")
-    monkeypatch.setenv("SEQSERVE_MODEL_REPOSITORY", "/srv/models")
-    settings = CliApp.run(Settings, cli_args=["--metrics-port", "9101"])
-    assert (settings.port, settings.metrics_port) == (9100, 9101)
-    assert settings.model_repository == Path("/srv/models")
-    assert CliApp.run(Settings, cli_args=["--port", "9200"]).port == 9200
 
 
 @pytest.mark.parametrize(
