@@ -17,16 +17,19 @@ TWINS = [(SeqServeClient, AsyncSeqServeClient), (Session, AsyncSession)]
 SYNC_ON_BOTH = {"session", "cancel"}
 
 
+def members(cls: type) -> dict[str, Any]:
+    """What the class defines or inherits from the SDK (a base shared by both twins counts)."""
+    return {n: m for c in reversed(cls.__mro__[:-1]) for n, m in vars(c).items()}
+
+
 def public_methods(cls: type) -> dict[str, Callable[..., Any]]:
     return {
-        name: member
-        for name, member in vars(cls).items()
-        if not name.startswith("_") and inspect.isfunction(member)
+        n: m for n, m in members(cls).items() if not n.startswith("_") and inspect.isfunction(m)
     }
 
 
 def public_properties(cls: type) -> set[str]:
-    return {n for n, m in vars(cls).items() if not n.startswith("_") and isinstance(m, property)}
+    return {n for n, m in members(cls).items() if not n.startswith("_") and isinstance(m, property)}
 
 
 def parameters(method: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
@@ -53,6 +56,15 @@ def test_twin_methods_take_the_same_parameters(sync: type, aio: type) -> None:
 
 
 @pytest.mark.parametrize(("sync", "aio"), TWINS, ids=lambda c: c.__name__)
+def test_twin_methods_say_the_same(sync: type, aio: type) -> None:
+    """Each asyncio method is documented by its sync twin's docstring (`twins.mirrors`)."""
+    aio_methods = public_methods(aio)
+    for name, method in public_methods(sync).items():
+        if name != "session":  # says how each side opens the session
+            assert aio_methods[name].__doc__ == method.__doc__, name
+
+
+@pytest.mark.parametrize(("sync", "aio"), TWINS, ids=lambda c: c.__name__)
 def test_async_twin_awaits_what_the_sync_one_blocks_on(sync: type, aio: type) -> None:
     aio_methods = public_methods(aio)
     for name, method in public_methods(sync).items():
@@ -67,9 +79,9 @@ def test_async_twin_awaits_what_the_sync_one_blocks_on(sync: type, aio: type) ->
 
 @pytest.mark.parametrize(("sync", "aio"), TWINS, ids=lambda c: c.__name__)
 def test_context_managers_on_both_sides(sync: type, aio: type) -> None:
-    assert {"__enter__", "__exit__"} <= set(vars(sync))
-    assert {"__aenter__", "__aexit__"} <= set(vars(aio))
-    assert parameters(vars(sync)["__exit__"]) == parameters(vars(aio)["__aexit__"])
+    assert {"__enter__", "__exit__"} <= members(sync).keys()
+    assert {"__aenter__", "__aexit__"} <= members(aio).keys()
+    assert parameters(members(sync)["__exit__"]) == parameters(members(aio)["__aexit__"])
 
 
 def test_every_client_call_takes_a_timeout_defaulting_to_the_clients() -> None:
@@ -86,7 +98,7 @@ def test_all_lists_the_async_twin_of_every_sync_class() -> None:
     """An I/O class (one with methods of its own) has its `Async` twin exported, and back."""
     exported = {name: getattr(seqserve_client, name) for name in seqserve_client.__all__}
     io_classes = {n for n, c in exported.items() if isinstance(c, type) and public_methods(c)}
-    assert {"SeqServeClient", "Session"} <= io_classes
+    assert {"SeqServeClient", "Session", "AsyncSeqServeClient", "AsyncSession"} <= io_classes
     for name in io_classes:
         twin = name.removeprefix("Async") if name.startswith("Async") else f"Async{name}"
         assert twin in io_classes, name

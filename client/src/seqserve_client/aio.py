@@ -12,15 +12,7 @@ and what its reply means is in calls.py, shared with them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Generator,
-    Iterable,
-    Sequence,
-)
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Generator, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -31,7 +23,6 @@ from seqserve.v1 import seqserve_pb2 as pb
 
 from . import calls
 from .calls import (
-    DEFAULT_TIMEOUT_S,
     Call,
     Inputs,
     SessionProtocol,
@@ -42,17 +33,18 @@ from .calls import (
     reset_done,
     session_output_from,
 )
-from .channel import open_channel, rpcs
+from .client import SeqServeClient
 from .errors import SeqServeError, from_rpc_error
 from .results import (
     ModelMetadata,
     ModelStatus,
     Predicted,
     Prediction,
-    SessionInfo,
     SessionOutput,
     StreamPart,
 )
+from .session import Session
+from .twins import ClientBase, SessionBase, mirrors
 
 # grpc.aio's own status for a write that Core fails because the call has ended: it may replace
 # the status the server sent (grpc/grpc#36066), which the sync client reports.
@@ -61,25 +53,11 @@ SERVER_STATUS_WAIT_S = 5.0  # for the server's status to follow Core's; none com
 R = TypeVar("R")
 
 
-class AsyncSeqServeClient:
-    """A connection to one seqserve server (or load balancer); share it between tasks.
+class AsyncSeqServeClient(ClientBase):
+    """A connection to one seqserve server (or load balancer), see `ClientBase`; share it
+    between the tasks of one event loop."""
 
-    The constructor does no I/O (gRPC connects on the first call); every method is one call
-    with a deadline of `timeout` seconds, the client's own unless the call gives one.
-    """
-
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT_S,
-        credentials: grpc.ChannelCredentials | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self._channel = open_channel(grpc.aio, target, credentials, options)
-        self._rpcs = rpcs(self._channel)
+    _grpc = grpc.aio
 
     async def __aenter__(self) -> AsyncSeqServeClient:
         return self
@@ -89,18 +67,19 @@ class AsyncSeqServeClient:
     ) -> None:
         await self.close()
 
+    @mirrors(SeqServeClient.close)
     async def close(self) -> None:
         await self._channel.close()
 
     # -- predictions ---------------------------------------------------------------------
 
+    @mirrors(SeqServeClient.predict)
     async def predict(
         self, model: str, inputs: Inputs, *, version: int = 0, timeout: float | None = None
     ) -> Predicted:
-        """Outputs as numpy: one array [batch, ...], or a list when output lengths differ; a
-        dict of them by output name for a model with several outputs."""
         return await self._unary(calls.predict(model, inputs, version), timeout)
 
+    @mirrors(SeqServeClient.classify)
     async def classify(
         self,
         model: str,
@@ -110,9 +89,9 @@ class AsyncSeqServeClient:
         version: int = 0,
         timeout: float | None = None,
     ) -> TopK:
-        """The k best (label, score) pairs per output vector, for models with labels."""
         return await self._unary(calls.classify(model, inputs, top_k, version), timeout)
 
+    @mirrors(SeqServeClient.predict_full)
     async def predict_full(
         self,
         model: str,
@@ -122,9 +101,9 @@ class AsyncSeqServeClient:
         top_k: int = 0,
         timeout: float | None = None,
     ) -> Prediction:
-        """Outputs with the model, version and mode that computed them, and top_k pairs."""
         return await self._unary(calls.predict_full(model, inputs, version, top_k), timeout)
 
+    @mirrors(SeqServeClient.predict_stream)
     async def predict_stream(
         self,
         model: str,
@@ -134,7 +113,6 @@ class AsyncSeqServeClient:
         top_k: int = 0,
         timeout: float | None = None,
     ) -> AsyncIterator[StreamPart]:
-        """Output parts as the server produces them: sequence outputs step by step."""
         call = calls.predict_stream(model, inputs, version, top_k)
         stream = self._rpcs[call.rpc](call.request, timeout=self._deadline(timeout))
         try:
@@ -161,23 +139,21 @@ class AsyncSeqServeClient:
 
     # -- repository ----------------------------------------------------------------------
 
+    @mirrors(SeqServeClient.list_models)
     async def list_models(self, *, timeout: float | None = None) -> list[ModelStatus]:
-        """Every version of every model with its state, including those that failed to load."""
         return await self._unary(calls.list_models(), timeout)
 
+    @mirrors(SeqServeClient.metadata)
     async def metadata(
         self, model: str, *, version: int = 0, timeout: float | None = None
     ) -> ModelMetadata:
         return await self._unary(calls.metadata(model, version), timeout)
 
+    @mirrors(SeqServeClient.health)
     async def health(self, service: str = "", *, timeout: float | None = None) -> bool:
-        """True when the server (or the named model, or service) is serving."""
         return await self._unary(calls.health(service), timeout)
 
     # -- I/O -----------------------------------------------------------------------------
-
-    def _deadline(self, timeout: float | None) -> float | None:
-        return calls.deadline(timeout, self.timeout)
 
     async def _unary(self, call: Call[R], timeout: float | None) -> R:
         try:
@@ -187,24 +163,16 @@ class AsyncSeqServeClient:
         return call.read(response)
 
 
-class AsyncSession:
-    """One session over a bidirectional stream. Not safe for concurrent use: one task drives it.
+class AsyncSession(SessionBase):
+    """A session (see `SessionBase`), opened by `async with` or `await`. One task drives it."""
 
-    The constructor does no I/O; `open()` starts the call and waits until the server has opened
-    the session (`async with` and `await` call it). Its deadline, if any, covers the session.
-    """
+    _statuses: list[grpc.aio.AioRpcError]  # every status the call was given
+    _status_set: asyncio.Event
 
-    def __init__(self, rpc: Callable[..., Any], protocol: SessionProtocol, timeout: float | None):
-        self._rpc = rpc
-        self._protocol = protocol
-        self._timeout = timeout
-        self._call: Any = None
-        self._statuses: list[grpc.aio.AioRpcError] = []  # every status the call was given
-        self._status_set = asyncio.Event()
-
+    @mirrors(Session.open)
     async def open(self) -> AsyncSession:
-        """Start the call and wait for the server to open the session (once; then a no-op)."""
         if self._call is None:
+            self._statuses, self._status_set = [], asyncio.Event()
             self._call = self._rpc(timeout=self._timeout)
             self._call.add_done_callback(self._keep_status)
             await self._send(self._protocol.opening)
@@ -225,36 +193,21 @@ class AsyncSession:
         else:
             self.cancel()
 
-    @property
-    def info(self) -> SessionInfo:
-        return self._protocol.info
-
-    @property
-    def mode(self) -> str:
-        return self._protocol.info.mode
-
-    @property
-    def emit_on_request(self) -> bool:
-        return self._protocol.emit_on_request
-
+    @mirrors(Session.step)
     async def step(self, values: StepValues, *, emit: bool = False) -> np.ndarray | None:
-        """Send one step ([features]) or several ([steps, features]); the output it produces:
-        aligned: [steps, out]; many-to-one: the running prediction (None when not asked for);
-        unaligned: None (call `end_input` or `decode`)."""
         output = await self.step_full(values, emit=emit)
         return None if output is None else output.values
 
+    @mirrors(Session.step_full)
     async def step_full(self, values: StepValues, *, emit: bool = False) -> SessionOutput | None:
-        """`step` with the output's step index and top_k pairs."""
         request, answered = self._protocol.steps(values, emit)
         await self._send(request)
         return session_output_from(await self._receive()) if answered else None
 
+    @mirrors(Session.stream)
     async def stream(
         self, steps: Iterable[StepValues] | AsyncIterable[StepValues]
     ) -> AsyncIterator[np.ndarray | None]:
-        """Feed steps one after another (from an iterable or an async one), yielding each
-        one's output."""
         if isinstance(steps, AsyncIterable):
             async for values in steps:
                 yield await self.step(values)
@@ -262,13 +215,12 @@ class AsyncSession:
             for values in steps:
                 yield await self.step(values)
 
+    @mirrors(Session.end_input)
     async def end_input(self) -> np.ndarray:
-        """Unaligned models: the input is complete; the decoded sequence [steps, out]."""
         return decoded([output async for output in self.decode()])
 
+    @mirrors(Session.decode)
     async def decode(self) -> AsyncIterator[SessionOutput]:
-        """Unaligned models: the input is complete; the decoded sequence, one step at a time
-        as it streams back."""
         await self._send(SessionProtocol.END_INPUT)
         while True:
             output = session_output_from(await self._receive())
@@ -276,14 +228,13 @@ class AsyncSession:
             if output.last:
                 return
 
+    @mirrors(Session.reset)
     async def reset(self) -> None:
-        """Forget every step fed so far; the session stays open."""
         await self._send(SessionProtocol.RESET)
         reset_done(await self._receive())
 
+    @mirrors(Session.close)
     async def close(self) -> None:
-        """End the session: the server frees its state at once. Raises the server's error if
-        it ended the session with one the caller has not been given yet."""
         if self._call is None or self._protocol.ended:
             return
         self._protocol.ended = True
@@ -294,11 +245,6 @@ class AsyncSession:
         failure = await self._failure()
         if failure is not None and failure.code() != grpc.StatusCode.CANCELLED:
             raise from_rpc_error(failure)
-
-    def cancel(self) -> None:
-        """End the session at once, without waiting for the server."""
-        if self._call is not None:
-            self._call.cancel()
 
     # -- I/O -----------------------------------------------------------------------------
 

@@ -6,41 +6,27 @@ the asyncio client (aio.py), whose methods mirror these one for one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
 from . import calls
-from .calls import DEFAULT_TIMEOUT_S, Call, Inputs, TopK
-from .channel import open_channel, rpcs
+from .calls import Call, Inputs, TopK
 from .errors import from_rpc_error
 from .results import ModelMetadata, ModelStatus, Predicted, Prediction, StreamPart
 from .session import Session
+from .twins import ClientBase
 
 R = TypeVar("R")
 
 
-class SeqServeClient:
-    """A connection to one seqserve server (or load balancer). Thread-safe; reuse it.
+class SeqServeClient(ClientBase):
+    """A connection to one seqserve server (or load balancer), see `ClientBase`. Thread-safe;
+    reuse it."""
 
-    The constructor does no I/O (gRPC connects on the first call); every method is one call
-    with a deadline of `timeout` seconds, the client's own unless the call gives one.
-    """
-
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT_S,
-        credentials: grpc.ChannelCredentials | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self._channel = open_channel(grpc, target, credentials, options)
-        self._rpcs = rpcs(self._channel)
+    _grpc = grpc
 
     def __enter__(self) -> SeqServeClient:
         return self
@@ -51,6 +37,7 @@ class SeqServeClient:
         self.close()
 
     def close(self) -> None:
+        """Close the channel; calls still in flight are cancelled."""
         self._channel.close()
 
     # -- predictions ---------------------------------------------------------------------
@@ -136,9 +123,6 @@ class SeqServeClient:
         return self._unary(calls.health(service), timeout)
 
     # -- I/O -----------------------------------------------------------------------------
-
-    def _deadline(self, timeout: float | None) -> float | None:
-        return calls.deadline(timeout, self.timeout)
 
     def _unary(self, call: Call[R], timeout: float | None) -> R:
         try:

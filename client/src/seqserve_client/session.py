@@ -12,7 +12,7 @@ Only I/O lives here: the messages and the reply rule are `calls.SessionProtocol`
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -30,28 +30,21 @@ from .calls import (
     session_output_from,
 )
 from .errors import from_rpc_error
-from .results import SessionInfo, SessionOutput
+from .results import SessionOutput
+from .twins import SessionBase
 
 _CLOSE = object()
 
 
-class Session:
-    """One session over a bidirectional stream. Not thread-safe: one caller drives it.
+class Session(SessionBase):
+    """A session (see `SessionBase`), opened by `client.session()`. Not thread-safe."""
 
-    The constructor does no I/O; `open()` starts the call and waits until the server has opened
-    the session (`client.session()` calls it). Its deadline, if any, covers the whole session.
-    """
-
-    def __init__(self, rpc: Callable[..., Any], protocol: SessionProtocol, timeout: float | None):
-        self._rpc = rpc
-        self._protocol = protocol
-        self._timeout = timeout
-        self._requests: queue.Queue[Any] = queue.Queue()
-        self._call: Any = None
+    _requests: queue.Queue[Any]  # what the call sends, in order; `_CLOSE` ends it
 
     def open(self) -> Session:
         """Start the call and wait for the server to open the session (once; then a no-op)."""
         if self._call is None:
+            self._requests = queue.Queue()
             self._call = self._rpc(iter(self._requests.get, _CLOSE), timeout=self._timeout)
             self._send(self._protocol.opening)
             self._protocol.open(self._receive())
@@ -67,18 +60,6 @@ class Session:
             self.close()
         else:
             self.cancel()
-
-    @property
-    def info(self) -> SessionInfo:
-        return self._protocol.info
-
-    @property
-    def mode(self) -> str:
-        return self._protocol.info.mode
-
-    @property
-    def emit_on_request(self) -> bool:
-        return self._protocol.emit_on_request
 
     def step(self, values: StepValues, *, emit: bool = False) -> np.ndarray | None:
         """Send one step ([features]) or several ([steps, features]); the output it produces:
@@ -120,8 +101,10 @@ class Session:
     def close(self) -> None:
         """End the session: the server frees its state at once. Raises the server's error if
         it ended the session with one the caller has not been given yet."""
+        if self._call is None:
+            return
         self._requests.put(_CLOSE)
-        if self._call is None or self._protocol.ended:
+        if self._protocol.ended:
             return
         self._protocol.ended = True
         try:
@@ -130,11 +113,6 @@ class Session:
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 raise from_rpc_error(exc) from None
-
-    def cancel(self) -> None:
-        """End the session at once, without waiting for the server."""
-        if self._call is not None:
-            self._call.cancel()
 
     # -- I/O -----------------------------------------------------------------------------
 
