@@ -18,7 +18,7 @@ import numpy as np
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.tensors import from_tensor, to_batch, to_tensor
-from seqserve_client.client import prediction_from
+from seqserve_client.calls import prediction_from
 
 from .targets import Target
 

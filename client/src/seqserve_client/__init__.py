@@ -1,4 +1,8 @@
-"""Python client SDK for seqserve: numpy in, numpy out, over gRPC. No TensorFlow needed."""
+"""Python client SDK for seqserve: numpy in, numpy out, over gRPC. No TensorFlow needed.
+
+Every I/O class has an asyncio twin with the same methods and parameters, awaited:
+SeqServeClient / AsyncSeqServeClient, Session / AsyncSession.
+"""
 
 from .aio import AsyncSeqServeClient, AsyncSession
 from .client import SeqServeClient
@@ -12,8 +16,16 @@ from .errors import (
     SeqServeError,
     UnavailableError,
 )
-from .results import ModelMetadata, ModelStatus, Prediction, StreamPart, TensorSpec
-from .session import Session, SessionInfo, SessionOutput
+from .results import (
+    ModelMetadata,
+    ModelStatus,
+    Prediction,
+    SessionInfo,
+    SessionOutput,
+    StreamPart,
+    TensorSpec,
+)
+from .session import Session
 
 __all__ = [
     "AsyncSeqServeClient",

@@ -1,11 +1,17 @@
-"""Channel options shared by the sync and asyncio clients: retries, keepalive, message sizes."""
+"""The channel and its RPCs, the same for the sync and asyncio clients: retries, keepalive,
+message sizes. Opening a channel does no I/O: gRPC connects on the first call."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api import MAX_MESSAGE_BYTES
 
 SERVICE = "seqserve.v1.SeqServe"
@@ -54,3 +60,28 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 def channel_options(extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
     """The defaults above, each overridden by the caller's option of the same name."""
     return list({**DEFAULT_OPTIONS, **dict(extra)}.items())
+
+
+def open_channel(
+    kind: ModuleType,
+    target: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]],
+) -> Any:
+    """A channel from `kind`, `grpc` or `grpc.aio` (same functions, blocking or asyncio)."""
+    if credentials is None:
+        return kind.insecure_channel(target, options=channel_options(options))
+    return kind.secure_channel(target, credentials, options=channel_options(options))
+
+
+def rpcs(channel: Any) -> dict[str, Any]:
+    """Each RPC the SDK calls, by the name a `calls.Call` gives, bound to `channel`."""
+    seqserve = pb_grpc.SeqServeStub(channel)
+    return {
+        "Predict": seqserve.Predict,
+        "PredictStream": seqserve.PredictStream,
+        "ListModels": seqserve.ListModels,
+        "GetModelMetadata": seqserve.GetModelMetadata,
+        "Session": seqserve.Session,
+        "Check": health_pb2_grpc.HealthStub(channel).Check,
+    }

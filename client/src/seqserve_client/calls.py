@@ -1,0 +1,299 @@
+"""Every SDK call without its I/O: the request it sends and what its reply means.
+
+The sync client (client.py, session.py) and the asyncio one (aio.py) only send what this module
+builds and hand back what it reads: a unary or streaming call is a `Call` (the RPC's name, the
+request, the reader of its reply), a session is driven through a `SessionProtocol`. So the two
+clients cannot drift apart, and all of this is tested without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
+
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve_api.session_protocol import steps_get_output
+from seqserve_api.tensors import encode_inputs, from_tensor, split_sequences, to_tensor
+
+from .errors import SeqServeError, from_rpc_error
+from .results import (
+    ModelMetadata,
+    ModelStatus,
+    Outputs,
+    Predicted,
+    Prediction,
+    SessionInfo,
+    SessionOutput,
+    StreamPart,
+    TensorSpec,
+)
+
+DEFAULT_TIMEOUT_S = 30.0  # a client's deadline per call unless told otherwise
+# What predict takes: one dense batch, or a list of inputs (sequences may differ in length).
+Inputs = np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[int]]
+# What a session step takes: float steps [steps, features] or one step [features]; token ids.
+StepValues = np.ndarray | Sequence[int]
+TopK = list[list[tuple[str, float]]]  # per output vector, the k best (label, score) pairs
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Call(Generic[R]):
+    """One RPC without its I/O: what to send, and how to read the reply (each message of a
+    server stream)."""
+
+    rpc: str  # a key of channel.rpcs()
+    request: Message
+    read: Callable[[Any], R]
+
+
+def deadline(timeout: float | None, default: float | None) -> float | None:
+    """A call's own timeout, else its client's."""
+    return default if timeout is None else timeout
+
+
+# -- the calls --------------------------------------------------------------------------------
+
+
+def predict(model: str, inputs: Inputs, version: int) -> Call[Predicted]:
+    return Call("Predict", predict_request(model, inputs, version, 0), _outputs_of)
+
+
+def classify(model: str, inputs: Inputs, top_k: int, version: int) -> Call[TopK]:
+    return Call("Predict", predict_request(model, inputs, version, top_k), _top_k_of)
+
+
+def predict_full(model: str, inputs: Inputs, version: int, top_k: int) -> Call[Prediction]:
+    return Call("Predict", predict_request(model, inputs, version, top_k), prediction_from)
+
+
+def predict_stream(model: str, inputs: Inputs, version: int, top_k: int) -> Call[StreamPart]:
+    return Call("PredictStream", predict_request(model, inputs, version, top_k), stream_part_from)
+
+
+def list_models() -> Call[list[ModelStatus]]:
+    return Call("ListModels", pb.ListModelsRequest(), _statuses_of)
+
+
+def metadata(model: str, version: int) -> Call[ModelMetadata]:
+    request = pb.GetModelMetadataRequest(model_name=model, model_version=version)
+    return Call("GetModelMetadata", request, metadata_from)
+
+
+def health(service: str) -> Call[bool]:
+    return Call("Check", health_pb2.HealthCheckRequest(service=service), _serving)
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def predict_request(model: str, inputs: Inputs, version: int, top_k: int) -> pb.PredictRequest:
+    """The one place inputs are encoded (seqserve_api.tensors owns the format)."""
+    return pb.PredictRequest(
+        model_name=model, model_version=version, inputs=encode_inputs(inputs), top_k=top_k
+    )
+
+
+def steps_request(values: StepValues, emit: bool) -> pb.SessionRequest:
+    """Float steps: [steps, features] or one step [features]; token ids: [steps] integers."""
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.integer):
+        array = array.astype(np.float32)
+        if array.ndim == 1:
+            array = array[np.newaxis]
+    return pb.SessionRequest(steps=pb.SessionSteps(values=to_tensor(array), emit=emit))
+
+
+# -- replies ----------------------------------------------------------------------------------
+
+
+def prediction_from(response: pb.PredictResponse) -> Prediction:
+    """Outputs as numpy; a dict of them by name for a model with several outputs."""
+    ranked = [top_k_pairs(t) for t in response.top_k]
+    outputs: Predicted
+    if response.named_outputs:
+        outputs = {name: _output_from(o) for name, o in sorted(response.named_outputs.items())}
+    else:
+        outputs = _output_from(response)
+    return Prediction(
+        response.model_name, response.model_version, mode_name(response.mode), outputs, ranked
+    )
+
+
+def _output_from(message: pb.PredictResponse | pb.Output) -> Outputs:
+    """[batch, ...] when every output has the same shape, else a list of arrays."""
+    if message.WhichOneof("output") == "vectors":
+        return from_tensor(message.vectors.values)
+    values = from_tensor(message.sequences.values)
+    lengths = list(message.sequences.lengths)
+    if lengths and all(n == lengths[0] for n in lengths):
+        return values.reshape(len(lengths), lengths[0], *values.shape[1:])
+    return split_sequences(values, lengths)
+
+
+def _outputs_of(response: pb.PredictResponse) -> Predicted:
+    return prediction_from(response).outputs
+
+
+def _top_k_of(response: pb.PredictResponse) -> TopK:
+    return [top_k_pairs(t) for t in response.top_k]
+
+
+def stream_part_from(part: pb.PredictStreamResponse) -> StreamPart:
+    return StreamPart(
+        part.input_index,
+        part.step,
+        part.last,
+        from_tensor(part.values),
+        top_k_pairs(part.top_k),
+        part.output_name,
+    )
+
+
+def mode_name(value: pb.Mode.ValueType) -> str:
+    return pb.Mode.Name(value).lower()
+
+
+def top_k_pairs(ranked: pb.TopK) -> list[tuple[str, float]]:
+    return list(zip(ranked.labels, ranked.scores, strict=True))
+
+
+def _spec_from(spec: pb.TensorSpec) -> TensorSpec:
+    dtype = pb.DataType.Name(spec.dtype).lower()
+    return TensorSpec(spec.name, dtype, tuple(spec.shape), spec.sequence, spec.vocabulary)
+
+
+def _statuses_of(response: pb.ListModelsResponse) -> list[ModelStatus]:
+    return [
+        ModelStatus(
+            s.name,
+            s.version,
+            pb.ModelState.Name(s.state).lower(),
+            mode_name(s.mode),
+            s.error,
+            s.compute_path,
+        )
+        for s in response.models
+    ]
+
+
+def metadata_from(m: pb.GetModelMetadataResponse) -> ModelMetadata:
+    return ModelMetadata(
+        name=m.name,
+        version=m.version,
+        versions=tuple(m.versions),
+        mode=mode_name(m.mode),
+        input=_spec_from(m.input),
+        output=_spec_from(m.output),
+        labels=tuple(m.labels),
+        description=m.description,
+        max_sequence_length=m.max_sequence_length,
+        max_batch_size=m.max_batch_size,
+        streams_steps=m.streams_steps,
+        session_support=pb.SessionSupport.Name(m.session_support).lower(),
+        open_sessions=m.open_sessions,
+        max_sessions=m.max_sessions,
+        state=pb.ModelState.Name(m.state).lower(),
+        error=m.error,
+        compute_path=m.compute_path,
+        proof=m.proof,
+        session_reason=m.session_reason,
+        max_request_elements=m.max_request_elements,
+        max_inputs_per_request=m.max_inputs_per_request,
+        max_message_bytes=m.max_message_bytes,
+        max_stream_messages=m.max_stream_messages,
+        inputs=tuple(_spec_from(s) for s in m.inputs),
+        outputs=tuple(_spec_from(s) for s in m.outputs),
+    )
+
+
+def _serving(response: health_pb2.HealthCheckResponse) -> bool:
+    return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+class SessionProtocol:
+    """One session's side of the Session stream, without I/O: the message each session method
+    sends, whether the server answers it (the rule of seqserve_api.session_protocol), and what
+    the answers mean. `Session` and `AsyncSession` only move these messages."""
+
+    END_INPUT = pb.SessionRequest(end_input=pb.SessionEndInput())
+    RESET = pb.SessionRequest(reset=pb.SessionReset())
+
+    def __init__(self, model: str, version: int, emit_on_request: bool, top_k: int) -> None:
+        self.opening = pb.SessionRequest(
+            open=pb.SessionOpen(
+                model_name=model,
+                model_version=version,
+                emit_on_request=emit_on_request,
+                top_k=top_k,
+            )
+        )
+        self.emit_on_request = emit_on_request
+        self.opened: pb.SessionOpened | None = None  # the server's answer to `opening`
+        self.ended = False  # the server ended the call, and the caller has been told why
+
+    def open(self, response: pb.SessionResponse) -> SessionInfo:
+        """Read the answer to `opening`."""
+        self.opened = _reply(response, "opened")
+        return self.info
+
+    @property
+    def info(self) -> SessionInfo:
+        o = self._opened()
+        support = pb.SessionSupport.Name(o.session_support).lower()
+        return SessionInfo(o.session_id, o.model_name, o.model_version, mode_name(o.mode), support)
+
+    def steps(self, values: StepValues, emit: bool) -> tuple[pb.SessionRequest, bool]:
+        """The message that sends these steps, and whether the server answers it."""
+        answered = steps_get_output(self._opened().mode, self.emit_on_request, emit)
+        return steps_request(values, emit), answered
+
+    def _opened(self) -> pb.SessionOpened:
+        if self.opened is None:
+            raise RuntimeError("the session is not open: use `with`, or `await` it (asyncio)")
+        return self.opened
+
+
+def session_output_from(response: pb.SessionResponse) -> SessionOutput:
+    out = _reply(response, "output")
+    values = from_tensor(out.values) if out.HasField("values") else None
+    return SessionOutput(out.step, values, [top_k_pairs(t) for t in out.top_k], out.last)
+
+
+def reset_done(response: pb.SessionResponse) -> None:
+    _reply(response, "reset")
+
+
+def _reply(response: pb.SessionResponse, kind: str) -> Any:
+    """The answer the protocol expects now; a server that sends another broke the protocol."""
+    got = response.WhichOneof("kind")
+    if got != kind:
+        raise session_error(f"the server answered with `{got}` where `{kind}` was due")
+    return getattr(response, kind)
+
+
+def decoded(outputs: Iterable[SessionOutput]) -> np.ndarray:
+    """The whole decoded sequence [steps, out] from the outputs `decode` streams back."""
+    return np.concatenate([o.values for o in outputs if o.values is not None])
+
+
+def ended_error(failure: grpc.RpcError | None) -> SeqServeError:
+    """What a session's caller gets when the call ended while an answer was due: the call's
+    error, or for a call that ended OK, a broken protocol."""
+    if failure is None:
+        return session_error("the server ended the session")
+    return from_rpc_error(failure)
+
+
+def session_error(message: str) -> SeqServeError:
+    """The server broke the Session protocol (ended early, or answered out of turn)."""
+    return SeqServeError(grpc.StatusCode.UNKNOWN, message)

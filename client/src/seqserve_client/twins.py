@@ -1,0 +1,82 @@
+"""What each sync class shares with its asyncio twin: construction, state, and the members that
+do no I/O. Written once here so the twins differ only in how they wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any, TypeVar
+
+import grpc
+
+from .calls import DEFAULT_TIMEOUT_S, SessionProtocol, deadline
+from .channel import open_channel, rpcs
+from .results import SessionInfo
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ClientBase:
+    """A channel to one server and its RPCs. Opening it does no I/O: gRPC connects on the
+    first call. Every call's deadline is `timeout` seconds, the client's own unless the call
+    gives one."""
+
+    _grpc: ModuleType  # `grpc` or `grpc.aio`: the same channel functions, blocking or asyncio
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = open_channel(self._grpc, target, credentials, options)
+        self._rpcs = rpcs(self._channel)
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return deadline(timeout, self.timeout)
+
+
+class SessionBase:
+    """One session over a bidirectional stream; one caller (or task) drives it.
+
+    The constructor does no I/O; `open()` starts the call and waits until the server has opened
+    the session. Its deadline, if any, covers the whole session.
+    """
+
+    def __init__(self, rpc: Callable[..., Any], protocol: SessionProtocol, timeout: float | None):
+        self._rpc = rpc
+        self._protocol = protocol
+        self._timeout = timeout
+        self._call: Any = None  # the gRPC call, from `open()` on
+
+    @property
+    def info(self) -> SessionInfo:
+        return self._protocol.info
+
+    @property
+    def mode(self) -> str:
+        return self._protocol.info.mode
+
+    @property
+    def emit_on_request(self) -> bool:
+        return self._protocol.emit_on_request
+
+    def cancel(self) -> None:
+        """End the session at once, without waiting for the server."""
+        if self._call is not None:
+            self._call.cancel()
+
+
+def mirrors(sync: Callable[..., Any]) -> Callable[[F], F]:
+    """An asyncio method does what its sync twin does, awaited: it takes the twin's docstring."""
+
+    def document(method: F) -> F:
+        method.__doc__ = sync.__doc__
+        return method
+
+    return document
