@@ -16,9 +16,10 @@ CONFIG_NAMES = ("config.yaml", "config.yml", "config.toml")
 
 
 class ModelConfig(BaseModel):
-    """What an operator may state about a model; everything else comes from the model file."""
+    """What an operator may state about a model; everything else comes from the model file.
+    Unknown keys are refused: a misspelt limit must fail the model, not be silently ignored."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     description: str = ""
     mode: Mode | None = None
@@ -47,8 +48,23 @@ def read_config(model_dir: Path) -> ModelConfig:
     try:
         data = _parse(path)
         return ModelConfig.model_validate(data)
-    except (ValidationError, ValueError, yaml.YAMLError) as exc:
+    except ValidationError as exc:
+        raise ModelLoadError(f"invalid {path.name}: {_problems(exc)}") from exc
+    except (ValueError, yaml.YAMLError) as exc:
         raise ModelLoadError(f"invalid {path.name}: {exc}") from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    """One line per bad key, naming it (pydantic's own text adds URLs and input echoes)."""
+    known = ", ".join(ModelConfig.model_fields)
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown key {key!r} (known keys: {known})")
+        else:
+            problems.append(f"{key}: {error['msg']}")
+    return "; ".join(problems)
 
 
 def _parse(path: Path) -> dict[str, Any]:
