@@ -21,7 +21,7 @@ MODEL_DIR = Path(__file__).resolve().parents[1] / MODEL
 
 
 def alphabet() -> str:
-    """The character -> id mapping as a client gets it: from the front matter of the model's card."""
+    """The character -> id mapping as a client gets it: from the model card's front matter."""
     return str(card_metadata(MODEL_DIR)["vocabulary"]["alphabet"])
 
 
