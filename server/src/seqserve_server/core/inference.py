@@ -81,6 +81,7 @@ class InferenceService:
                 config.max_queue_size,
                 self.observer_for(target.name),
                 name=target.name,
+                max_in_flight=self._threads.threads_per_model,  # one merged batch per thread
             )
         return self._batchers[key]
 

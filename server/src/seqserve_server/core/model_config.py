@@ -30,7 +30,8 @@ class ModelConfig(BaseModel):
     max_request_elements: int = Field(default=0, ge=0)
     max_inputs_per_request: int = Field(default=0, ge=0)
     max_stream_messages: int = Field(default=0, ge=0)
-    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    # How long a partial batch may wait for more callers (Triton's semantics); 0: never.
+    max_queue_delay_ms: float = Field(default=0.0, ge=0)
     max_queue_size: int = Field(default=4096, ge=1)  # sequences waiting, not requests
     max_sessions: int = Field(default=256, ge=0)
     session_idle_timeout_s: float = Field(default=300.0, gt=0)
