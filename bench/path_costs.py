@@ -52,7 +52,6 @@ def main(n: int) -> list[dict]:
     repository.scan()
     repository.load_all()
     runtime = repository.resolve(REFERENCE.name).runtime
-    assert runtime is not None
     x = REFERENCE.inputs(np.random.default_rng(0), 1)
     one, two = ThreadPoolExecutor(1), ThreadPoolExecutor(2)
     batchers: dict[str, DynamicBatcher] = {}
@@ -75,10 +74,10 @@ def main(n: int) -> list[dict]:
 
     async def predict_path() -> object:
         request = pb.PredictRequest.FromString(wire)
-        target = service.resolve(request.model_name)
+        target = repository.resolve(request.model_name)
         inputs = msg.decode_inputs(request.inputs, target.limits)
-        prediction = await service.predict(target, inputs)
-        return msg.prediction_to_proto(prediction).SerializeToString()
+        result = await service.predict(target, inputs)
+        return msg.result_to_proto(result).SerializeToString()
 
     return [
         measure("compute inline", inline, n),
