@@ -337,7 +337,7 @@ class _StepQueue:
         self._pending.append(_Pending(state, chunk, future))
         if not self._running:
             self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self._task = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
