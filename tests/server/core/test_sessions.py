@@ -145,3 +145,27 @@ def test_support_is_reported_per_version(sessions: SessionManager, core_reposito
     assert support is SessionSupport.UNSUPPORTED and "one_to_one" in reason
     assert sessions.incremental_program(core_repository.resolve("aligned")) is not None
     assert sessions.incremental_program(core_repository.resolve("iris_like")) is None
+
+
+def test_steps_get_the_same_value_check_as_predict_inputs(sessions: SessionManager) -> None:
+    """One check for both (the runtime's): integer steps of a float model are taken as floats,
+    a bad value is named by its step."""
+    session = sessions.open("aligned")
+
+    async def feed() -> None:
+        as_ints = await sessions.step(session, np.ones((2, FEATURES), np.int64))
+        sessions.reset(session)
+        as_floats = await sessions.step(session, np.ones((2, FEATURES), np.float32))
+        assert as_ints is not None and as_floats is not None
+        np.testing.assert_array_equal(as_ints.values, as_floats.values)
+        bad = np.zeros((3, FEATURES), np.float32)
+        bad[2, 1] = np.nan
+        with pytest.raises(
+            InvalidInput, match=r"steps\.values: expected finite numbers, got nan in step 2"
+        ):
+            await sessions.step(session, bad)
+
+    try:
+        asyncio.run(feed())
+    finally:
+        sessions.close(session)

@@ -26,7 +26,7 @@ from .modes import Mode
 from .observer import ModelObserver
 from .proof import CHUNKS, ProofFailed, probes, prove_program
 from .repository import ModelRepository, ReadyModel, VersionStatus
-from .runtime import ACCEPTED_FLOATS, ACCEPTED_IDS, ModelRuntime
+from .runtime import ACCEPTED_IDS, ModelRuntime
 from .stepper import SessionsUnsupportedError, State, StepProgram, build_step_program
 
 log = logging.getLogger(__name__)
@@ -201,49 +201,31 @@ class SessionManager:
         return self._output(session, 0, y[0], last=True)
 
     def _validate(self, session: OpenSession, values: np.ndarray) -> np.ndarray:
-        if session.program.n_features is None:
-            return self._validate_tokens(session, values)
+        """New steps of the session's one sequence: [steps, features] floats (one step may come
+        as [features]) or [steps] token ids. Their values get the runtime's check, the one that
+        Predict's inputs get; the session's own rules (length, end_input) follow."""
         features = session.program.n_features
-        if values.ndim == 1:
-            values = values[np.newaxis]
-        if values.ndim != 2 or values.shape[-1] != features:
-            raise InvalidInput(
-                "steps.values.shape", f"[steps, {features}]", str(list(values.shape))
-            )
+        if features is None:
+            values = values[np.newaxis] if values.ndim == 0 else values
+            expected = "[steps] token ids"
+            layout_ok = values.ndim == 1
+        else:
+            values = values[np.newaxis] if values.ndim == 1 else values
+            expected = f"[steps, {features}]"
+            layout_ok = values.ndim == 2 and values.shape[-1] == features
+            if layout_ok and values.dtype.type in ACCEPTED_IDS:  # SDKs send int lists as they are
+                values = values.astype(np.float32)
+        if not layout_ok:
+            raise InvalidInput("steps.values.shape", expected, str(list(values.shape)))
         if len(values) == 0:
             raise InvalidInput("steps.values", "at least one step", "0 steps")
-        if values.dtype.type not in ACCEPTED_FLOATS + ACCEPTED_IDS:  # SDKs send int lists as is
-            raise InvalidInput("steps.values.dtype", "a floating type", str(values.dtype))
-        if not np.isfinite(values).all():
-            raise InvalidInput("steps.values", "finite numbers", "NaN or infinity")
+        checked = session.target.runtime.check_values(
+            values, "steps.values", lambda at: f"step {int(at[0])}"
+        )
         if session.finished:
             raise InvalidInput("steps", "a reset after end_input", "more steps")
-        self._check_length(session, len(values))
-        return values.astype(np.float32, copy=False)
-
-    def _validate_tokens(self, session: OpenSession, values: np.ndarray) -> np.ndarray:
-        """Token ids: [steps] integers inside the vocabulary."""
-        runtime = session.target.runtime
-        if values.ndim == 0:
-            values = values[np.newaxis]
-        if values.ndim != 1:
-            raise InvalidInput("steps.values.shape", "[steps] token ids", str(list(values.shape)))
-        if len(values) == 0:
-            raise InvalidInput("steps.values", "at least one step", "0 steps")
-        if values.dtype.type not in ACCEPTED_IDS:
-            got = str(values.dtype)
-            raise InvalidInput("steps.values.dtype", "token ids as int32 or int64", got)
-        vocabulary = runtime.signature.vocabulary
-        if vocabulary is not None and ((values < 0) | (values >= vocabulary)).any():
-            bad = int(np.argmax((values < 0) | (values >= vocabulary)))
-            raise InvalidInput(
-                "steps.values", f"token ids in [0, {vocabulary}) (the Embedding's input_dim)",
-                f"{values[bad]} at step {bad}",
-            )  # fmt: skip
-        if session.finished:
-            raise InvalidInput("steps", "a reset after end_input", "more steps")
-        self._check_length(session, len(values))
-        return values.astype(session.program.input_dtype)
+        self._check_length(session, len(checked))
+        return checked
 
     def _check_length(self, session: OpenSession, added: int) -> None:
         """A message carries at most one sequence's limit of steps. An incremental session
