@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import yaml
@@ -13,12 +12,11 @@ import yaml
 from seqserve_server.core.errors import ModelNotFound, ModelNotReady
 from seqserve_server.core.repository import ModelRepository, ModelState
 from tests.fixture_models import one_to_one
+from tests.server.on_disk import loaded, save_corrupt, save_model
 
 
 def _save(path: Path, seed: int) -> None:
-    keras.utils.set_random_seed(seed)
-    path.mkdir(parents=True)
-    one_to_one().save(path / "model.keras")
+    save_model(path, one_to_one, seed)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +25,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
     _save(root / "two" / "1", 1)
     _save(root / "two" / "2", 2)
     _save(root / "newer_broken" / "1", 3)
-    (root / "newer_broken" / "2").mkdir()
-    (root / "newer_broken" / "2" / "model.keras").write_bytes(b"not a zip file")
+    save_corrupt(root / "newer_broken" / "2")
     _save(root / "misspelt" / "1", 4)
     (root / "misspelt" / "config.yaml").write_text("max_sequnce_length: 5\n")
     (root / "no_versions").mkdir()
@@ -37,10 +34,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
     _save(root / "_private" / "1", 6)
     (root / "notes").mkdir()
     (root / "notes" / "README.md").write_text("not a model")
-    repository = ModelRepository(root)
-    repository.scan()
-    repository.load_all()
-    return repository
+    return loaded(root)
 
 
 def test_discovery_finds_model_directories_only(repo: ModelRepository) -> None:

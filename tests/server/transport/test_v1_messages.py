@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
@@ -20,23 +19,18 @@ from seqserve_server.core.repository import ModelRepository
 from seqserve_server.core.sessions import SessionSupport, StepOutput
 from seqserve_server.transport import v1_messages as msg
 from tests.fixture_models import FEATURES, aligned, one_to_one
+from tests.server.on_disk import loaded, save_corrupt, save_model
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
     root: Path = tmp_path_factory.mktemp("messages")
-    for name, build in (("vectors", one_to_one), ("steps", aligned)):
-        keras.utils.set_random_seed(9)
-        (root / name / "1").mkdir(parents=True)
-        build().save(root / name / "1" / "model.keras")
-    (root / "corrupt" / "1").mkdir(parents=True)
-    (root / "corrupt" / "1" / "model.keras").write_bytes(b"not a zip file")
+    save_model(root / "vectors" / "1", one_to_one, 9)
+    save_model(root / "steps" / "1", aligned, 9)
+    save_corrupt(root / "corrupt" / "1")
     (root / "empty").mkdir()
     (root / "empty" / "config.yaml").write_text("description: nothing yet\n")
-    repository = ModelRepository(root)
-    repository.scan()
-    repository.load_all()
-    return repository
+    return loaded(root)
 
 
 def test_inputs_decode_dense_and_ragged_within_limits() -> None:
