@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
-from bench.models import REFERENCE, write_repositories
+from bench.models import REFERENCE, loaded_repository
 
 
 def measure(label: str, call: Callable[[], Awaitable[object]], n: int) -> dict:
@@ -43,14 +41,9 @@ def main(n: int) -> list[dict]:
     from seqserve_server.core.batching import DynamicBatcher
     from seqserve_server.core.compute_threads import ModelThreads
     from seqserve_server.core.inference import InferenceService
-    from seqserve_server.core.repository import ModelRepository
     from seqserve_server.transport import v1_messages as msg
 
-    root = Path(tempfile.mkdtemp(prefix="seqserve-path-costs-"))
-    write_repositories(root, None, [REFERENCE.name])
-    repository = ModelRepository(root)
-    repository.scan()
-    repository.load_all()
+    repository = loaded_repository([REFERENCE.name], "seqserve-path-costs-")
     runtime = repository.resolve(REFERENCE.name).runtime
     x = REFERENCE.inputs(np.random.default_rng(0), 1)
     one, two = ThreadPoolExecutor(1), ThreadPoolExecutor(2)

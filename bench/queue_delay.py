@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
-from bench.models import REFERENCE, write_repositories
+from bench.models import REFERENCE, loaded_repository
 
 SETTINGS = [(0.0, 1), (0.001, 1), (0.002, 1), (0.005, 1), (0.0, 2), (0.002, 2)]
 
@@ -75,13 +73,7 @@ async def _run(compute, executor, delay: float, in_flight: int, gaps: np.ndarray
 
 
 def main(requests: int, rate: float, rounds: int) -> list[dict]:
-    from seqserve_server.core.repository import ModelRepository
-
-    root = Path(tempfile.mkdtemp(prefix="seqserve-queue-delay-"))
-    write_repositories(root, None, [REFERENCE.name])
-    repository = ModelRepository(root)
-    repository.scan()
-    repository.load_all()
+    repository = loaded_repository([REFERENCE.name], "seqserve-queue-delay-")
     runtime = repository.resolve(REFERENCE.name).runtime
     rng = np.random.default_rng(0)
     x = REFERENCE.inputs(rng, 1)[0]
