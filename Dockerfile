@@ -12,6 +12,8 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # --- models: keep only servable artifacts (config.*, <version>/model.keras, cards) -------------
+# A model directory is what the server would serve (core/repository.py): a name not starting with
+# "." or "_", holding at least one <positive integer>/model.keras; config.* is optional.
 FROM ${PYTHON_IMAGE} AS models
 # MODEL_SOURCE: a model repository inside the build context (default: the bundled models/).
 ARG MODEL_SOURCE=models
@@ -19,20 +21,21 @@ COPY ${MODEL_SOURCE}/ /src/models/
 RUN set -eu; mkdir -p /models; cd /src/models; \
     for dir in */; do \
       name="${dir%/}"; \
-      ls "$name"/config.* >/dev/null 2>&1 || continue; \
-      ls "$name"/*/model.keras >/dev/null 2>&1 || continue; \
-      mkdir -p "/models/$name"; \
-      cp "$name"/config.* "/models/$name/"; \
-      for card in "$name"/MODEL_CARD.md "$name"/README.md; do \
-        if [ -f "$card" ]; then cp "$card" "/models/$name/"; fi; \
-      done; \
+      case "$name" in _*) continue ;; esac; \
       for keras in "$name"/*/model.keras; do \
+        [ -f "$keras" ] || continue; \
         version="$(basename "$(dirname "$keras")")"; \
+        case "$version" in ''|*[!0-9]*) continue ;; esac; \
+        [ "$version" -gt 0 ] || continue; \
         mkdir -p "/models/$name/$version"; cp "$keras" "/models/$name/$version/"; \
+      done; \
+      [ -d "/models/$name" ] || continue; \
+      for extra in "$name"/config.* "$name"/MODEL_CARD.md "$name"/README.md; do \
+        if [ -f "$extra" ]; then cp "$extra" "/models/$name/"; fi; \
       done; \
     done; \
     if [ -z "$(ls /models)" ]; then \
-      echo "no servable model under $MODEL_SOURCE (want <name>/config.yaml + <name>/<n>/model.keras);" \
+      echo "no servable model under $MODEL_SOURCE (want <name>/<n>/model.keras);" \
            "train them with 'make models'" >&2; \
       exit 1; \
     fi; \

@@ -37,7 +37,7 @@ def main(repo: str, model: str, steps: int, features: int, seconds: float) -> di
     from seqserve.v1 import seqserve_pb2 as pb
     from seqserve_api.tensors import to_batch
     from seqserve_server.core.batch import Batch
-    from seqserve_server.core.inference import Prediction
+    from seqserve_server.core.inference import InferenceResult
     from seqserve_server.core.runtime import ModelRuntime
     from seqserve_server.transport import v1_messages as msg
 
@@ -50,7 +50,7 @@ def main(repo: str, model: str, steps: int, features: int, seconds: float) -> di
         result[f"b{b}_p50_ms"] = statistics.median(samples) * 1e3
         result[f"b{b}_seq_per_s"] = b * len(samples) / sum(samples)
 
-        costs = _costs(pb, msg, Batch, Prediction, runtime, model, to_batch(x))
+        costs = _costs(pb, msg, Batch, InferenceResult, runtime, model, to_batch(x))
         for name, fn in costs.items():
             result[f"b{b}_{name}_us"] = statistics.median(timed(fn, 0.2, 20_000)) * 1e6
     return result
@@ -68,7 +68,7 @@ def _costs(pb, msg, batch_type, prediction_type, runtime, model: str, inputs) ->
         "parse": lambda: pb.PredictRequest.FromString(wire),
         "decode": lambda: msg.decode_inputs(request.inputs),
         "validate": lambda: runtime.validate(batch),
-        "encode": lambda: msg.prediction_to_proto(prediction).SerializeToString(),
+        "encode": lambda: msg.result_to_proto(prediction).SerializeToString(),
         "split_join": lambda: batch_type.from_items(list(outputs.items())),
     }
 

@@ -130,6 +130,21 @@ def write_repositories(new: Path, old: Path | None, names: list[str]) -> None:
             (old / name / "config.yaml").write_text(_config_text(model, 1))
 
 
+def loaded_repository(names: list[str], prefix: str):
+    """These models written to a temporary repository and loaded in-process, as the server
+    loads them (TensorFlow imported on first use)."""
+    import tempfile
+
+    from seqserve_server.core.repository import ModelRepository
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    write_repositories(root, None, names)
+    repository = ModelRepository(root)
+    repository.scan()
+    repository.load_all()
+    return repository
+
+
 if __name__ == "__main__":
     import sys
 

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
-from bench.models import REFERENCE, write_repositories
+from bench.models import REFERENCE, loaded_repository
 
 
 def measure(label: str, call: Callable[[], Awaitable[object]], n: int) -> dict:
@@ -43,16 +41,10 @@ def main(n: int) -> list[dict]:
     from seqserve_server.core.batching import DynamicBatcher
     from seqserve_server.core.compute_threads import ModelThreads
     from seqserve_server.core.inference import InferenceService
-    from seqserve_server.core.repository import ModelRepository
     from seqserve_server.transport import v1_messages as msg
 
-    root = Path(tempfile.mkdtemp(prefix="seqserve-path-costs-"))
-    write_repositories(root, None, [REFERENCE.name])
-    repository = ModelRepository(root)
-    repository.scan()
-    repository.load_all()
+    repository = loaded_repository([REFERENCE.name], "seqserve-path-costs-")
     runtime = repository.resolve(REFERENCE.name).runtime
-    assert runtime is not None
     x = REFERENCE.inputs(np.random.default_rng(0), 1)
     one, two = ThreadPoolExecutor(1), ThreadPoolExecutor(2)
     batchers: dict[str, DynamicBatcher] = {}
@@ -75,10 +67,10 @@ def main(n: int) -> list[dict]:
 
     async def predict_path() -> object:
         request = pb.PredictRequest.FromString(wire)
-        target = service.resolve(request.model_name)
+        target = repository.resolve(request.model_name)
         inputs = msg.decode_inputs(request.inputs, target.limits)
-        prediction = await service.predict(target, inputs)
-        return msg.prediction_to_proto(prediction).SerializeToString()
+        result = await service.predict(target, inputs)
+        return msg.result_to_proto(result).SerializeToString()
 
     return [
         measure("compute inline", inline, n),

@@ -10,19 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from models.cards import card_metadata
 from models.examples._shared import format_top_k, parse_args
 from models.training import data
 from seqserve_client import SeqServeClient
 
 MODEL = "word_language"
-CONFIG = Path(__file__).resolve().parents[1] / MODEL / "config.yaml"
+MODEL_DIR = Path(__file__).resolve().parents[1] / MODEL
 
 
 def alphabet() -> str:
-    """The character -> id mapping as a client gets it: from the model's config.yaml."""
-    return yaml.safe_load(CONFIG.read_text())["vocabulary"]["alphabet"]
+    """The character -> id mapping as a client gets it: from the model card's front matter."""
+    return str(card_metadata(MODEL_DIR)["vocabulary"]["alphabet"])
 
 
 def held_out_examples() -> tuple[list[str], list[str]]:

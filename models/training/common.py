@@ -1,4 +1,7 @@
-"""Shared training plumbing: seeding, and writing model, config.yaml and MODEL_CARD.md."""
+"""Shared training plumbing: seeding, and writing model, config.yaml and MODEL_CARD.md.
+
+config.yaml gets only what the server reads; the evaluation, the input/output meaning and any
+client-side data (`card_data`) go into the card's front matter (models/cards.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import keras
 import tensorflow as tf
 import yaml
 
+from models.cards import CARD, card_text
 from models.training.evaluate import Evaluation
 
 MODELS_DIR = Path(__file__).resolve().parents[1]
@@ -42,7 +46,7 @@ class Artifact:
     max_batch_size: int = 64
     max_sequence_length: int = 0
     seconds: float = 0.0
-    extra_config: dict[str, object] = field(default_factory=dict)
+    card_data: dict[str, object] = field(default_factory=dict)  # more card front matter
 
 
 def timed(train: Callable[[], Artifact]) -> Artifact:
@@ -54,26 +58,28 @@ def timed(train: Callable[[], Artifact]) -> Artifact:
 
 
 def config_dict(a: Artifact) -> dict[str, object]:
-    """The config.yaml contents, in the documented key order."""
+    """The config.yaml contents (what the server reads), in the documented key order."""
     cfg: dict[str, object] = {"description": a.description, "mode": a.mode}
     if a.labels is not None:
         cfg["labels"] = a.labels
-    cfg |= {
-        "max_batch_size": a.max_batch_size,
-        "max_sequence_length": a.max_sequence_length,
+    return cfg | {"max_batch_size": a.max_batch_size, "max_sequence_length": a.max_sequence_length}
+
+
+def card_metadata(a: Artifact) -> dict[str, object]:
+    """The card's front matter: what tests and clients read besides the server's config."""
+    return {
         "input_description": a.input_description,
         "output_description": a.output_description,
-        "evaluation": a.evaluation.as_config(),
-    }
-    return cfg | a.extra_config
+        "evaluation": a.evaluation.as_metadata(),
+    } | a.card_data
 
 
 def model_card(a: Artifact, size_bytes: int) -> str:
-    """MODEL_CARD.md: the measured evaluation first, then the model-specific notes."""
+    """MODEL_CARD.md: front matter, the measured evaluation, then the model-specific notes."""
     ev = a.evaluation
     extras = "".join(f"| {k} | {v:.4f} |\n" for k, v in ev.extra.items())
     labels = f"\n**Labels** (output index -> label): {', '.join(a.labels)}\n" if a.labels else ""
-    return f"""# {a.name}
+    body = f"""# {a.name}
 
 {a.description}
 
@@ -100,6 +106,7 @@ def model_card(a: Artifact, size_bytes: int) -> str:
 `make models` (runs `python -m models.training.train_all`; seeded, deterministic on CPU: a
 retrain reproduces `1/model.keras` byte for byte).
 """
+    return card_text(card_metadata(a), body)
 
 
 def make_reproducible(path: Path) -> None:
@@ -144,5 +151,5 @@ def write_artifact(a: Artifact) -> Path:
     with open(root / "config.yaml", "w") as f:
         options = {"sort_keys": False, "width": 100, "default_flow_style": None}
         yaml.safe_dump(config_dict(a), f, allow_unicode=True, **options)
-    (root / "MODEL_CARD.md").write_text(model_card(a, size))
+    (root / CARD).write_text(model_card(a, size))
     return path

@@ -36,8 +36,8 @@ class Evaluation:
     passed: bool
     extra: dict[str, float] = field(default_factory=dict)
 
-    def as_config(self) -> dict[str, object]:
-        """The `evaluation` mapping written to config.yaml (floats rounded for humans)."""
+    def as_metadata(self) -> dict[str, object]:
+        """The `evaluation` mapping of the card's front matter (floats rounded for humans)."""
         out = asdict(self)
         for key in ("score", "baseline"):
             out[key] = round(out[key], 4)

@@ -59,11 +59,12 @@ def readme(artifacts: list[Artifact]) -> str:
 
 Pretrained Keras 3 recurrent models served by seqserve, one per sequence mode, plus a token-id
 model (`word_language`: integer character ids into an `Embedding`). Each directory holds
-`config.yaml` (mode, labels, limits, measured evaluation), `1/model.keras` (version 1) and
-`MODEL_CARD.md` (data, split, metric, baselines, input/output meaning and units). All
+`config.yaml` (what the server reads: mode, labels, limits), `1/model.keras` (version 1) and
+`MODEL_CARD.md` (front matter: the measured evaluation, input/output meaning and, for
+`word_language`, the vocabulary; then data, split, metric, baselines, units). All
 preprocessing is inside the models with built-in layers: clients send raw values (for
-`word_language`, character ids by the mapping in its `config.yaml` under `vocabulary`, also in
-its card), and every file loads with `keras.saving.load_model(path, safe_mode=True)`.
+`word_language`, character ids by the mapping in its card's front matter under `vocabulary`),
+and every file loads with `keras.saving.load_model(path, safe_mode=True)`.
 
 Scores are on held-out data the model never trained on (lower is better for rmse):
 

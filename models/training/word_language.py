@@ -60,7 +60,7 @@ def describe(model: keras.Model, words: data.Words) -> Artifact:
         model=model,
         mode="many_to_one",
         description=f"Language of a single word from its characters: {names}. Input is "
-        "character ids: see `vocabulary` in config.yaml.",
+        "character ids: see `vocabulary` in its MODEL_CARD.md.",
         input_description="[batch, steps] int32 character ids, one step per character of the "
         "NFC-normalised, case-folded word: id = 2 + index in `vocabulary.alphabet`, 1 for any "
         "other character, 0 = padding (masked; send ragged words unpadded)",
@@ -70,12 +70,12 @@ def describe(model: keras.Model, words: data.Words) -> Artifact:
         max_sequence_length=64,
         evaluation=evaluate.word_language(model),
         card_body=card(words),
-        extra_config={"vocabulary": vocabulary(words.alphabet)},
+        card_data={"vocabulary": vocabulary(words.alphabet)},
     )
 
 
 def vocabulary(alphabet: str) -> dict[str, object]:
-    """The char -> id mapping a client needs, written into config.yaml."""
+    """The char -> id mapping a client needs, written into the card's front matter."""
     return {
         "alphabet": alphabet,
         "first_char_id": data.FIRST_CHAR_ID,
@@ -105,7 +105,7 @@ One int32 id per character of the NFC-normalised, case-folded word (`str.casefol
 wordfreq's lists: "Straße" -> "strasse"):
 
 - id = {data.FIRST_CHAR_ID} + the character's index in this alphabet (the characters seen in
-  training words, sorted by code point; also in `config.yaml` under `vocabulary.alphabet`):
+  training words, sorted by code point; also in this card's front matter, `vocabulary.alphabet`):
   `{words.alphabet}`
 - id {data.UNKNOWN_ID} = any other character (never seen in training: expect a weaker guess);
 - id {data.PAD_ID} = padding, masked by the `Embedding` (`mask_zero=True`); send words of

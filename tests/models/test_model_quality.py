@@ -13,6 +13,7 @@ import keras
 import pytest
 import yaml
 
+from models.cards import CARD, split_card
 from models.training import data, evaluate
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -60,10 +61,16 @@ def config(name: str) -> dict:
     return yaml.safe_load((MODELS_DIR / name / "config.yaml").read_text())
 
 
+@cache
+def card(name: str) -> tuple[dict, str]:
+    """The card's front matter (evaluation, vocabulary) and its markdown body."""
+    return split_card((MODELS_DIR / name / CARD).read_text())
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_model_file_is_small_and_documented(name: str) -> None:
     assert model_path(name).stat().st_size < 2 * 1024 * 1024
-    assert (MODELS_DIR / name / "MODEL_CARD.md").read_text().startswith(f"# {name}")
+    assert card(name)[1].startswith(f"# {name}")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -94,21 +101,21 @@ def score(name: str) -> evaluate.Evaluation:
 def test_held_out_gate(name: str) -> None:
     result = score(name)
     assert result.passed, f"{name}: {result.metric} {result.score:.4f} fails {result.gate}"
-    recorded = config(name)["evaluation"]
-    assert recorded["score"] == pytest.approx(result.score, abs=1e-3), "config.yaml is stale"
+    recorded = card(name)[0]["evaluation"]
+    assert recorded["score"] == pytest.approx(result.score, abs=1e-3), "MODEL_CARD.md is stale"
     assert recorded["baseline"] == pytest.approx(result.baseline, abs=1e-3)
 
 
 def test_word_language_vocabulary_is_documented_and_matches_the_model() -> None:
-    """Clients encode with config.yaml's vocabulary: it must be the one the model was scored with."""
-    vocab = config("word_language")["vocabulary"]
+    """Clients encode with the card's vocabulary: it must be the one the model was scored with."""
+    vocab = card("word_language")[0]["vocabulary"]
     words = data.word_language_split()
     assert vocab["alphabet"] == words.alphabet
     assert (vocab["padding_id"], vocab["unknown_id"]) == (data.PAD_ID, data.UNKNOWN_ID)
     assert vocab["first_char_id"] == data.FIRST_CHAR_ID
     embedding = load("word_language").get_layer("char_embedding")
     assert embedding.input_dim == data.FIRST_CHAR_ID + len(words.alphabet)
-    assert words.alphabet in (MODELS_DIR / "word_language" / "MODEL_CARD.md").read_text()
+    assert words.alphabet in card("word_language")[1]
     # Case-folded like wordfreq's lists, so capitals and "ß" map into the alphabet.
     assert (
         data.char_ids("Straße", words.alphabet).tolist()

@@ -17,6 +17,7 @@ from .config import Settings
 from .core.compute_threads import ModelThreads
 from .core.inference import InferenceService
 from .core.limits import RequestLimits
+from .core.observer import ModelObservers
 from .core.repository import ModelRepository, ModelState
 from .core.runtime import configure_tensorflow
 from .core.sessions import SessionManager
@@ -50,8 +51,11 @@ class App:
         self.repository = ModelRepository(
             settings.model_repository, observer=self.metrics, limits=limits
         )
-        self.inference = InferenceService(self.repository, self.threads, self.metrics)
-        self.sessions = SessionManager(self.repository, self.threads, self.inference.observer_for)
+        observers = ModelObservers(self.metrics)
+        self.sessions = SessionManager(self.repository, self.threads, observers)
+        self.inference = InferenceService(
+            self.repository, self.threads, observers, self.sessions.incremental_program
+        )
         self.health = ObservedHealth(self.metrics)
         self.drain = Drain()
         self.server = grpc.aio.server(
@@ -126,9 +130,6 @@ class App:
         self.inference.close()
         self.threads.shutdown()
         self.loader.shutdown(wait=False, cancel_futures=True)
-
-    async def wait(self) -> None:
-        await self.server.wait_for_termination()
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

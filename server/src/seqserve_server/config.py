@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(8502, ge=-1, le=65535, description="Prometheus port (-1: off)")
     workers: int = Field(1, ge=1, description="server processes sharing --port (SO_REUSEPORT)")
     reuse_port: bool = Field(False, description="open --port with SO_REUSEPORT (set by --workers)")
-    compute_threads: int = Field(1, ge=1, description="threads per model for its computations")
+    compute_threads: int = Field(
+        1, ge=1, description="threads per model: merged batches of a model computed at once"
+    )
     tf_intra_op_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads (0: TF)")
     tf_inter_op_threads: int = Field(0, ge=0, description="TensorFlow inter-op threads (0: TF)")
     max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024, description="largest message")

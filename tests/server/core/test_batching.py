@@ -99,7 +99,7 @@ class Hook:
 
 
 def make(compute, executor, **kw) -> DynamicBatcher:
-    args = {"max_batch_size": 64, "max_queue_delay_s": 0.002, "max_queue_size": 1024}
+    args = {"max_batch_size": 64, "max_queue_delay_s": 0.0, "max_queue_size": 1024}
     args.update(kw)
     return DynamicBatcher(compute, executor, name="m", **args)
 
@@ -125,7 +125,7 @@ def test_lone_request_goes_straight_to_compute(lstm, executor) -> None:
     async def main() -> None:
         calls = Recorder(lstm)
         calls.gate.clear()
-        batcher = make(calls, executor, max_queue_delay_s=60.0)
+        batcher = make(calls, executor)  # no queue delay (the default): nothing waits
         item = seqs(np.random.default_rng(1), 6)
         task = asyncio.create_task(batcher.submit(item, None))
         await asyncio.sleep(0)  # submit ran up to its await: it must have dispatched already
@@ -366,8 +366,8 @@ def test_second_slot_waits_for_a_full_batch(lstm, executor) -> None:
         calls = Recorder(lstm)
         calls.gate.clear()
         batcher = make(calls, executor, max_in_flight=2, max_batch_size=3, max_queue_delay_s=60)
-        first = asyncio.create_task(batcher.submit(seqs(rng, 4), None))
-        await asyncio.sleep(0)
+        first = asyncio.create_task(batcher.submit(seqs(rng, 4, 4, 4), None))  # a full batch
+        await _until(lambda: batcher.in_flight == 1)
         second = asyncio.create_task(batcher.submit(seqs(rng, 4, 4), None))
         await _until(lambda: batcher.queue_depth == 2)
         assert batcher.in_flight == 1  # one busy, a slot free: wait for more (or the delay)
@@ -376,7 +376,60 @@ def test_second_slot_waits_for_a_full_batch(lstm, executor) -> None:
         assert batcher.queue_depth == 0
         calls.gate.set()
         await asyncio.gather(first, second, third)
-        assert calls.sizes == [1, 3]
+        assert calls.sizes == [3, 3]
+
+    asyncio.run(main())
+
+
+def test_queue_delay_merges_callers_that_arrive_within_it(lstm, executor) -> None:
+    """`max_queue_delay_s` at work on an idle model: a partial batch waits for later callers;
+    with no delay each caller computes alone."""
+
+    async def sizes(delay: float) -> list[int]:
+        rng = np.random.default_rng(14)
+        calls = Recorder(lstm)
+        batcher = make(calls, executor, max_queue_delay_s=delay)
+        first = asyncio.create_task(batcher.submit(seqs(rng, 4), None))
+        await asyncio.sleep(0.05)  # the first one's compute (about 1 ms) is long done by now
+        second = batcher.submit(seqs(rng, 4), None)
+        outputs = await asyncio.gather(first, second)
+        assert all(len(out) == 1 for out in outputs)
+        return calls.sizes
+
+    assert asyncio.run(sizes(0.0)) == [1, 1]
+    assert asyncio.run(sizes(5.0)) == [2]
+
+
+def test_a_full_batch_never_waits_for_the_queue_delay(lstm, executor) -> None:
+    async def main() -> None:
+        calls = Recorder(lstm)
+        batcher = make(calls, executor, max_batch_size=2, max_queue_delay_s=60)
+        started = time.monotonic()
+        await batcher.submit(seqs(np.random.default_rng(15), 4, 4), None)
+        assert time.monotonic() - started < 10
+        assert calls.sizes == [2]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("max_in_flight", [1, 2])
+def test_max_in_flight_merged_batches_compute_at_once(lstm, executor, max_in_flight) -> None:
+    """Two shapes queued on a busy model: with two slots both compute together."""
+
+    async def main() -> None:
+        rng = np.random.default_rng(16)
+        calls = Recorder(lstm)
+        calls.gate.clear()
+        batcher = make(calls, executor, max_in_flight=max_in_flight)
+        tasks = [asyncio.create_task(batcher.submit(seqs(rng, n, n), None)) for n in (4, 5)]
+        await _until(lambda: batcher.in_flight == max_in_flight)
+        await asyncio.sleep(0.05)
+        assert len(calls.calls) == max_in_flight  # computing now, past the executor's queue
+        assert batcher.queue_depth == 2 * (2 - max_in_flight)
+        calls.gate.set()
+        results = await asyncio.gather(*tasks)
+        assert sorted(calls.sizes) == [2, 2]
+        assert [len(r) for r in results] == [2, 2]
 
     asyncio.run(main())
 

@@ -6,13 +6,12 @@ the inference service and `ModelRuntime.compute`:
 - **Exact.** Only items of the same shape (vectors; sequences of the same length) share a compute
   call, so nothing is padded or masked and a batched result equals the unbatched one (to float
   rounding of the batched matmul, well within 1e-5).
-- **Natural batching, no latency penalty.** Work is dispatched at once while fewer than
-  `max_in_flight` computations run; items queue only while the model is busy, and everything that
-  queued meanwhile (up to `max_batch_size` of one shape) goes out together when a computation
-  ends. A lone request at low load therefore goes straight to compute. The `max_queue_delay_s`
-  timer applies only when a computation is in flight *and* a further one may start
-  (`max_in_flight > 1`): the second slot then waits for a full batch or that delay, whichever
-  comes first, instead of splitting the queue into small batches.
+- **Batching as Triton's dynamic batcher does.** Up to `max_in_flight` merged computations run
+  at once. A free slot takes the oldest shape's queued items (up to `max_batch_size`) when they
+  fill a batch, or once the oldest of them has waited `max_queue_delay_s`; until then it waits
+  for more callers to fill the batch. With a delay of 0 (the default) nothing waits: a lone
+  request at low load goes straight to compute, and items queue only while every slot is busy,
+  all of them leaving together when one frees.
 - **Deadlines and cancellation.** Work whose deadline (`time.monotonic()` seconds) has passed is
   dropped before compute with `DeadlineExpired`; a cancelled `submit` takes its queued items out
   of the queue; past `max_queue_size` queued items `submit` fails fast with `Overloaded`.
@@ -178,16 +177,25 @@ class DynamicBatcher:
         self._metrics.queue_depth(self._depth)
 
     def _dispatch(self) -> None:
-        """Start computations while there are free slots and work worth starting."""
+        """Start computations while there are free slots and batches ready to start."""
         while self._groups and self._in_flight < self.max_in_flight:
-            key, group = next(iter(self._groups.items()))  # the shape waiting longest
-            if self._in_flight and len(group) < self.max_batch_size:
-                # Busy: a second computation starts for a full batch or an old enough one.
-                waited = time.perf_counter() - group[0].queued_at
-                if waited < self.max_queue_delay_s:
-                    self._arm_timer(self.max_queue_delay_s - waited)
-                    return
-            self._start(key, group)
+            key = self._next_ready()
+            if key is None:
+                return
+            self._start(key, self._groups[key])
+
+    def _next_ready(self) -> tuple[int, ...] | None:
+        """The oldest shape whose items fill a batch or have waited the queue delay; None, with
+        a timer set for the first one that will have, when no shape is ready yet."""
+        now = time.perf_counter()
+        soonest = self.max_queue_delay_s
+        for key, group in self._groups.items():
+            left = self.max_queue_delay_s - (now - group[0].queued_at)
+            if left <= 0 or len(group) >= self.max_batch_size:
+                return key
+            soonest = min(soonest, left)
+        self._arm_timer(soonest)
+        return None
 
     def _arm_timer(self, delay: float) -> None:
         if self._timer is None:

@@ -1,4 +1,5 @@
-"""The data plane: what every protocol adapter calls. Numpy in, numpy out, no transport.
+"""The data plane: what every protocol adapter calls for Predict and PredictStream. Numpy in,
+numpy out, no transport.
 
 Computation runs on each model's own compute thread (TensorFlow releases the GIL), never on the
 event loop.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,9 +21,8 @@ from .compute_threads import ModelThreads
 from .errors import DeadlineExpired
 from .limits import check_stream_messages
 from .modes import Mode
-from .observer import ModelObserver, NullObserver, Observer
-from .repository import ModelRepository, ModelVersion
-from .runtime import ModelRuntime
+from .observer import ModelObserver, ModelObservers
+from .repository import ModelRepository, ReadyModel
 from .sessions import STREAM_WINDOW
 from .stepper import StepProgram
 
@@ -30,7 +30,9 @@ STREAM_CHUNK = 8  # inputs computed together per streamed part: first outputs le
 
 
 @dataclass(frozen=True)
-class Prediction:
+class InferenceResult:
+    """What Predict computed for a request's inputs."""
+
     model: str
     version: int
     mode: Mode
@@ -40,7 +42,7 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class PredictionPart:
+class InferencePart:
     """Outputs of the inputs `indices` of a streamed prediction: whole, or (sequences) their
     steps from `first_step` on, of `lengths` steps in all."""
 
@@ -51,36 +53,40 @@ class PredictionPart:
     lengths: list[int] | None = None
 
 
+StepPrograms = Callable[[ReadyModel], StepProgram | None]
+
+
 class InferenceService:
+    """Predict through each model's batcher; PredictStream a few inputs at a time, or, where the
+    model has an incremental step program (`step_programs`, the sessions' own), a window of
+    steps at a time."""
+
     def __init__(
         self,
         repository: ModelRepository,
         threads: ModelThreads,
-        observer: Observer | None = None,
+        observers: Callable[[str], ModelObserver] | None = None,
+        step_programs: StepPrograms | None = None,
     ) -> None:
         self.repository = repository
         self._threads = threads
-        self._observer = observer or NullObserver()
-        self._model_observers: dict[str, ModelObserver] = {}
+        self._observer_for = observers or ModelObservers()
+        self._step_programs: StepPrograms = step_programs or (lambda target: None)
         self._batchers: dict[tuple[str, int], DynamicBatcher] = {}
 
-    def observer_for(self, model: str) -> ModelObserver:
-        if model not in self._model_observers:
-            self._model_observers[model] = self._observer.for_model(model)
-        return self._model_observers[model]
-
-    def _batcher(self, target: ModelVersion) -> DynamicBatcher:
+    def _batcher(self, target: ReadyModel) -> DynamicBatcher:
         key = (target.name, target.version)
         if key not in self._batchers:
             config = target.config
             self._batchers[key] = DynamicBatcher(
-                _runtime(target).compute,
+                target.runtime.compute,
                 self._threads.executor(target.name, target.version),
                 config.max_batch_size,
                 config.max_queue_delay_ms / 1000,
                 config.max_queue_size,
-                self.observer_for(target.name),
+                self._observer_for(target.name),
                 name=target.name,
+                max_in_flight=self._threads.threads_per_model,  # one merged batch per thread
             )
         return self._batchers[key]
 
@@ -89,14 +95,11 @@ class InferenceService:
         for batcher in self._batchers.values():
             batcher.close()
 
-    def resolve(self, model: str, version: int = 0) -> ModelVersion:
-        return self.repository.resolve(model, version)
-
     async def predict(
-        self, target: ModelVersion, inputs: Batch, k: int = 0, deadline: float | None = None
-    ) -> Prediction:
+        self, target: ReadyModel, inputs: Batch, k: int = 0, deadline: float | None = None
+    ) -> InferenceResult:
         """`deadline`: `time.monotonic()` seconds after which the work is dropped unrun."""
-        runtime = _runtime(target)
+        runtime = target.runtime
         batch = runtime.validate(inputs)
         check_top_k(k, target.config.labels, "top_k")
         outputs = await self._run(target, batch, deadline)
@@ -105,19 +108,14 @@ class InferenceService:
         if runtime.signature.several_outputs:
             split = runtime.signature.split(outputs.values)
             named = {name: Batch(values, outputs.lengths) for name, values in split.items()}
-        return Prediction(target.name, target.version, runtime.mode, outputs, ranked, named)
+        return InferenceResult(target.name, target.version, runtime.mode, outputs, ranked, named)
 
-    async def predict_parts(
-        self,
-        target: ModelVersion,
-        inputs: Batch,
-        k: int = 0,
-        deadline: float | None = None,
-        program: StepProgram | None = None,
-    ) -> AsyncIterator[PredictionPart]:
+    async def predict_stream(
+        self, target: ReadyModel, inputs: Batch, k: int = 0, deadline: float | None = None
+    ) -> AsyncIterator[InferencePart]:
         """Compute a few inputs at a time so that the caller gets the first ones early; with an
-        incremental step `program` of an aligned model, long sequences a window at a time."""
-        runtime = _runtime(target)
+        incremental step program of an aligned model, long sequences a window at a time."""
+        runtime = target.runtime
         batch = runtime.validate(inputs)
         check_top_k(k, target.config.labels, "top_k")
         lengths = batch.item_lengths().tolist() if runtime.mode.takes_sequence else [1] * batch.size
@@ -125,6 +123,7 @@ class InferenceService:
         check_stream_messages(
             target.limits.max_stream_messages, runtime.mode, output_steps, lengths
         )
+        program = self._step_programs(target)
         if program is not None and program.output_kind == "per_step":
             async for part in self._stepped_parts(target, batch, program, k, deadline):
                 yield part
@@ -134,20 +133,20 @@ class InferenceService:
             chunk = Batch.from_items(items[start : start + STREAM_CHUNK])
             outputs = (await self._run(target, chunk, deadline)).items()
             ranked = [_rank(o, target.config.labels, k) for o in outputs] if k else None
-            yield PredictionPart(list(range(start, start + len(outputs))), outputs, ranked)
+            yield InferencePart(list(range(start, start + len(outputs))), outputs, ranked)
 
     async def _stepped_parts(
         self,
-        target: ModelVersion,
+        target: ReadyModel,
         batch: Batch,
         program: StepProgram,
         k: int,
         deadline: float | None,
-    ) -> AsyncIterator[PredictionPart]:
+    ) -> AsyncIterator[InferencePart]:
         """Equal-length inputs stepped together; each window's outputs leave as computed."""
         loop = asyncio.get_running_loop()
         executor = self._threads.executor(target.name, target.version)
-        observer = self.observer_for(target.name)
+        observer = self._observer_for(target.name)
         items = batch.items()
         for length, indices in _equal_length_groups(batch.item_lengths(), STREAM_CHUNK):
             x = np.stack([items[i] for i in indices])
@@ -161,18 +160,13 @@ class InferenceService:
                 observer.batch_executed(len(indices), time.perf_counter() - started)
                 outputs = list(y)
                 ranked = [_rank(o, target.config.labels, k) for o in outputs] if k else None
-                yield PredictionPart(indices, outputs, ranked, first, [length] * len(indices))
+                yield InferencePart(indices, outputs, ranked, first, [length] * len(indices))
 
-    async def _run(self, target: ModelVersion, batch: Batch, deadline: float | None) -> Batch:
+    async def _run(self, target: ReadyModel, batch: Batch, deadline: float | None) -> Batch:
         """Through the model's batcher: merged with concurrent callers' work of the same shape."""
         if not batch.is_ragged:
             return Batch(np.stack(await self._batcher(target).submit(list(batch.values), deadline)))
         return Batch.from_items(await self._batcher(target).submit(batch.items(), deadline))
-
-
-def _runtime(target: ModelVersion) -> ModelRuntime:
-    assert target.runtime is not None, "resolve() returns ready versions only"
-    return target.runtime
 
 
 def _equal_length_groups(lengths: np.ndarray, size: int) -> list[tuple[int, list[int]]]:

@@ -16,9 +16,10 @@ CONFIG_NAMES = ("config.yaml", "config.yml", "config.toml")
 
 
 class ModelConfig(BaseModel):
-    """What an operator may state about a model; everything else comes from the model file."""
+    """What an operator may state about a model; everything else comes from the model file.
+    Unknown keys are refused: a misspelt limit must fail the model, not be silently ignored."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     description: str = ""
     mode: Mode | None = None
@@ -29,7 +30,8 @@ class ModelConfig(BaseModel):
     max_request_elements: int = Field(default=0, ge=0)
     max_inputs_per_request: int = Field(default=0, ge=0)
     max_stream_messages: int = Field(default=0, ge=0)
-    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    # How long a partial batch may wait for more callers (Triton's semantics); 0: never.
+    max_queue_delay_ms: float = Field(default=0.0, ge=0)
     max_queue_size: int = Field(default=4096, ge=1)  # sequences waiting, not requests
     max_sessions: int = Field(default=256, ge=0)
     session_idle_timeout_s: float = Field(default=300.0, gt=0)
@@ -47,8 +49,23 @@ def read_config(model_dir: Path) -> ModelConfig:
     try:
         data = _parse(path)
         return ModelConfig.model_validate(data)
-    except (ValidationError, ValueError, yaml.YAMLError) as exc:
+    except ValidationError as exc:
+        raise ModelLoadError(f"invalid {path.name}: {_problems(exc)}") from exc
+    except (ValueError, yaml.YAMLError) as exc:
         raise ModelLoadError(f"invalid {path.name}: {exc}") from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    """One line per bad key, naming it (pydantic's own text adds URLs and input echoes)."""
+    known = ", ".join(ModelConfig.model_fields)
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown key {key!r} (known keys: {known})")
+        else:
+            problems.append(f"{key}: {error['msg']}")
+    return "; ".join(problems)
 
 
 def _parse(path: Path) -> dict[str, Any]:

@@ -48,3 +48,16 @@ class NullObserver:
 
     def for_model(self, model: str) -> ModelObserver:
         return NullModelObserver()
+
+
+class ModelObservers:
+    """`Observer.for_model`, made once per model and shared by every core service."""
+
+    def __init__(self, observer: Observer | None = None) -> None:
+        self._observer = observer or NullObserver()
+        self._models: dict[str, ModelObserver] = {}
+
+    def __call__(self, model: str) -> ModelObserver:
+        if model not in self._models:
+            self._models[model] = self._observer.for_model(model)
+        return self._models[model]

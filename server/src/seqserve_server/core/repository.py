@@ -1,7 +1,9 @@
 """The model repository on disk: `<root>/<name>/config.yaml`, `<root>/<name>/<N>/model.keras`.
 
 Every version found is loaded; a version that cannot load is kept as FAILED with its reason so
-that logs, health and listings say why, while the other models keep serving.
+that logs, health and listings say why, while the other models keep serving. Serving code gets a
+`ReadyModel` (`resolve`), whose runtime is always there; a `VersionStatus` (any state) is for
+listings, health and metadata only. Which version a request means is decided here, nowhere else.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from .errors import ModelLoadError, ModelNotFound, ModelNotReady, without_paths
 from .limits import RequestLimits
 from .model_config import ModelConfig, find_config, read_config
+from .modes import Mode
 from .observer import NullObserver, Observer
 from .runtime import ModelRuntime
 
@@ -30,35 +33,60 @@ class ModelState(str, enum.Enum):
     FAILED = "failed"
 
 
+@dataclass(frozen=True)
+class ReadyModel:
+    """A loaded version that computes: what serving code gets from `ModelRepository.resolve`."""
+
+    name: str
+    version: int
+    config: ModelConfig
+    limits: RequestLimits
+    runtime: ModelRuntime
+
+    @property
+    def mode(self) -> Mode:
+        return self.runtime.mode
+
+
 @dataclass
-class ModelVersion:
+class VersionStatus:
+    """A version on disk and how its load went: what listings, health and metadata show.
+    `ready` is set once it loaded (state READY)."""
+
     name: str
     version: int
     path: Path
     config: ModelConfig
     state: ModelState = ModelState.LOADING
     error: str = ""
-    runtime: ModelRuntime | None = None
     load_seconds: float = 0.0
     limits: RequestLimits = field(default_factory=RequestLimits)
+    ready: ReadyModel | None = None
 
 
 @dataclass
 class ModelEntry:
     name: str
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    versions: dict[int, VersionStatus] = field(default_factory=dict)
     error: str = ""  # a model-level problem (bad config, no versions)
 
     @property
-    def newest_ready(self) -> ModelVersion | None:
-        ready = [v for v in self.versions.values() if v.state is ModelState.READY]
-        return max(ready, key=lambda v: v.version, default=None)
+    def newest_ready(self) -> ReadyModel | None:
+        ready = [v.ready for v in self.versions.values() if v.ready is not None]
+        return max(ready, key=lambda r: r.version, default=None)
+
+    def version(self, number: int) -> VersionStatus:
+        """Version `number` of this model, or ModelNotFound naming the versions there are."""
+        if number not in self.versions:
+            known = ", ".join(f"v{v}" for v in sorted(self.versions))
+            raise ModelNotFound(self.name, number, known)
+        return self.versions[number]
 
 
-Loader = Callable[[ModelVersion], ModelRuntime]
+Loader = Callable[[VersionStatus], ModelRuntime]
 
 
-def load_runtime(entry: ModelVersion) -> ModelRuntime:
+def load_runtime(entry: VersionStatus) -> ModelRuntime:
     config = entry.config
     path = entry.path / MODEL_FILE
     runtime = ModelRuntime.load(path, config.mode, entry.limits.max_sequence_length)
@@ -99,32 +127,33 @@ class ModelRepository:
                 else:  # its config was invalid
                     self._observer.model_loaded(version.name, version.version, "failed", 0.0)
 
-    def _load(self, version: ModelVersion) -> None:
+    def _load(self, version: VersionStatus) -> None:
         start = time.perf_counter()
         try:
-            version.runtime = self._loader(version)
+            runtime = self._loader(version)
         except Exception as exc:  # noqa: BLE001 - tracing or warming one model can raise anything
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
             version.state, version.error = ModelState.FAILED, without_paths(reason)
             log.error("model %s version %d failed to load: %s", version.name, version.version, exc)
         else:
             version.state = ModelState.READY
+            version.ready = ReadyModel(
+                version.name, version.version, version.config, version.limits, runtime
+            )
         version.load_seconds = time.perf_counter() - start
         self._observer.model_loaded(
             version.name, version.version, version.state.value, version.load_seconds
         )
-        if version.runtime is None:
-            return
-        path = version.runtime.compute_path
-        self._observer.for_model(version.name).compute_path(version.version, "predict", path)
+        if version.ready is not None:
+            self._log_ready(version.ready, version.load_seconds)
+
+    def _log_ready(self, ready: ReadyModel, seconds: float) -> None:
+        path = ready.runtime.compute_path
+        self._observer.for_model(ready.name).compute_path(ready.version, "predict", path)
         log.info(
             "model %s version %d ready (%s, %s path) in %.2fs",
-            version.name,
-            version.version,
-            version.runtime.mode.value,
-            path,
-            version.load_seconds,
-        )
+            ready.name, ready.version, ready.mode.value, path, seconds,
+        )  # fmt: skip
 
     # -- queries -------------------------------------------------------------------------
 
@@ -136,14 +165,19 @@ class ModelRepository:
     def entries(self) -> list[ModelEntry]:
         return list(self._models.values())
 
+    def ready_models(self) -> list[ReadyModel]:
+        """Every version that loaded, of every model."""
+        return [v.ready for e in self.entries() for v in e.versions.values() if v.ready]
+
     def entry(self, name: str) -> ModelEntry:
         try:
             return self._models[name]
         except KeyError:
             raise ModelNotFound(name, available=", ".join(sorted(self._models))) from None
 
-    def resolve(self, name: str, version: int = 0) -> ModelVersion:
-        """The requested version (0: the newest ready one), ready to compute."""
+    def resolve(self, name: str, version: int = 0) -> ReadyModel:
+        """The version a request for `name` means (0: the newest ready one), ready to compute;
+        else ModelNotFound or ModelNotReady saying why."""
         entry = self.entry(name)
         if version == 0:
             chosen = entry.newest_ready
@@ -156,13 +190,22 @@ class ModelRepository:
                 newest = max(entry.versions, default=0)
                 raise ModelNotReady(name, newest, why or "no versions", loading)
             return chosen
-        if version not in entry.versions:
-            raise ModelNotFound(name, version, ", ".join(f"v{v}" for v in sorted(entry.versions)))
-        chosen = entry.versions[version]
-        if chosen.state is not ModelState.READY:
-            loading = chosen.state is ModelState.LOADING
-            raise ModelNotReady(name, version, chosen.error or chosen.state.value, loading)
-        return chosen
+        status = entry.version(version)
+        if status.ready is None:
+            loading = status.state is ModelState.LOADING
+            raise ModelNotReady(name, version, status.error or status.state.value, loading)
+        return status.ready
+
+    def status(self, name: str, version: int = 0) -> VersionStatus:
+        """The version a status or metadata request for `name` is about, in any state: as asked,
+        else the one `resolve` would serve, else the newest there is."""
+        entry = self.entry(name)
+        if version:
+            return entry.version(version)
+        if not entry.versions:
+            raise ModelNotFound(entry.name, 0, entry.error)
+        newest = entry.newest_ready
+        return entry.versions[newest.version if newest else max(entry.versions)]
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -188,7 +231,7 @@ def _scan_model(model_dir: Path, limits: RequestLimits) -> ModelEntry:
         if not number:
             continue
         config_or_default = config or ModelConfig()
-        version = ModelVersion(
+        version = VersionStatus(
             model_dir.name, number, path, config_or_default,
             limits=limits.for_model(config_or_default),
         )  # fmt: skip

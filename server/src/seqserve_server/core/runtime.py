@@ -75,6 +75,7 @@ class Signature:
 
 
 Compute = Callable[[np.ndarray], np.ndarray]
+Where = Callable[[tuple[np.intp, ...]], str]  # an index into the values -> a position for humans
 
 
 class ModelRuntime:
@@ -185,15 +186,23 @@ class ModelRuntime:
     def validate(self, batch: Batch) -> Batch:
         """Check a decoded batch against the signature and limits; return it as the model dtype."""
         self._check_layout(batch)
-        if np.issubdtype(self.signature.input_dtype, np.integer):
-            values = _as_ids(batch.values, self.signature.input_dtype)
-            _check_vocabulary(values, batch, self.signature.vocabulary)
-        else:
-            values = _as_model_dtype(batch.values, self.signature.input_dtype)
-            _check_finite(values, batch)
+        values = self.check_values(batch.values, "inputs.values", lambda at: _where(batch, at))
         if self.mode.takes_sequence:
             self._check_lengths(batch.item_lengths())
         return Batch(values, batch.lengths)
+
+    def check_values(self, values: np.ndarray, field: str, where: Where) -> np.ndarray:
+        """The values as the model's dtype: token ids inside the vocabulary, or finite floats.
+        The one value check of request inputs (Predict's and sessions' steps); `where` names the
+        position of a bad value."""
+        dtype = self.signature.input_dtype
+        if np.issubdtype(dtype, np.integer):
+            ids = _as_ids(values, dtype, field)
+            _check_vocabulary(ids, self.signature.vocabulary, field, where)
+            return ids
+        floats = _as_model_dtype(values, dtype, field)
+        _check_finite(floats, field, where)
+        return floats
 
     def _check_layout(self, batch: Batch) -> None:
         sig = self.signature
@@ -384,27 +393,26 @@ def _sequence_input(signature: Signature, feeds_embedding: bool) -> bool | None:
     return True if feeds_embedding else None
 
 
-def _as_ids(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _as_ids(values: np.ndarray, dtype: np.dtype, field: str) -> np.ndarray:
     if values.dtype.type not in ACCEPTED_IDS:
-        raise InvalidInput("inputs.values.dtype", "integers (int32 or int64)", str(values.dtype))
+        raise InvalidInput(f"{field}.dtype", "integers (int32 or int64)", str(values.dtype))
     if dtype == np.int32 and values.dtype == np.int64:
         low, high = np.iinfo(np.int32).min, np.iinfo(np.int32).max
         if values.size and (values.min() < low or values.max() > high):
-            raise InvalidInput("inputs.values", "token ids that fit int32", "ids beyond int32")
+            raise InvalidInput(field, "token ids that fit int32", "ids beyond int32")
     return values.astype(dtype, copy=False)
 
 
-def _check_vocabulary(values: np.ndarray, batch: Batch, vocabulary: int | None) -> None:
+def _check_vocabulary(values: np.ndarray, vocabulary: int | None, field: str, where: Where) -> None:
     if vocabulary is None or not values.size:
         return
     bad = (values < 0) | (values >= vocabulary)
     if not bad.any():
         return
     first = np.unravel_index(int(np.argmax(bad)), bad.shape)
-    where = _where(batch, first)
     raise InvalidInput(
-        "inputs.values", f"token ids in [0, {vocabulary}) (the Embedding's input_dim)",
-        f"{values[first]} in {where}",
+        field, f"token ids in [0, {vocabulary}) (the Embedding's input_dim)",
+        f"{values[first]} in {where(first)}",
     )  # fmt: skip
 
 
@@ -419,21 +427,18 @@ def _where(batch: Batch, at: tuple[np.intp, ...]) -> str:
     return f"inputs sequence {seq} step {row - start}"
 
 
-def _as_model_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _as_model_dtype(values: np.ndarray, dtype: np.dtype, field: str) -> np.ndarray:
     if values.dtype.type not in ACCEPTED_FLOATS:
-        raise InvalidInput(
-            "inputs.values.dtype", "a floating type (float16/32/64)", str(values.dtype)
-        )
+        raise InvalidInput(f"{field}.dtype", "a floating type (float16/32/64)", str(values.dtype))
     return values.astype(dtype, copy=False)
 
 
-def _check_finite(values: np.ndarray, batch: Batch) -> None:
+def _check_finite(values: np.ndarray, field: str, where: Where) -> None:
     bad = ~np.isfinite(values)
     if not bad.any():
         return
     first = np.unravel_index(int(np.argmax(bad)), bad.shape)
-    where = _where(batch, first)
-    raise InvalidInput("inputs.values", "finite numbers", f"{values[first]} in {where}")
+    raise InvalidInput(field, "finite numbers", f"{values[first]} in {where(first)}")
 
 
 def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:

@@ -25,8 +25,8 @@ from .errors import InvalidInput, LimitExceeded, Unsupported
 from .modes import Mode
 from .observer import ModelObserver
 from .proof import CHUNKS, ProofFailed, probes, prove_program
-from .repository import ModelRepository, ModelState, ModelVersion
-from .runtime import ACCEPTED_FLOATS, ACCEPTED_IDS, ModelRuntime
+from .repository import ModelRepository, ReadyModel, VersionStatus
+from .runtime import ACCEPTED_IDS, ModelRuntime
 from .stepper import SessionsUnsupportedError, State, StepProgram, build_step_program
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class SessionSupport(str, enum.Enum):
 
 
 @dataclass
-class SessionOutput:
+class StepOutput:
     """Outputs computed for a session: `values` [steps, ...] or a running vector [...]."""
 
     step: int
@@ -52,11 +52,12 @@ class SessionOutput:
 
 
 @dataclass
-class Session:
+class OpenSession:
+    """One caller's session on a model: its recurrent state and the steps fed since open/reset."""
+
     id: str
-    target: ModelVersion
+    target: ReadyModel
     program: StepProgram
-    emit_on_request: bool
     k: int
     state: State
     steps: int = 0
@@ -64,14 +65,11 @@ class Session:
 
     @property
     def mode(self) -> Mode:
-        assert self.target.runtime is not None
-        return self.target.runtime.mode
+        return self.target.mode
 
-    def expects_output(self, emit: bool) -> bool:
-        """Whether a steps message gets an output: aligned always, many-to-one as asked."""
-        if self.mode is Mode.MANY_TO_MANY_ALIGNED:
-            return True
-        return self.mode is Mode.MANY_TO_ONE and (emit or not self.emit_on_request)
+    @property
+    def support(self) -> SessionSupport:
+        return SessionSupport(self.program.support)
 
     @property
     def idle_timeout_s(self) -> float:
@@ -83,31 +81,27 @@ class SessionManager:
         self,
         repository: ModelRepository,
         threads: ModelThreads,
-        observer_for: Callable[[str], ModelObserver],
+        observers: Callable[[str], ModelObserver],
     ) -> None:
         self.repository = repository
         self._threads = threads
-        self._observer_for = observer_for
+        self._observer_for = observers
         self._programs: dict[tuple[str, int], StepProgram] = {}
         self._unsupported: dict[tuple[str, int], str] = {}
         self._queues: dict[tuple[str, int], _StepQueue] = {}
-        self._open: dict[str, dict[str, Session]] = {}
+        self._open: dict[str, dict[str, OpenSession]] = {}
 
     # -- programs ------------------------------------------------------------------------
 
     def prepare_all(self) -> None:
         """Build (compile, warm up) the step program of every ready sequence model."""
-        for entry in self.repository.entries():
-            for version in entry.versions.values():
-                if version.state is ModelState.READY:
-                    self._prepare(version)
+        for ready in self.repository.ready_models():
+            self._prepare(ready)
 
-    def _prepare(self, version: ModelVersion) -> None:
+    def _prepare(self, version: ReadyModel) -> None:
         key = (version.name, version.version)
-        runtime = version.runtime
-        assert runtime is not None
         try:
-            program = proven_program(runtime)
+            program = proven_program(version.runtime)
         except SessionsUnsupportedError as exc:
             self._unsupported[key] = str(exc)
             return
@@ -124,14 +118,15 @@ class SessionManager:
             version.name, version.version, program.support, program.reason,
         )  # fmt: skip
 
-    def support(self, version: ModelVersion) -> tuple[SessionSupport, str]:
+    def support(self, version: VersionStatus) -> tuple[SessionSupport, str]:
+        """Whether (and how) a version runs sessions, and why."""
         key = (version.name, version.version)
         if key in self._programs:
             program = self._programs[key]
             return SessionSupport(program.support), program.reason
         return SessionSupport.UNSUPPORTED, self._unsupported.get(key, version.error or "not ready")
 
-    def incremental_program(self, version: ModelVersion) -> StepProgram | None:
+    def incremental_program(self, version: ReadyModel) -> StepProgram | None:
         """The model's step program where it steps exactly (not by recomputing), else None."""
         program = self._programs.get((version.name, version.version))
         return program if program is not None and program.support == "incremental" else None
@@ -141,15 +136,13 @@ class SessionManager:
 
     # -- session life --------------------------------------------------------------------
 
-    def open(
-        self, model: str, version: int = 0, emit_on_request: bool = False, k: int = 0
-    ) -> Session:
+    def open(self, model: str, version: int = 0, k: int = 0) -> OpenSession:
         target = self.repository.resolve(model, version)
         key = (target.name, target.version)
         if key not in self._programs:
             raise Unsupported(
                 f"model {target.name!r} version {target.version} does not support sessions: "
-                f"{self.support(target)[1]}"
+                f"{self._unsupported.get(key, 'not ready')}"
             )
         check_top_k(k, target.config.labels, "open.top_k")
         sessions = self._open.setdefault(target.name, {})
@@ -159,26 +152,26 @@ class SessionManager:
                 f"model {target.name!r} has {len(sessions)} open sessions, its limit is {limit}"
             )
         program = self._programs[key]
-        session = Session(
-            uuid.uuid4().hex, target, program, emit_on_request, k, program.initial_state(1)
-        )
+        session = OpenSession(uuid.uuid4().hex, target, program, k, program.initial_state(1))
         sessions[session.id] = session
         self._observer_for(target.name).sessions_open(len(sessions))
         return session
 
-    def close(self, session: Session) -> None:
+    def close(self, session: OpenSession) -> None:
         """Free the session's state at once (idempotent)."""
         sessions = self._open.get(session.target.name, {})
         if sessions.pop(session.id, None) is not None:
             self._observer_for(session.target.name).sessions_open(len(sessions))
 
-    def reset(self, session: Session) -> None:
+    def reset(self, session: OpenSession) -> None:
         session.state = session.program.initial_state(1)
         session.steps = 0
         session.finished = False
 
-    async def step(self, session: Session, values: np.ndarray, emit: bool) -> SessionOutput | None:
-        """Feed new steps ([k, features]); the output the mode gives for them, if any."""
+    async def step(self, session: OpenSession, values: np.ndarray) -> StepOutput | None:
+        """Feed new steps ([k, features]); the output the mode gives for them, if any: every
+        step's for aligned models, the running one for many-to-one models (where it is defined).
+        Whether a caller is sent it is the wire's rule (seqserve_api.session_protocol)."""
         chunk = self._validate(session, values)
         queue = self._queues[(session.target.name, session.target.version)]
         session.state, y = await queue.step(session.state, chunk[np.newaxis])
@@ -187,19 +180,17 @@ class SessionManager:
         self._observer_for(session.target.name).session_steps(len(chunk))
         if session.mode is Mode.MANY_TO_MANY_ALIGNED:
             return self._output(session, first, y[0])
-        if session.mode is Mode.MANY_TO_ONE and session.expects_output(emit):
-            if np.isnan(y).any():  # a fixed-length model is defined at its length only
-                return None
+        if session.mode is Mode.MANY_TO_ONE and not np.isnan(y).any():
+            # (NaN: a fixed-length model is defined at its length only)
             return self._output(session, session.steps - 1, y[0])
         return None
 
-    async def finish(self, session: Session) -> SessionOutput:
+    async def finish(self, session: OpenSession) -> StepOutput:
         """The caller's input is complete: decode the output sequence (unaligned models)."""
         if session.mode is not Mode.MANY_TO_MANY_UNALIGNED:
             raise Unsupported("end_input applies to many-to-many models of different length")
         if session.steps == 0:
             raise InvalidInput("end_input", "at least 1 step fed before it", "0 steps")
-        assert session.target.runtime is not None
         fixed = session.target.runtime.signature.fixed_steps
         if fixed is not None and session.steps != fixed:
             raise InvalidInput("end_input", f"exactly {fixed} steps fed", f"{session.steps} steps")
@@ -209,58 +200,38 @@ class SessionManager:
         session.finished = True
         return self._output(session, 0, y[0], last=True)
 
-    def _validate(self, session: Session, values: np.ndarray) -> np.ndarray:
-        if session.program.n_features is None:
-            return self._validate_tokens(session, values)
+    def _validate(self, session: OpenSession, values: np.ndarray) -> np.ndarray:
+        """New steps of the session's one sequence: [steps, features] floats (one step may come
+        as [features]) or [steps] token ids. Their values get the runtime's check, the one that
+        Predict's inputs get; the session's own rules (length, end_input) follow."""
         features = session.program.n_features
-        if values.ndim == 1:
-            values = values[np.newaxis]
-        if values.ndim != 2 or values.shape[-1] != features:
-            raise InvalidInput(
-                "steps.values.shape", f"[steps, {features}]", str(list(values.shape))
-            )
+        if features is None:
+            values = values[np.newaxis] if values.ndim == 0 else values
+            expected = "[steps] token ids"
+            layout_ok = values.ndim == 1
+        else:
+            values = values[np.newaxis] if values.ndim == 1 else values
+            expected = f"[steps, {features}]"
+            layout_ok = values.ndim == 2 and values.shape[-1] == features
+            if layout_ok and values.dtype.type in ACCEPTED_IDS:  # SDKs send int lists as they are
+                values = values.astype(np.float32)
+        if not layout_ok:
+            raise InvalidInput("steps.values.shape", expected, str(list(values.shape)))
         if len(values) == 0:
             raise InvalidInput("steps.values", "at least one step", "0 steps")
-        if values.dtype.type not in ACCEPTED_FLOATS + ACCEPTED_IDS:  # SDKs send int lists as is
-            raise InvalidInput("steps.values.dtype", "a floating type", str(values.dtype))
-        if not np.isfinite(values).all():
-            raise InvalidInput("steps.values", "finite numbers", "NaN or infinity")
+        checked = session.target.runtime.check_values(
+            values, "steps.values", lambda at: f"step {int(at[0])}"
+        )
         if session.finished:
             raise InvalidInput("steps", "a reset after end_input", "more steps")
-        self._check_length(session, len(values))
-        return values.astype(np.float32, copy=False)
+        self._check_length(session, len(checked))
+        return checked
 
-    def _validate_tokens(self, session: Session, values: np.ndarray) -> np.ndarray:
-        """Token ids: [steps] integers inside the vocabulary."""
-        runtime = session.target.runtime
-        assert runtime is not None
-        if values.ndim == 0:
-            values = values[np.newaxis]
-        if values.ndim != 1:
-            raise InvalidInput("steps.values.shape", "[steps] token ids", str(list(values.shape)))
-        if len(values) == 0:
-            raise InvalidInput("steps.values", "at least one step", "0 steps")
-        if values.dtype.type not in ACCEPTED_IDS:
-            got = str(values.dtype)
-            raise InvalidInput("steps.values.dtype", "token ids as int32 or int64", got)
-        vocabulary = runtime.signature.vocabulary
-        if vocabulary is not None and ((values < 0) | (values >= vocabulary)).any():
-            bad = int(np.argmax((values < 0) | (values >= vocabulary)))
-            raise InvalidInput(
-                "steps.values", f"token ids in [0, {vocabulary}) (the Embedding's input_dim)",
-                f"{values[bad]} at step {bad}",
-            )  # fmt: skip
-        if session.finished:
-            raise InvalidInput("steps", "a reset after end_input", "more steps")
-        self._check_length(session, len(values))
-        return values.astype(session.program.input_dtype)
-
-    def _check_length(self, session: Session, added: int) -> None:
+    def _check_length(self, session: OpenSession, added: int) -> None:
         """A message carries at most one sequence's limit of steps. An incremental session
         costs the same per step at any length and may run on (bounded by the config's own
         limit only); a recomputing one gets the model's limit in all."""
         runtime = session.target.runtime
-        assert runtime is not None
         default = session.target.limits.max_sequence_length
         if added > default:
             raise InvalidInput(
@@ -279,13 +250,13 @@ class SessionManager:
             )
 
     def _output(
-        self, session: Session, step: int, values: np.ndarray, last: bool = False
-    ) -> SessionOutput:
+        self, session: OpenSession, step: int, values: np.ndarray, last: bool = False
+    ) -> StepOutput:
         ranked = []
         if session.k:
             rows = values.reshape(-1, values.shape[-1])
             ranked = top_k(rows, session.target.config.labels, session.k)
-        return SessionOutput(step, values, ranked, last)
+        return StepOutput(step, values, ranked, last)
 
 
 def proven_program(runtime: ModelRuntime) -> StepProgram:
@@ -348,7 +319,7 @@ class _StepQueue:
         self._pending.append(_Pending(state, chunk, future))
         if not self._running:
             self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self._task = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:

@@ -10,13 +10,11 @@ import grpc
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from seqserve_api.session_protocol import steps_get_output
 
-from ..core.errors import DeadlineExpired, InvalidInput, ModelNotFound
+from ..core.errors import DeadlineExpired, InvalidInput
 from ..core.inference import InferenceService
-from ..core.modes import Mode
-from ..core.repository import ModelEntry, ModelVersion
-from ..core.sessions import Session as OpenSession
-from ..core.sessions import SessionManager
+from ..core.sessions import OpenSession, SessionManager
 from ..metrics import ServerMetrics
 from . import v1_messages as msg
 from .instrumentation import observed
@@ -33,47 +31,38 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         metrics: ServerMetrics,
         max_message_bytes: int,
     ) -> None:
+        self.repository = inference.repository
         self.inference = inference
         self.sessions = sessions
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
 
     def known_model(self, name: str) -> bool:
-        return self.inference.repository.has(name)
+        return self.repository.has(name)
 
     def known_version(self, name: str, version: int) -> bool:
-        return self.inference.repository.has(name, version)
+        return self.repository.has(name, version)
 
     @observed
     @grpc_errors
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
-        target = self.inference.resolve(request.model_name, request.model_version)
+        target = self.repository.resolve(request.model_name, request.model_version)
         inputs = msg.decode_inputs(request.inputs, target.limits)
-        prediction = await self.inference.predict(target, inputs, request.top_k, _deadline(context))
-        return msg.prediction_to_proto(prediction)
+        result = await self.inference.predict(target, inputs, request.top_k, _deadline(context))
+        return msg.result_to_proto(result)
 
     @observed
     @grpc_errors
     async def PredictStream(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.PredictStreamResponse]:
-        target = self.inference.resolve(request.model_name, request.model_version)
+        target = self.repository.resolve(request.model_name, request.model_version)
         inputs = msg.decode_inputs(request.inputs, target.limits)
-        mode = target.runtime.mode if target.runtime else None
-        header = pb.PredictStreamResponse(
-            model_name=target.name, model_version=target.version, mode=msg.mode_to_proto(mode)
-        )
-        sequence = bool(mode and mode.gives_sequence)
-        signature = target.runtime.signature if target.runtime else None
-        split = signature.split if signature and signature.several_outputs else None
-        program = self.sessions.incremental_program(target)
-        parts = self.inference.predict_parts(
-            target, inputs, request.top_k, _deadline(context), program
-        )
+        parts = self.inference.predict_stream(target, inputs, request.top_k, _deadline(context))
         async for part in parts:
-            for message in msg.stream_messages(header, part, sequence, split):
+            for message in msg.stream_messages(target, part):
                 yield message
 
     @observed
@@ -81,32 +70,21 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        statuses = [
-            msg.status_to_proto(version)
-            for entry in self.inference.repository.entries()
-            for version in sorted(entry.versions.values(), key=lambda v: v.version)
-        ]
-        statuses += [
-            _entry_failure(e) for e in self.inference.repository.entries() if not e.versions
-        ]
-        return pb.ListModelsResponse(models=statuses)
+        return msg.listing_to_proto(self.repository.entries())
 
     @observed
     @grpc_errors
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelMetadataResponse:
-        repository = self.inference.repository
-        entry = repository.entry(request.model_name)
-        version = _describe(entry, request.model_version)
+        version = self.repository.status(request.model_name, request.model_version)
         support, reason = self.sessions.support(version)
-        open_sessions = self.sessions.open_count(entry.name)
         return msg.metadata_to_proto(
-            entry,
+            self.repository.entry(version.name),
             version,
             msg.support_to_proto(support),
             reason,
-            open_sessions,
+            self.sessions.open_count(version.name),
             self.max_message_bytes,
         )
 
@@ -121,29 +99,30 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         if first is None or first.WhichOneof("kind") != "open":
             got = first.WhichOneof("kind") if first else "no message"
             raise InvalidInput("open", "a SessionOpen as the first message", str(got))
-        session = self.sessions.open(
-            first.open.model_name, first.open.model_version, first.open.emit_on_request,
-            first.open.top_k,
-        )  # fmt: skip
+        opening = first.open
+        session = self.sessions.open(opening.model_name, opening.model_version, opening.top_k)
         try:
-            yield msg.session_opened(session, self.sessions.support(session.target)[0])
+            yield msg.session_opened(session)
             while (request := await _next_or_idle(stream, session.idle_timeout_s)) is not None:
-                async for response in self._handle(session, request):
+                async for response in self._handle(session, opening.emit_on_request, request):
                     yield response
         finally:
             self.sessions.close(session)
 
     async def _handle(
-        self, session: OpenSession, request: pb.SessionRequest
+        self, session: OpenSession, emit_on_request: bool, request: pb.SessionRequest
     ) -> AsyncIterator[pb.SessionResponse]:
         kind = request.WhichOneof("kind")
         if kind == "steps":
             values = msg.decode_steps(request.steps, session.target.limits)
-            output = await self.sessions.step(session, values, request.steps.emit)
-            if output is not None:
+            output = await self.sessions.step(session, values)
+            mode = msg.mode_to_proto(session.mode)
+            if not steps_get_output(mode, emit_on_request, request.steps.emit):
+                return
+            if output is None:  # not defined yet (a fixed-length model before its length)
+                yield msg.undefined_output(session.steps - 1)
+            else:
                 yield msg.session_output(output)
-            elif session.mode is Mode.MANY_TO_ONE and session.expects_output(request.steps.emit):
-                yield pb.SessionResponse(output=pb.SessionOutput(step=session.steps - 1))
         elif kind == "reset":
             self.sessions.reset(session)
             yield pb.SessionResponse(reset=pb.SessionResetDone())
@@ -171,19 +150,3 @@ async def _next_or_idle(
         raise DeadlineExpired(
             f"session closed: no message for {idle_timeout_s:g} s (the model's idle timeout)"
         ) from None
-
-
-def _describe(entry: ModelEntry, number: int) -> ModelVersion:
-    """The version to describe: as asked, else the newest ready one, else the newest at all."""
-    if number:
-        if number not in entry.versions:
-            known = ", ".join(f"v{v}" for v in sorted(entry.versions))
-            raise ModelNotFound(entry.name, number, known)
-        return entry.versions[number]
-    if not entry.versions:
-        raise ModelNotFound(entry.name, 0, entry.error)
-    return entry.newest_ready or entry.versions[max(entry.versions)]
-
-
-def _entry_failure(entry: ModelEntry) -> pb.ModelStatus:
-    return pb.ModelStatus(name=entry.name, state=pb.FAILED, error=entry.error)

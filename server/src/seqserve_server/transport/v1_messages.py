@@ -11,12 +11,12 @@ from seqserve_api.tensors import DecodeLimits, from_batch, from_tensor, to_tenso
 
 from ..core.batch import Batch
 from ..core.classification import TopK
-from ..core.inference import Prediction, PredictionPart
+from ..core.inference import InferencePart, InferenceResult
 from ..core.limits import RequestLimits
 from ..core.modes import Mode
-from ..core.repository import ModelEntry, ModelState, ModelVersion
+from ..core.repository import ModelEntry, ModelState, ReadyModel, VersionStatus
 from ..core.runtime import ModelRuntime
-from ..core.sessions import Session, SessionOutput, SessionSupport
+from ..core.sessions import OpenSession, SessionSupport, StepOutput
 
 _DTYPES = {
     np.dtype("float32"): pb.FLOAT32,
@@ -53,18 +53,18 @@ def top_k_to_proto(ranked: TopK) -> pb.TopK:
     return pb.TopK(labels=ranked.labels, scores=ranked.scores, indices=ranked.indices)
 
 
-def prediction_to_proto(prediction: Prediction) -> pb.PredictResponse:
+def result_to_proto(result: InferenceResult) -> pb.PredictResponse:
     response = pb.PredictResponse(
-        model_name=prediction.model,
-        model_version=prediction.version,
-        mode=mode_to_proto(prediction.mode),
-        top_k=[top_k_to_proto(t) for t in prediction.top_k or []],
+        model_name=result.model,
+        model_version=result.version,
+        mode=mode_to_proto(result.mode),
+        top_k=[top_k_to_proto(t) for t in result.top_k or []],
     )
-    if prediction.named is None:
-        _output_to_proto(prediction.outputs, prediction.mode, response)
+    if result.named is None:
+        _output_to_proto(result.outputs, result.mode, response)
         return response
-    for name, outputs in prediction.named.items():
-        _output_to_proto(outputs, prediction.mode, response.named_outputs[name])
+    for name, outputs in result.named.items():
+        _output_to_proto(outputs, result.mode, response.named_outputs[name])
     return response
 
 
@@ -86,11 +86,15 @@ def _output_to_proto(outputs: Batch, mode: Mode, message: pb.PredictResponse | p
 Split = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def stream_messages(
-    header: pb.PredictStreamResponse, part: PredictionPart, sequence: bool, split: Split | None
-) -> Iterator[pb.PredictStreamResponse]:
-    """One message per output vector, or per step of an output sequence; with several outputs
-    (`split` gives them by name), one such message per output."""
+def stream_messages(target: ReadyModel, part: InferencePart) -> Iterator[pb.PredictStreamResponse]:
+    """One message per output vector, or per step of an output sequence; with several outputs,
+    one such message per output."""
+    header = pb.PredictStreamResponse(
+        model_name=target.name, model_version=target.version, mode=mode_to_proto(target.mode)
+    )
+    sequence = target.mode.gives_sequence
+    signature = target.runtime.signature
+    split: Split | None = signature.split if signature.several_outputs else None
     for offset, (index, output) in enumerate(zip(part.indices, part.outputs, strict=True)):
         rows = output if sequence else output[np.newaxis]
         total = part.lengths[offset] if part.lengths else part.first_step + len(rows)
@@ -137,8 +141,20 @@ def _output_specs(runtime: ModelRuntime) -> list[pb.TensorSpec]:
     ]
 
 
-def status_to_proto(version: ModelVersion) -> pb.ModelStatus:
-    runtime = version.runtime
+def listing_to_proto(entries: list[ModelEntry]) -> pb.ListModelsResponse:
+    """Every version of every model, and the models that have none (with their reason)."""
+    statuses = [
+        status_to_proto(version)
+        for entry in entries
+        for version in sorted(entry.versions.values(), key=lambda v: v.version)
+    ]
+    failed = [e for e in entries if not e.versions]
+    statuses += [pb.ModelStatus(name=e.name, state=pb.FAILED, error=e.error) for e in failed]
+    return pb.ListModelsResponse(models=statuses)
+
+
+def status_to_proto(version: VersionStatus) -> pb.ModelStatus:
+    runtime = version.ready.runtime if version.ready else None
     return pb.ModelStatus(
         name=version.name,
         version=version.version,
@@ -151,14 +167,14 @@ def status_to_proto(version: ModelVersion) -> pb.ModelStatus:
 
 def metadata_to_proto(
     entry: ModelEntry,
-    version: ModelVersion,
+    version: VersionStatus,
     session_support: pb.SessionSupport.ValueType,
     session_reason: str,
     open_sessions: int,
     max_message_bytes: int,
 ) -> pb.GetModelMetadataResponse:
     config = version.config
-    runtime = version.runtime
+    runtime = version.ready.runtime if version.ready else None
     fixed = runtime.signature.fixed_steps if runtime else None
     response = pb.GetModelMetadataResponse(
         name=entry.name,
@@ -211,18 +227,18 @@ def support_to_proto(support: SessionSupport) -> pb.SessionSupport.ValueType:
     return _SUPPORT[support]
 
 
-def session_opened(session: Session, support: SessionSupport) -> pb.SessionResponse:
+def session_opened(session: OpenSession) -> pb.SessionResponse:
     opened = pb.SessionOpened(
         session_id=session.id,
         model_name=session.target.name,
         model_version=session.target.version,
         mode=mode_to_proto(session.mode),
-        session_support=support_to_proto(support),
+        session_support=support_to_proto(session.support),
     )
     return pb.SessionResponse(opened=opened)
 
 
-def session_output(output: SessionOutput) -> pb.SessionResponse:
+def session_output(output: StepOutput) -> pb.SessionResponse:
     message = pb.SessionOutput(
         step=output.step,
         values=to_tensor(output.values),
@@ -232,12 +248,17 @@ def session_output(output: SessionOutput) -> pb.SessionResponse:
     return pb.SessionResponse(output=message)
 
 
-def decoded_steps(output: SessionOutput) -> list[pb.SessionResponse]:
+def undefined_output(step: int) -> pb.SessionResponse:
+    """The answer to a steps message when the model defines no output there yet: no values."""
+    return pb.SessionResponse(output=pb.SessionOutput(step=step))
+
+
+def decoded_steps(output: StepOutput) -> list[pb.SessionResponse]:
     """A decoded sequence streamed back one step per message, the last one marked."""
     count = len(output.values)
     return [
         session_output(
-            SessionOutput(
+            StepOutput(
                 step=i,
                 values=output.values[i : i + 1],
                 top_k=output.top_k[i : i + 1],
