@@ -24,7 +24,7 @@ from .observer import ModelObserver, NullObserver, Observer
 from .repository import ModelRepository, ModelVersion
 from .runtime import ModelRuntime
 from .sessions import STREAM_WINDOW
-from .stepper import StepProgram
+from .stepping.programs import StepProgram
 
 STREAM_CHUNK = 8  # inputs computed together per streamed part: first outputs leave early
 
@@ -125,7 +125,7 @@ class InferenceService:
         check_stream_messages(
             target.limits.max_stream_messages, runtime.mode, output_steps, lengths
         )
-        if program is not None and program.output_kind == "per_step":
+        if program is not None and program.mode is Mode.MANY_TO_MANY_ALIGNED:
             async for part in self._stepped_parts(target, batch, program, k, deadline):
                 yield part
             return
