@@ -1,8 +1,8 @@
 """Access to a Keras 3 functional graph: its nodes in order, and running them one by one.
 
 Both the step programs (stepping/) and the runtime's graph path use it; the Keras internals it
-needs are read in stepping/keras_internals.py. Running the nodes
-ourselves lets a layer whose own graph-mode code is wrong be replaced by an exact equivalent:
+needs are read in stepping/keras_internals.py. Running the nodes ourselves lets a layer whose
+own graph-mode code is wrong be replaced by an exact equivalent:
 Keras 3.15's `TimeDistributed` maps over `ops.shape(inputs)[0]` taken *before* it swaps the batch
 and time axes, so with an unknown time length it computes `batch` steps instead of `time` steps
 (a [2, 9, 5] input gives [2, 2, 4]). Eager calls and static lengths take a Python loop instead
