@@ -18,10 +18,10 @@ from pathlib import Path
 
 import keras
 
+from seqserve_server.core.errors import Unsupported
 from seqserve_server.core.proof import Reference, probes, prove
 from seqserve_server.core.runtime import ModelRuntime, _load_keras
 from seqserve_server.core.sessions import proven_program
-from seqserve_server.core.stepper import SessionsUnsupportedError
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -47,7 +47,7 @@ def measure(path: Path) -> dict[str, float | str]:
     proof = _seconds(lambda: prove(runtime.compute, probes(runtime.input_kind), fresh))
     try:
         sessions = _seconds(lambda: proven_program(runtime))
-    except SessionsUnsupportedError:
+    except Unsupported:
         sessions = 0.0
     return {
         "load_s": load,

@@ -505,12 +505,13 @@ def test_a_failing_session_step_fails_only_that_session() -> None:
     """Sessions' steps computed together: one the model raises on fails its own session only."""
     import asyncio
 
+    from seqserve_server.core.modes import Mode
     from seqserve_server.core.observer import NullModelObserver
     from seqserve_server.core.sessions import _StepQueue
-    from seqserve_server.core.stepper import build_step_program
+    from seqserve_server.core.stepping.programs import build_step_program
 
     keras.utils.set_random_seed(3)
-    program = build_step_program(aligned(), "many_to_many_aligned")
+    program = build_step_program(aligned(), Mode.MANY_TO_MANY_ALIGNED)
     real_step = program.step
     sizes: list[int] = []
 

@@ -13,12 +13,12 @@ import pytest
 import tensorflow as tf
 
 from seqserve_server.core import runtime as runtime_module
-from seqserve_server.core import stepper
 from seqserve_server.core.errors import ModelLoadError
 from seqserve_server.core.modes import Mode
 from seqserve_server.core.proof import ProofFailed, Reference, compare, probes, prove
 from seqserve_server.core.runtime import ModelRuntime
 from seqserve_server.core.sessions import proven_program
+from seqserve_server.core.stepping.programs import IncrementalProgram, SessionSupport
 from tests.support.model_zoo import ZOO
 
 TOL = 1e-5
@@ -96,15 +96,15 @@ def test_a_step_program_that_differs_is_replaced_by_recompute(
     saved: Callable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runtime = ModelRuntime.load(saved("lstm_aligned"))
-    exact_step = stepper.IncrementalProgram.step
+    exact_step = IncrementalProgram.step
 
-    def drifting(self: stepper.IncrementalProgram, state: dict, x: np.ndarray) -> tuple:
+    def drifting(self: IncrementalProgram, state: dict, x: np.ndarray) -> tuple:
         new_state, y = exact_step(self, state, x)
         return new_state, y + (1e-3 if x.shape[1] > 4 else 0.0)  # stream windows drift
 
-    monkeypatch.setattr(stepper.IncrementalProgram, "step", drifting)
+    monkeypatch.setattr(IncrementalProgram, "step", drifting)
     program = proven_program(runtime)
-    assert program.support == "recompute"
+    assert program.support is SessionSupport.RECOMPUTE
     assert "incremental step program differs from Keras (probe batch" in program.reason
     assert "fed in chunks of 32" in program.reason  # as PredictStream feeds it
 

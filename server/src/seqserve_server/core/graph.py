@@ -1,7 +1,8 @@
 """Access to a Keras 3 functional graph: its nodes in order, and running them one by one.
 
-Both the step programs (stepper.py) and the runtime's graph path use it. Running the nodes
-ourselves lets a layer whose own graph-mode code is wrong be replaced by an exact equivalent:
+Both the step programs (stepping/) and the runtime's graph path use it; the Keras internals it
+needs are read in stepping/keras_internals.py. Running the nodes ourselves lets a layer whose
+own graph-mode code is wrong be replaced by an exact equivalent:
 Keras 3.15's `TimeDistributed` maps over `ops.shape(inputs)[0]` taken *before* it swaps the batch
 and time axes, so with an unknown time length it computes `batch` steps instead of `time` steps
 (a [2, 9, 5] input gives [2, 2, 4]). Eager calls and static lengths take a Python loop instead
@@ -18,6 +19,8 @@ import keras
 import tensorflow as tf
 from keras import tree
 
+from .stepping.keras_internals import Node, call_takes_mask, functional_graph, propagates_training
+
 
 class GraphError(ValueError):
     """The model has no functional graph that can be walked node by node."""
@@ -27,54 +30,48 @@ class GraphError(ValueError):
 class Graph:
     """Topologically ordered nodes of a single-input, single-output functional graph."""
 
-    nodes: list[Any]
+    nodes: list[Node]
     input: Any  # KerasTensor
     output: Any  # KerasTensor
 
 
 def graph_of(model: keras.Model) -> Graph:
-    fn = model._functional if isinstance(model, keras.Sequential) else model
-    if fn is None or not hasattr(fn, "_nodes_by_depth"):
+    fn = functional_graph(model)
+    if fn is None:
         raise GraphError(f"{type(model).__name__} has no functional graph (subclassed model?)")
     if len(fn.inputs) != 1 or len(fn.outputs) != 1:
         raise GraphError("the graph has several inputs or outputs")
-    nodes = [
-        node
-        for depth in sorted(fn._nodes_by_depth, reverse=True)
-        for node in fn._nodes_by_depth[depth]
-        if node.operation is not None and not node.is_input
-    ]
-    return Graph(nodes=nodes, input=fn.inputs[0], output=fn.outputs[0])
+    return Graph(nodes=fn.nodes, input=fn.inputs[0], output=fn.outputs[0])
 
 
 def call_op(op: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     """Call an op like ``Functional.call(training=False)`` does (inference semantics)."""
     kwargs = dict(kwargs)
-    if "training" in getattr(op, "_call_context_args", ()):
+    if propagates_training(op):
         kwargs["training"] = False
     return op(*args, **kwargs)
 
 
-def run_node(node: Any, values: dict[int, Any]) -> None:
+def run_node(node: Node, values: dict[int, Any]) -> None:
     """Compute a node's outputs from `values` (KerasTensor id -> tensor) and store them there."""
     if isinstance(node.operation, keras.layers.TimeDistributed):
         values[id(node.outputs[0])] = time_distributed(node, values)
         return
-    args, kwargs = node.arguments.fill_in(values)
+    args, kwargs = node.fill_in(values)
     outs = tree.flatten(call_op(node.operation, args, kwargs))
     for kt, value in zip(node.outputs, outs, strict=True):
         values[id(kt)] = value
 
 
-def time_distributed(node: Any, values: dict[int, Any]) -> tf.Tensor:
+def time_distributed(node: Node, values: dict[int, Any]) -> tf.Tensor:
     """TimeDistributed: the wrapped layer on all steps folded into the batch axis."""
-    args, kwargs = node.arguments.fill_in(values)
+    args, kwargs = node.fill_in(values)
     x, mask = args[0], kwargs.get("mask")
     inner = node.operation.layer
     lead = tf.shape(x)[:2]
     flat = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
     inner_kwargs = {}
-    if mask is not None and inner._call_has_mask_arg:
+    if mask is not None and call_takes_mask(inner):
         inner_kwargs["mask"] = tf.reshape(mask, [-1, *mask.shape[2:]])
     y = call_op(inner, [flat], inner_kwargs)
     y = tf.reshape(y, tf.concat([lead, tf.shape(y)[1:]], axis=0))

@@ -24,7 +24,7 @@ from .modes import Mode
 from .observer import ModelObserver, ModelObservers
 from .repository import ModelRepository, ReadyModel
 from .sessions import STREAM_WINDOW
-from .stepper import StepProgram
+from .stepping.programs import StepProgram
 
 STREAM_CHUNK = 8  # inputs computed together per streamed part: first outputs leave early
 
@@ -124,7 +124,7 @@ class InferenceService:
             target.limits.max_stream_messages, runtime.mode, output_steps, lengths
         )
         program = self._step_programs(target)
-        if program is not None and program.output_kind == "per_step":
+        if program is not None and program.mode is Mode.MANY_TO_MANY_ALIGNED:
             async for part in self._stepped_parts(target, batch, program, k, deadline):
                 yield part
             return

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
+
+from .modes import Mode
+from .stepping.programs import SessionSupport, StepProgram
 
 TOL = 1e-5
 # (batch, steps): batch 1 at every length, a larger batch at a short and the longest length.
@@ -126,24 +128,8 @@ def chunk_bounds(total: int, sizes: Sequence[int] = CHUNKS) -> list[tuple[int, i
     return out
 
 
-class SteppedProgram(Protocol):
-    """What the step proof needs of a step program (stepper.StepProgram)."""
-
-    output_kind: str
-    support: str
-    fixed_length: int | None
-
-    def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]: ...
-
-    def step(
-        self, state: dict[str, np.ndarray], x: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]: ...
-
-    def finish(self, state: dict[str, np.ndarray]) -> np.ndarray: ...
-
-
 def prove_program(
-    program: SteppedProgram,
+    program: StepProgram,
     cases: Sequence[Probe],
     ref: Reference,
     chunkings: Sequence[Sequence[int]] = (CHUNKS,),
@@ -162,7 +148,7 @@ def prove_program(
 
 
 def _prove_stepped(
-    program: SteppedProgram, x: np.ndarray, name: str, ref: Reference, sizes: Sequence[int]
+    program: StepProgram, x: np.ndarray, name: str, ref: Reference, sizes: Sequence[int]
 ) -> None:
     """A session's outputs after each chunk are the model's on the prefix fed so far (checked
     on every chunk of short probes, the last of long ones); an incremental aligned program's
@@ -172,21 +158,22 @@ def _prove_stepped(
     per_step: list[np.ndarray] = []
     for start, end in chunk_bounds(total, sizes):
         state, y = program.step(state, x[:, start:end])
-        if program.output_kind == "decoded_sequence" or not _checks_running(program, total, end):
+        if program.mode is Mode.MANY_TO_MANY_UNALIGNED or not _checks_running(program, total, end):
             per_step.append(y)
             continue
         want = ref(x[:, :end])
-        if program.output_kind == "per_step":
+        if program.mode is Mode.MANY_TO_MANY_ALIGNED:
             want = want[:, start:end]
         compare(f"{name}, output after {end} steps", y, want)
         per_step.append(y)
-    if program.output_kind == "per_step" and program.support == "incremental":
+    aligned = program.mode is Mode.MANY_TO_MANY_ALIGNED
+    if aligned and program.support is SessionSupport.INCREMENTAL:
         compare(name, np.concatenate(per_step, axis=1), ref(x))
-    elif program.output_kind == "decoded_sequence":
+    elif program.mode is Mode.MANY_TO_MANY_UNALIGNED:
         compare(name, program.finish(state), ref(x))
 
 
-def _checks_running(program: SteppedProgram, total: int, end: int) -> bool:
+def _checks_running(program: StepProgram, total: int, end: int) -> bool:
     """Running outputs: all of them on short probes, the last on long ones; a fixed-length
     model is defined at its length only."""
     if program.fixed_length is not None:

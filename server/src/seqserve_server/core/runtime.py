@@ -376,7 +376,7 @@ def _vocabulary(model: keras.Model) -> int | None:
         int(node.operation.input_dim)
         for node in graph.nodes
         if isinstance(node.operation, keras.layers.Embedding)
-        and any(kt is graph.input for kt in node.arguments.keras_tensors)
+        and any(kt is graph.input for kt in node.inputs)
     ]
     return min(dims, default=None)
 

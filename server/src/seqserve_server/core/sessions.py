@@ -8,7 +8,6 @@ stacked along the batch axis and computed next, so a lone session never waits.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 import uuid
@@ -27,18 +26,13 @@ from .observer import ModelObserver
 from .proof import CHUNKS, ProofFailed, probes, prove_program
 from .repository import ModelRepository, ReadyModel, VersionStatus
 from .runtime import ACCEPTED_IDS, ModelRuntime
-from .stepper import SessionsUnsupportedError, State, StepProgram, build_step_program
+from .stepping.programs import SessionSupport, StepProgram, build_step_program
+from .stepping.state import State
 
 log = logging.getLogger(__name__)
 
 MAX_STEP_BATCH = 256  # sessions stacked into one step computation
 STREAM_WINDOW = 32  # steps per part when PredictStream steps a long sequence
-
-
-class SessionSupport(str, enum.Enum):
-    UNSUPPORTED = "unsupported"
-    INCREMENTAL = "incremental"
-    RECOMPUTE = "recompute"
 
 
 @dataclass
@@ -102,20 +96,21 @@ class SessionManager:
         key = (version.name, version.version)
         try:
             program = proven_program(version.runtime)
-        except SessionsUnsupportedError as exc:
-            self._unsupported[key] = str(exc)
+        except Unsupported as exc:
+            self._unsupported[key] = exc.message
             return
         except Exception as exc:
             log.exception("no sessions for %s version %d", version.name, version.version)
             self._unsupported[key] = f"step program failed to build: {exc}"
             return
         self._programs[key] = program
-        self._observer_for(version.name).compute_path(version.version, "session", program.support)
+        support = program.support.value
+        self._observer_for(version.name).compute_path(version.version, "session", support)
         executor = self._threads.executor(version.name, version.version)
         self._queues[key] = _StepQueue(program, executor, self._observer_for(version.name))
         log.info(
             "sessions on %s version %d: %s (%s)",
-            version.name, version.version, program.support, program.reason,
+            version.name, version.version, support, program.reason,
         )  # fmt: skip
 
     def support(self, version: VersionStatus) -> tuple[SessionSupport, str]:
@@ -123,13 +118,15 @@ class SessionManager:
         key = (version.name, version.version)
         if key in self._programs:
             program = self._programs[key]
-            return SessionSupport(program.support), program.reason
+            return program.support, program.reason
         return SessionSupport.UNSUPPORTED, self._unsupported.get(key, version.error or "not ready")
 
     def incremental_program(self, version: ReadyModel) -> StepProgram | None:
         """The model's step program where it steps exactly (not by recomputing), else None."""
         program = self._programs.get((version.name, version.version))
-        return program if program is not None and program.support == "incremental" else None
+        if program is None or program.support is not SessionSupport.INCREMENTAL:
+            return None
+        return program
 
     def open_count(self, model: str) -> int:
         return len(self._open.get(model, {}))
@@ -239,7 +236,7 @@ class SessionManager:
                 f"{added}",
             )  # fmt: skip
         limit = runtime.signature.fixed_steps or session.target.config.max_sequence_length
-        if session.program.support == "recompute":
+        if session.program.support is SessionSupport.RECOMPUTE:
             limit = limit or default
         total = session.steps + added
         if limit and total > limit:
@@ -263,11 +260,11 @@ def proven_program(runtime: ModelRuntime) -> StepProgram:
     """The model's step program if it equals Keras on the probes, fed as sessions and streams
     feed it; else the recompute program (through the proven compute path) if that does."""
     if runtime.signature.several_outputs:
-        raise SessionsUnsupportedError(
+        raise Unsupported(
             "sessions step models with one output; this one has several (Predict and "
             "PredictStream serve them, by output name)"
         )
-    model, mode = runtime.model, runtime.mode.value
+    model, mode = runtime.model, runtime.mode
     cases = probes(runtime.input_kind)
     chunkings = (CHUNKS, (STREAM_WINDOW,))
     program = build_step_program(model, mode, runtime.compute)
@@ -275,14 +272,14 @@ def proven_program(runtime: ModelRuntime) -> StepProgram:
         prove_program(program, cases, runtime.reference, chunkings)
         return program
     except ProofFailed as exc:
-        if program.support != "incremental":
-            raise SessionsUnsupportedError(f"the recompute step program differs: {exc}") from exc
+        if program.support is not SessionSupport.INCREMENTAL:
+            raise Unsupported(f"the recompute step program differs: {exc}") from exc
         failure = exc
     fallback = build_step_program(model, mode, runtime.compute, incremental=False)
     try:
         prove_program(fallback, cases, runtime.reference, chunkings)
     except ProofFailed as exc:
-        raise SessionsUnsupportedError(f"no step program equals Keras: {failure}; {exc}") from exc
+        raise Unsupported(f"no step program equals Keras: {failure}; {exc}") from exc
     fallback.reason = f"the incremental step program differs from Keras ({failure}); recomputing"
     log.warning("%s", fallback.reason)
     return fallback

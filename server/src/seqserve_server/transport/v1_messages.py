@@ -16,7 +16,8 @@ from ..core.limits import RequestLimits
 from ..core.modes import Mode
 from ..core.repository import ModelEntry, ModelState, ReadyModel, VersionStatus
 from ..core.runtime import ModelRuntime
-from ..core.sessions import OpenSession, SessionSupport, StepOutput
+from ..core.sessions import OpenSession, StepOutput
+from ..core.stepping.programs import SessionSupport
 
 _DTYPES = {
     np.dtype("float32"): pb.FLOAT32,
