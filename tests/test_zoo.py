@@ -23,7 +23,14 @@ from hypothesis.extra import numpy as hnp
 
 from seqserve_client import SeqServeClient
 from seqserve_client.errors import FailedPreconditionError, InvalidInputError
-from tests.model_zoo import SEVERAL_OUTPUTS, STEPPER_CASES, VOCAB, ZOO
+from tests.model_zoo import (
+    EQUAL_LENGTHS,
+    SEVERAL_INPUTS,
+    SEVERAL_OUTPUTS,
+    STEPPER_CASES,
+    VOCAB,
+    ZOO,
+)
 from tests.server_process import ServerProcess, start_server
 
 TOL = 1e-5
@@ -88,9 +95,29 @@ def _keras(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return keras.ops.convert_to_numpy(model(x[np.newaxis], training=False))[0]
 
 
-def _keras_by_name(model: keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
+Item = np.ndarray | dict[str, np.ndarray]  # one input, or (several inputs) arrays by name
+
+
+def input_names(model: keras.Model) -> list[str]:
+    """What the server calls a model's inputs: a dict's keys, else the Input layers' names."""
+    if isinstance(model.input, dict):
+        return list(model.input)
+    return [t.name for t in model.inputs]
+
+
+def keras_call(model: keras.Model, x: Item) -> object:
+    """The eager model on one item (a batch of one)."""
+    if not isinstance(x, dict):
+        return model(x[np.newaxis], training=False)
+    batched = {k: v[np.newaxis] for k, v in x.items()}
+    if isinstance(model.input, dict):
+        return model(batched, training=False)
+    return model([batched[n] for n in input_names(model)], training=False)
+
+
+def _keras_by_name(model: keras.Model, x: Item) -> dict[str, np.ndarray]:
     """Every output of the model on one input by output name ("" for a single output)."""
-    out = model(x[np.newaxis], training=False)
+    out = keras_call(model, x)
     if isinstance(out, dict):
         return {k: keras.ops.convert_to_numpy(v)[0] for k, v in out.items()}
     if isinstance(out, (list, tuple)):
@@ -101,12 +128,15 @@ def _keras_by_name(model: keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
     return {"": keras.ops.convert_to_numpy(out)[0]}
 
 
-def _inputs(name: str, model: keras.Model, rng: np.random.Generator) -> list[np.ndarray]:
+def _inputs(name: str, model: keras.Model, rng: np.random.Generator) -> list:
     """1-4 inputs: vectors, or sequences of random (or the fixed) lengths; token ids with
-    padding ids among them, float steps with some all-zero (masked) steps."""
+    padding ids among them, float steps with some all-zero (masked) steps. Several-input
+    models: dicts of one array per input name."""
     _, mode, fixed = ZOO[name]
     tensor = model.inputs[0]
     count = int(rng.integers(1, 5))
+    if name in SEVERAL_INPUTS:
+        return [several_item(name, model, rng) for _ in range(count)]
     if not mode.startswith("many"):
         return [rng.normal(size=tensor.shape[1:]).astype(np.float32) for _ in range(count)]
     lengths = [fixed or int(rng.integers(1, MAX_LENGTH + 1)) for _ in range(count)]
@@ -118,6 +148,32 @@ def _inputs(name: str, model: keras.Model, rng: np.random.Generator) -> list[np.
         x[rng.random(n) < 0.2] = 0.0
         out.append(x)
     return out
+
+
+def several_item(name: str, model: keras.Model, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One item of a several-input model: every sequence input at one length (models that need
+    it) or each at its own; token ids inside the vocabulary."""
+    shared = int(rng.integers(1, MAX_LENGTH + 1))
+    item = {}
+    for input_name, tensor in zip(input_names(model), _ordered_inputs(model), strict=True):
+        n = shared if name in EQUAL_LENGTHS else int(rng.integers(1, MAX_LENGTH + 1))
+        shape = tuple(tensor.shape[1:])
+        if "int" in str(tensor.dtype):
+            item[input_name] = rng.integers(0, VOCAB, size=n).astype(np.int32)
+        elif len(shape) == 1:
+            item[input_name] = rng.normal(size=shape).astype(np.float32)
+        else:
+            item[input_name] = rng.normal(size=(n, shape[-1])).astype(np.float32)
+    return item
+
+
+def _ordered_inputs(model: keras.Model) -> list:
+    return list(model.input.values()) if isinstance(model.input, dict) else list(model.inputs)
+
+
+def by_input(items: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """Items of a several-input model as the SDK takes them: each input's arrays by name."""
+    return {k: [item[k] for item in items] for k in items[0]}
 
 
 def _seed(name: str) -> int:
@@ -141,7 +197,8 @@ def test_predict_and_stream_equal_keras(
     assert meta.mode == ZOO[name][1], meta
     assert meta.compute_path in ("traced", "graph", "per_length") and "equals Keras" in meta.proof
 
-    served = zoo.predict(name, inputs)
+    sent = by_input(inputs) if name in SEVERAL_INPUTS else inputs
+    served = zoo.predict(name, sent)
     by_name = served if isinstance(served, dict) else {"": served}
     assert set(by_name) == set(want[0])
     for output, outputs in by_name.items():
@@ -150,7 +207,7 @@ def test_predict_and_stream_equal_keras(
             np.testing.assert_allclose(got, ref[output], atol=TOL, rtol=TOL)
 
     parts: dict[tuple[str, int], list[np.ndarray]] = {}
-    for part in zoo.predict_stream(name, inputs):
+    for part in zoo.predict_stream(name, sent):
         parts.setdefault((part.output_name, part.input_index), []).append(part.values)
     for index, refs in enumerate(want):
         for output, ref in refs.items():
@@ -160,7 +217,14 @@ def test_predict_and_stream_equal_keras(
 
 
 @pytest.mark.parametrize(
-    "name", _cases([n for n in ZOO if ZOO[n][1].startswith("many") and n not in SEVERAL_OUTPUTS])
+    "name",
+    _cases(
+        [
+            n
+            for n in ZOO
+            if ZOO[n][1].startswith("many") and n not in SEVERAL_OUTPUTS | SEVERAL_INPUTS
+        ]
+    ),
 )
 def test_sessions_equal_keras_on_each_prefix(
     name: str, zoo: SeqServeClient, eager: functools._lru_cache_wrapper

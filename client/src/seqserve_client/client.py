@@ -7,12 +7,11 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-from seqserve_api.tensors import encode_inputs, from_tensor, split_sequences
+from seqserve_api.tensors import Inputs, from_tensor, request_inputs, split_sequences
 
 from .channel import channel_options
 from .errors import from_rpc_error
@@ -32,7 +31,6 @@ from .results import (
 from .session import Session, open_request
 
 DEFAULT_TIMEOUT_S = 30.0
-Inputs = np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[int]]  # lists: ragged sequences
 
 
 class SeqServeClient:
@@ -178,7 +176,7 @@ def _output_from(message: pb.PredictResponse | pb.Output) -> Outputs:
 
 def predict_request(model: str, inputs: Inputs, version: int, top_k: int) -> pb.PredictRequest:
     return pb.PredictRequest(
-        model_name=model, model_version=version, inputs=encode_inputs(inputs), top_k=top_k
+        model_name=model, model_version=version, top_k=top_k, **request_inputs(inputs)
     )
 
 

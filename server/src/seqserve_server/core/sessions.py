@@ -296,6 +296,11 @@ def proven_program(runtime: ModelRuntime) -> StepProgram:
             "sessions step models with one output; this one has several (Predict and "
             "PredictStream serve them, by output name)"
         )
+    if runtime.signature.several_inputs:
+        raise SessionsUnsupportedError(
+            "sessions step models with one input; this one has several (Predict and "
+            "PredictStream serve them, with named_inputs)"
+        )
     model, mode = runtime.model, runtime.mode.value
     cases = probes(runtime.input_kind)
     chunkings = (CHUNKS, (STREAM_WINDOW,))

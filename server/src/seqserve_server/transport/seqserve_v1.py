@@ -50,7 +50,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
         target = self.inference.resolve(request.model_name, request.model_version)
-        inputs = msg.decode_inputs(request.inputs, target.limits)
+        inputs = msg.decode_request_inputs(request, target.limits)
         prediction = await self.inference.predict(target, inputs, request.top_k, _deadline(context))
         return msg.prediction_to_proto(prediction)
 
@@ -60,7 +60,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.PredictStreamResponse]:
         target = self.inference.resolve(request.model_name, request.model_version)
-        inputs = msg.decode_inputs(request.inputs, target.limits)
+        inputs = msg.decode_request_inputs(request, target.limits)
         mode = target.runtime.mode if target.runtime else None
         header = pb.PredictStreamResponse(
             model_name=target.name, model_version=target.version, mode=msg.mode_to_proto(mode)
