@@ -440,12 +440,14 @@ def two_aligned_sequences() -> keras.Model:
 
 @_seeded
 def tokens_and_numbers() -> keras.Model:
-    """Token ids and a numeric value per step, embedded and joined (aligned tagging)."""
+    """Token ids and a numeric value per step, embedded and joined (aligned tagging); the
+    TimeDistributed head makes Keras' traced call wrong, so the graph path serves it."""
     ids = keras.Input((None,), dtype="int32", name="ids")
     level = keras.Input((None, 1), name="level")
     x = layers.Concatenate()([layers.Embedding(VOCAB, 4)(ids), level])
     x = layers.LSTM(6, return_sequences=True)(x)
-    return keras.Model([ids, level], layers.Dense(3, activation="softmax")(x))
+    head = layers.TimeDistributed(layers.Dense(3, activation="softmax"))
+    return keras.Model([ids, level], head(x))
 
 
 @_seeded

@@ -416,6 +416,12 @@ def test_metadata_lists_every_input_and_refuses_sessions(zoo: SeqServeClient) ->
     mixed = zoo.metadata("several_in_out")
     assert {s.name: s.sequence for s in mixed.inputs} == {"seq": True, "context": False}
     assert [s.name for s in mixed.outputs] == ["label", "value"]
+    tagged = zoo.metadata("tokens_and_numbers")  # traced TimeDistributed is wrong: graph path
+    assert tagged.compute_path == "graph" and "traced: probe" in tagged.proof
+    assert [(s.name, s.dtype, s.vocabulary) for s in tagged.inputs] == [
+        ("ids", "int32", VOCAB),
+        ("level", "float32", 0),
+    ]
     with pytest.raises(SeqServeError) as caught, zoo.session("two_aligned_sequences") as s:
         s.step(np.zeros((2, FEATURES), np.float32))
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION

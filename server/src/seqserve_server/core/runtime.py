@@ -578,8 +578,9 @@ def _check_names(inputs: dict[str, Batch], names: list[str]) -> None:
     expected = ", ".join(names)
     for name in inputs:
         if name not in names:
+            shown = name if len(name) <= 64 else name[:64] + "..."  # a caller's name, unbounded
             raise InvalidInput(
-                _field(name), f"only the inputs {expected}", f"an input named {name!r}"
+                _field(shown), f"only the inputs {expected}", f"an input named {shown!r}"
             )
     for name in names:
         if name not in inputs:
