@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,9 @@ from seqserve_server.core.batch import Batch, NamedBatch
 from seqserve_server.core.batching import DynamicBatcher, Values
 from seqserve_server.core.errors import ModelLoadError
 from seqserve_server.core.modes import Mode, reconcile_mode, several_inputs_mode
+from seqserve_server.core.proof import prove, several_probes
+from seqserve_server.core.runtime import PATHS, ModelRuntime
+from tests.model_zoo import ZOO
 
 
 def test_request_fields_of_the_shared_codec() -> None:
@@ -97,3 +101,21 @@ def test_a_stated_mode_must_agree() -> None:
     assert reconcile_mode(Mode.MANY_TO_MANY_UNALIGNED, inferred, "") is Mode.MANY_TO_MANY_UNALIGNED
     with pytest.raises(ModelLoadError, match="states mode many_to_one"):
         reconcile_mode(Mode.MANY_TO_ONE, inferred, "inputs a, b")
+
+
+@pytest.mark.slow  # per-length traces a function per probe length: ~20-50 s on 2 cores
+def test_every_compute_path_is_exact_for_several_inputs(tmp_path: Path) -> None:
+    """Traced, node-by-node graph and per-length functions each equal Keras on the several-input
+    probes (encoder and decoder at equal and at different lengths); a model whose sequence
+    inputs must share a length is probed at equal lengths only."""
+    for name, equal in (("seq2seq_teacher_forcing", False), ("two_aligned_sequences", True)):
+        path = tmp_path / f"{name}.keras"
+        ZOO[name][0]().save(path)
+        runtime = ModelRuntime.load(path)
+        assert runtime.signature.equal_lengths is equal
+        cases = several_probes([s.kind for s in runtime.input_specs], equal)
+        spreads = {tuple(a.shape[1] for a in c.x) for c in cases if isinstance(c.x, tuple)}
+        assert any(len(set(s)) > 1 for s in spreads) is not equal
+        for _, build in PATHS:
+            prove(build(runtime), cases, runtime.reference)  # raises ProofFailed, naming the probe
+        assert runtime.signature.output_follows == ("decoder" if not equal else "a")
