@@ -22,11 +22,12 @@ import numpy as np
 from .classification import TopK, check_top_k, top_k
 from .compute_threads import ModelThreads
 from .errors import InvalidInput, LimitExceeded, Unsupported
+from .inputs import ACCEPTED_FLOATS, ACCEPTED_IDS
 from .modes import Mode
 from .observer import ModelObserver
 from .proof import CHUNKS, ProofFailed, probes, prove_program
 from .repository import ModelRepository, ModelState, ModelVersion
-from .runtime import ACCEPTED_FLOATS, ACCEPTED_IDS, ModelRuntime
+from .runtime import ModelRuntime
 from .stepper import SessionsUnsupportedError, State, StepProgram, build_step_program
 
 log = logging.getLogger(__name__)
