@@ -329,13 +329,30 @@ def predict_request(r: random.Random, targets: list[Target], tags: list[str]) ->
         elif roll < 0.88:
             request.model_name = mutate_name(r, targets)
             tags.append("model_name")
-        elif roll < 0.95:
+        elif roll < 0.92:
             request.model_version = r.choice(VERSIONS)
             tags.append("model_version")
+        elif roll < 0.97:
+            tags.append("named_inputs_" + named_inputs(request, r))
         else:
             request.ClearField("inputs")
             tags.append("no_inputs")
     return request
+
+
+def named_inputs(request: pb.PredictRequest, r: random.Random) -> str:
+    """The batch sent as `named_inputs`: under the single input's name, an unknown or empty
+    name, beside an extra input, or in both fields at once; which one it was."""
+    batch = pb.Batch()
+    batch.CopyFrom(request.inputs)
+    how = r.choice(["input", "unknown", "extra", "both"])
+    if how != "both":
+        request.ClearField("inputs")
+    name = r.choice([*NAMES, "inputs"]) if how == "unknown" else "input"
+    request.named_inputs[name].CopyFrom(batch)
+    if how == "extra":
+        request.named_inputs["extra"].CopyFrom(batch)
+    return how
 
 
 # -- sessions ---------------------------------------------------------------------------------

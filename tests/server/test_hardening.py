@@ -244,6 +244,17 @@ def test_request_limits_name_the_limit(hardened: ServerProcess) -> None:
         assert len(client.predict("aligned", seqs(MAX_STEPS, 1))) == 2  # at the limit: served
 
 
+def test_named_inputs_share_the_element_limit(hardened: ServerProcess) -> None:
+    """Each named input under max_request_elements, together over it: refused before decoding."""
+    part = np.ones((1, (MAX_ELEMENTS // 2 + FEATURES) // FEATURES, FEATURES), np.float32)
+    with SeqServeClient(hardened.target) as client, pytest.raises(SeqServeError) as caught:
+        client.predict("aligned", {"input": part, "extra": part})
+    assert caught.value.code == EXHAUSTED
+    assert caught.value.message.startswith("named_inputs") and "max_request_elements" in (
+        caught.value.message
+    )
+
+
 def test_predict_stream_messages_are_bounded_before_computing(
     stub: pb_grpc.SeqServeStub,
 ) -> None:

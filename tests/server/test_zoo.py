@@ -8,12 +8,14 @@ and called eagerly, `model(x, training=False)`, one sequence at a time.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import keras
 import numpy as np
 import pytest
@@ -21,9 +23,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from seqserve_client import SeqServeClient
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+from seqserve_api.tensors import encode_inputs
+from seqserve_client import AsyncSeqServeClient, SeqServeClient, SeqServeError
 from seqserve_client.errors import FailedPreconditionError, InvalidInputError
-from tests.support.model_zoo import SEVERAL_OUTPUTS, STEPPER_CASES, VOCAB, ZOO
+from tests.support.model_zoo import (
+    EQUAL_LENGTHS,
+    FEATURES,
+    SEVERAL_INPUTS,
+    SEVERAL_OUTPUTS,
+    STEPPER_CASES,
+    VOCAB,
+    ZOO,
+)
 from tests.support.reference import loader
 from tests.support.server_process import ServerProcess, served
 
@@ -34,6 +47,8 @@ MAX_LENGTH = 12
 # Models the named tests below use, served whatever tests are selected.
 NAMED = {"time_distributed_head", "lstm_aligned", "token_classifier", "token_tagger"}
 NAMED |= {"token_unmasked_aligned", "token_conv_many_to_one"} | SEVERAL_OUTPUTS
+NAMED |= SEVERAL_INPUTS | {"dense_one_to_one"}
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +94,33 @@ def _cases(names: list[str]) -> list:
     return [pytest.param(n, marks=slow) if n in STEPPER_CASES else n for n in names]
 
 
-def _keras(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    return keras.ops.convert_to_numpy(model(x[np.newaxis], training=False))[0]
+Item = np.ndarray | dict[str, np.ndarray]  # one input, or (several inputs) arrays by name
 
 
-def _keras_by_name(model: keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
+def input_names(model: keras.Model) -> list[str]:
+    """What the server calls a model's inputs: a dict's keys, else the Input layers' names."""
+    if isinstance(model.input, dict):
+        return list(model.input)
+    return [t.name for t in model.inputs]
+
+
+def keras_call(model: keras.Model, x: Item) -> object:
+    """The eager model on one item (a batch of one)."""
+    if not isinstance(x, dict):
+        return model(x[np.newaxis], training=False)
+    batched = {k: v[np.newaxis] for k, v in x.items()}
+    if isinstance(model.input, dict):
+        return model(batched, training=False)
+    return model([batched[n] for n in input_names(model)], training=False)
+
+
+def _keras(model: keras.Model, x: Item) -> np.ndarray:
+    return keras.ops.convert_to_numpy(keras_call(model, x))[0]
+
+
+def _keras_by_name(model: keras.Model, x: Item) -> dict[str, np.ndarray]:
     """Every output of the model on one input by output name ("" for a single output)."""
-    out = model(x[np.newaxis], training=False)
+    out = keras_call(model, x)
     if isinstance(out, dict):
         return {k: keras.ops.convert_to_numpy(v)[0] for k, v in out.items()}
     if isinstance(out, (list, tuple)):
@@ -96,12 +131,15 @@ def _keras_by_name(model: keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
     return {"": keras.ops.convert_to_numpy(out)[0]}
 
 
-def _inputs(name: str, model: keras.Model, rng: np.random.Generator) -> list[np.ndarray]:
+def _inputs(name: str, model: keras.Model, rng: np.random.Generator) -> list:
     """1-4 inputs: vectors, or sequences of random (or the fixed) lengths; token ids with
-    padding ids among them, float steps with some all-zero (masked) steps."""
+    padding ids among them, float steps with some all-zero (masked) steps. Several-input
+    models: dicts of one array per input name."""
     _, mode, fixed = ZOO[name]
     tensor = model.inputs[0]
     count = int(rng.integers(1, 5))
+    if name in SEVERAL_INPUTS:
+        return [several_item(name, model, rng) for _ in range(count)]
     if not mode.startswith("many"):
         return [rng.normal(size=tensor.shape[1:]).astype(np.float32) for _ in range(count)]
     lengths = [fixed or int(rng.integers(1, MAX_LENGTH + 1)) for _ in range(count)]
@@ -113,6 +151,32 @@ def _inputs(name: str, model: keras.Model, rng: np.random.Generator) -> list[np.
         x[rng.random(n) < 0.2] = 0.0
         out.append(x)
     return out
+
+
+def several_item(name: str, model: keras.Model, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One item of a several-input model: every sequence input at one length (models that need
+    it) or each at its own; token ids inside the vocabulary."""
+    shared = int(rng.integers(1, MAX_LENGTH + 1))
+    item = {}
+    for input_name, tensor in zip(input_names(model), _ordered_inputs(model), strict=True):
+        n = shared if name in EQUAL_LENGTHS else int(rng.integers(1, MAX_LENGTH + 1))
+        shape = tuple(tensor.shape[1:])
+        if "int" in str(tensor.dtype):
+            item[input_name] = rng.integers(0, VOCAB, size=n).astype(np.int32)
+        elif len(shape) == 1:
+            item[input_name] = rng.normal(size=shape).astype(np.float32)
+        else:
+            item[input_name] = rng.normal(size=(n, shape[-1])).astype(np.float32)
+    return item
+
+
+def _ordered_inputs(model: keras.Model) -> list:
+    return list(model.input.values()) if isinstance(model.input, dict) else list(model.inputs)
+
+
+def by_input(items: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """Items of a several-input model as the SDK takes them: each input's arrays by name."""
+    return {k: [item[k] for item in items] for k in items[0]}
 
 
 def _seed(name: str) -> int:
@@ -136,7 +200,8 @@ def test_predict_and_stream_equal_keras(
     assert meta.mode == ZOO[name][1], meta
     assert meta.compute_path in ("traced", "graph", "per_length") and "equals Keras" in meta.proof
 
-    served = zoo.predict(name, inputs)
+    sent = by_input(inputs) if name in SEVERAL_INPUTS else inputs
+    served = zoo.predict(name, sent)
     by_name = served if isinstance(served, dict) else {"": served}
     assert set(by_name) == set(want[0])
     for output, outputs in by_name.items():
@@ -145,7 +210,7 @@ def test_predict_and_stream_equal_keras(
             np.testing.assert_allclose(got, ref[output], atol=TOL, rtol=TOL)
 
     parts: dict[tuple[str, int], list[np.ndarray]] = {}
-    for part in zoo.predict_stream(name, inputs):
+    for part in zoo.predict_stream(name, sent):
         parts.setdefault((part.output_name, part.input_index), []).append(part.values)
     for index, refs in enumerate(want):
         for output, ref in refs.items():
@@ -155,7 +220,14 @@ def test_predict_and_stream_equal_keras(
 
 
 @pytest.mark.parametrize(
-    "name", _cases([n for n in ZOO if ZOO[n][1].startswith("many") and n not in SEVERAL_OUTPUTS])
+    "name",
+    _cases(
+        [
+            n
+            for n in ZOO
+            if ZOO[n][1].startswith("many") and n not in SEVERAL_OUTPUTS | SEVERAL_INPUTS
+        ]
+    ),
 )
 def test_sessions_equal_keras_on_each_prefix(
     name: str, zoo: SeqServeClient, eager: functools._lru_cache_wrapper
@@ -312,3 +384,163 @@ def test_any_batch_equals_keras(
     served = zoo.predict(name, inputs)
     for got, x in zip(served, inputs, strict=True):
         np.testing.assert_allclose(got, _keras(model, x), atol=TOL, rtol=TOL)
+
+
+# -- several inputs -----------------------------------------------------------------------
+
+
+def _seq2seq_items(rng: np.random.Generator, pairs: list[tuple[int, int]]) -> list[dict]:
+    return [
+        {
+            "encoder": rng.normal(size=(t, FEATURES)).astype(np.float32),
+            "decoder": rng.normal(size=(n, 2)).astype(np.float32),
+        }
+        for t, n in pairs
+    ]
+
+
+def test_metadata_lists_every_input_and_refuses_sessions(zoo: SeqServeClient) -> None:
+    meta = zoo.metadata("seq2seq_teacher_forcing")
+    assert meta.mode == "many_to_many_unaligned"
+    assert [(s.name, s.shape, s.sequence) for s in meta.inputs] == [
+        ("encoder", (-1, -1, FEATURES), True),
+        ("decoder", (-1, -1, 2), True),
+    ]
+    assert meta.input.name == ""  # no single-input view
+    assert meta.session_support == "session_unsupported" and "several" in meta.session_reason
+    mixed = zoo.metadata("several_in_out")
+    assert {s.name: s.sequence for s in mixed.inputs} == {"seq": True, "context": False}
+    assert [s.name for s in mixed.outputs] == ["label", "value"]
+    tagged = zoo.metadata("tokens_and_numbers")  # traced TimeDistributed is wrong: graph path
+    assert tagged.compute_path == "graph" and "traced: probe" in tagged.proof
+    assert [(s.name, s.dtype, s.vocabulary) for s in tagged.inputs] == [
+        ("ids", "int32", VOCAB),
+        ("level", "float32", 0),
+    ]
+    with pytest.raises(SeqServeError) as caught, zoo.session("two_aligned_sequences") as s:
+        s.step(np.zeros((2, FEATURES), np.float32))
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_seq2seq_inputs_of_their_own_lengths(
+    zoo: SeqServeClient, eager: functools._lru_cache_wrapper
+) -> None:
+    """Encoder T steps, decoder N steps, per item: N output steps, each Keras' number."""
+    model = eager("seq2seq_teacher_forcing")
+    items = _seq2seq_items(np.random.default_rng(5), [(7, 2), (3, 5), (11, 1)])
+    sent = {k: [item[k] for item in items] for k in ("encoder", "decoder")}
+    served = zoo.predict("seq2seq_teacher_forcing", sent)
+    assert [len(y) for y in served] == [2, 5, 1]
+    for got, item in zip(served, items, strict=True):
+        np.testing.assert_allclose(got, _keras(model, item), atol=TOL, rtol=TOL)
+    steps: dict[int, list[np.ndarray]] = {}
+    for part in zoo.predict_stream("seq2seq_teacher_forcing", sent):
+        steps.setdefault(part.input_index, []).append(part.values)
+    for index, got in enumerate(served):
+        np.testing.assert_allclose(np.stack(steps[index]), got, atol=TOL, rtol=TOL)
+
+
+def test_single_input_model_takes_its_one_name(zoo: SeqServeClient) -> None:
+    x = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)
+    named = zoo.predict("dense_one_to_one", {"input": x})
+    np.testing.assert_allclose(named, zoo.predict("dense_one_to_one", x), atol=TOL)
+    with pytest.raises(SeqServeError) as caught:
+        zoo.predict("dense_one_to_one", {"x": x})
+    assert caught.value.code == INVALID and caught.value.field == 'named_inputs["x"]'
+
+
+def _aligned(n: int = 4, b_steps: int | None = None, items: int = 2) -> dict[str, np.ndarray]:
+    return {
+        "a": np.ones((items, n, FEATURES), np.float32),
+        "b": np.ones((items, b_steps or n, 2), np.float32),
+    }
+
+
+# (model, inputs, field, words the message must contain)
+BAD = {
+    "missing input": ("two_aligned_sequences", {"a": _aligned()["a"]}, 'named_inputs["b"]', "a, b"),
+    "unknown input": ("two_aligned_sequences", {**_aligned(), "c": _aligned()["a"]}, 'named_inputs["c"]', "only the inputs a, b"),
+    "unnamed inputs": ("two_aligned_sequences", _aligned()["a"], "named_inputs", "a, b"),
+    "item counts differ": ("two_aligned_sequences", {"a": _aligned()["a"], "b": _aligned(items=3)["b"]}, 'named_inputs["b"]', "2 items"),
+    "lengths differ": ("two_aligned_sequences", _aligned(4, 5), 'named_inputs["b"].lengths[0]', "4 steps"),
+    "wrong features": ("two_aligned_sequences", {"a": _aligned()["a"], "b": _aligned()["a"]}, 'named_inputs["b"].values.shape', "2 features"),
+    "vector as sequence": ("several_in_out", {"seq": _aligned()["a"], "context": [np.ones(3), np.ones(4)]}, 'named_inputs["context"].lengths', "vector"),
+    "nan": ("seq2seq_teacher_forcing", {"encoder": np.full((1, 2, FEATURES), np.nan, np.float32), "decoder": np.ones((1, 2, 2), np.float32)}, 'named_inputs["encoder"].values', "finite"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_named_inputs_are_invalid_argument(zoo: SeqServeClient, case: str) -> None:
+    model, inputs, field, words = BAD[case]
+    for call in (zoo.predict, lambda m, x: list(zoo.predict_stream(m, x))):
+        with pytest.raises(SeqServeError) as caught:
+            call(model, inputs)
+        assert caught.value.code == INVALID, caught.value
+        assert caught.value.field == field and words in str(caught.value), caught.value
+
+
+def test_inputs_and_named_inputs_together_are_invalid(zoo_server: ServerProcess) -> None:
+    x = encode_inputs(np.ones((1, 4), np.float32))
+    request = pb.PredictRequest(model_name="dense_one_to_one", inputs=x, named_inputs={"input": x})
+    with (
+        grpc.insecure_channel(zoo_server.target) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        pb_grpc.SeqServeStub(channel).Predict(request, timeout=30)
+    assert caught.value.code() == INVALID and caught.value.details().startswith("inputs:")
+
+
+def test_asyncio_client_takes_a_dict(
+    zoo_server: ServerProcess, eager: functools._lru_cache_wrapper
+) -> None:
+    rng = np.random.default_rng(9)
+    inputs = {"seq": [rng.normal(size=(n, FEATURES)).astype(np.float32) for n in (3, 6)]}
+    inputs["context"] = rng.normal(size=(2, 3)).astype(np.float32)
+
+    async def call() -> tuple:
+        async with AsyncSeqServeClient(zoo_server.target) as c:
+            served = await c.predict("several_in_out", inputs)
+            parts = [p async for p in c.predict_stream("several_in_out", inputs)]
+            return served, parts
+
+    served, parts = asyncio.run(call())
+    model = eager("several_in_out")
+    for i in range(2):
+        item = {"seq": inputs["seq"][i], "context": inputs["context"][i]}
+        label, value = (keras.ops.convert_to_numpy(y)[0] for y in keras_call(model, item))
+        np.testing.assert_allclose(served["label"][i], label, atol=TOL, rtol=TOL)
+        np.testing.assert_allclose(served["value"][i], value, atol=TOL, rtol=TOL)
+    assert {(p.output_name, p.input_index) for p in parts} == {
+        (name, i) for name in ("label", "value") for i in range(2)
+    }
+
+
+def test_readme_several_inputs_example_runs(zoo: SeqServeClient) -> None:
+    """The README's several-inputs snippet, run as written against seq2seq_teacher_forcing."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("<!-- readme-several-inputs", 1)[1].split("```python\n", 1)[1]
+    scope: dict = {"client": zoo, "np": np}
+    exec(block.split("```", 1)[0], scope)  # the project's own README
+    assert [len(y) for y in scope["outputs"]] == [4, 2]
+    assert scope["names"] == ["encoder", "decoder"]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.data_too_large])
+@given(data=st.data())
+def test_any_seq2seq_batch_equals_keras(
+    data: st.DataObject, zoo: SeqServeClient, eager: functools._lru_cache_wrapper
+) -> None:
+    """Drawn item counts, encoder and decoder lengths (each its own) and values."""
+    count = data.draw(st.integers(1, 4))
+    lengths = st.lists(st.integers(1, 9), min_size=count, max_size=count)
+    values = st.floats(-4, 4, width=32)
+    enc = [
+        data.draw(hnp.arrays(np.float32, (n, FEATURES), elements=values))
+        for n in data.draw(lengths)
+    ]
+    dec = [data.draw(hnp.arrays(np.float32, (n, 2), elements=values)) for n in data.draw(lengths)]
+    served = zoo.predict("seq2seq_teacher_forcing", {"encoder": enc, "decoder": dec})
+    model = eager("seq2seq_teacher_forcing")
+    for i, got in enumerate(served):
+        want = _keras(model, {"encoder": enc[i], "decoder": dec[i]})
+        np.testing.assert_allclose(got, want, atol=TOL, rtol=TOL)

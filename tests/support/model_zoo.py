@@ -421,6 +421,58 @@ def two_heads_aligned() -> keras.Model:
     return keras.Model(inp, {"tag": tags, "level": layers.Dense(1)(x)})
 
 
+@_seeded
+def sequence_and_static() -> keras.Model:
+    """A sequence summary joined with a static feature vector (many-to-one)."""
+    steps = keras.Input((None, FEATURES), name="steps")
+    static = keras.Input((2,), name="static")
+    summary = layers.LSTM(8)(steps)
+    joined = layers.Concatenate()([summary, layers.Dense(4, activation="relu")(static)])
+    return keras.Model([steps, static], layers.Dense(2)(joined))
+
+
+@_seeded
+def two_aligned_sequences() -> keras.Model:
+    """Two sequences of one length, concatenated per step (aligned)."""
+    a = keras.Input((None, FEATURES), name="a")
+    b = keras.Input((None, 2), name="b")
+    x = layers.GRU(6, return_sequences=True)(layers.Concatenate()([a, b]))
+    return keras.Model([a, b], layers.Dense(2)(x))
+
+
+@_seeded
+def tokens_and_numbers() -> keras.Model:
+    """Token ids and a numeric value per step, embedded and joined (aligned tagging); the
+    TimeDistributed head makes Keras' traced call wrong, so the graph path serves it."""
+    ids = keras.Input((None,), dtype="int32", name="ids")
+    level = keras.Input((None, 1), name="level")
+    x = layers.Concatenate()([layers.Embedding(VOCAB, 4)(ids), level])
+    x = layers.LSTM(6, return_sequences=True)(x)
+    head = layers.TimeDistributed(layers.Dense(3, activation="softmax"))
+    return keras.Model([ids, level], head(x))
+
+
+@_seeded
+def seq2seq_teacher_forcing() -> keras.Model:
+    """Encoder over T steps, decoder fed N target steps from the encoder's state: N steps out."""
+    encoder = keras.Input((None, FEATURES), name="encoder")
+    decoder = keras.Input((None, 2), name="decoder")
+    _, h, c = layers.LSTM(8, return_state=True)(encoder)
+    y = layers.LSTM(8, return_sequences=True)(decoder, initial_state=[h, c])
+    return keras.Model([encoder, decoder], layers.Dense(2)(y))
+
+
+@_seeded
+def several_in_out() -> keras.Model:
+    """A dict of inputs (sequence + context vector) and two heads: label and value."""
+    seq = keras.Input((None, FEATURES), name="seq")
+    context = keras.Input((3,), name="context")
+    x = layers.Concatenate()([layers.LSTM(8)(seq), context])
+    label = layers.Dense(3, activation="softmax", name="label")(x)
+    value = layers.Dense(1, name="value")(x)
+    return keras.Model({"seq": seq, "context": context}, [label, value])
+
+
 ZOO: dict[str, tuple[Builder, str, int | None]] = {
     "lstm_aligned": (lstm_aligned, "many_to_many_aligned", None),
     "gru_aligned": (gru_aligned, "many_to_many_aligned", None),
@@ -463,9 +515,21 @@ ZOO.update(
         "dense_one_to_one": (dense_one_to_one, "one_to_one", None),
         "two_heads": (two_heads, "many_to_one", None),
         "two_heads_aligned": (two_heads_aligned, "many_to_many_aligned", None),
+        "sequence_and_static": (sequence_and_static, "many_to_one", None),
+        "two_aligned_sequences": (two_aligned_sequences, "many_to_many_aligned", None),
+        "tokens_and_numbers": (tokens_and_numbers, "many_to_many_aligned", None),
+        "seq2seq_teacher_forcing": (seq2seq_teacher_forcing, "many_to_many_unaligned", None),
+        "several_in_out": (several_in_out, "many_to_one", None),
     }
 )  # fmt: skip
-SEVERAL_OUTPUTS = {"two_heads", "two_heads_aligned"}  # served by name; no sessions
+SEVERAL_OUTPUTS = {"two_heads", "two_heads_aligned", "several_in_out"}  # by name; no sessions
+# Several inputs (served with named_inputs; no sessions): sequence inputs that must share one
+# length per item; the others take lengths of their own.
+SEVERAL_INPUTS = {
+    "sequence_and_static", "two_aligned_sequences", "tokens_and_numbers",
+    "seq2seq_teacher_forcing", "several_in_out",
+}  # fmt: skip
+EQUAL_LENGTHS = {"two_aligned_sequences", "tokens_and_numbers"}
 
 
 # The fixture repository: the models the shared `server` fixture (tests/conftest.py) serves, one

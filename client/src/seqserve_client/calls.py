@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve_api.session_protocol import steps_get_output
-from seqserve_api.tensors import encode_inputs, from_tensor, split_sequences, to_tensor
+from seqserve_api.tensors import Inputs, from_tensor, request_inputs, split_sequences, to_tensor
 
 from .errors import SeqServeError, from_rpc_error
 from .results import (
@@ -35,8 +35,6 @@ from .results import (
 )
 
 DEFAULT_TIMEOUT_S = 30.0  # a client's deadline per call unless told otherwise
-# What predict takes: one dense batch, or a list of inputs (sequences may differ in length).
-Inputs = np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[int]]
 # What a session step takes: float steps [steps, features] or one step [features]; token ids.
 StepValues = np.ndarray | Sequence[int]
 TopK = list[list[tuple[str, float]]]  # per output vector, the k best (label, score) pairs
@@ -96,7 +94,7 @@ def health(service: str) -> Call[bool]:
 def predict_request(model: str, inputs: Inputs, version: int, top_k: int) -> pb.PredictRequest:
     """The one place inputs are encoded (seqserve_api.tensors owns the format)."""
     return pb.PredictRequest(
-        model_name=model, model_version=version, inputs=encode_inputs(inputs), top_k=top_k
+        model_name=model, model_version=version, top_k=top_k, **request_inputs(inputs)
     )
 
 

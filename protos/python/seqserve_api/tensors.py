@@ -7,8 +7,9 @@ accepted for callers without numpy.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -124,7 +125,20 @@ def to_batch(values: np.ndarray, lengths: Sequence[int] | None = None) -> pb.Bat
     return pb.Batch(values=to_tensor(values), lengths=list(lengths) if lengths is not None else [])
 
 
-def encode_inputs(inputs: np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[int]]) -> pb.Batch:
+Array: TypeAlias = np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[int]]  # lists: ragged
+# One input's batch, or (models with several inputs) each input's batch by name.
+Inputs: TypeAlias = Array | Mapping[str, Array]
+
+
+def request_inputs(inputs: Inputs) -> dict[str, Any]:
+    """The PredictRequest fields that carry `inputs`: `inputs` for one array (or list of
+    sequences), `named_inputs` for a mapping of input name to array (or list)."""
+    if isinstance(inputs, Mapping):
+        return {"named_inputs": {name: encode_inputs(a) for name, a in inputs.items()}}
+    return {"inputs": encode_inputs(inputs)}
+
+
+def encode_inputs(inputs: Array) -> pb.Batch:
     """A dense array as it is; a list of sequences of different lengths without padding."""
     if isinstance(inputs, np.ndarray):
         return to_batch(inputs)

@@ -15,7 +15,7 @@ import tensorflow as tf
 from seqserve_server.core import runtime as runtime_module
 from seqserve_server.core.errors import ModelLoadError
 from seqserve_server.core.modes import Mode
-from seqserve_server.core.proof import ProofFailed, Reference, compare, probes, prove
+from seqserve_server.core.proof import InputKind, ProofFailed, Reference, compare, probes, prove
 from seqserve_server.core.runtime import ModelRuntime
 from seqserve_server.core.sessions import proven_program
 from seqserve_server.core.stepping.programs import IncrementalProgram, SessionSupport
@@ -119,7 +119,7 @@ def test_proof_compares_shapes_values_and_nans() -> None:
 
 
 def test_probes_stay_inside_the_vocabulary_and_include_padding() -> None:
-    kind = runtime_module.InputKind((None,), np.dtype("int32"), True, vocabulary=7)
+    kind = InputKind((None,), np.dtype("int32"), True, vocabulary=7)
     cases = probes(kind)
     assert {(p.x.shape[0], p.steps) for p in cases} >= {(1, 1), (1, 2), (3, 9)}
     assert all(p.x.dtype == np.int32 and p.x.min() >= 0 and p.x.max() < 7 for p in cases)
@@ -132,7 +132,7 @@ def test_a_raising_candidate_is_a_failed_probe() -> None:
     def broken(x: np.ndarray) -> np.ndarray:
         raise ValueError("no")
 
-    kind = runtime_module.InputKind((4,), np.dtype("float32"), False)
+    kind = InputKind((4,), np.dtype("float32"), False)
     with pytest.raises(ProofFailed, match="probe batch 1: ValueError: no"):
         prove(broken, probes(kind), ref)
 
@@ -161,12 +161,19 @@ def test_outputs_of_different_kinds_are_refused_naming_them(tmp_path: Path) -> N
         ModelRuntime.load(_save(model, tmp_path, "mixed"))
 
 
-def test_several_inputs_are_refused_with_the_reason(tmp_path: Path) -> None:
-    seq, static = keras.Input((None, 3)), keras.Input((2,))
+def test_several_inputs_are_served_or_refused_with_the_reason(tmp_path: Path) -> None:
+    """Served with a mode from every input; an input of a shape seqserve does not serve (here
+    [steps, height, width]) fails the load naming it."""
+    seq, static = keras.Input((None, 3), name="seq"), keras.Input((2,), name="static")
     merged = keras.layers.Concatenate()([keras.layers.LSTM(4)(seq), static])
     model = keras.Model([seq, static], keras.layers.Dense(1)(merged))
-    with pytest.raises(ModelLoadError, match="one input; this one has 2 inputs"):
-        ModelRuntime.load(_save(model, tmp_path, "two_inputs"))
+    runtime = ModelRuntime.load(_save(model, tmp_path, "two_inputs"))
+    assert runtime.mode is Mode.MANY_TO_ONE and "equals Keras" in runtime.proof
+    image = keras.Input((None, 4, 4), name="frames")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Reshape((-1, 16))(image))
+    odd = keras.Model([image, static], keras.layers.Concatenate()([pooled, static]))
+    with pytest.raises(ModelLoadError, match="shape of input frames"):
+        ModelRuntime.load(_save(odd, tmp_path, "odd_input"))
 
 
 def test_several_outputs_are_computed_packed_and_split_by_name(saved: Callable) -> None:

@@ -280,10 +280,32 @@ class PredictRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class NamedInputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Batch: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Batch | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
+    NAMED_INPUTS_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
     """0: the newest ready version"""
@@ -291,6 +313,15 @@ class PredictRequest(_message.Message):
     """For models whose config names labels: the k best labels per output vector (or per step)."""
     @_builtins.property
     def inputs(self) -> Global___Batch: ...
+    @_builtins.property
+    def named_inputs(self) -> _containers.MessageMap[_builtins.str, Global___Batch]:
+        """Models with several inputs: every input by name (the names of the metadata's `inputs`),
+        each a batch laid out like `inputs`; every named batch holds the same number of items, and
+        item i of each forms the model's input i. Sequence inputs of one item may differ in length
+        where the model allows it (an encoder input of T steps, a decoder input of N). A model with
+        one input also takes it here under its one name ("input"); set `inputs` or `named_inputs`.
+        """
+
     def __init__(
         self,
         *,
@@ -298,10 +329,11 @@ class PredictRequest(_message.Message):
         model_version: _builtins.int = ...,
         inputs: Global___Batch | None = ...,
         top_k: _builtins.int = ...,
+        named_inputs: _abc.Mapping[_builtins.str, Global___Batch] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "model_name", b"model_name", "model_version", b"model_version", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "model_name", b"model_name", "model_version", b"model_version", "named_inputs", b"named_inputs", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -691,7 +723,8 @@ class GetModelMetadataResponse(_message.Message):
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]:
         """Every input and output by name, each marked sequence or static (`input`/`output` describe
-        the single-output view: for a model with several outputs, `output` is empty).
+        the single-input/-output view: for a model with several inputs, `input` is empty, and for
+        one with several outputs, `output` is).
         """
 
     @_builtins.property

@@ -41,3 +41,27 @@ class Batch:
         if self.lengths is not None:
             return self.lengths
         return np.full(len(self.values), self.values.shape[1], dtype=np.int64)
+
+
+Item = np.ndarray | tuple[np.ndarray, ...]  # one input's array, or one per input of several
+
+
+@dataclass(frozen=True)
+class NamedBatch:
+    """The inputs of a model with several inputs: one `Batch` per input name, in the model's
+    order, all of one size; item i of every batch together form the model's input i."""
+
+    batches: dict[str, Batch]
+
+    @classmethod
+    def from_items(cls, names: tuple[str, ...], items: list[tuple[np.ndarray, ...]]) -> NamedBatch:
+        columns = zip(*items, strict=True) if items else ([] for _ in names)
+        return cls({n: Batch.from_items(list(c)) for n, c in zip(names, columns, strict=True)})
+
+    @property
+    def size(self) -> int:
+        return next(iter(self.batches.values())).size
+
+    def items(self) -> list[tuple[np.ndarray, ...]]:
+        """One tuple per member: its array of every input, in the model's order."""
+        return list(zip(*(b.items() for b in self.batches.values()), strict=True))

@@ -3,9 +3,10 @@
 Transport-free (numpy in, numpy out). One `DynamicBatcher` per served model version sits between
 the inference service and `ModelRuntime.compute`:
 
-- **Exact.** Only items of the same shape (vectors; sequences of the same length) share a compute
-  call, so nothing is padded or masked and a batched result equals the unbatched one (to float
-  rounding of the batched matmul, well within 1e-5).
+- **Exact.** Only items of the same shape (vectors; sequences of the same length; for models
+  with several inputs, the same shape of every input) share a compute call, so nothing is
+  padded or masked and a batched result equals the unbatched one (to float rounding of the
+  batched matmul, well within 1e-5).
 - **Batching as Triton's dynamic batcher does.** Up to `max_in_flight` merged computations run
   at once. A free slot takes the oldest shape's queued items (up to `max_batch_size`) when they
   fill a batch, or once the oldest of them has waited `max_queue_delay_s`; until then it waits
@@ -25,15 +26,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
 import numpy as np
 
+from .batch import Item
 from .errors import DeadlineExpired, Overloaded
 from .observer import ModelObserver, NullModelObserver
 
-Compute = Callable[[np.ndarray], np.ndarray]
+# Stacked items: one array, or one per input (in the model's order) for several inputs.
+Values = np.ndarray | tuple[np.ndarray, ...]
+Compute = Callable[[Values], np.ndarray]
 
 
 class _Request:
@@ -54,7 +58,7 @@ class _Slot:
 
     __slots__ = ("index", "item", "queued_at", "request")
 
-    def __init__(self, request: _Request, index: int, item: np.ndarray, queued_at: float) -> None:
+    def __init__(self, request: _Request, index: int, item: Item, queued_at: float) -> None:
         self.request = request
         self.index = index
         self.item = item
@@ -88,8 +92,8 @@ class DynamicBatcher:
         self._compute = compute
         self._executor = executor
         self._metrics: ModelObserver = metrics_hook or NullModelObserver()
-        # shape -> queued slots, oldest first; the dict keeps groups in order of first arrival
-        self._groups: OrderedDict[tuple[int, ...], deque[_Slot]] = OrderedDict()
+        # shape(s) -> queued slots, oldest first; the dict keeps groups in order of first arrival
+        self._groups: OrderedDict[tuple, deque[_Slot]] = OrderedDict()
         self._depth = 0
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -107,7 +111,7 @@ class DynamicBatcher:
         """Compute calls running now."""
         return self._in_flight
 
-    async def submit(self, items: list[np.ndarray], deadline: float | None) -> list[np.ndarray]:
+    async def submit(self, items: Sequence[Item], deadline: float | None) -> list[np.ndarray]:
         """Compute one request's validated items; their outputs in the same order.
 
         `deadline` is an absolute `time.monotonic()` time (None: no deadline). Raises
@@ -128,7 +132,7 @@ class DynamicBatcher:
         now = time.perf_counter()
         groups = self._groups
         for index, item in enumerate(items):
-            key = item.shape
+            key = _shape_key(item)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = deque()
@@ -205,7 +209,7 @@ class DynamicBatcher:
         self._timer = None
         self._dispatch()
 
-    def _start(self, key: tuple[int, ...], group: deque[_Slot]) -> None:
+    def _start(self, key: tuple, group: deque[_Slot]) -> None:
         take = min(len(group), self.max_batch_size)
         slots = [group.popleft() for _ in range(take)]
         if not group:
@@ -235,7 +239,7 @@ class DynamicBatcher:
         future = loop.run_in_executor(self._executor, self._compute_batch, items)
         future.add_done_callback(lambda f: self._finish(live, f))
 
-    def _compute_batch(self, items: list[np.ndarray]) -> list[np.ndarray | Exception]:
+    def _compute_batch(self, items: list[Item]) -> list[np.ndarray | Exception]:
         """On the executor: stack, compute, time it. When a merged computation fails, each item
         is computed alone: one caller's bad input must not fail the others."""
         try:
@@ -245,14 +249,14 @@ class DynamicBatcher:
                 return [exc]
             return [self._alone(item) for item in items]
 
-    def _alone(self, item: np.ndarray) -> np.ndarray | Exception:
+    def _alone(self, item: Item) -> np.ndarray | Exception:
         try:
             return self._timed_compute([item])[0]
         except Exception as exc:  # noqa: BLE001 - see _compute_batch
             return exc
 
-    def _timed_compute(self, items: list[np.ndarray]) -> np.ndarray:
-        values = items[0][np.newaxis] if len(items) == 1 else np.stack(items)
+    def _timed_compute(self, items: list[Item]) -> np.ndarray:
+        values = _stack(items)
         start = time.perf_counter()
         outputs = self._compute(values)
         self._metrics.batch_executed(len(items), time.perf_counter() - start)
@@ -283,6 +287,22 @@ class DynamicBatcher:
                 request.future.set_result(request.results)
         if not self._closed:
             self._dispatch()
+
+
+def _shape_key(item: Item) -> tuple:
+    """Items merge when every one of their arrays has the same shape."""
+    return tuple(a.shape for a in item) if isinstance(item, tuple) else item.shape
+
+
+def _stack(items: list[Item]) -> Values:
+    """One batch of items: stacked (per input, for several inputs)."""
+    if isinstance(items[0], tuple):
+        return tuple(_stack_arrays(list(column)) for column in zip(*items, strict=True))
+    return _stack_arrays(items)  # type: ignore[arg-type]
+
+
+def _stack_arrays(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
 
 
 def _fail(request: _Request, error: BaseException) -> bool:

@@ -12,7 +12,7 @@ and are right. Folding the time axis into the batch computes the same per-row ma
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -28,20 +28,24 @@ class GraphError(ValueError):
 
 @dataclass
 class Graph:
-    """Topologically ordered nodes of a single-input, single-output functional graph."""
+    """Topologically ordered nodes of a single-output functional graph; `input` is its only
+    input (None when `inputs`, in the model's order, are several)."""
 
     nodes: list[Node]
     input: Any  # KerasTensor
     output: Any  # KerasTensor
+    inputs: list[Any] = field(default_factory=list)
 
 
-def graph_of(model: keras.Model) -> Graph:
+def graph_of(model: keras.Model, several_inputs: bool = False) -> Graph:
+    """The graph; one input only unless `several_inputs` (step programs need one)."""
     fn = functional_graph(model)
     if fn is None:
         raise GraphError(f"{type(model).__name__} has no functional graph (subclassed model?)")
-    if len(fn.inputs) != 1 or len(fn.outputs) != 1:
+    if (len(fn.inputs) != 1 and not several_inputs) or len(fn.outputs) != 1:
         raise GraphError("the graph has several inputs or outputs")
-    return Graph(nodes=fn.nodes, input=fn.inputs[0], output=fn.outputs[0])
+    only = fn.inputs[0] if len(fn.inputs) == 1 else None
+    return Graph(nodes=fn.nodes, input=only, output=fn.outputs[0], inputs=list(fn.inputs))
 
 
 def call_op(op: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -79,9 +83,10 @@ def time_distributed(node: Node, values: dict[int, Any]) -> tf.Tensor:
     return tf.ensure_shape(y, [None, None, *out_shape[2:]])
 
 
-def run_graph(graph: Graph, x: tf.Tensor) -> tf.Tensor:
-    """The whole model on `x`, node by node (TimeDistributed folded)."""
-    values: dict[int, Any] = {id(graph.input): x}
+def run_graph(graph: Graph, *xs: tf.Tensor) -> tf.Tensor:
+    """The whole model on its inputs `xs` (in the model's order), node by node (TimeDistributed
+    folded)."""
+    values: dict[int, Any] = {id(kt): x for kt, x in zip(graph.inputs, xs, strict=True)}
     for node in graph.nodes:
         run_node(node, values)
     return values[id(graph.output)]

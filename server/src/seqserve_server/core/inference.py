@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .batch import Batch
+from .batch import Batch, NamedBatch
 from .batching import DynamicBatcher
 from .classification import TopK, check_top_k, top_k
 from .compute_threads import ModelThreads
@@ -27,6 +27,9 @@ from .sessions import STREAM_WINDOW
 from .stepping.programs import StepProgram
 
 STREAM_CHUNK = 8  # inputs computed together per streamed part: first outputs leave early
+
+
+Inputs = Batch | dict[str, Batch]  # one input's batch, or (several inputs) batches by name
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ class InferenceService:
             batcher.close()
 
     async def predict(
-        self, target: ReadyModel, inputs: Batch, k: int = 0, deadline: float | None = None
+        self, target: ReadyModel, inputs: Inputs, k: int = 0, deadline: float | None = None
     ) -> InferenceResult:
         """`deadline`: `time.monotonic()` seconds after which the work is dropped unrun."""
         runtime = target.runtime
@@ -111,26 +114,27 @@ class InferenceService:
         return InferenceResult(target.name, target.version, runtime.mode, outputs, ranked, named)
 
     async def predict_stream(
-        self, target: ReadyModel, inputs: Batch, k: int = 0, deadline: float | None = None
+        self, target: ReadyModel, inputs: Inputs, k: int = 0, deadline: float | None = None
     ) -> AsyncIterator[InferencePart]:
         """Compute a few inputs at a time so that the caller gets the first ones early; with an
         incremental step program of an aligned model, long sequences a window at a time."""
         runtime = target.runtime
         batch = runtime.validate(inputs)
         check_top_k(k, target.config.labels, "top_k")
-        lengths = batch.item_lengths().tolist() if runtime.mode.takes_sequence else [1] * batch.size
+        lengths = runtime.output_lengths(batch)
         output_steps = runtime.signature.output_shape[0] if runtime.mode.gives_sequence else None
         check_stream_messages(
             target.limits.max_stream_messages, runtime.mode, output_steps, lengths
         )
         program = self._step_programs(target)
-        if program is not None and program.mode is Mode.MANY_TO_MANY_ALIGNED:
+        stepped = program is not None and program.mode is Mode.MANY_TO_MANY_ALIGNED
+        if stepped and program is not None and isinstance(batch, Batch):
             async for part in self._stepped_parts(target, batch, program, k, deadline):
                 yield part
             return
         items = batch.items()
         for start in range(0, len(items), STREAM_CHUNK):
-            chunk = Batch.from_items(items[start : start + STREAM_CHUNK])
+            chunk = _chunk(batch, items[start : start + STREAM_CHUNK])
             outputs = (await self._run(target, chunk, deadline)).items()
             ranked = [_rank(o, target.config.labels, k) for o in outputs] if k else None
             yield InferencePart(list(range(start, start + len(outputs))), outputs, ranked)
@@ -162,11 +166,22 @@ class InferenceService:
                 ranked = [_rank(o, target.config.labels, k) for o in outputs] if k else None
                 yield InferencePart(indices, outputs, ranked, first, [length] * len(indices))
 
-    async def _run(self, target: ReadyModel, batch: Batch, deadline: float | None) -> Batch:
+    async def _run(
+        self, target: ReadyModel, batch: Batch | NamedBatch, deadline: float | None
+    ) -> Batch:
         """Through the model's batcher: merged with concurrent callers' work of the same shape."""
+        if isinstance(batch, NamedBatch):
+            return Batch.from_items(await self._batcher(target).submit(batch.items(), deadline))
         if not batch.is_ragged:
             return Batch(np.stack(await self._batcher(target).submit(list(batch.values), deadline)))
         return Batch.from_items(await self._batcher(target).submit(batch.items(), deadline))
+
+
+def _chunk(batch: Batch | NamedBatch, items: list) -> Batch | NamedBatch:
+    """Some of a batch's items as a batch of the same kind."""
+    if isinstance(batch, NamedBatch):
+        return NamedBatch.from_items(tuple(batch.batches), items)
+    return Batch.from_items(items)
 
 
 def _equal_length_groups(lengths: np.ndarray, size: int) -> list[tuple[int, list[int]]]:

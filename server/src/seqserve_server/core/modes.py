@@ -67,15 +67,34 @@ def resolve_mode(
     if sequence_input is None and stated is not None and len(input_shape) == 1:
         sequence_input = stated.takes_sequence
     inferred = infer_mode(input_shape, output_shape, sequence_input)
+    described = f"input {_fmt(input_shape)}, output {_fmt(output_shape)}"
+    return reconcile_mode(stated, inferred, described)
+
+
+def reconcile_mode(stated: Mode | None, inferred: Mode, described: str) -> Mode:
+    """The stated mode where the graph allows it; `described`: the shapes, for the refusal."""
     if stated is None or stated == inferred:
         return inferred
     # Equal fixed lengths fit an encoder-decoder whose output happens to be as long as its input.
     if stated == Mode.MANY_TO_MANY_UNALIGNED and inferred == Mode.MANY_TO_MANY_ALIGNED:
         return stated
     raise ModelLoadError(
-        f"config states mode {stated.value} but the model's shapes (input {_fmt(input_shape)}, "
-        f"output {_fmt(output_shape)}) make it {inferred.value}"
+        f"config states mode {stated.value} but the model's shapes ({described}) make it "
+        f"{inferred.value}"
     )
+
+
+def several_inputs_mode(any_sequence: bool, output_rank: int, aligned: bool) -> Mode:
+    """The mode of a model with several inputs: it takes a sequence when any input is one; a
+    sequence output (rank 2) is aligned when it is as long as every sequence input of the item
+    (then they share one length), else unaligned (e.g. as long as a decoder input only)."""
+    if output_rank not in (1, 2):
+        raise ModelLoadError(f"unsupported output rank {output_rank}: expected 1 or 2")
+    if not any_sequence:
+        return Mode.ONE_TO_ONE if output_rank == 1 else Mode.ONE_TO_MANY
+    if output_rank == 1:
+        return Mode.MANY_TO_ONE
+    return Mode.MANY_TO_MANY_ALIGNED if aligned else Mode.MANY_TO_MANY_UNALIGNED
 
 
 def _fmt(shape: Shape) -> str:

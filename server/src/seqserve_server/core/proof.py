@@ -6,6 +6,8 @@ batch 1 and a larger batch; lengths 1, 2, an odd length and one longer than any 
 the fixed length where the model has one); token ids drawn inside the
 vocabulary, with padding ids among them; float steps with some all-zero steps (what `Masking`
 skips). Shapes must be equal and every value within `TOL` (relative above magnitude 1).
+A model with several inputs is probed with one array per input: sequence inputs at the same
+length, and (where the model allows it) at lengths that differ by input.
 """
 
 from __future__ import annotations
@@ -39,14 +41,18 @@ class InputKind:
     vocabulary: int | None = None
 
 
+Values = np.ndarray | tuple[np.ndarray, ...]  # one input, or one array per input
+
+
 @dataclass(frozen=True)
 class Probe:
     name: str
-    x: np.ndarray
+    x: Values
 
     @property
     def steps(self) -> int:
-        return int(self.x.shape[1])
+        first = self.x[0] if isinstance(self.x, tuple) else self.x
+        return int(first.shape[1])
 
 
 class ProofFailed(Exception):
@@ -63,7 +69,41 @@ def probes(kind: InputKind, seed: int = 0) -> list[Probe]:
     return [_probe(rng, kind, b, n) for b, n in PROBE_SHAPES]
 
 
+def several_probes(kinds: Sequence[InputKind], equal_lengths: bool, seed: int = 0) -> list[Probe]:
+    """Probes of a model with several inputs: at each probe shape, every sequence input at the
+    probe's length, or (every other probe, where lengths may differ) the k-th sequence input k
+    steps longer."""
+    rng = np.random.default_rng(seed)
+    if not any(k.takes_sequence for k in kinds):
+        shapes: Sequence[tuple[int, int | None]] = [(b, None) for b in PROBE_BATCHES]
+    else:
+        shapes = PROBE_SHAPES
+    out = []
+    for number, (batch, steps) in enumerate(shapes):
+        spread = not equal_lengths and number % 2 == 0
+        arrays, lengths, k = [], [], 0
+        for kind in kinds:
+            length = _length(kind, steps, k if spread else 0)
+            k += kind.takes_sequence
+            arrays.append(_array(rng, kind, batch, length))
+            lengths.append("-" if length is None else str(length))
+        where = f"batch {batch}" + ("" if steps is None else " x steps " + "/".join(lengths))
+        out.append(Probe(where, tuple(arrays)))
+    return out
+
+
+def _length(kind: InputKind, steps: int | None, offset: int) -> int | None:
+    if not kind.takes_sequence or steps is None:
+        return None
+    return kind.shape[0] if kind.shape[0] is not None else steps + offset
+
+
 def _probe(rng: np.random.Generator, kind: InputKind, batch: int, steps: int | None) -> Probe:
+    where = f"batch {batch}" + ("" if steps is None else f" x {steps} steps")
+    return Probe(where, _array(rng, kind, batch, steps))
+
+
+def _array(rng: np.random.Generator, kind: InputKind, batch: int, steps: int | None) -> np.ndarray:
     shape = (batch, *(int(steps if d is None else d) for d in kind.shape))  # type: ignore[arg-type]
     if np.issubdtype(kind.dtype, np.integer):  # ids 0 and 1 where the range is not known
         x = rng.integers(0, kind.vocabulary or 2, size=shape).astype(kind.dtype)
@@ -72,8 +112,7 @@ def _probe(rng: np.random.Generator, kind: InputKind, batch: int, steps: int | N
     if steps is not None and steps > 2 and batch > 1:  # padding / masked steps mid-sequence
         x[1, 1] = 0
         x[2, steps // 2 :: 3] = 0
-    where = f"batch {batch}" + ("" if steps is None else f" x {steps} steps")
-    return Probe(where, x)
+    return x
 
 
 def compare(probe: str, got: np.ndarray, want: np.ndarray) -> None:
@@ -97,18 +136,19 @@ def compare(probe: str, got: np.ndarray, want: np.ndarray) -> None:
 class Reference:
     """The eager model's outputs, computed once per input and shared by every candidate."""
 
-    def __init__(self, eager: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, eager: Callable[[Values], np.ndarray]) -> None:
         self._eager = eager
-        self._cache: dict[tuple[tuple[int, ...], bytes], np.ndarray] = {}
+        self._cache: dict[tuple, np.ndarray] = {}
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        key = (x.shape, x.tobytes())
+    def __call__(self, x: Values) -> np.ndarray:
+        arrays = x if isinstance(x, tuple) else (x,)
+        key = tuple((a.shape, a.tobytes()) for a in arrays)
         if key not in self._cache:
             self._cache[key] = np.asarray(self._eager(x))
         return self._cache[key]
 
 
-def prove(fn: Callable[[np.ndarray], np.ndarray], cases: Sequence[Probe], ref: Reference) -> None:
+def prove(fn: Callable[[Values], np.ndarray], cases: Sequence[Probe], ref: Reference) -> None:
     """Raise ProofFailed at the first probe where `fn` differs from Keras (or raises)."""
     for probe in cases:
         try:
@@ -137,6 +177,8 @@ def prove_program(
     """Feed every probe a chunk at a time (each chunking: session messages, stream windows) and
     compare what the program emits with Keras on the same steps."""
     for probe in cases:
+        if isinstance(probe.x, tuple):
+            raise ProofFailed("step programs take models with one input")
         for sizes in chunkings:
             name = f"{probe.name} fed in chunks of {','.join(map(str, sizes))}"
             try:

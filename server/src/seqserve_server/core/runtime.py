@@ -5,6 +5,9 @@ axes: on a small CPU a `model.predict` call costs ~50 ms of fixed overhead, the 
 about 1 ms. A compiled path is used only after it computed what the eager model computes on the
 probe set of proof.py; paths are tried in order (see `PATHS`) and a model none of them serves
 exactly fails to load, naming the probe.
+
+A model with several inputs takes one array per input (in the model's order) wherever a
+single-input model takes one array: in `compute`, the compiled paths and the proof.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import Batch
-from .errors import InvalidInput, ModelLoadError
+from .batch import Batch, NamedBatch
+from .errors import ModelLoadError
 from .graph import GraphError, graph_of, run_graph
-from .modes import Mode, resolve_mode
-from .proof import InputKind, ProofFailed, Reference, probes, prove
+from .inputs import SINGLE_INPUT_NAME, InputSpec, check_inputs
+from .modes import Mode, reconcile_mode, resolve_mode, several_inputs_mode
+from .proof import ProofFailed, Reference, Values, probes, prove, several_probes
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,8 +35,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
-ACCEPTED_FLOATS = (np.float16, np.float32, np.float64)
-ACCEPTED_IDS = (np.int32, np.int64)
 PER_LENGTH_CACHE = 64  # per-length path: compiled functions kept, least recently used dropped
 # Each model has its own tf.function, traced once: TF's "retracing" warning counts them all.
 tf.get_logger().setLevel("ERROR")
@@ -54,10 +56,20 @@ class Signature:
     # (`output_shape` is the packed shape), so batching, the proof and streams see one array.
     output_names: tuple[str, ...] = ()
     output_widths: tuple[int, ...] = ()
+    # Several inputs: each one (`input_shape`/`input_dtype` then describe the first); whether
+    # the sequence inputs of one item must share one length (the model fails otherwise), and
+    # which input's length a sequence output has (None: fixed, or no sequence output).
+    inputs: tuple[InputSpec, ...] = ()
+    equal_lengths: bool = False
+    output_follows: str | None = None
 
     @property
     def several_outputs(self) -> bool:
         return len(self.output_names) > 1
+
+    @property
+    def several_inputs(self) -> bool:
+        return len(self.inputs) > 1
 
     def split(self, values: np.ndarray) -> dict[str, np.ndarray]:
         """Packed outputs (feature axis last) by output name."""
@@ -70,12 +82,13 @@ class Signature:
 
     @property
     def fixed_steps(self) -> int | None:
-        """The input length a fixed-length sequence model requires, else None."""
+        """The input length a fixed-length single-input sequence model requires, else None."""
+        if self.several_inputs:
+            return None
         return self.input_shape[0] if len(self.input_shape) == (1 if self.tokens else 2) else None
 
 
-Compute = Callable[[np.ndarray], np.ndarray]
-Where = Callable[[tuple[np.intp, ...]], str]  # an index into the values -> a position for humans
+Compute = Callable[[Values], np.ndarray]
 
 
 class ModelRuntime:
@@ -92,12 +105,14 @@ class ModelRuntime:
         self.mode = mode
         self.signature = signature
         self.max_sequence_length = max_sequence_length
-        self.input_kind = InputKind(
-            signature.input_shape, signature.input_dtype, mode.takes_sequence, signature.vocabulary
-        )
-        self.reference = Reference(
-            lambda x: keras.ops.convert_to_numpy(self._packed(model(x, training=False)))
-        )
+        self.input_specs = signature.inputs or (
+            InputSpec(
+                SINGLE_INPUT_NAME, signature.input_shape, signature.input_dtype,
+                mode.takes_sequence, signature.vocabulary,
+            ),
+        )  # fmt: skip
+        self.input_kind = self.input_specs[0].kind
+        self.reference = Reference(lambda x: keras.ops.convert_to_numpy(self._call(*_arrays(x))))
         self.compute_path, self.proof = self._proven_path()
 
     @classmethod
@@ -107,10 +122,15 @@ class ModelRuntime:
         """Load with safe_mode (a Lambda layer can run any code), check, prove, warm up."""
         model = _load_keras(path)
         signature = _signature(model)
-        vocabulary = _vocabulary(model)
+        if len(model.inputs) > 1:
+            signature, mode = _several_inputs(model, signature, stated_mode)
+            runtime = cls(model, mode, signature, max_sequence_length)
+            runtime.warm_up()
+            return runtime
+        vocabulary = _vocabulary(model, model.inputs[0])
         mode = resolve_mode(
             stated_mode, signature.input_shape, signature.output_shape,
-            _sequence_input(signature, vocabulary is not None),
+            _sequence_input(signature.input_shape, signature.input_dtype, vocabulary is not None),
         )  # fmt: skip
         if mode.takes_sequence and len(signature.input_shape) == 1:
             signature = replace(signature, tokens=True, vocabulary=vocabulary)
@@ -122,7 +142,11 @@ class ModelRuntime:
 
     def _proven_path(self) -> tuple[str, str]:
         """The first path of `PATHS` that matches Keras on every probe; its name and proof."""
-        cases = probes(self.input_kind)
+        sig = self.signature
+        if sig.several_inputs:
+            cases = several_probes([s.kind for s in sig.inputs], sig.equal_lengths)
+        else:
+            cases = probes(self.input_kind)
         failures = []
         for name, build in PATHS:
             try:
@@ -152,139 +176,125 @@ class ModelRuntime:
             outputs = [outputs[name] for name in self.signature.output_names]
         return tf.concat(list(outputs), axis=-1)  # type: ignore[call-overload]
 
-    def _call(self, x: tf.Tensor) -> tf.Tensor:
-        return self._packed(self.model(x, training=False))
+    def _call(self, *xs: tf.Tensor) -> tf.Tensor:
+        return self._packed(self.model(self._model_inputs(xs), training=False))
 
-    def _spec(self, steps: int | None = None) -> tf.TensorSpec:
-        shape = list(self.signature.input_shape)
-        if steps is not None:
-            shape[0] = steps
-        return tf.TensorSpec([None, *shape], self.signature.input_dtype)
+    def _model_inputs(self, xs: tuple[tf.Tensor, ...]) -> object:
+        """The structure the model is called with: its one input, or a dict (models built
+        with a dict of inputs) or list of several."""
+        if len(xs) == 1:
+            return xs[0]
+        if isinstance(self.model.input, dict):
+            return {spec.name: x for spec, x in zip(self.input_specs, xs, strict=True)}
+        return list(xs)
+
+    def _specs(self, steps: tuple[int | None, ...] | None = None) -> list[tf.TensorSpec]:
+        """One TensorSpec per input; `steps` makes dynamic time axes static."""
+        out = []
+        for i, spec in enumerate(self.input_specs):
+            shape = list(spec.shape)
+            if steps is not None and steps[i] is not None:
+                shape[0] = steps[i]
+            out.append(tf.TensorSpec([None, *shape], spec.dtype))
+        return out
 
     def _traced(self) -> Compute:
         """Keras' own call traced once with dynamic batch and time axes."""
-        fn = tf.function(self._call, input_signature=[self._spec()])
+        fn = tf.function(self._call, input_signature=self._specs())
         # Calling the concrete function skips tf.function's dispatch: ~0.7 vs ~1.2 ms at batch 1.
         return _numpy_fn(fn.get_concrete_function())
 
     def _graph(self) -> Compute:
         """The functional graph run node by node (graph.py replaces wrong graph-mode layers)."""
-        graph = graph_of(self.model)
+        graph = graph_of(self.model, several_inputs=True)
         if self.signature.several_outputs:
             raise GraphError("the node-by-node path runs single-output models")
-        fn = tf.function(lambda x: run_graph(graph, x), input_signature=[self._spec()])
+        fn = tf.function(lambda *xs: run_graph(graph, *xs), input_signature=self._specs())
         return _numpy_fn(fn.get_concrete_function())
 
     def _per_length(self) -> Compute:
-        """One function per input length (static time axis), least recently used dropped."""
-        if self.signature.input_shape[0] is not None or not self.mode.takes_sequence:
+        """One function per input length (static time axes), least recently used dropped."""
+        dynamic = tuple(s.sequence and s.shape[0] is None for s in self.input_specs)
+        if not any(dynamic):
             raise ProofFailed("the time axis is already static")
-        return _PerLength(self._call, self._spec)
+        return _PerLength(self._call, self._specs, dynamic)
 
     # -- checks ----------------------------------------------------------------------------
 
-    def validate(self, batch: Batch) -> Batch:
-        """Check a decoded batch against the signature and limits; return it as the model dtype."""
-        self._check_layout(batch)
-        values = self.check_values(batch.values, "inputs.values", lambda at: _where(batch, at))
-        if self.mode.takes_sequence:
-            self._check_lengths(batch.item_lengths())
-        return Batch(values, batch.lengths)
-
-    def check_values(self, values: np.ndarray, field: str, where: Where) -> np.ndarray:
-        """The values as the model's dtype: token ids inside the vocabulary, or finite floats.
-        The one value check of request inputs (Predict's and sessions' steps); `where` names the
-        position of a bad value."""
-        dtype = self.signature.input_dtype
-        if np.issubdtype(dtype, np.integer):
-            ids = _as_ids(values, dtype, field)
-            _check_vocabulary(ids, self.signature.vocabulary, field, where)
-            return ids
-        floats = _as_model_dtype(values, dtype, field)
-        _check_finite(floats, field, where)
-        return floats
-
-    def _check_layout(self, batch: Batch) -> None:
+    def validate(self, inputs: Batch | dict[str, Batch]) -> Batch | NamedBatch:
+        """Check decoded inputs (one batch, or batches by input name) against the signature and
+        limits; return them as the model's dtypes (inputs.py)."""
         sig = self.signature
-        if batch.size == 0:
-            raise InvalidInput("inputs", "at least one input", "an empty batch")
-        if sig.tokens:
-            want_rank = 1 if batch.is_ragged else 2
-            layout = "[total_steps] token ids" if batch.is_ragged else "[batch, steps] token ids"
-        elif self.mode.takes_sequence:
-            want_rank = 2 if batch.is_ragged else 3
-            layout = "[total_steps, features]" if batch.is_ragged else "[batch, steps, features]"
-        else:
-            if batch.is_ragged:
-                raise InvalidInput(
-                    "inputs.lengths", "none (this model takes vectors)", f"{batch.size} lengths"
-                )
-            want_rank, layout = 2, "[batch, features]"
-        if batch.values.ndim != want_rank:
-            raise InvalidInput(
-                "inputs.values.shape", f"rank {want_rank} {layout}", str(list(batch.values.shape))
-            )
-        if sig.features is not None and batch.values.shape[-1] != sig.features:
-            raise InvalidInput(
-                "inputs.values.shape", f"{sig.features} features", f"{batch.values.shape[-1]}"
-            )
+        return check_inputs(
+            inputs, self.input_specs, sig.several_inputs, sig.equal_lengths,
+            self.max_sequence_length,
+        )  # fmt: skip
 
-    def _check_lengths(self, lengths: np.ndarray) -> None:
-        for i, length in enumerate(lengths.tolist()):
-            field = f"inputs.lengths[{i}]"
-            if length <= 0:
-                raise InvalidInput(field, "a sequence of at least 1 step", f"{length} steps")
-            fixed = self.signature.fixed_steps
-            if fixed is not None and length != fixed:
-                raise InvalidInput(
-                    field, f"exactly {fixed} steps (fixed-length model)", str(length)
-                )
-            limit = self.max_sequence_length
-            if limit and length > limit:
-                raise InvalidInput(
-                    field, f"at most {limit} steps (max_sequence_length)", f"{length} steps"
-                )
+    def output_lengths(self, batch: Batch | NamedBatch) -> list[int]:
+        """Per item, the steps its output has if it is as long as an input (the input the
+        output follows; 1 for vectors): what PredictStream's message limit counts."""
+        if isinstance(batch, Batch):
+            takes = self.mode.takes_sequence
+            return batch.item_lengths().tolist() if takes else [1] * batch.size
+        sequences = [s.name for s in self.input_specs if s.sequence]
+        name = self.signature.output_follows or (sequences[0] if sequences else None)
+        if name is None:
+            return [1] * batch.size
+        return batch.batches[name].item_lengths().tolist()
 
     # -- compute ---------------------------------------------------------------------------
 
-    def compute(self, values: np.ndarray) -> np.ndarray:
-        """Run the proven compiled path on a dense, validated batch."""
+    def compute(self, values: Values) -> np.ndarray:
+        """Run the proven compiled path on a dense, validated batch (one array per input for
+        several inputs)."""
         return self._fn(values)
 
     def warm_up(self) -> float:
         """Trace and run once so that the first request does not pay for it; seconds taken."""
         start = time.perf_counter()
-        steps = self.signature.fixed_steps or 2
-        shape = (1, *(steps if d is None else d for d in self.signature.input_shape))
-        self.compute(np.zeros(shape, dtype=self.signature.input_dtype))
+        zeros = tuple(_zeros(spec, 2) for spec in self.input_specs)
+        self.compute(zeros if len(zeros) > 1 else zeros[0])
         return time.perf_counter() - start
 
 
-def _numpy_fn(concrete: Callable[[tf.Tensor], tf.Tensor]) -> Compute:
-    return lambda values: concrete(tf.constant(values)).numpy()
+def _arrays(values: Values) -> tuple[np.ndarray, ...]:
+    return values if isinstance(values, tuple) else (values,)
+
+
+def _numpy_fn(concrete: Callable[..., tf.Tensor]) -> Compute:
+    return lambda values: concrete(*(tf.constant(v) for v in _arrays(values))).numpy()
 
 
 class _PerLength:
-    """Concrete functions keyed by input length, the `PER_LENGTH_CACHE` most recent kept."""
+    """Concrete functions keyed by the inputs' lengths, the `PER_LENGTH_CACHE` most recent kept."""
 
     def __init__(
-        self, call: Callable[[tf.Tensor], tf.Tensor], spec: Callable[[int | None], tf.TensorSpec]
+        self,
+        call: Callable[..., tf.Tensor],
+        specs: Callable[[tuple[int | None, ...]], list[tf.TensorSpec]],
+        dynamic: tuple[bool, ...],
     ) -> None:
         self._call = call
-        self._spec = spec
-        self._fns: OrderedDict[int, Callable[[tf.Tensor], tf.Tensor]] = OrderedDict()
+        self._specs = specs
+        self._dynamic = dynamic  # per input: a sequence with a dynamic time axis
+        self._fns: OrderedDict[tuple[int | None, ...], Callable[..., tf.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        return self._function(int(values.shape[1]))(tf.constant(values)).numpy()
+    def __call__(self, values: Values) -> np.ndarray:
+        arrays = _arrays(values)
+        steps = tuple(
+            int(a.shape[1]) if dynamic else None
+            for a, dynamic in zip(arrays, self._dynamic, strict=True)
+        )
+        return self._function(steps)(*(tf.constant(a) for a in arrays)).numpy()
 
-    def _function(self, steps: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    def _function(self, steps: tuple[int | None, ...]) -> Callable[..., tf.Tensor]:
         with self._lock:
             fn = self._fns.get(steps)
             if fn is not None:
                 self._fns.move_to_end(steps)
                 return fn
-        fn = tf.function(self._call, [self._spec(steps)]).get_concrete_function()
+        fn = tf.function(self._call, self._specs(steps)).get_concrete_function()
         with self._lock:
             self._fns[steps] = fn
             while len(self._fns) > PER_LENGTH_CACHE:
@@ -309,10 +319,6 @@ def _load_keras(path: Path) -> keras.Model:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # keras raises many types for corrupt or unsafe files
         raise ModelLoadError(f"cannot load {path.name}: {type(exc).__name__}: {exc}") from exc
-    if len(model.inputs) != 1:
-        raise ModelLoadError(
-            f"seqserve serves models with one input; this one has {len(model.inputs)} inputs"
-        )
     return model
 
 
@@ -366,79 +372,127 @@ def _several_outputs(
     )
 
 
-def _vocabulary(model: keras.Model) -> int | None:
-    """The id range of an integer input that feeds Embedding layers: their smallest input_dim."""
+def _vocabulary(model: keras.Model, tensor: object) -> int | None:
+    """The id range of an integer input `tensor` that feeds Embedding layers: their smallest
+    input_dim."""
     try:
-        graph = graph_of(model)
+        graph = graph_of(model, several_inputs=True)
     except GraphError:
         return None
     dims = [
         int(node.operation.input_dim)
         for node in graph.nodes
         if isinstance(node.operation, keras.layers.Embedding)
-        and any(kt is graph.input for kt in node.inputs)
+        and any(kt is tensor for kt in node.inputs)
     ]
     return min(dims, default=None)
 
 
-def _sequence_input(signature: Signature, feeds_embedding: bool) -> bool | None:
-    """Whether the input is a sequence: (steps, features) is; (n,) of floats is a vector; (n,)
+def _sequence_input(
+    shape: tuple[int | None, ...], dtype: np.dtype, feeds_embedding: bool
+) -> bool | None:
+    """Whether an input is a sequence: (steps, features) is; (n,) of floats is a vector; (n,)
     of integer ids feeding an Embedding is a sequence of tokens; other integers are undecided
     (a config's stated mode settles them)."""
-    rank = len(signature.input_shape)
+    rank = len(shape)
     if rank != 1:
         return rank == 2
-    if not np.issubdtype(signature.input_dtype, np.integer):
+    if not np.issubdtype(dtype, np.integer):
         return False
     return True if feeds_embedding else None
 
 
-def _as_ids(values: np.ndarray, dtype: np.dtype, field: str) -> np.ndarray:
-    if values.dtype.type not in ACCEPTED_IDS:
-        raise InvalidInput(f"{field}.dtype", "integers (int32 or int64)", str(values.dtype))
-    if dtype == np.int32 and values.dtype == np.int64:
-        low, high = np.iinfo(np.int32).min, np.iinfo(np.int32).max
-        if values.size and (values.min() < low or values.max() > high):
-            raise InvalidInput(field, "token ids that fit int32", "ids beyond int32")
-    return values.astype(dtype, copy=False)
+# -- several inputs ---------------------------------------------------------------------------
+
+LENGTH_PROBE_START = 3  # lengths 3, 4, ... tell which input an output's length follows
 
 
-def _check_vocabulary(values: np.ndarray, vocabulary: int | None, field: str, where: Where) -> None:
-    if vocabulary is None or not values.size:
-        return
-    bad = (values < 0) | (values >= vocabulary)
-    if not bad.any():
-        return
-    first = np.unravel_index(int(np.argmax(bad)), bad.shape)
-    raise InvalidInput(
-        field, f"token ids in [0, {vocabulary}) (the Embedding's input_dim)",
-        f"{values[first]} in {where(first)}",
+def _several_inputs(
+    model: keras.Model, signature: Signature, stated: Mode | None
+) -> tuple[Signature, Mode]:
+    """Each input's spec, how the sequence inputs' lengths relate (one eager call on distinct
+    lengths, a second on equal lengths when the first fails) and the mode (modes.py)."""
+    specs = _input_specs(model)
+    lengths, outputs = _length_probe(model, specs)
+    out_seq = len(signature.output_shape) == 2
+    seq_lengths = [n for n in lengths if n is not None]
+    follows, aligned = None, False
+    if out_seq and seq_lengths:
+        steps = int(outputs.shape[1])
+        named = [s.name for s, n in zip(specs, lengths, strict=True) if n == steps]
+        follows = named[0] if named else None
+        aligned = all(n == steps for n in seq_lengths)
+    inferred = several_inputs_mode(bool(seq_lengths), len(signature.output_shape), aligned)
+    described = ", ".join(f"{s.name} {_shape_text(s.shape)}" for s in specs)
+    mode = reconcile_mode(stated, inferred, f"inputs {described}")
+    equal = len(seq_lengths) > 1 and len(set(seq_lengths)) == 1
+    first = specs[0]
+    signature = replace(
+        signature, inputs=specs, equal_lengths=equal, output_follows=follows,
+        input_shape=first.shape, input_dtype=first.dtype,
     )  # fmt: skip
+    return signature, mode
 
 
-def _where(batch: Batch, at: tuple[np.intp, ...]) -> str:
-    """`inputs sequence i step j` for ragged batches, `inputs[i, j...]` for dense ones."""
-    row = int(at[0])
-    if batch.lengths is None:
-        return "inputs[" + ", ".join(str(int(i)) for i in at) + "]"
-    ends = np.cumsum(batch.lengths)
-    seq = int(np.searchsorted(ends, row, side="right"))
-    start = int(ends[seq - 1]) if seq else 0
-    return f"inputs sequence {seq} step {row - start}"
+def _input_specs(model: keras.Model) -> tuple[InputSpec, ...]:
+    """Every input by name in the order of `model.inputs`: a dict's keys for dict inputs (what
+    the model is called with), else the Input layers' names."""
+    structure = model.input
+    key_of = {id(t): k for k, t in structure.items()} if isinstance(structure, dict) else {}
+    specs = []
+    for tensor in model.inputs:
+        shape = tuple(tensor.shape[1:])
+        dtype = np.dtype(keras.backend.standardize_dtype(tensor.dtype))
+        vocabulary = _vocabulary(model, tensor) if np.issubdtype(dtype, np.integer) else None
+        sequence = bool(_sequence_input(shape, dtype, vocabulary is not None))
+        name = key_of.get(id(tensor), tensor.name)
+        if len(shape) not in (1, 2):
+            raise ModelLoadError(
+                f"unsupported shape of input {name}: {_shape_text(shape)}; expected (features,) "
+                "for vectors, (steps, features) for sequences or (steps,) for token ids"
+            )
+        specs.append(InputSpec(name, shape, dtype, sequence, vocabulary if sequence else None))
+    return tuple(specs)
 
 
-def _as_model_dtype(values: np.ndarray, dtype: np.dtype, field: str) -> np.ndarray:
-    if values.dtype.type not in ACCEPTED_FLOATS:
-        raise InvalidInput(f"{field}.dtype", "a floating type (float16/32/64)", str(values.dtype))
-    return values.astype(dtype, copy=False)
+def _length_probe(
+    model: keras.Model, specs: tuple[InputSpec, ...]
+) -> tuple[list[int | None], np.ndarray]:
+    """The eager model on one item whose sequence inputs have distinct lengths where it takes
+    them, else equal ones: those lengths (None for vectors) and the first output."""
+    failure = None
+    for distinct in (True, False):
+        lengths: list[int | None] = []
+        for k, spec in enumerate(specs):
+            if not spec.sequence:
+                lengths.append(None)
+            else:
+                lengths.append(spec.shape[0] or LENGTH_PROBE_START + (k if distinct else 0))
+        arrays = [_zeros(s, n) for s, n in zip(specs, lengths, strict=True)]
+        model_inputs = (
+            {s.name: a for s, a in zip(specs, arrays, strict=True)}
+            if isinstance(model.input, dict)
+            else arrays
+        )
+        try:
+            out = model(model_inputs, training=False)
+        except Exception as exc:  # noqa: BLE001 - a model that rejects unequal lengths
+            failure = exc
+            continue
+        return lengths, keras.ops.convert_to_numpy(keras.tree.flatten(out)[0])
+    raise ModelLoadError(
+        f"the model fails on a probe with inputs {_shape_text([s.shape for s in specs])}: "
+        f"{type(failure).__name__}: {failure}"[:400]
+    )
 
 
-def _check_finite(values: np.ndarray, field: str, where: Where) -> None:
-    bad = ~np.isfinite(values)
-    if not bad.any():
-        return
-    first = np.unravel_index(int(np.argmax(bad)), bad.shape)
-    raise InvalidInput(field, "finite numbers", f"{values[first]} in {where(first)}")
+def _zeros(spec: InputSpec, steps: int | None) -> np.ndarray:
+    """A batch of one of the input, `steps` long where its time axis is dynamic."""
+    return np.zeros([1, *(int(steps or 0) if d is None else d for d in spec.shape)], spec.dtype)
+
+
+def _shape_text(shape: object) -> str:
+    return str(shape).replace("None", "any")
 
 
 def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:

@@ -21,11 +21,12 @@ import numpy as np
 from .classification import TopK, check_top_k, top_k
 from .compute_threads import ModelThreads
 from .errors import InvalidInput, LimitExceeded, Unsupported
+from .inputs import ACCEPTED_IDS, check_values
 from .modes import Mode
 from .observer import ModelObserver
 from .proof import CHUNKS, ProofFailed, probes, prove_program
 from .repository import ModelRepository, ReadyModel, VersionStatus
-from .runtime import ACCEPTED_IDS, ModelRuntime
+from .runtime import ModelRuntime
 from .stepping.programs import SessionSupport, StepProgram, build_step_program
 from .stepping.state import State
 
@@ -216,9 +217,8 @@ class SessionManager:
             raise InvalidInput("steps.values.shape", expected, str(list(values.shape)))
         if len(values) == 0:
             raise InvalidInput("steps.values", "at least one step", "0 steps")
-        checked = session.target.runtime.check_values(
-            values, "steps.values", lambda at: f"step {int(at[0])}"
-        )
+        spec = session.target.runtime.input_specs[0]
+        checked = check_values(spec, values, "steps", lambda at: f"step {int(at[0])}")
         if session.finished:
             raise InvalidInput("steps", "a reset after end_input", "more steps")
         self._check_length(session, len(checked))
@@ -263,6 +263,11 @@ def proven_program(runtime: ModelRuntime) -> StepProgram:
         raise Unsupported(
             "sessions step models with one output; this one has several (Predict and "
             "PredictStream serve them, by output name)"
+        )
+    if runtime.signature.several_inputs:
+        raise Unsupported(
+            "sessions step models with one input; this one has several (Predict and "
+            "PredictStream serve them, with named_inputs)"
         )
     model, mode = runtime.model, runtime.mode
     cases = probes(runtime.input_kind)

@@ -49,7 +49,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
         target = self.repository.resolve(request.model_name, request.model_version)
-        inputs = msg.decode_inputs(request.inputs, target.limits)
+        inputs = msg.decode_request_inputs(request, target.limits)
         result = await self.inference.predict(target, inputs, request.top_k, _deadline(context))
         return msg.result_to_proto(result)
 
@@ -59,7 +59,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.PredictStreamResponse]:
         target = self.repository.resolve(request.model_name, request.model_version)
-        inputs = msg.decode_inputs(request.inputs, target.limits)
+        inputs = msg.decode_request_inputs(request, target.limits)
         parts = self.inference.predict_stream(target, inputs, request.top_k, _deadline(context))
         async for part in parts:
             for message in msg.stream_messages(target, part):

@@ -11,7 +11,8 @@ from seqserve_api.tensors import DecodeLimits, from_batch, from_tensor, to_tenso
 
 from ..core.batch import Batch
 from ..core.classification import TopK
-from ..core.inference import InferencePart, InferenceResult
+from ..core.errors import InvalidInput, LimitExceeded
+from ..core.inference import InferencePart, InferenceResult, Inputs
 from ..core.limits import RequestLimits
 from ..core.modes import Mode
 from ..core.repository import ModelEntry, ModelState, ReadyModel, VersionStatus
@@ -33,9 +34,36 @@ _STATES = {
 }
 
 
-def decode_inputs(message: pb.Batch, limits: RequestLimits) -> Batch:
-    values, lengths = from_batch(message, "inputs", _decode_limits(limits))
+def decode_inputs(message: pb.Batch, limits: RequestLimits, field: str = "inputs") -> Batch:
+    values, lengths = from_batch(message, field, _decode_limits(limits))
     return Batch(values, lengths)
+
+
+def decode_request_inputs(request: pb.PredictRequest, limits: RequestLimits) -> Inputs:
+    """`inputs`, or `named_inputs` by name (each decoded within the limits; together they
+    may hold at most max_request_elements numbers)."""
+    if not request.named_inputs:
+        return decode_inputs(request.inputs, limits)
+    if request.HasField("inputs"):
+        raise InvalidInput("inputs", "unset when named_inputs is set (one or the other)", "both")
+    total = sum(_count(b.values) for b in request.named_inputs.values())
+    if total > limits.max_request_elements:
+        raise LimitExceeded(
+            f"named_inputs: expected at most {limits.max_request_elements} numbers in all "
+            f"(max_request_elements), got {total}"
+        )
+    return {
+        name: decode_inputs(batch, limits, f'named_inputs["{name}"]')
+        for name, batch in sorted(request.named_inputs.items())
+    }
+
+
+def _count(tensor: pb.Tensor) -> int:
+    """Numbers a tensor declares (checked per tensor by the decoder; a bad shape counts 0)."""
+    count = 1
+    for d in tensor.shape:
+        count *= max(d, 0)
+    return count
 
 
 def decode_steps(message: pb.SessionSteps, limits: RequestLimits) -> np.ndarray:
@@ -201,12 +229,11 @@ def metadata_to_proto(
         return response
     sig = runtime.signature
     response.mode = mode_to_proto(runtime.mode)
-    response.input.CopyFrom(
-        _spec(
-            "input", sig.input_shape, sig.input_dtype, runtime.mode.takes_sequence, sig.vocabulary
-        )
+    response.inputs.extend(
+        _spec(s.name, s.shape, s.dtype, s.sequence, s.vocabulary) for s in runtime.input_specs
     )
-    response.inputs.append(response.input)
+    if not sig.several_inputs:
+        response.input.CopyFrom(response.inputs[0])
     outputs = _output_specs(runtime)
     response.outputs.extend(outputs)
     if not sig.several_outputs:
