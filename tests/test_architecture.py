@@ -163,27 +163,23 @@ def foreign_private_reads(path: Path, own: set[str]) -> Iterator[tuple[int, str]
             yield node.lineno, node.args[1].value
 
 
-def test_only_keras_internals_imports_keras_src() -> None:
-    """`keras.src` is Keras' private module tree: the same rule as private attributes."""
-    found = [
-        f"{path.relative_to(ROOT)}:{line} imports {module}"
-        for package in SOURCES
-        for path in python_files(package)
-        if path != KERAS_INTERNALS
-        for line, module in imports(package, path)
-        if matches(module, "keras.src")
-    ]
-    assert not found, "\n".join(found)
+def keras_private_uses(path: Path, package: str, own: set[str]) -> Iterator[str]:
+    """Reads of private attributes and imports of `keras.src`, Keras' private module tree."""
+    for line, attr in foreign_private_reads(path, own):
+        yield f"{path.relative_to(ROOT)}:{line} reads {attr}"
+    for line, module in imports(package, path):
+        if matches(module, "keras.src"):
+            yield f"{path.relative_to(ROOT)}:{line} imports {module}"
 
 
-def test_only_keras_internals_reads_private_attributes() -> None:
+def test_only_keras_internals_uses_keras_private_parts() -> None:
     """One module to change on a Keras upgrade: core/stepping/keras_internals.py."""
     own = own_private_names()
     found = [
-        f"{path.relative_to(ROOT)}:{line} reads {attr}"
+        use
         for package in SOURCES
         for path in python_files(package)
         if path != KERAS_INTERNALS
-        for line, attr in foreign_private_reads(path, own)
+        for use in keras_private_uses(path, package, own)
     ]
-    assert not found, "private attributes read outside keras_internals.py:\n" + "\n".join(found)
+    assert not found, "Keras internals used outside keras_internals.py:\n" + "\n".join(found)
