@@ -193,8 +193,9 @@ def test_top_k_parameter_gives_ranked_outputs(
     result = v2.infer("iris_classifier", [_input(x)], parameters={"top_k": 2})
     ranked = v1.classify("iris_classifier", x, top_k=2)
     labels = [[b.decode() for b in row] for row in result.as_numpy("top_k_labels")]
-    assert labels == [list(r[0]) for r in ranked]
-    np.testing.assert_allclose(result.as_numpy("top_k_scores"), [r[1] for r in ranked], atol=EXACT)
+    assert labels == [[label for label, _ in r] for r in ranked]
+    scores = [[score for _, score in r] for r in ranked]
+    np.testing.assert_allclose(result.as_numpy("top_k_scores"), scores, atol=EXACT)
     probabilities = result.as_numpy("output")
     assert result.as_numpy("top_k_indices")[:, 0].tolist() == probabilities.argmax(-1).tolist()
     only = v2.infer(
@@ -340,7 +341,7 @@ def test_asyncio_client_works_the_same(
     assert ready
     np.testing.assert_allclose(got, expected, rtol=EXACT, atol=EXACT)
     assert len(steps) == 13
-    streamed = np.concatenate([s.as_numpy("output")[0] for s in steps])
+    streamed = np.stack([s.as_numpy("output")[0] for s in steps])
     whole = v2.infer("co2_forecast_13w", [_input(y)]).as_numpy("output")[0]
     np.testing.assert_allclose(streamed, whole, rtol=EXACT, atol=EXACT)
 
