@@ -200,15 +200,14 @@ class OpenInferenceServicer:
         model = self.core.model(request.model_name, number)
         started = time.perf_counter()
         try:
-            k = int_parameter(request, TOP_K)
-            names = requested(request, model, k)
+            wanted = requested(request, model, int_parameter(request, TOP_K))
             batch = to_batch(read_inputs(request, model), model)
-            outputs = await self.core.predict(model, batch, k, deadline)
+            outputs = await self.core.predict(model, batch, wanted.rank, deadline)
         except Exception:
             self._record(model, False, started, 0)
             raise
         self._record(model, True, started, batch.size)
-        return prediction(header(request, model, outputs.version), outputs, model, names)
+        return prediction(header(request, model, outputs.version), outputs, model, wanted)
 
     async def _stepped(
         self, request: pb.ModelInferRequest, deadline: float | None
@@ -219,12 +218,11 @@ class OpenInferenceServicer:
                 STREAM_STEPS, "false in a sequence (it answers each request)", "true"
             )
         model = self.core.model(request.model_name, version_number(request.model_version))
-        k = int_parameter(request, TOP_K)
-        names = [n for n in requested(request, model, k) if n != OUTPUT_LENGTHS]
+        wanted = requested(request, model, int_parameter(request, TOP_K)).without(OUTPUT_LENGTHS)
         batch = to_batch(read_inputs(request, model), model)
         sequence = model.mode.gives_sequence
         pending: pb.ModelInferResponse | None = None
-        async for part in self.core.predict_parts(model, batch, k, deadline):
+        async for part in self.core.predict_parts(model, batch, wanted.rank, deadline):
             for offset, (index, outputs) in enumerate(zip(part.indices, part.outputs, strict=True)):
                 rows = next(iter(outputs.values()))
                 count = len(rows) if sequence else 1
@@ -236,7 +234,7 @@ class OpenInferenceServicer:
                         header(request, model, model.version),
                         values,
                         ranked[row : row + 1] if ranked else None,
-                        names,
+                        wanted,
                     )
                     number = part.first_step + row
                     set_parameter(response, "input_index", index)
@@ -270,7 +268,10 @@ class OpenInferenceServicer:
         self, request: pb.ModelInferRequest, handle: SequenceHandle, end: bool
     ) -> pb.ModelInferResponse:
         model = handle.model
-        names = requested(request, model, handle.k)
+        wanted = requested(request, model, handle.k)
+        if wanted.rank > handle.k:
+            got = f"{wanted.rank} (the sequence started with top_k {handle.k})"
+            raise InvalidInput("outputs", f"at most top_k {handle.k} classes", got)
         values = read_inputs(request, model)
         if values.lengths is not None or values.values.ndim < 1 or len(values.values) != 1:
             got = f"shape {list(values.values.shape)}"
@@ -286,7 +287,7 @@ class OpenInferenceServicer:
         response = header(request, model, model.version)
         if output is None:
             return response
-        return step(response, {model.outputs[0].name: output.values}, output.top_k, names)
+        return step(response, {model.outputs[0].name: output.values}, output.top_k, wanted)
 
     def _record(self, model: ModelView, ok: bool, started: float, inputs: int) -> None:
         seconds = time.perf_counter() - started
