@@ -25,6 +25,7 @@ from .describe import config, metadata, repository_index
 from .errors import stream_error
 from .requests import (
     SEQUENCE_END,
+    SEQUENCE_ID,
     SEQUENCE_START,
     STREAM_STEPS,
     TOP_K,
@@ -197,6 +198,12 @@ class OpenInferenceServicer:
         sequence = sequence_id(request)
         if sequence:
             return await self._sequence_step(request, number, sequence)
+        if bool_parameter(request, SEQUENCE_START) or bool_parameter(request, SEQUENCE_END):
+            raise InvalidInput(
+                f"parameters[{SEQUENCE_ID!r}]",
+                "a sequence id beside sequence_start or sequence_end",
+                "none (or 0)",
+            )
         model = self.core.model(request.model_name, number)
         started = time.perf_counter()
         try:
@@ -257,9 +264,15 @@ class OpenInferenceServicer:
             opened = self.sequences.start(name, number, sequence, int_parameter(request, TOP_K))
         else:
             opened = self.sequences.get(name, sequence)
+        started = time.perf_counter()
         try:
             async with opened.lock:
-                return await self._feed(request, opened.handle, end)
+                response = await self._feed(request, opened.handle, end)
+            self._record(opened.handle.model, True, started, 1)
+            return response
+        except Exception:
+            self._record(opened.handle.model, False, started, 0)
+            raise
         finally:
             if end:
                 self.sequences.end((name, sequence))
