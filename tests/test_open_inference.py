@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -442,3 +443,50 @@ def test_the_same_port_serves_both_protocols(served: ServerProcess, v1: SeqServe
             health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")
         )
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- the fixture repository (conftest's session server): failures, versions, idle sequences ------
+
+
+@pytest.fixture(scope="module")
+def fixtures_v2(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(server.target)
+    yield client
+    client.close()
+
+
+def test_index_and_readiness_show_failed_models_and_versions(
+    fixtures_v2: triton.InferenceServerClient,
+) -> None:
+    index = {(m.name, m.version): m for m in fixtures_v2.get_model_repository_index().models}
+    assert index[("aligned", "1")].state == index[("aligned", "2")].state == "READY"
+    assert index[("unsafe", "1")].state == "UNAVAILABLE"
+    assert "safe_mode" in index[("unsafe", "1")].reason
+    ready = {(m.name, m.version) for m in fixtures_v2.get_model_repository_index(ready=True).models}
+    assert ("aligned", "2") in ready and ("unsafe", "1") not in ready
+    assert not fixtures_v2.is_model_ready("unsafe")
+    code, _ = _code(lambda: fixtures_v2.get_model_metadata("unsafe"))
+    assert code == "StatusCode.FAILED_PRECONDITION"
+    x = np.ones((1, 5, 3), np.float32)
+    first = fixtures_v2.infer("aligned", [_input(x)], model_version="1")
+    newest = fixtures_v2.infer("aligned", [_input(x)])
+    assert first.get_response().model_version == "1"
+    assert newest.get_response().model_version == "2"
+    assert not np.allclose(first.as_numpy("output"), newest.as_numpy("output"))
+
+
+def test_idle_sequences_are_closed_and_free_their_place(
+    fixtures_v2: triton.InferenceServerClient,
+) -> None:
+    """`limited` allows 2 sessions, idle for at most 1 s."""
+    step = [_input(np.ones((1, 2, 3), np.float32))]
+    for sequence in (1, 2):
+        fixtures_v2.infer("limited", step, sequence_id=sequence, sequence_start=True)
+    code, message = _code(
+        lambda: fixtures_v2.infer("limited", step, sequence_id=3, sequence_start=True)
+    )
+    assert code == "StatusCode.RESOURCE_EXHAUSTED" and "limit is 2" in message
+    time.sleep(1.5)
+    fixtures_v2.infer("limited", step, sequence_id=3, sequence_start=True, sequence_end=True)
+    code, message = _code(lambda: fixtures_v2.infer("limited", step, sequence_id=1))
+    assert code == "StatusCode.INVALID_ARGUMENT" and "idle" in message

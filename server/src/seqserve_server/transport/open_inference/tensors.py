@@ -12,11 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from seqserve.inference import grpc_service_pb2 as pb
-from seqserve_api.tensors import TensorError, TensorTooLarge
+from seqserve_api.tensors import MAX_RANK, TensorError, TensorTooLarge
 
 from .core_facade import RequestLimits
-
-MAX_RANK = 64
 
 # The datatypes a served model takes or gives, and where typed `contents` holds each.
 DATATYPES: dict[str, np.dtype] = {
@@ -91,8 +89,7 @@ def encode(name: str, array: np.ndarray, response: pb.ModelInferResponse) -> Non
     """Append an output as raw little-endian bytes: stock clients read outputs only there."""
     array = np.asarray(array)
     kind = datatype(array.dtype)
-    tensor = response.outputs.add(name=name, datatype=kind, shape=array.shape)
-    del tensor  # added in place
+    response.outputs.add(name=name, datatype=kind, shape=array.shape)
     little = np.ascontiguousarray(array.astype(DATATYPES[kind], copy=False))
     response.raw_output_contents.append(little.tobytes())
 
