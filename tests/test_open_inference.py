@@ -456,13 +456,19 @@ def fixtures_v2(server: ServerProcess) -> Iterator[triton.InferenceServerClient]
 
 
 def test_index_and_readiness_show_failed_models_and_versions(
-    fixtures_v2: triton.InferenceServerClient,
+    server: ServerProcess, fixtures_v2: triton.InferenceServerClient
 ) -> None:
     index = {(m.name, m.version): m for m in fixtures_v2.get_model_repository_index().models}
     assert index[("aligned", "1")].state == index[("aligned", "2")].state == "READY"
     assert index[("unsafe", "1")].state == "UNAVAILABLE"
     assert "safe_mode" in index[("unsafe", "1")].reason
-    ready = {(m.name, m.version) for m in fixtures_v2.get_model_repository_index(ready=True).models}
+    with grpc.insecure_channel(server.target) as channel:  # tritonclient never asks ready=true
+        only_ready = channel.unary_unary(
+            "/inference.GRPCInferenceService/RepositoryIndex",
+            request_serializer=pb.RepositoryIndexRequest.SerializeToString,
+            response_deserializer=pb.RepositoryIndexResponse.FromString,
+        )(pb.RepositoryIndexRequest(ready=True), timeout=30)
+    ready = {(m.name, m.version) for m in only_ready.models}
     assert ("aligned", "2") in ready and ("unsafe", "1") not in ready
     assert not fixtures_v2.is_model_ready("unsafe")
     code, _ = _code(lambda: fixtures_v2.get_model_metadata("unsafe"))
