@@ -445,6 +445,23 @@ def test_the_same_port_serves_both_protocols(served: ServerProcess, v1: SeqServe
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_reflection_describes_v2_by_its_wire_names(served: ServerProcess) -> None:
+    """grpcurl and other generic tools can call the v2 service, as Triton names it."""
+    from google.protobuf import descriptor_pool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(served.target) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert "inference.GRPCInferenceService" in set(database.get_services())
+        pool = descriptor_pool.DescriptorPool(database)
+        service = pool.FindServiceByName("inference.GRPCInferenceService")
+        infer = service.methods_by_name["ModelInfer"]
+        assert infer.input_type.full_name == "inference.ModelInferRequest"
+        assert pool.FindServiceByName("seqserve.v1.SeqServe").methods_by_name["Predict"]
+
+
 # -- the fixture repository (conftest's session server): failures, versions, idle sequences ------
 
 

@@ -84,7 +84,7 @@ class App:
             reflection.SERVICE_NAME,
         )
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            ObservedReflection(names, self.metrics), self.server
+            ObservedReflection(names, self.metrics, open_inference.reflection_pool()), self.server
         )
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self.server.add_insecure_port(address)
