@@ -413,10 +413,28 @@ def test_stream_errors_keep_the_stream_open(v2: triton.InferenceServerClient) ->
             {"model_name": "iris_classifier", "inputs": [_input(x)], "request_id": "good"},
         ],
     )
-    (first, error), (second, none) = answers
-    assert first is None and "INVALID_ARGUMENT" in str(error)
-    assert none is None and second.get_response().id == "good"
-    assert second.as_numpy("output").shape == (len(x), 3)
+    errors = [error for result, error in answers if result is None]
+    assert len(errors) == 1 and "INVALID_ARGUMENT" in str(errors[0])
+    (good,) = [result for result, error in answers if error is None]
+    assert good.get_response().id == "good" and good.as_numpy("output").shape == (len(x), 3)
+
+
+def test_stream_requests_run_together_and_match_by_id(
+    v2: triton.InferenceServerClient, v1: SeqServeClient
+) -> None:
+    rng = np.random.default_rng(13)
+    inputs = {f"r{i}": example_input("digit_classifier", rng)[:1] for i in range(24)}
+    requests = [
+        {"model_name": "digit_classifier", "inputs": [_input(x)], "request_id": key}
+        for key, x in inputs.items()
+    ]
+    answers = _stream(v2, requests)
+    assert all(error is None for _, error in answers)
+    got = {r.get_response().id: r.as_numpy("output") for r, _ in answers}
+    assert got.keys() == inputs.keys()
+    expected = v1.predict("digit_classifier", np.concatenate(list(inputs.values())))
+    for row, key in enumerate(inputs):
+        np.testing.assert_allclose(got[key][0], expected[row], rtol=EXACT, atol=EXACT)
 
 
 def test_statistics_and_metrics_count_v2_calls(

@@ -8,6 +8,7 @@ response per output step or vector), and Triton's `sequence_id`/`sequence_start`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "seqserve"
 EXTENSIONS = ["model_repository", "statistics", "sequence", "parameters"]
 FINAL = "triton_final_response"
+STREAM_IN_FLIGHT = 64  # requests of one ModelStreamInfer call computed at once
 MANAGEMENT_LATER = (
     "seqserve does not load or unload models at runtime yet: the repository is read at start "
     "(restart the server to pick up changes); RepositoryIndex lists what it holds"
@@ -172,24 +174,65 @@ class OpenInferenceServicer:
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests in order; an error answers its request in `error_message`, the stream goes
-        on. With `stream_steps`, one response per output step (or vector), the last one of the
-        request marked `triton_final_response`."""
-        async for request in requests:
-            deadline = _deadline(context)
+        """Requests run concurrently (up to STREAM_IN_FLIGHT; the requests of one sequence in
+        order), so they batch with each other; responses leave as ready, matched by `id`."""
+        ready: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._run_stream(requests, context, ready))
+        try:
+            while (response := await ready.get()) is not None:
+                yield response
+            await reader  # a request that did not parse ends the call with its status
+        finally:
+            reader.cancel()
+
+    async def _run_stream(
+        self,
+        requests: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+        ready: asyncio.Queue[pb.ModelStreamInferResponse | None],
+    ) -> None:
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                if bool_parameter(request, STREAM_STEPS):
-                    async for response in self._stepped(request, deadline):
-                        yield pb.ModelStreamInferResponse(infer_response=response)
-                else:
-                    response = await self._infer(request, deadline)
-                    set_parameter(response, FINAL, True)
+                async for response in self._answers(request, _deadline(context)):
+                    await ready.put(response)
+            finally:
+                slots.release()
+
+        try:
+            async for request in requests:
+                await slots.acquire()
+                task = asyncio.create_task(answer(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            while running:
+                await asyncio.wait(set(running))
+        finally:
+            for task in running:
+                task.cancel()
+            await ready.put(None)
+
+    async def _answers(
+        self, request: pb.ModelInferRequest, deadline: float | None
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """One request's responses; an error answers it in `error_message` (the stream goes
+        on). With `stream_steps`, one response per output step (or vector); the last one of
+        the request is marked `triton_final_response`."""
+        try:
+            if bool_parameter(request, STREAM_STEPS):
+                async for response in self._stepped(request, deadline):
                     yield pb.ModelStreamInferResponse(infer_response=response)
-            except Exception as exc:  # noqa: BLE001 - every error answers its request
-                failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
-                yield pb.ModelStreamInferResponse(
-                    error_message=stream_error(exc), infer_response=failed
-                )
+            else:
+                response = await self._infer(request, deadline)
+                set_parameter(response, FINAL, True)
+                yield pb.ModelStreamInferResponse(infer_response=response)
+        except Exception as exc:  # noqa: BLE001 - every error answers its request
+            failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+            yield pb.ModelStreamInferResponse(
+                error_message=stream_error(exc), infer_response=failed
+            )
 
     async def _infer(
         self, request: pb.ModelInferRequest, deadline: float | None
