@@ -130,6 +130,8 @@ def test_metadata_and_config_say_what_v1_says(
     sessions = ours.session_support != "session_unsupported"
     assert config.HasField("sequence_batching") == sessions
     assert (config.input[-1].name == "input_lengths") == ours.input.sequence
+    ragged = ours.input.sequence and ours.input.shape[1] == -1
+    assert config.input[0].allow_ragged_batch == ragged
 
 
 def test_repository_index_lists_every_version(v2: triton.InferenceServerClient) -> None:

@@ -72,11 +72,13 @@ def config(model: ModelView) -> mc.ModelConfig:
         max_batch_size=model.limits.max_inputs_per_request,
     )
     result.version_policy.specific.versions.append(model.version)
+    # Sequences of any length batch together unpadded (Triton's "ragged batch").
+    ragged = model.mode.takes_sequence and model.input.shape[0] is None
     for view in inputs(model):
-        optional = view.name.endswith(LENGTHS_SUFFIX) and view is not model.input
+        main = view is model.input
         result.input.add(
-            name=view.name, data_type=_data_type(view), dims=_dims(view.shape), optional=optional,
-            allow_ragged_batch=optional,
+            name=view.name, data_type=_data_type(view), dims=_dims(view.shape),
+            optional=not main, allow_ragged_batch=main and ragged,
         )  # fmt: skip
     for view in outputs(model):
         result.output.add(name=view.name, data_type=_data_type(view), dims=_dims(view.shape))
