@@ -2,6 +2,9 @@
 
 `python protos/generate.py` rewrites the committed files; `--check` exits 1 when they are stale.
 The generated modules import as `seqserve.v1.*` (the proto package), as `google.rpc` does.
+`seqserve.inference` (Triton's protocol, re-packaged: see protos/seqserve/inference/vendor.py)
+gets messages only: the server serves it under its wire name `inference.GRPCInferenceService`,
+and clients use tritonclient's own stubs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUT_ROOT = PROTO_ROOT / "python"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+MESSAGES_ONLY = PROTO_ROOT / "seqserve" / "inference"
 
 
 def proto_files() -> list[Path]:
@@ -25,21 +29,29 @@ def proto_files() -> list[Path]:
 
 
 def generate(out: Path) -> None:
+    files = proto_files()
+    _protoc(out, [p for p in files if not p.is_relative_to(MESSAGES_ONLY)], stubs=True)
+    _protoc(out, [p for p in files if p.is_relative_to(MESSAGES_ONLY)], stubs=False)
+
+
+def _protoc(out: Path, files: list[Path], stubs: bool) -> None:
     include = str(Path(protoc.__file__).parent / "_proto")
     bin_dir = Path(sys.executable).parent
     args = [
         "protoc",
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
-        f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
         f"--python_out={out}",
-        f"--grpc_python_out={out}",
         f"--mypy_out={out}",
-        f"--mypy_grpc_out={out}",
-        *[str(p) for p in proto_files()],
     ]
-    if protoc.main(args) != 0:
+    if stubs:
+        args += [
+            f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
+            f"--grpc_python_out={out}",
+            f"--mypy_grpc_out={out}",
+        ]
+    if protoc.main([*args, *[str(p) for p in files]]) != 0:
         raise SystemExit("protoc failed")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from seqserve_client import SeqServeClient
+from tests.support.bundled import MODELS
 from tests.support.model_zoo import write_repository
 from tests.support.reference import loader
 from tests.support.server_process import ServerProcess, served
@@ -45,3 +46,16 @@ def client(server: ServerProcess) -> Iterator[SeqServeClient]:
 def reference(repository: Path) -> Callable[..., Any]:
     """The same files loaded in-process: what every served output is checked against."""
     return loader(repository)
+
+
+@pytest.fixture(scope="session")
+def bundled_server() -> Iterator[ServerProcess]:
+    """The bundled models as `make serve` serves them (one server for every test using them)."""
+    with served(MODELS) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def bundled(bundled_server: ServerProcess) -> Iterator[SeqServeClient]:
+    with SeqServeClient(bundled_server.target, timeout=60) as c:
+        yield c

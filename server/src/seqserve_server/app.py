@@ -22,6 +22,7 @@ from .core.repository import ModelRepository, ModelState
 from .core.runtime import configure_tensorflow
 from .core.sessions import SessionManager
 from .metrics import ServerMetrics
+from .transport import open_inference
 from .transport.draining import Drain
 from .transport.parsing import RejectUnparsable
 from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
@@ -75,10 +76,19 @@ class App:
             self.inference, self.sessions, self.metrics, self.settings.max_message_bytes
         )
         pb_grpc.add_SeqServeServicer_to_server(servicer, self.server)
+        v2 = open_inference.OpenInferenceServicer(
+            open_inference.Core(self.inference, self.sessions), self.metrics
+        )
+        open_inference.add_to_server(v2, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        names = (
+            SERVICE_NAME,
+            open_inference.SERVICE_NAME,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        )
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            ObservedReflection(names, self.metrics), self.server
+            ObservedReflection(names, self.metrics, open_inference.reflection_pool()), self.server
         )
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self.server.add_insecure_port(address)
@@ -101,6 +111,7 @@ class App:
             ready = entry.newest_ready is not None
             await self.health.set(entry.name, SERVING if ready else NOT_SERVING)
         await self.health.set(SERVICE_NAME, SERVING)
+        await self.health.set(open_inference.SERVICE_NAME, SERVING)
         await self.health.set("", SERVING)
         failed = [
             f"{v.name}/{v.version}"

@@ -64,6 +64,8 @@ async def _watched(requests: AsyncIterator[Any], call: _Call) -> AsyncIterator[A
     async for message in requests:
         if isinstance(message, pb.SessionRequest) and message.HasField("open"):
             call.identify(message.open.model_name, message.open.model_version)
+        elif call.model == NO_MODEL and isinstance(getattr(message, "model_name", None), str):
+            call.identify(message.model_name, message.model_version)  # v2's ModelStreamInfer
         yield message
 
 
@@ -81,7 +83,8 @@ class _Call:
         self.start = time.perf_counter()
         self.outputs = 0
         if hasattr(request, "model_name"):
-            self.model, self.version = self._labels(request.model_name, request.model_version)
+            version = getattr(request, "model_version", 0)  # v2's RepositoryModelLoad has none
+            self.model, self.version = self._labels(request.model_name, version)
         self.metrics.rpc_started(self.model)
 
     def _labels(self, name: str, version: int) -> tuple[str, str]:

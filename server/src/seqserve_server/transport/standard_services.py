@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha.reflection import aio as reflection_aio
 
@@ -34,8 +35,13 @@ class ObservedHealth(_NoModel, health.aio.HealthServicer):
 
 
 class ObservedReflection(_NoModel, reflection_aio.ReflectionServicer):
-    def __init__(self, service_names: Sequence[str], metrics: ServerMetrics) -> None:
-        super().__init__(service_names)
+    def __init__(
+        self,
+        service_names: Sequence[str],
+        metrics: ServerMetrics,
+        pool: descriptor_pool.DescriptorPool | None = None,
+    ) -> None:
+        super().__init__(service_names, pool)
         self.metrics = metrics
 
     ServerReflectionInfo = observed(reflection_aio.ReflectionServicer.ServerReflectionInfo)

@@ -1,0 +1,226 @@
+"""Every call the Open Inference adapter makes into the core, and the core types it sees.
+
+The rest of this package imports the core only through this module: when the core's names change,
+this is the one file to adapt. What it hands out are this package's own small views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...core.batch import Batch
+from ...core.classification import TopK
+from ...core.errors import InvalidInput, LimitExceeded, ModelNotFound, SeqServeError, Unsupported
+from ...core.inference import InferenceService
+from ...core.limits import RequestLimits
+from ...core.modes import Mode
+from ...core.repository import ModelState, ReadyModel
+from ...core.sessions import OpenSession, SessionManager
+
+__all__ = [
+    "Batch",
+    "Core",
+    "InvalidInput",
+    "LimitExceeded",
+    "Mode",
+    "ModelNotFound",
+    "ModelView",
+    "Outputs",
+    "Part",
+    "RequestLimits",
+    "SeqServeError",
+    "SequenceHandle",
+    "StepOutput",
+    "TensorView",
+    "TopK",
+    "Unsupported",
+    "VersionState",
+]
+
+
+@dataclass(frozen=True)
+class TensorView:
+    """An input or output: shape without the batch axis, None for an axis of any size."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """A ready model version as the adapter needs to describe and validate it."""
+
+    name: str
+    version: int
+    mode: Mode
+    input: TensorView
+    outputs: tuple[TensorView, ...]
+    labels: tuple[str, ...]
+    limits: RequestLimits
+    max_batch_size: int
+    max_queue_delay_ms: float
+    session_support: str  # "incremental", "recompute" or "unsupported"
+    session_idle_timeout_s: float
+    max_sessions: int
+    compute_path: str
+    description: str
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """One version in the repository, whatever its state."""
+
+    name: str
+    version: int
+    state: str  # "loading", "ready" or "failed"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A prediction: every output by name ([batch, ...] or ragged sequences) and top-k."""
+
+    version: int
+    named: dict[str, Batch]
+    top_k: list[TopK] | None
+
+
+@dataclass(frozen=True)
+class Part:
+    """Streamed outputs of the inputs `indices`, whole or from `first_step` on (of `lengths`)."""
+
+    indices: list[int]
+    outputs: list[dict[str, np.ndarray]]
+    top_k: list[list[TopK]] | None
+    first_step: int
+    lengths: list[int] | None
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What a session gives for new steps: [steps, ...] or a running vector, and top-k."""
+
+    values: np.ndarray
+    top_k: list[TopK]
+
+
+@dataclass
+class SequenceHandle:
+    """An open session of the core, as the adapter holds it."""
+
+    session: OpenSession
+    model: ModelView
+    k: int  # top-k labels of every output
+
+
+class Core:
+    def __init__(self, inference: InferenceService, sessions: SessionManager) -> None:
+        self._inference = inference
+        self._sessions = sessions
+
+    # -- repository ----------------------------------------------------------------------
+
+    def has(self, name: str, version: int = 0) -> bool:
+        return self._inference.repository.has(name, version)
+
+    def versions(self, name: str | None = None) -> list[VersionState]:
+        """Every version of one model (ModelNotFound if unknown) or of all, by name then number."""
+        repository = self._inference.repository
+        entries = [repository.entry(name)] if name is not None else repository.entries()
+        states = []
+        for entry in sorted(entries, key=lambda e: e.name):
+            if not entry.versions:
+                states.append(VersionState(entry.name, 0, "failed", entry.error))
+            for number in sorted(entry.versions):
+                version = entry.versions[number]
+                states.append(VersionState(entry.name, number, version.state.value, version.error))
+        return states
+
+    def model(self, name: str, version: int = 0) -> ModelView:
+        """The ready version asked for (0: the newest ready one)."""
+        return self._view(self._inference.repository.resolve(name, version))
+
+    def ready(self, name: str, version: int = 0) -> bool:
+        repository = self._inference.repository
+        if not repository.has(name, version):
+            return False
+        entry = repository.entry(name)
+        if version == 0:
+            return entry.newest_ready is not None
+        return entry.versions[version].state is ModelState.READY
+
+    def _view(self, target: ReadyModel) -> ModelView:
+        runtime = target.runtime
+        sig, mode, config = runtime.signature, runtime.mode, target.config
+        if sig.several_outputs:
+            leading = sig.output_shape[:-1]
+            outputs = tuple(
+                TensorView(name, sig.output_dtype, (*leading, width))
+                for name, width in zip(sig.output_names, sig.output_widths, strict=True)
+            )
+        else:
+            outputs = (TensorView("output", sig.output_dtype, sig.output_shape),)
+        status = self._inference.repository.status(target.name, target.version)
+        support, _ = self._sessions.support(status)
+        return ModelView(
+            name=target.name,
+            version=target.version,
+            mode=mode,
+            input=TensorView("input", sig.input_dtype, sig.input_shape),
+            outputs=outputs,
+            labels=tuple(config.labels),
+            limits=target.limits,
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_ms=config.max_queue_delay_ms,
+            session_support=support.value,
+            session_idle_timeout_s=config.session_idle_timeout_s,
+            max_sessions=config.max_sessions,
+            compute_path=runtime.compute_path,
+            description=config.description,
+        )
+
+    # -- inference -----------------------------------------------------------------------
+
+    async def predict(
+        self, model: ModelView, inputs: Batch, k: int, deadline: float | None
+    ) -> Outputs:
+        target = self._inference.repository.resolve(model.name, model.version)
+        prediction = await self._inference.predict(target, inputs, k, deadline)
+        named = prediction.named or {model.outputs[0].name: prediction.outputs}
+        return Outputs(prediction.version, named, prediction.top_k)
+
+    async def predict_parts(
+        self, model: ModelView, inputs: Batch, k: int, deadline: float | None
+    ) -> AsyncIterator[Part]:
+        """Outputs a few inputs (or, stepped, a window of steps) at a time, as computed."""
+        target = self._inference.repository.resolve(model.name, model.version)
+        signature = target.runtime.signature
+        split = signature.split if signature.several_outputs else None
+        parts = self._inference.predict_stream(target, inputs, k, deadline)
+        async for part in parts:
+            outputs = [
+                split(o) if split is not None else {model.outputs[0].name: o} for o in part.outputs
+            ]
+            yield Part(part.indices, outputs, part.top_k, part.first_step, part.lengths)
+
+    # -- sessions ------------------------------------------------------------------------
+
+    def open_sequence(self, name: str, version: int, k: int) -> SequenceHandle:
+        """A session that emits after every request (Triton's sequences answer every request)."""
+        session = self._sessions.open(name, version, k)
+        return SequenceHandle(session, self._view(session.target), k)
+
+    async def step(self, handle: SequenceHandle, values: np.ndarray) -> StepOutput | None:
+        output = await self._sessions.step(handle.session, values)
+        return None if output is None else StepOutput(output.values, output.top_k)
+
+    async def finish(self, handle: SequenceHandle) -> StepOutput:
+        output = await self._sessions.finish(handle.session)
+        return StepOutput(output.values, output.top_k)
+
+    def close(self, handle: SequenceHandle) -> None:
+        self._sessions.close(handle.session)

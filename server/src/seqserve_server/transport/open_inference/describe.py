@@ -1,0 +1,117 @@
+"""What the v2 metadata, config and repository RPCs say about the models.
+
+Dims follow Triton: without the batch axis (max_batch_size > 0 says there is one), -1 for an
+axis of any size. The mode, labels and session support travel as config parameters.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from seqserve.inference import grpc_service_pb2 as pb
+from seqserve.inference import model_config_pb2 as mc
+
+from .core_facade import ModelView, TensorView, VersionState
+from .requests import LENGTHS_SUFFIX
+from .responses import OUTPUT_LENGTHS
+from .tensors import datatype
+
+PLATFORM = "keras"
+_STATES = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE"}
+
+
+def _dims(shape: tuple[int | None, ...]) -> list[int]:
+    return [-1 if d is None else d for d in shape]
+
+
+def _lengths(name: str) -> TensorView:
+    return TensorView(name, np.dtype("int64"), ())
+
+
+def inputs(model: ModelView) -> list[TensorView]:
+    """The model's input, and its optional lengths input for ragged sequence batches."""
+    views = [model.input]
+    if model.mode.takes_sequence:
+        views.append(_lengths(model.input.name + LENGTHS_SUFFIX))
+    return views
+
+
+def outputs(model: ModelView) -> list[TensorView]:
+    views = list(model.outputs)
+    if model.mode.gives_sequence:
+        views.append(_lengths(OUTPUT_LENGTHS))
+    return views
+
+
+def metadata(model: ModelView, versions: list[VersionState]) -> pb.ModelMetadataResponse:
+    def tensor(view: TensorView) -> pb.ModelMetadataResponse.TensorMetadata:
+        return pb.ModelMetadataResponse.TensorMetadata(
+            name=view.name, datatype=datatype(view.dtype), shape=[-1, *_dims(view.shape)]
+        )
+
+    return pb.ModelMetadataResponse(
+        name=model.name,
+        versions=[str(v.version) for v in versions if v.version],
+        platform=PLATFORM,
+        inputs=[tensor(v) for v in inputs(model)],
+        outputs=[tensor(v) for v in outputs(model)],
+    )
+
+
+def _data_type(view: TensorView) -> int:
+    return mc.DataType.Value("TYPE_" + datatype(view.dtype))
+
+
+def config(model: ModelView) -> mc.ModelConfig:
+    result = mc.ModelConfig(
+        name=model.name,
+        platform=PLATFORM,
+        backend="seqserve",
+        max_batch_size=model.limits.max_inputs_per_request,
+    )
+    result.version_policy.specific.versions.append(model.version)
+    # Sequences of any length batch together unpadded (Triton's "ragged batch").
+    ragged = model.mode.takes_sequence and model.input.shape[0] is None
+    for view in inputs(model):
+        main = view is model.input
+        result.input.add(
+            name=view.name, data_type=_data_type(view), dims=_dims(view.shape),
+            optional=not main, allow_ragged_batch=main and ragged,
+        )  # fmt: skip
+    for view in outputs(model):
+        result.output.add(name=view.name, data_type=_data_type(view), dims=_dims(view.shape))
+    idle_us = int(model.session_idle_timeout_s * 1_000_000)
+    if model.session_support != "unsupported":
+        result.sequence_batching.max_sequence_idle_microseconds = idle_us
+        result.sequence_batching.oldest.max_candidate_sequences = model.max_sessions
+    else:
+        batching = result.dynamic_batching
+        batching.max_queue_delay_microseconds = int(model.max_queue_delay_ms * 1000)
+        batching.preferred_batch_size.append(model.max_batch_size)
+    params = {
+        "mode": model.mode.value,
+        "labels": json.dumps(list(model.labels)),
+        "session_support": model.session_support,
+        "compute_path": model.compute_path,
+        "max_sequence_length": str(model.limits.max_sequence_length),
+        "description": model.description,
+    }
+    for key, value in params.items():
+        result.parameters[key].string_value = value
+    return result
+
+
+def repository_index(versions: list[VersionState], ready_only: bool) -> pb.RepositoryIndexResponse:
+    index = pb.RepositoryIndexResponse()
+    for v in versions:
+        if ready_only and v.state != "ready":
+            continue
+        index.models.add(
+            name=v.name,
+            version=str(v.version) if v.version else "",
+            state=_STATES.get(v.state, "UNAVAILABLE"),
+            reason=v.reason,
+        )
+    return index
