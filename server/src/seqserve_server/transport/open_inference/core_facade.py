@@ -6,7 +6,9 @@ this is the one file to adapt. What it hands out are this package's own small vi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +50,7 @@ class TensorView:
     name: str
     dtype: np.dtype
     shape: tuple[int | None, ...]
+    sequence: bool = False  # an input of steps: it may come ragged, with `<name>_lengths`
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class ModelView:
     name: str
     version: int
     mode: Mode
-    input: TensorView
+    inputs: tuple[TensorView, ...]  # in the model's order
     outputs: tuple[TensorView, ...]
     labels: tuple[str, ...]
     limits: RequestLimits
@@ -68,6 +71,11 @@ class ModelView:
     max_sessions: int
     compute_path: str
     description: str
+
+    @property
+    def input(self) -> TensorView:
+        """The first input: the only one of a model that sessions step."""
+        return self.inputs[0]
 
 
 @dataclass(frozen=True)
@@ -170,7 +178,9 @@ class Core:
             name=target.name,
             version=target.version,
             mode=mode,
-            input=TensorView("input", sig.input_dtype, sig.input_shape),
+            inputs=tuple(
+                TensorView(s.name, s.dtype, s.shape, s.sequence) for s in runtime.input_specs
+            ),
             outputs=outputs,
             labels=tuple(config.labels),
             limits=target.limits,
@@ -186,26 +196,27 @@ class Core:
     # -- inference -----------------------------------------------------------------------
 
     async def predict(
-        self, model: ModelView, inputs: Batch, k: int, deadline: float | None
+        self, model: ModelView, inputs: dict[str, Batch], k: int, deadline: float | None
     ) -> Outputs:
+        """`inputs`: every input's batch by name."""
         target = self._inference.repository.resolve(model.name, model.version)
-        prediction = await self._inference.predict(target, inputs, k, deadline)
+        with _v2_fields():
+            prediction = await self._inference.predict(target, inputs, k, deadline)
         named = prediction.named or {model.outputs[0].name: prediction.outputs}
         return Outputs(prediction.version, named, prediction.top_k)
 
     async def predict_parts(
-        self, model: ModelView, inputs: Batch, k: int, deadline: float | None
+        self, model: ModelView, inputs: dict[str, Batch], k: int, deadline: float | None
     ) -> AsyncIterator[Part]:
         """Outputs a few inputs (or, stepped, a window of steps) at a time, as computed."""
         target = self._inference.repository.resolve(model.name, model.version)
         signature = target.runtime.signature
         split = signature.split if signature.several_outputs else None
         parts = self._inference.predict_stream(target, inputs, k, deadline)
-        async for part in parts:
-            outputs = [
-                split(o) if split is not None else {model.outputs[0].name: o} for o in part.outputs
-            ]
-            yield Part(part.indices, outputs, part.top_k, part.first_step, part.lengths)
+        with _v2_fields():  # the core validates at the first part
+            async for part in parts:
+                outputs = [split(o) if split else {model.outputs[0].name: o} for o in part.outputs]
+                yield Part(part.indices, outputs, part.top_k, part.first_step, part.lengths)
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -224,3 +235,27 @@ class Core:
 
     def close(self, handle: SequenceHandle) -> None:
         self._sessions.close(handle.session)
+
+
+# The core names a request's fields as seqserve.v1 does (`named_inputs["x"].lengths[0]`); v2
+# callers sent the tensors `x` and `x_lengths`.
+_FIELD = re.compile(r'named_inputs\["([^"]*)"\](\.values(\.shape|\.dtype)?|\.lengths)?')
+
+
+def _v2_field(match: re.Match[str]) -> str:
+    name, part, detail = match.group(1), match.group(2) or "", match.group(3) or ""
+    if part == ".lengths":
+        return name + "_lengths"
+    return name + {".shape": ".shape", ".dtype": ".datatype"}.get(detail, "")
+
+
+@contextmanager
+def _v2_fields() -> Iterator[None]:
+    """InvalidInput raised inside, its field in v2's names."""
+    try:
+        yield
+    except InvalidInput as exc:
+        field, expected = _FIELD.sub(_v2_field, exc.field), _FIELD.sub(_v2_field, exc.expected)
+        if (field, expected) == (exc.field, exc.expected):
+            raise
+        raise InvalidInput(field, expected, exc.got) from exc

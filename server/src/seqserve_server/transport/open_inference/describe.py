@@ -31,11 +31,10 @@ def _lengths(name: str) -> TensorView:
 
 
 def inputs(model: ModelView) -> list[TensorView]:
-    """The model's input, and its optional lengths input for ragged sequence batches."""
-    views = [model.input]
-    if model.mode.takes_sequence:
-        views.append(_lengths(model.input.name + LENGTHS_SUFFIX))
-    return views
+    """The model's inputs, then the optional lengths input of each sequence input (for ragged
+    batches)."""
+    lengths = [_lengths(v.name + LENGTHS_SUFFIX) for v in model.inputs if v.sequence]
+    return [*model.inputs, *lengths]
 
 
 def outputs(model: ModelView) -> list[TensorView]:
@@ -72,13 +71,13 @@ def config(model: ModelView) -> mc.ModelConfig:
         max_batch_size=model.limits.max_inputs_per_request,
     )
     result.version_policy.specific.versions.append(model.version)
-    # Sequences of any length batch together unpadded (Triton's "ragged batch").
-    ragged = model.mode.takes_sequence and model.input.shape[0] is None
     for view in inputs(model):
-        main = view is model.input
+        main = view in model.inputs
+        # Sequences of any length batch together unpadded (Triton's "ragged batch").
+        ragged = main and view.sequence and view.shape[0] is None
         result.input.add(
             name=view.name, data_type=_data_type(view), dims=_dims(view.shape),
-            optional=not main, allow_ragged_batch=main and ragged,
+            optional=not main, allow_ragged_batch=ragged,
         )  # fmt: skip
     for view in outputs(model):
         result.output.add(name=view.name, data_type=_data_type(view), dims=_dims(view.shape))

@@ -14,6 +14,7 @@ from google.protobuf import message_factory
 
 from seqserve.inference import grpc_service_pb2 as pb
 
+from .requests import parsed
 from .servicer import OpenInferenceServicer
 
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -22,10 +23,20 @@ NOT_OFFERED = (
     "seqserve does not offer {method}: tensors travel in the request and response messages "
     "(no shared memory), and tracing and logging are set by the server's flags"
 )
+# Methods whose request messages are parsed one by one in the adapter: one bad message of a
+# stream is that message's error response (Triton's semantics), not the end of the call.
+PARSED_IN_ADAPTER = {"ModelStreamInfer": parsed}
 
 
 def _handler(method: Any, behaviour: Any) -> grpc.RpcMethodHandler:
     request = message_factory.GetMessageClass(method.input_type)
+    parse = PARSED_IN_ADAPTER.get(method.name)
+    if parse is not None:
+        served = behaviour
+
+        def behaviour(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return served(parse(requests), context)
+
     response = message_factory.GetMessageClass(method.output_type)
     kind = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -35,7 +46,7 @@ def _handler(method: Any, behaviour: Any) -> grpc.RpcMethodHandler:
     }[(method.client_streaming, method.server_streaming)]
     return kind(  # type: ignore[no-any-return]
         behaviour,
-        request_deserializer=request.FromString,
+        request_deserializer=None if parse is not None else request.FromString,
         response_serializer=response.SerializeToString,
     )
 

@@ -1,21 +1,23 @@
 """A ModelInferRequest read into what the core takes: a version, a batch, top-k, sequence controls.
 
-Ragged batches: v2 tensors have no lengths, so a sequence model also takes an INT64 (or INT32)
-input `<input>_lengths` of shape [batch]: with the input padded ([batch, steps, ...]) each row is
-cut to its length; with the input concatenated ([total_steps, ...], one axis fewer) the lengths
-split it.
+A model with several inputs takes each one by its name. Ragged batches: v2 tensors have no
+lengths, so each sequence input also takes an INT64 (or INT32) input `<input>_lengths` of shape
+[batch]: with the input padded ([batch, steps, ...]) each row is cut to its length; with the
+input concatenated ([total_steps, ...], one axis fewer) the lengths split it.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from seqserve.inference import grpc_service_pb2 as pb
 from seqserve_api.tensors import TensorTooLarge
 
-from .core_facade import Batch, InvalidInput, ModelView
+from .core_facade import Batch, InvalidInput, ModelView, TensorView
 from .tensors import decode
 
 LENGTHS_SUFFIX = "_lengths"
@@ -23,6 +25,26 @@ TOP_K = "top_k"
 STREAM_STEPS = "stream_steps"
 SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
 Param = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class Unparsed:
+    """A stream message that is no ModelInferRequest: it gets its own error response."""
+
+    error: str
+
+    def refusal(self) -> InvalidInput:
+        return InvalidInput("request", "a ModelInferRequest that parses", self.error)
+
+
+async def parsed(messages: AsyncIterator[bytes]) -> AsyncIterator[pb.ModelInferRequest | Unparsed]:
+    """ModelStreamInfer's messages, parsed one at a time so that one bad message does not end
+    the stream (gRPC's own deserializer would end the call)."""
+    async for data in messages:
+        try:
+            yield pb.ModelInferRequest.FromString(data)
+        except DecodeError as exc:
+            yield Unparsed(f"DecodeError: {str(exc)[:200]}")
 
 
 def version_number(text: str, field: str = "model_version") -> int:
@@ -75,54 +97,69 @@ class Inputs:
     lengths: np.ndarray | None  # from `<input>_lengths`
 
 
-def read_inputs(request: pb.ModelInferRequest, model: ModelView) -> Inputs:
-    """The model's input (and its lengths input), by name, from contents or raw contents."""
+def read_inputs(request: pb.ModelInferRequest, model: ModelView) -> dict[str, Inputs]:
+    """Every input of the model (and its lengths input), by name, from contents or raw
+    contents; a missing or unknown input is refused naming it."""
     raws = list(request.raw_input_contents)
     if raws and len(raws) != len(request.inputs):
         raise InvalidInput(
             "raw_input_contents", f"one entry per input ({len(request.inputs)})", str(len(raws))
         )
-    name = model.input.name
-    lengths_name = name + LENGTHS_SUFFIX
+    accepted = _accepted(model)
     found: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         field = f"inputs[{index}]"
-        if tensor.name not in (name, lengths_name):
-            known = repr(name) + (f" and {lengths_name!r}" if model.mode.takes_sequence else "")
+        if tensor.name not in accepted:
+            shown = repr(tensor.name[:64])  # a caller's name, unbounded
             raise InvalidInput(
-                f"{field}.name", f"one of the model's inputs: {known}", repr(tensor.name)
+                f"{field}.name",
+                f"one of the model's inputs: {', '.join(map(repr, accepted))}",
+                shown,
             )
         if tensor.name in found:
             raise InvalidInput(f"{field}.name", "each input once", f"{tensor.name!r} again")
         found[tensor.name] = decode(tensor, raws[index] if raws else None, field, model.limits)
-    if name not in found:
-        raise InvalidInput("inputs", f"an input named {name!r}", f"{sorted(found) or 'none'}")
-    lengths = found.get(lengths_name)
-    if lengths is not None and not model.mode.takes_sequence:
-        raise InvalidInput(
-            lengths_name, "no lengths: this model's input is not a sequence", "lengths"
-        )
-    return Inputs(found[name], lengths)
+    missing = [view.name for view in model.inputs if view.name not in found]
+    if missing:
+        expected = "every input: " + ", ".join(v.name for v in model.inputs)
+        got = f"no {', '.join(map(repr, missing))} (got {', '.join(found) or 'none'})"
+        raise InvalidInput("inputs", expected, got)
+    return {
+        view.name: Inputs(found[view.name], found.get(view.name + LENGTHS_SUFFIX))
+        for view in model.inputs
+    }
 
 
-def to_batch(inputs: Inputs, model: ModelView) -> Batch:
-    """The core's batch: dense as sent, or ragged from `<input>_lengths`."""
+def _accepted(model: ModelView) -> list[str]:
+    """Input names a request may carry: each input, and `<input>_lengths` of sequence ones."""
+    names = [view.name for view in model.inputs]
+    lengths = [v.name + LENGTHS_SUFFIX for v in model.inputs if v.sequence]
+    return names + [n for n in lengths if n not in names]
+
+
+def to_batches(inputs: dict[str, Inputs], model: ModelView) -> dict[str, Batch]:
+    """The core's batches by input name: each dense as sent, or ragged from its lengths."""
+    return {view.name: to_batch(inputs[view.name], view, model) for view in model.inputs}
+
+
+def to_batch(inputs: Inputs, view: TensorView, model: ModelView) -> Batch:
+    """One input's batch: dense as sent, or ragged from `<input>_lengths`."""
     values, lengths = inputs.values, inputs.lengths
     if values.ndim == 0:
-        raise InvalidInput(model.input.name, "[batch, ...]: at least 1 axis", "a scalar")
+        raise InvalidInput(view.name, "[batch, ...]: at least 1 axis", "a scalar")
     if len(values) > model.limits.max_inputs_per_request and lengths is None:
         raise TensorTooLarge(
-            f"{model.input.name}.shape",
+            f"{view.name}.shape",
             f"at most {model.limits.max_inputs_per_request} inputs (max_inputs_per_request)",
             f"{len(values)} inputs",
         )
     if lengths is None:
         return Batch(values)
-    return _ragged(values, lengths, model)
+    return _ragged(values, lengths, view, model)
 
 
-def _ragged(values: np.ndarray, lengths: np.ndarray, model: ModelView) -> Batch:
-    field = model.input.name + LENGTHS_SUFFIX
+def _ragged(values: np.ndarray, lengths: np.ndarray, view: TensorView, model: ModelView) -> Batch:
+    field = view.name + LENGTHS_SUFFIX
     if lengths.ndim != 1 or lengths.dtype.kind != "i":
         got = f"{lengths.dtype} of shape {list(lengths.shape)}"
         raise InvalidInput(field, "INT64 or INT32 of shape [batch]", got)
@@ -135,7 +172,7 @@ def _ragged(values: np.ndarray, lengths: np.ndarray, model: ModelView) -> Batch:
     if (lengths < 0).any():
         raise InvalidInput(field, "non-negative lengths", str(int(lengths.min())))
     lengths = lengths.astype(np.int64)
-    model_rank = len(model.input.shape) + 1
+    model_rank = len(view.shape) + 1
     total = sum(lengths.tolist())
     if values.ndim == model_rank - 1:  # concatenated steps
         if total != len(values):
@@ -151,7 +188,7 @@ def _ragged(values: np.ndarray, lengths: np.ndarray, model: ModelView) -> Batch:
         items = [row[:n] for row, n in zip(values, lengths.tolist(), strict=True)]
         return Batch(np.concatenate(items), lengths) if items else Batch(values)
     raise InvalidInput(
-        model.input.name,
+        view.name,
         f"[batch, steps, ...] padded with {len(lengths)} rows, or [total_steps, ...] concatenated",
         f"shape {list(values.shape)}",
     )

@@ -30,11 +30,12 @@ from .requests import (
     SEQUENCE_START,
     STREAM_STEPS,
     TOP_K,
+    Unparsed,
     bool_parameter,
     int_parameter,
     read_inputs,
     sequence_id,
-    to_batch,
+    to_batches,
     version_number,
 )
 from .responses import OUTPUT_LENGTHS, header, prediction, requested, set_parameter, step
@@ -167,34 +168,44 @@ class OpenInferenceServicer:
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        if bool_parameter(request, STREAM_STEPS):  # as Triton refuses decoupled models here
+            raise InvalidInput(
+                f"parameters[{STREAM_STEPS!r}]",
+                "stream_steps needs ModelStreamInfer (one response per step); false or unset "
+                "in ModelInfer",
+                "true",
+            )
         return await self._infer(request, _deadline(context))
 
     @observed
     @grpc_errors
     async def ModelStreamInfer(
-        self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+        self,
+        requests: AsyncIterator[pb.ModelInferRequest | Unparsed],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests run concurrently (up to STREAM_IN_FLIGHT; the requests of one sequence in
-        order), so they batch with each other; responses leave as ready, matched by `id`."""
+        """Requests (parsed one by one: handlers.py) run concurrently (up to STREAM_IN_FLIGHT;
+        the requests of one sequence in order), so they batch with each other; responses leave
+        as ready, matched by `id`."""
         ready: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         reader = asyncio.create_task(self._run_stream(requests, context, ready))
         try:
             while (response := await ready.get()) is not None:
                 yield response
-            await reader  # a request that did not parse ends the call with its status
+            await reader
         finally:
             reader.cancel()
 
     async def _run_stream(
         self,
-        requests: AsyncIterator[pb.ModelInferRequest],
+        requests: AsyncIterator[pb.ModelInferRequest | Unparsed],
         context: grpc.aio.ServicerContext,
         ready: asyncio.Queue[pb.ModelStreamInferResponse | None],
     ) -> None:
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         running: set[asyncio.Task[None]] = set()
 
-        async def answer(request: pb.ModelInferRequest) -> None:
+        async def answer(request: pb.ModelInferRequest | Unparsed) -> None:
             try:
                 async for response in self._answers(request, _deadline(context)):
                     await ready.put(response)
@@ -215,11 +226,16 @@ class OpenInferenceServicer:
             await ready.put(None)
 
     async def _answers(
-        self, request: pb.ModelInferRequest, deadline: float | None
+        self, request: pb.ModelInferRequest | Unparsed, deadline: float | None
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """One request's responses; an error answers it in `error_message` (the stream goes
         on). With `stream_steps`, one response per output step (or vector); the last one of
         the request is marked `triton_final_response`."""
+        if isinstance(request, Unparsed):
+            failed = pb.ModelInferResponse()
+            message = stream_error(request.refusal())
+            yield pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+            return
         try:
             if bool_parameter(request, STREAM_STEPS):
                 async for response in self._stepped(request, deadline):
@@ -251,12 +267,12 @@ class OpenInferenceServicer:
         started = time.perf_counter()
         try:
             wanted = requested(request, model, int_parameter(request, TOP_K))
-            batch = to_batch(read_inputs(request, model), model)
-            outputs = await self.core.predict(model, batch, wanted.rank, deadline)
+            batches = to_batches(read_inputs(request, model), model)
+            outputs = await self.core.predict(model, batches, wanted.rank, deadline)
         except Exception:
             self._record(model, False, started, 0)
             raise
-        self._record(model, True, started, batch.size)
+        self._record(model, True, started, next(iter(batches.values())).size)
         return prediction(header(request, model, outputs.version), outputs, model, wanted)
 
     async def _stepped(
@@ -269,10 +285,10 @@ class OpenInferenceServicer:
             )
         model = self.core.model(request.model_name, version_number(request.model_version))
         wanted = requested(request, model, int_parameter(request, TOP_K)).without(OUTPUT_LENGTHS)
-        batch = to_batch(read_inputs(request, model), model)
+        batches = to_batches(read_inputs(request, model), model)
         sequence = model.mode.gives_sequence
         pending: pb.ModelInferResponse | None = None
-        async for part in self.core.predict_parts(model, batch, wanted.rank, deadline):
+        async for part in self.core.predict_parts(model, batches, wanted.rank, deadline):
             for offset, (index, outputs) in enumerate(zip(part.indices, part.outputs, strict=True)):
                 rows = next(iter(outputs.values()))
                 count = len(rows) if sequence else 1
@@ -328,7 +344,7 @@ class OpenInferenceServicer:
         if wanted.rank > handle.k:
             got = f"{wanted.rank} (the sequence started with top_k {handle.k})"
             raise InvalidInput("outputs", f"at most top_k {handle.k} classes", got)
-        values = read_inputs(request, model)
+        values = read_inputs(request, model)[model.input.name]
         if values.lengths is not None or values.values.ndim < 1 or len(values.values) != 1:
             got = f"shape {list(values.values.shape)}"
             raise InvalidInput(model.input.name, "[1, steps, ...]: one sequence's new steps", got)
