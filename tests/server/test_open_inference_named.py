@@ -290,3 +290,42 @@ def test_readme_v2_several_inputs_example_runs(server: ServerProcess) -> None:
     exec(code, scope)  # the project's own README
     assert scope["y"].shape == (6, 2) and list(scope["lengths"]) == [4, 2]
     assert scope["label"].shape == (2, 3) and scope["value"].shape == (2, 1)
+
+
+def test_typed_contents_equal_raw_contents(
+    v2: triton.InferenceServerClient, server: ServerProcess
+) -> None:
+    """Inputs in typed `contents` (what other v2 clients send) answer as raw contents do."""
+    items = _rng_items(np.random.default_rng(5), CASES["sequence_and_static"])
+    raw = v2.infer("sequence_and_static", _v2_inputs(items, {"steps"}, padded=False))
+    request = pb.ModelInferRequest(model_name="sequence_and_static")
+    steps = np.concatenate([item["steps"] for item in items])
+    static = np.stack([item["static"] for item in items])
+    request.inputs.add(name="static", datatype="FP32", shape=static.shape)
+    request.inputs[-1].contents.fp32_contents.extend(static.ravel().tolist())
+    request.inputs.add(name="steps", datatype="FP32", shape=steps.shape)
+    request.inputs[-1].contents.fp32_contents.extend(steps.ravel().tolist())
+    request.inputs.add(name="steps_lengths", datatype="INT64", shape=[len(items)])
+    request.inputs[-1].contents.int64_contents.extend(len(item["steps"]) for item in items)
+    with grpc.insecure_channel(server.target) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        response = call(request, timeout=60)
+    assert [o.name for o in response.outputs] == ["output"]
+    typed = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(2, -1)
+    np.testing.assert_array_equal(typed, raw.as_numpy("output"))
+
+
+def test_sequences_refuse_several_inputs_with_the_reason(
+    v2: triton.InferenceServerClient,
+) -> None:
+    inputs = _v2_inputs(
+        _rng_items(np.random.default_rng(6), CASES["several_in_out"])[:1], set(), False
+    )
+    with pytest.raises(InferenceServerException) as caught:
+        v2.infer("several_in_out", inputs, sequence_id=3, sequence_start=True)
+    assert caught.value.status() == "StatusCode.FAILED_PRECONDITION"
+    assert "several" in str(caught.value.message())
