@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from seqserve.inference import grpc_service_pb2 as pb
 from seqserve_api.tensors import TensorTooLarge
@@ -43,8 +42,8 @@ async def parsed(messages: AsyncIterator[bytes]) -> AsyncIterator[pb.ModelInferR
     async for data in messages:
         try:
             yield pb.ModelInferRequest.FromString(data)
-        except DecodeError as exc:
-            yield Unparsed(f"DecodeError: {str(exc)[:200]}")
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's
+            yield Unparsed(f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 def version_number(text: str, field: str = "model_version") -> int:

@@ -1,8 +1,10 @@
 """The Open Inference Protocol (KServe v2, Triton's `inference.GRPCInferenceService`): decode the
 request, call the core through the facade, encode the response.
 
-Request parameters it reads: `top_k` (int), `stream_steps` (bool, ModelStreamInfer: one
-response per output step or vector), and Triton's `sequence_id`/`sequence_start`/`sequence_end`.
+Request parameters it reads: `top_k` (int), `stream_steps` (bool, ModelStreamInfer only: one
+response per output step or vector; ModelInfer refuses it, as Triton refuses a decoupled model
+there), and Triton's `sequence_id`/`sequence_start`/`sequence_end`. Inputs and outputs travel
+by name, each sequence input with its optional `<input>_lengths` (requests.py).
 `priority` and `timeout` are accepted and not used (the gRPC deadline bounds a call).
 """
 
