@@ -26,7 +26,7 @@ from seqserve.inference import grpc_service_pb2 as pb
 from seqserve.inference import model_config_pb2 as config_pb
 from seqserve_client import SeqServeClient
 from tests.support.bundled import MODELS, NAMES, SESSION_MODELS, TOLERANCE, example_input
-from tests.support.server_process import ServerProcess
+from tests.support.server_process import ServerProcess, v2_client
 
 EXACT = 1e-6  # v2 and v1 run the same compiled path: only batching order may differ
 KERAS_CHEAP = {"iris_classifier", "digit_generator", "digit_classifier", "word_language"}
@@ -39,9 +39,8 @@ def served(bundled_server: ServerProcess) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def v2(served: ServerProcess) -> Iterator[triton.InferenceServerClient]:
-    client = triton.InferenceServerClient(served.target)
-    yield client
-    client.close()
+    with v2_client(served.target) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ from tritonclient.utils import InferenceServerException
 
 from seqserve.inference import grpc_service_pb2 as pb
 from seqserve_client import SeqServeClient
-from tests.support.model_zoo import ZOO
+from tests.support.model_zoo import save_zoo
 from tests.support.reference import loader
-from tests.support.server_process import ServerProcess, served
+from tests.support.server_process import ServerProcess, served, v2_client
 
 MODELS = ("sequence_and_static", "seq2seq_teacher_forcing", "several_in_out", "two_heads")
 TOL = 1e-5
@@ -32,11 +32,7 @@ Item = dict[str, np.ndarray]  # one item: an array per input name
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("named")
-    for name in MODELS:
-        (root / name / "1").mkdir(parents=True)
-        ZOO[name][0]().save(root / name / "1" / "model.keras")
-    return root
+    return save_zoo(tmp_path_factory.mktemp("named"), MODELS)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +43,8 @@ def server(root: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def v2(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
-    client = triton.InferenceServerClient(server.target)
-    yield client
-    client.close()
+    with v2_client(server.target) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ from tests.support.model_zoo import (
     STEPPER_CASES,
     VOCAB,
     ZOO,
+    save_zoo,
 )
 from tests.support.reference import loader
 from tests.support.server_process import ServerProcess, served
@@ -54,11 +55,7 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 @pytest.fixture(scope="module")
 def zoo_root(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     """Only the models of the selected tests: each one costs seconds of load-time proof."""
-    root = tmp_path_factory.mktemp("zoo")
-    for name in _selected_models(request.session) | NAMED:
-        (root / name / "1").mkdir(parents=True)
-        ZOO[name][0]().save(root / name / "1" / "model.keras")
-    return root
+    return save_zoo(tmp_path_factory.mktemp("zoo"), _selected_models(request.session) | NAMED)
 
 
 @pytest.fixture(scope="module")

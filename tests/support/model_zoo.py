@@ -9,7 +9,7 @@ served by one server in test_zoo.py (Predict = PredictStream = session = eager K
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -678,3 +678,11 @@ def write_repository(root: Path, only: set[str] | None = None) -> Path:
 
 def random_sequences(rng: np.random.Generator, lengths: list[int]) -> list[np.ndarray]:
     return [rng.normal(size=(n, FEATURES)).astype(np.float32) for n in lengths]
+
+
+def save_zoo(root: Path, names: Iterable[str]) -> Path:
+    """The named zoo models saved as a repository (`<root>/<name>/1/model.keras`, no configs)."""
+    for name in names:
+        (root / name / "1").mkdir(parents=True)
+        ZOO[name][0]().save(root / name / "1" / "model.keras")
+    return root

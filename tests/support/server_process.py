@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 READY = re.compile(r"seqserve ready on ([\d.]+):(\d+) metrics (-?\d+)")
 
@@ -94,6 +95,18 @@ def served(repository: Path, *args: str, **env: str) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.stop()
+
+
+@contextlib.contextmanager
+def v2_client(target: str) -> Iterator[Any]:
+    """A stock `tritonclient.grpc` client of a server's Open Inference Protocol."""
+    import tritonclient.grpc as triton  # only the v2 tests need it
+
+    client = triton.InferenceServerClient(target)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def free_port() -> int:
