@@ -4,6 +4,7 @@ traffic runs. The server runs on its own temp repository (this module changes it
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.tensors import to_batch
 from seqserve_client import SeqServeClient
 from seqserve_client.errors import FailedPreconditionError
+from tests.support.metrics import scrape, value
 from tests.support.model_zoo import aligned, write_repository
 from tests.support.on_disk import save_corrupt, save_model
 from tests.support.server_process import ServerProcess, served
@@ -96,9 +98,16 @@ def test_v1_unload_and_load(server: ServerProcess, stub: pb_grpc.SeqServeStub) -
     assert _health(server, "iris_like") == health_pb2.HealthCheckResponse.SERVING
     after = _predict(stub, "iris_like", IRIS)
     assert after.vectors == before.vectors
+    metadata = stub.GetModelMetadata(pb.GetModelMetadataRequest(model_name="iris_like"))
+    assert metadata.state == pb.READY
+    assert metadata.state_changed_unix_ms >= status.state_changed_unix_ms
     with pytest.raises(grpc.RpcError) as caught:
         stub.LoadModel(pb.LoadModelRequest(model_name="no_such_model"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    metrics = scrape(server)
+    changes = "seqserve_model_changes_total"
+    assert value(metrics, changes, model="iris_like", event="unloaded") == 1
+    assert value(metrics, changes, model="iris_like", event="loaded") == 2  # at start, reload
 
 
 def test_tritonclient_load_unload_and_index(server: ServerProcess) -> None:
@@ -183,3 +192,20 @@ def test_version_policy_specific_then_latest(root: Path, stub: pb_grpc.SeqServeS
     with pytest.raises(grpc.RpcError) as caught:
         _predict(stub, "aligned", SEQ)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_polling_picks_up_a_new_model_and_its_removal(
+    root: Path, server: ServerProcess, stub: pb_grpc.SeqServeStub
+) -> None:
+    staging = root / ".staging-copy"
+    shutil.copytree(root / "iris_like", staging)
+    staging.rename(root / "iris_copy")
+    _until(lambda: _statuses(stub, "iris_copy").get(1, pb.ModelStatus()).state == pb.READY)
+    assert _predict(stub, "iris_copy", IRIS).vectors == _predict(stub, "iris_like", IRIS).vectors
+    assert _health(server, "iris_copy") == health_pb2.HealthCheckResponse.SERVING
+    (root / "iris_copy").rename(root / ".gone")
+    _until(lambda: not _statuses(stub, "iris_copy"))
+    assert _health(server, "iris_copy") == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.RpcError) as caught:
+        _predict(stub, "iris_copy", IRIS)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
