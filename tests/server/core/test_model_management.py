@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -124,3 +125,33 @@ def test_version_policy_latest_and_specific(core: _Core) -> None:
 
 def test_version_policy_default_loads_every_version() -> None:
     assert ModelConfig().version_policy == "all"
+
+
+def test_a_changed_copy_of_a_version_replaces_it_and_its_sessions_end(core: _Core) -> None:
+    version_dir = core.repository.root / "aligned" / "1"
+
+    async def scenario() -> None:
+        old = core.sessions.open("aligned")
+        before = await core.inference.predict(core.repository.resolve("aligned"), _x())
+        shutil.rmtree(version_dir)
+        save_model(version_dir, aligned, seed=99)  # other weights, same version number
+        await core.manager.load("aligned")
+        after = await core.inference.predict(core.repository.resolve("aligned"), _x())
+        assert after.version == 1
+        assert not np.allclose(before.outputs.values, after.outputs.values)
+        with pytest.raises(ModelNotReady, match="session ended: its version was replaced"):
+            await core.sessions.step(old, np.ones((2, 3), np.float32))
+        new = core.sessions.open("aligned")  # the new copy's sessions are ready at once
+        output = await core.sessions.step(new, np.ones((5, 3), np.float32)[0:1])
+        assert output is not None
+
+    asyncio.run(scenario())
+
+
+def test_only_model_directories_of_the_repository_load(core: _Core) -> None:
+    async def scenario() -> None:
+        for name in ("../aligned", "aligned/1", ".hidden", ""):
+            with pytest.raises(ModelNotFound):
+                await core.manager.load(name)
+
+    asyncio.run(scenario())

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
+from .batching import DynamicBatcher
 from .compute_threads import ModelThreads
 from .errors import ModelNotFound
 from .inference import InferenceService
@@ -103,11 +104,14 @@ class ModelManager:
         for version in to_load:
             await loop.run_in_executor(self._loader, self._load, version)
         entry, leaving = self._merge(current, fresh, to_load)
-        self.repository.put(entry)  # traffic moves here, in one step
+        # From here to the drain, nothing awaits: traffic moves to the new versions in one step.
+        self.repository.put(entry)
+        batchers = self._detach(leaving, "its version was replaced or left the version_policy")
         for version in to_load:
-            if version.ready is not None:
-                self._sessions.install(version.ready, self._built.pop(id(version)))
-        await self._retire(leaving, "its version was replaced or left the version_policy")
+            built = self._built.pop(id(version), None)
+            if version.ready is not None and built is not None:
+                self._sessions.install(version.ready, built)
+        await self._drain(leaving, batchers)
         await self._tell(name)
         return entry
 
@@ -140,7 +144,10 @@ class ModelManager:
         return entry, leaving
 
     async def _retire(self, versions: list[VersionStatus], why: str) -> None:
-        """Let the versions' queued work finish (bounded), then drop everything they hold."""
+        await self._drain(versions, self._detach(versions, why))
+
+    def _detach(self, versions: list[VersionStatus], why: str) -> list[DynamicBatcher]:
+        """No new work reaches the versions; their sessions end. Their batchers, to drain."""
         batchers = []
         for version in versions:
             version.ready = None  # no new request resolves it; the ones in flight hold theirs
@@ -151,6 +158,10 @@ class ModelManager:
             batcher = self._inference.drop(version.name, version.version)
             if batcher is not None:
                 batchers.append(batcher)
+        return batchers
+
+    async def _drain(self, versions: list[VersionStatus], batchers: list[DynamicBatcher]) -> None:
+        """Let the work queued on leaving versions finish (bounded), then free what they hold."""
         deadline = time.monotonic() + self._drain_s
         while any(b.queue_depth or b.in_flight for b in batchers) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -160,7 +171,7 @@ class ModelManager:
             if not self._serves(version.name, version.version):  # else a new copy uses them
                 self._threads.release(version.name, version.version)
             self._observer.model_unloaded(version.name, version.version)
-            log.info("model %s version %d unloaded: %s", version.name, version.version, why)
+            log.info("model %s version %d unloaded", version.name, version.version)
 
     # -- helpers ----------------------------------------------------------------------------
 

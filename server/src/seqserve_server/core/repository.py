@@ -135,10 +135,9 @@ class ModelRepository:
 
     def scan_model(self, name: str) -> ModelEntry | None:
         """What the model's directory holds now (versions unloaded), None if it is gone."""
-        model_dir = self.root / name
-        if not _is_model_dir(model_dir):
+        if name not in self.model_names_on_disk():  # never a path outside the repository
             return None
-        return _scan_model(model_dir, self._limits)
+        return _scan_model(self.root / name, self._limits)
 
     def model_names_on_disk(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if _is_model_dir(p))
