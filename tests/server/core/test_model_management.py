@@ -17,7 +17,7 @@ from seqserve_server.core.errors import ModelNotFound, ModelNotReady
 from seqserve_server.core.inference import InferenceService
 from seqserve_server.core.management import ModelManager
 from seqserve_server.core.model_config import ModelConfig
-from seqserve_server.core.observer import ModelObservers
+from seqserve_server.core.observer import ModelObservers, NullObserver
 from seqserve_server.core.repository import ModelRepository, ModelState
 from seqserve_server.core.sessions import SessionManager
 from tests.support.model_zoo import aligned, write_repository
@@ -28,7 +28,8 @@ class _Core:
     def __init__(self, root: Path) -> None:
         self.threads = ModelThreads(1)
         self.loader = ThreadPoolExecutor(1)
-        self.repository = ModelRepository(root)
+        self.loads: list[str] = []  # the state of every load, in order
+        self.repository = ModelRepository(root, observer=_Recorder(self.loads))
         self.repository.scan()
         self.repository.load_all()
         observers = ModelObservers()
@@ -155,3 +156,27 @@ def test_only_model_directories_of_the_repository_load(core: _Core) -> None:
                 await core.manager.load(name)
 
     asyncio.run(scenario())
+
+
+def test_a_broken_copy_of_a_serving_version_leaves_it_serving_and_is_tried_once(
+    core: _Core,
+) -> None:
+    async def scenario() -> None:
+        core.loads.clear()
+        (core.repository.root / "aligned" / "1" / "model.keras").write_bytes(b"not a zip")
+        await core.manager.poll()
+        await core.manager.poll()
+        assert core.loads == ["failed"]
+        assert core.states() == {1: ModelState.READY}
+        result = await core.inference.predict(core.repository.resolve("aligned"), _x())
+        assert result.version == 1
+
+    asyncio.run(scenario())
+
+
+class _Recorder(NullObserver):
+    def __init__(self, loads: list[str]) -> None:
+        self.loads = loads
+
+    def model_loaded(self, model: str, version: int, state: str, seconds: float) -> None:
+        self.loads.append(state)

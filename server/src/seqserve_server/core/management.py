@@ -134,7 +134,9 @@ class ModelManager:
             if id(version) in ids and version.ready is None and serving:
                 log.error("model %s version %d: the new copy failed to load, the old one serves "
                           "on: %s", fresh.name, number, version.error)  # fmt: skip
-                entry.versions[number] = previous  # type: ignore[assignment]
+                assert previous is not None
+                previous.fingerprint = version.fingerprint  # no retry until the files change
+                entry.versions[number] = previous
             elif id(version) not in ids and version.state is ModelState.LOADING and previous:
                 entry.versions[number] = previous  # unchanged on disk: kept as it is
             else:
