@@ -65,6 +65,7 @@ def _x() -> Batch:
     return Batch(np.ones((1, 5, 3), np.float32))
 
 
+@pytest.mark.slow  # tests/server/test_model_management.py covers it through gRPC
 def test_a_new_version_serves_once_loaded_and_a_broken_one_leaves_it_serving(core: _Core) -> None:
     root = core.repository.root / "aligned"
     save_model(root / "2", aligned, seed=2)
@@ -84,6 +85,7 @@ def test_a_new_version_serves_once_loaded_and_a_broken_one_leaves_it_serving(cor
     asyncio.run(scenario())
 
 
+@pytest.mark.slow  # tests/server/test_model_management.py covers it through gRPC
 def test_unload_ends_open_sessions_and_load_brings_the_model_back(core: _Core) -> None:
     async def scenario() -> None:
         session = core.sessions.open("aligned")
@@ -106,6 +108,7 @@ def test_unload_ends_open_sessions_and_load_brings_the_model_back(core: _Core) -
     asyncio.run(scenario())
 
 
+@pytest.mark.slow  # tests/server/test_model_management.py covers it through gRPC
 def test_version_policy_latest_and_specific(core: _Core) -> None:
     root = core.repository.root / "aligned"
     save_model(root / "2", aligned, seed=2)
