@@ -209,3 +209,44 @@ def test_polling_picks_up_a_new_model_and_its_removal(
     with pytest.raises(grpc.RpcError) as caught:
         _predict(stub, "iris_copy", IRIS)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_versions_replaced_and_unloaded_under_traffic_fail_no_request(
+    root: Path, stub: pb_grpc.SeqServeStub
+) -> None:
+    """A config change reloads iris_like's version 1 in place; then version 2 arrives and, with
+    `latest: 1`, version 1 is unloaded: all while two threads call Predict."""
+    model_dir = root / "iris_like"
+    failures: list[str] = []
+    calls: list[int] = []
+    versions: set[int] = set()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            try:
+                versions.add(_predict(stub, "iris_like", IRIS).model_version)
+                calls.append(1)
+            except grpc.RpcError as exc:
+                failures.append(f"{exc.code()}: {exc.details()}")
+
+    loaded_at = _statuses(stub, "iris_like")[1].state_changed_unix_ms
+    threads = [threading.Thread(target=traffic) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        config = yaml.safe_load((model_dir / "config.yaml").read_text())
+        (model_dir / "config.yaml").write_text(
+            yaml.safe_dump(config | {"version_policy": {"latest": 1}})
+        )
+        _until(lambda: _statuses(stub, "iris_like")[1].state_changed_unix_ms > loaded_at)
+        _move_in(model_dir, 2, lambda path: shutil.copytree(model_dir / "1", path))
+        _until(lambda: _statuses(stub, "iris_like")[1].state == pb.UNLOADED)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    print(f"reload + unload: {len(failures)} failed of {len(calls) + len(failures)} Predict calls")
+    assert failures == []
+    assert 2 in versions
