@@ -26,6 +26,8 @@ def test_served_equals_in_process(bundled: SeqServeClient, name: str) -> None:
     np.testing.assert_allclose(bundled.predict(name, x), expected, rtol=1e-5, atol=TOLERANCE)
 
 
+
+
 @pytest.mark.parametrize("name", SESSION_MODELS)
 def test_bundled_sessions_equal_predict(bundled: SeqServeClient, name: str) -> None:
     x = example_input(name, np.random.default_rng(1))[0]
