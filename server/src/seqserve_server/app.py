@@ -17,6 +17,7 @@ from .config import Settings
 from .core.compute_threads import ModelThreads
 from .core.inference import InferenceService
 from .core.limits import RequestLimits
+from .core.management import ModelManager
 from .core.observer import ModelObservers
 from .core.repository import ModelRepository, ModelState
 from .core.runtime import configure_tensorflow
@@ -57,7 +58,12 @@ class App:
         self.inference = InferenceService(
             self.repository, self.threads, observers, self.sessions.incremental_program
         )
+        self.manager = ModelManager(
+            self.repository, self.inference, self.sessions, self.threads, self.loader, self.metrics
+        )
         self.health = ObservedHealth(self.metrics)
+        self.manager.listeners.append(self._model_health)
+        self._poller: asyncio.Task[None] | None = None
         self.drain = Drain()
         self.server = grpc.aio.server(
             interceptors=[self.drain, RejectUnparsable()],
@@ -73,11 +79,12 @@ class App:
             self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
         await self._load_models()
         servicer = SeqServeServicer(
-            self.inference, self.sessions, self.metrics, self.settings.max_message_bytes
-        )
+            self.inference, self.sessions, self.metrics, self.settings.max_message_bytes,
+            self.manager,
+        )  # fmt: skip
         pb_grpc.add_SeqServeServicer_to_server(servicer, self.server)
         v2 = open_inference.OpenInferenceServicer(
-            open_inference.Core(self.inference, self.sessions), self.metrics
+            open_inference.Core(self.inference, self.sessions, self.manager), self.metrics
         )
         open_inference.add_to_server(v2, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -95,6 +102,8 @@ class App:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()
+        if self.settings.repository_poll_s > 0:
+            self._poller = asyncio.create_task(self._poll(self.settings.repository_poll_s))
         log.info(
             "seqserve listening on %s:%d (metrics on %d)",
             self.settings.host,
@@ -122,11 +131,25 @@ class App:
         if failed:
             log.warning("serving without models that failed to load: %s", ", ".join(failed))
 
+    async def _model_health(self, name: str, serving: bool) -> None:
+        await self.health.set(name, SERVING if serving else NOT_SERVING)
+
+    async def _poll(self, every_s: float) -> None:
+        """`--repository-poll-s`: pick up what changed in the repository directory."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.manager.poll()
+            except Exception:  # a bad poll must not end polling
+                log.exception("polling the model repository failed")
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain, then stop (see transport/draining.py): health says NOT_SERVING, new calls are
         held and answered UNAVAILABLE, the calls in flight finish within the grace period."""
         grace = self.settings.grace_period_s if grace is None else grace
         began = time.monotonic()
+        if self._poller is not None:
+            self._poller.cancel()
         await self.health.enter_graceful_shutdown()
         if not await self.drain.settle(grace):
             log.warning("grace period over: cancelling %d calls in flight", self.drain.in_flight)

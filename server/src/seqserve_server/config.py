@@ -56,4 +56,7 @@ class Settings(BaseSettings):
         256, ge=1, description="concurrent calls on one HTTP/2 connection (more wait)"
     )
     grace_period_s: float = Field(10.0, ge=0, description="time to finish in-flight work on stop")
+    repository_poll_s: float = Field(
+        0.0, ge=0, description="re-read the model repository every N s for changes (0: off)"
+    )
     log_level: str = Field("INFO", description="logging level")

@@ -71,13 +71,18 @@ class ServerMetrics:
         )  # fmt: skip
         self.model_state = Enum(
             "seqserve_model_state", "Load state of each model version.", ["model", "version"],
-            states=["loading", "ready", "failed"], registry=r,
+            states=["loading", "ready", "failed", "unloaded"], registry=r,
         )  # fmt: skip
         self.compute_path = Gauge(
             "seqserve_model_compute_path",
             "1 for the compiled path each model version runs, proven equal to Keras at load "
             "(kind: predict or session).",
             ["model", "version", "kind", "path"], registry=r,
+        )  # fmt: skip
+        self.model_changes = Counter(
+            "seqserve_model_changes",
+            "Model versions loaded, failed to load and unloaded while serving (event).",
+            ["model", "event"], registry=r,
         )  # fmt: skip
         self.model_load_seconds = Gauge(
             "seqserve_model_load_seconds", "Time taken to load, compile and warm up a model.",
@@ -89,6 +94,11 @@ class ServerMetrics:
     def model_loaded(self, model: str, version: int, state: str, seconds: float) -> None:
         self.model_state.labels(model, str(version)).state(state)
         self.model_load_seconds.labels(model, str(version)).set(seconds)
+        self.model_changes.labels(model, "loaded" if state == "ready" else "failed").inc()
+
+    def model_unloaded(self, model: str, version: int) -> None:
+        self.model_state.labels(model, str(version)).state("unloaded")
+        self.model_changes.labels(model, "unloaded").inc()
 
     def for_model(self, model: str) -> ModelObserver:
         return _ModelMetrics(self, model)

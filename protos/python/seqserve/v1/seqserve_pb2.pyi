@@ -83,6 +83,8 @@ class _ModelStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelState
     LOADING: _ModelState.ValueType  # 1
     READY: _ModelState.ValueType  # 2
     FAILED: _ModelState.ValueType  # 3
+    UNLOADED: _ModelState.ValueType  # 4
+    """unloaded on request (LoadModel brings it back), or not in its version_policy"""
 
 class ModelState(_ModelState, metaclass=_ModelStateEnumTypeWrapper): ...
 
@@ -90,6 +92,8 @@ MODEL_STATE_UNSPECIFIED: ModelState.ValueType  # 0
 LOADING: ModelState.ValueType  # 1
 READY: ModelState.ValueType  # 2
 FAILED: ModelState.ValueType  # 3
+UNLOADED: ModelState.ValueType  # 4
+"""unloaded on request (LoadModel brings it back), or not in its version_policy"""
 Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
 
 class _SessionSupport:
@@ -574,6 +578,7 @@ class ModelStatus(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     COMPUTE_PATH_FIELD_NUMBER: _builtins.int
+    STATE_CHANGED_UNIX_MS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     state: Global___ModelState.ValueType
@@ -584,6 +589,8 @@ class ModelStatus(_message.Message):
     """The compiled path that computes Predict, proven equal to Keras at load ("traced",
     "graph" or "per_length"; empty when not loaded). See GetModelMetadataResponse.proof.
     """
+    state_changed_unix_ms: _builtins.int
+    """When the version last changed state (loaded, failed, unloaded), Unix time in milliseconds."""
     def __init__(
         self,
         *,
@@ -593,10 +600,11 @@ class ModelStatus(_message.Message):
         error: _builtins.str = ...,
         mode: Global___Mode.ValueType = ...,
         compute_path: _builtins.str = ...,
+        state_changed_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_path", b"compute_path", "error", b"error", "mode", b"mode", "name", b"name", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_path", b"compute_path", "error", b"error", "mode", b"mode", "name", b"name", "state", b"state", "state_changed_unix_ms", b"state_changed_unix_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -672,6 +680,7 @@ class GetModelMetadataResponse(_message.Message):
     MAX_INPUTS_PER_REQUEST_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_STREAM_MESSAGES_FIELD_NUMBER: _builtins.int
+    STATE_CHANGED_UNIX_MS_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
@@ -710,6 +719,8 @@ class GetModelMetadataResponse(_message.Message):
     """the largest gRPC message the server takes or sends"""
     max_stream_messages: _builtins.int
     """messages one PredictStream call may send"""
+    state_changed_unix_ms: _builtins.int
+    """when `state` last changed, Unix time in ms"""
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """every version the repository holds"""
@@ -755,12 +766,13 @@ class GetModelMetadataResponse(_message.Message):
         max_inputs_per_request: _builtins.int = ...,
         max_message_bytes: _builtins.int = ...,
         max_stream_messages: _builtins.int = ...,
+        state_changed_unix_ms: _builtins.int = ...,
         inputs: _abc.Iterable[Global___TensorSpec] | None = ...,
         outputs: _abc.Iterable[Global___TensorSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_path", b"compute_path", "description", b"description", "error", b"error", "input", b"input", "inputs", b"inputs", "labels", b"labels", "max_batch_size", b"max_batch_size", "max_inputs_per_request", b"max_inputs_per_request", "max_message_bytes", b"max_message_bytes", "max_request_elements", b"max_request_elements", "max_sequence_length", b"max_sequence_length", "max_sessions", b"max_sessions", "max_stream_messages", b"max_stream_messages", "mode", b"mode", "name", b"name", "open_sessions", b"open_sessions", "output", b"output", "outputs", b"outputs", "proof", b"proof", "session_reason", b"session_reason", "session_support", b"session_support", "state", b"state", "streams_steps", b"streams_steps", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_path", b"compute_path", "description", b"description", "error", b"error", "input", b"input", "inputs", b"inputs", "labels", b"labels", "max_batch_size", b"max_batch_size", "max_inputs_per_request", b"max_inputs_per_request", "max_message_bytes", b"max_message_bytes", "max_request_elements", b"max_request_elements", "max_sequence_length", b"max_sequence_length", "max_sessions", b"max_sessions", "max_stream_messages", b"max_stream_messages", "mode", b"mode", "name", b"name", "open_sessions", b"open_sessions", "output", b"output", "outputs", b"outputs", "proof", b"proof", "session_reason", b"session_reason", "session_support", b"session_support", "state", b"state", "state_changed_unix_ms", b"state_changed_unix_ms", "streams_steps", b"streams_steps", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1003,3 +1015,83 @@ class SessionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+
+@_typing.final
+class LoadModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadModelRequest: _TypeAlias = LoadModelRequest  # noqa: Y015
+
+@_typing.final
+class LoadModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStatus]:
+        """every version of the model after the load"""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___ModelStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadModelResponse: _TypeAlias = LoadModelResponse  # noqa: Y015
+
+@_typing.final
+class UnloadModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnloadModelRequest: _TypeAlias = UnloadModelRequest  # noqa: Y015
+
+@_typing.final
+class UnloadModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStatus]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___ModelStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnloadModelResponse: _TypeAlias = UnloadModelResponse  # noqa: Y015

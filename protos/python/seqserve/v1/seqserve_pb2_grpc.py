@@ -63,6 +63,16 @@ class SeqServeStub(object):
                 request_serializer=seqserve_dot_v1_dot_seqserve__pb2.GetModelMetadataRequest.SerializeToString,
                 response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.GetModelMetadataResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/seqserve.v1.SeqServe/LoadModel',
+                request_serializer=seqserve_dot_v1_dot_seqserve__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/seqserve.v1.SeqServe/UnloadModel',
+                request_serializer=seqserve_dot_v1_dot_seqserve__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class SeqServeServicer(object):
@@ -102,6 +112,20 @@ class SeqServeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """Model management (README "Model management"): (re)read a model's directory and load its
+        new and changed versions (in its version_policy), or unload every version of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SeqServeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +153,16 @@ def add_SeqServeServicer_to_server(servicer, server):
                     servicer.GetModelMetadata,
                     request_deserializer=seqserve_dot_v1_dot_seqserve__pb2.GetModelMetadataRequest.FromString,
                     response_serializer=seqserve_dot_v1_dot_seqserve__pb2.GetModelMetadataResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=seqserve_dot_v1_dot_seqserve__pb2.LoadModelRequest.FromString,
+                    response_serializer=seqserve_dot_v1_dot_seqserve__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=seqserve_dot_v1_dot_seqserve__pb2.UnloadModelRequest.FromString,
+                    response_serializer=seqserve_dot_v1_dot_seqserve__pb2.UnloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +304,60 @@ class SeqServe(object):
             '/seqserve.v1.SeqServe/GetModelMetadata',
             seqserve_dot_v1_dot_seqserve__pb2.GetModelMetadataRequest.SerializeToString,
             seqserve_dot_v1_dot_seqserve__pb2.GetModelMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seqserve.v1.SeqServe/LoadModel',
+            seqserve_dot_v1_dot_seqserve__pb2.LoadModelRequest.SerializeToString,
+            seqserve_dot_v1_dot_seqserve__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seqserve.v1.SeqServe/UnloadModel',
+            seqserve_dot_v1_dot_seqserve__pb2.UnloadModelRequest.SerializeToString,
+            seqserve_dot_v1_dot_seqserve__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,11 @@ class SeqServeStub:
     Session: _grpc.StreamStreamMultiCallable[_seqserve_pb2.SessionRequest, _seqserve_pb2.SessionResponse]
     ListModels: _grpc.UnaryUnaryMultiCallable[_seqserve_pb2.ListModelsRequest, _seqserve_pb2.ListModelsResponse]
     GetModelMetadata: _grpc.UnaryUnaryMultiCallable[_seqserve_pb2.GetModelMetadataRequest, _seqserve_pb2.GetModelMetadataResponse]
+    LoadModel: _grpc.UnaryUnaryMultiCallable[_seqserve_pb2.LoadModelRequest, _seqserve_pb2.LoadModelResponse]
+    """Model management (README "Model management"): (re)read a model's directory and load its
+    new and changed versions (in its version_policy), or unload every version of it.
+    """
+    UnloadModel: _grpc.UnaryUnaryMultiCallable[_seqserve_pb2.UnloadModelRequest, _seqserve_pb2.UnloadModelResponse]
 
 @_typing.type_check_only
 class SeqServeAsyncStub(SeqServeStub):
@@ -55,6 +60,11 @@ class SeqServeAsyncStub(SeqServeStub):
     Session: _aio.StreamStreamMultiCallable[_seqserve_pb2.SessionRequest, _seqserve_pb2.SessionResponse]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_seqserve_pb2.ListModelsRequest, _seqserve_pb2.ListModelsResponse]  # type: ignore[assignment]
     GetModelMetadata: _aio.UnaryUnaryMultiCallable[_seqserve_pb2.GetModelMetadataRequest, _seqserve_pb2.GetModelMetadataResponse]  # type: ignore[assignment]
+    LoadModel: _aio.UnaryUnaryMultiCallable[_seqserve_pb2.LoadModelRequest, _seqserve_pb2.LoadModelResponse]  # type: ignore[assignment]
+    """Model management (README "Model management"): (re)read a model's directory and load its
+    new and changed versions (in its version_policy), or unload every version of it.
+    """
+    UnloadModel: _aio.UnaryUnaryMultiCallable[_seqserve_pb2.UnloadModelRequest, _seqserve_pb2.UnloadModelResponse]  # type: ignore[assignment]
 
 class SeqServeServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------------
@@ -96,5 +106,22 @@ class SeqServeServicer(metaclass=_abc_1.ABCMeta):
         request: _seqserve_pb2.GetModelMetadataRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_seqserve_pb2.GetModelMetadataResponse, _abc.Awaitable[_seqserve_pb2.GetModelMetadataResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LoadModel(
+        self,
+        request: _seqserve_pb2.LoadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_seqserve_pb2.LoadModelResponse, _abc.Awaitable[_seqserve_pb2.LoadModelResponse]]:
+        """Model management (README "Model management"): (re)read a model's directory and load its
+        new and changed versions (in its version_policy), or unload every version of it.
+        """
+
+    @_abc_1.abstractmethod
+    def UnloadModel(
+        self,
+        request: _seqserve_pb2.UnloadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_seqserve_pb2.UnloadModelResponse, _abc.Awaitable[_seqserve_pb2.UnloadModelResponse]]: ...
 
 def add_SeqServeServicer_to_server(servicer: SeqServeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

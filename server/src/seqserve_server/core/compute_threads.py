@@ -23,6 +23,12 @@ class ModelThreads:
             )
         return self._executors[key]
 
+    def release(self, model: str, version: int) -> None:
+        """The version is gone: its threads end once their current work is done."""
+        executor = self._executors.pop((model, version), None)
+        if executor is not None:
+            executor.shutdown(wait=False)
+
     def shutdown(self) -> None:
         for executor in self._executors.values():
             executor.shutdown(wait=False, cancel_futures=True)

@@ -93,6 +93,11 @@ class InferenceService:
             )
         return self._batchers[key]
 
+    def drop(self, model: str, version: int) -> DynamicBatcher | None:
+        """Stop routing new work of the version to its batcher (the next request of a version
+        loaded again gets a new one); the caller drains and closes what this returns."""
+        return self._batchers.pop((model, version), None)
+
     def close(self) -> None:
         """Fail queued work fast: the server is stopping."""
         for batcher in self._batchers.values():

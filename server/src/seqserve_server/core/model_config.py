@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomllib
 import yaml
@@ -13,6 +13,32 @@ from .errors import ModelLoadError
 from .modes import Mode
 
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.toml")
+
+
+class Latest(BaseModel):
+    """The `latest` N version numbers on disk (TF Serving's and Triton's meaning)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    latest: int = Field(ge=1)
+
+
+class Specific(BaseModel):
+    """Exactly these version numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    specific: tuple[int, ...] = Field(min_length=1)
+
+
+VersionPolicy = Literal["all"] | Latest | Specific
+
+
+def selected_versions(policy: VersionPolicy, on_disk: set[int]) -> set[int]:
+    """The versions on disk a model's `version_policy` loads."""
+    if isinstance(policy, Latest):
+        return set(sorted(on_disk)[-policy.latest :])
+    if isinstance(policy, Specific):
+        return on_disk & set(policy.specific)
+    return set(on_disk)
 
 
 class ModelConfig(BaseModel):
@@ -35,6 +61,9 @@ class ModelConfig(BaseModel):
     max_queue_size: int = Field(default=4096, ge=1)  # sequences waiting, not requests
     max_sessions: int = Field(default=256, ge=0)
     session_idle_timeout_s: float = Field(default=300.0, gt=0)
+    # Which versions on disk load (`all`, `{latest: N}`, `{specific: [..]}`); the newest ready
+    # one among them serves requests that name no version.
+    version_policy: VersionPolicy = "all"
 
 
 def find_config(model_dir: Path) -> Path | None:

@@ -19,6 +19,7 @@ class ModelObserver(Protocol):
 
 class Observer(Protocol):
     def model_loaded(self, model: str, version: int, state: str, seconds: float) -> None: ...
+    def model_unloaded(self, model: str, version: int) -> None: ...
     def for_model(self, model: str) -> ModelObserver: ...
 
 
@@ -44,6 +45,9 @@ class NullModelObserver:
 
 class NullObserver:
     def model_loaded(self, model: str, version: int, state: str, seconds: float) -> None:
+        pass
+
+    def model_unloaded(self, model: str, version: int) -> None:
         pass
 
     def for_model(self, model: str) -> ModelObserver:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import ModelLoadError, ModelNotFound, ModelNotReady, without_paths
 from .limits import RequestLimits
-from .model_config import ModelConfig, find_config, read_config
+from .model_config import ModelConfig, find_config, read_config, selected_versions
 from .modes import Mode
 from .observer import NullObserver, Observer
 from .runtime import ModelRuntime
@@ -31,6 +31,7 @@ class ModelState(str, enum.Enum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    UNLOADED = "unloaded"  # unloaded on request, or not in the model's version_policy
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class VersionStatus:
     load_seconds: float = 0.0
     limits: RequestLimits = field(default_factory=RequestLimits)
     ready: ReadyModel | None = None
+    changed_at: float = field(default_factory=time.time)  # wall time of the last transition
+    fingerprint: tuple = ()  # what on disk made it (model file and config: size, mtime)
+
+    def transition(self, state: ModelState, error: str = "") -> None:
+        self.state, self.error, self.changed_at = state, error, time.time()
 
 
 @dataclass
@@ -123,20 +129,38 @@ class ModelRepository:
         for entry in self._models.values():
             for version in entry.versions.values():
                 if version.state is ModelState.LOADING:
-                    self._load(version)
-                else:  # its config was invalid
+                    self.load(version)
+                elif version.state is ModelState.FAILED:  # its config was invalid
                     self._observer.model_loaded(version.name, version.version, "failed", 0.0)
 
-    def _load(self, version: VersionStatus) -> None:
+    def scan_model(self, name: str) -> ModelEntry | None:
+        """What the model's directory holds now (versions unloaded), None if it is gone."""
+        if name not in self.model_names_on_disk():  # never a path outside the repository
+            return None
+        return _scan_model(self.root / name, self._limits)
+
+    def model_names_on_disk(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if _is_model_dir(p))
+
+    def put(self, entry: ModelEntry) -> None:
+        """Make `entry` the model's listing (its versions already loaded or not)."""
+        self._models[entry.name] = entry
+
+    def remove(self, name: str) -> None:
+        self._models.pop(name, None)
+
+    def load(self, version: VersionStatus) -> None:
+        """Load (and prove) one version in place: READY with its runtime, or FAILED saying why.
+        Slow: callers run it off the event loop."""
         start = time.perf_counter()
         try:
             runtime = self._loader(version)
         except Exception as exc:  # noqa: BLE001 - tracing or warming one model can raise anything
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
-            version.state, version.error = ModelState.FAILED, without_paths(reason)
+            version.transition(ModelState.FAILED, without_paths(reason))
             log.error("model %s version %d failed to load: %s", version.name, version.version, exc)
         else:
-            version.state = ModelState.READY
+            version.transition(ModelState.READY)
             version.ready = ReadyModel(
                 version.name, version.version, version.config, version.limits, runtime
             )
@@ -226,20 +250,32 @@ def _scan_model(model_dir: Path, limits: RequestLimits) -> ModelEntry:
     except ModelLoadError as exc:
         entry.error = without_paths(str(exc))
         config = None
-    for path in model_dir.iterdir():
-        number = _version_of(path)
-        if not number:
-            continue
+    numbers = {n: p for p in model_dir.iterdir() if (n := _version_of(p))}
+    chosen = selected_versions(config.version_policy, set(numbers)) if config else set(numbers)
+    config_stamp = _stamp(find_config(model_dir))
+    for number, path in numbers.items():
         config_or_default = config or ModelConfig()
         version = VersionStatus(
             model_dir.name, number, path, config_or_default,
             limits=limits.for_model(config_or_default),
         )  # fmt: skip
+        version.fingerprint = (_stamp(path / MODEL_FILE), config_stamp)
         if config is None:
-            version.state, version.error = ModelState.FAILED, entry.error
+            version.transition(ModelState.FAILED, entry.error)
+        elif number not in chosen:
+            version.transition(ModelState.UNLOADED, "not selected by the model's version_policy")
         entry.versions[number] = version
     if not entry.versions:
         entry.error = (
             entry.error or f"no version directories (e.g. {model_dir.name}/1/{MODEL_FILE})"
         )
     return entry
+
+
+def _stamp(path: Path | None) -> tuple[int, int]:
+    """A file's size and modification time (0, 0 when missing): a change means reload."""
+    try:
+        stat = path.stat() if path is not None else None
+    except OSError:
+        stat = None
+    return (stat.st_size, stat.st_mtime_ns) if stat is not None else (0, 0)

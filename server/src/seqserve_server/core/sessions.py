@@ -20,7 +20,7 @@ import numpy as np
 
 from .classification import TopK, check_top_k, top_k
 from .compute_threads import ModelThreads
-from .errors import InvalidInput, LimitExceeded, Unsupported
+from .errors import InvalidInput, LimitExceeded, ModelNotReady, Unsupported
 from .inputs import ACCEPTED_IDS, check_values
 from .modes import Mode
 from .observer import ModelObserver
@@ -57,6 +57,7 @@ class OpenSession:
     state: State
     steps: int = 0
     finished: bool = False
+    ended: str = ""  # why the server ended it (its version was unloaded or replaced)
 
     @property
     def mode(self) -> Mode:
@@ -94,16 +95,26 @@ class SessionManager:
             self._prepare(ready)
 
     def _prepare(self, version: ReadyModel) -> None:
-        key = (version.name, version.version)
+        self.install(version, self.build(version))
+
+    def build(self, version: ReadyModel) -> StepProgram | str:
+        """The version's proven step program, or why it has none. Slow: off the event loop."""
         try:
-            program = proven_program(version.runtime)
+            return proven_program(version.runtime)
         except Unsupported as exc:
-            self._unsupported[key] = exc.message
-            return
+            return exc.message
         except Exception as exc:
             log.exception("no sessions for %s version %d", version.name, version.version)
-            self._unsupported[key] = f"step program failed to build: {exc}"
+            return f"step program failed to build: {exc}"
+
+    def install(self, version: ReadyModel, built: StepProgram | str) -> None:
+        """Sessions on `version` run `built` from now on (what `build` gave)."""
+        key = (version.name, version.version)
+        if isinstance(built, str):
+            self._unsupported[key] = built
             return
+        program = built
+        self._unsupported.pop(key, None)
         self._programs[key] = program
         support = program.support.value
         self._observer_for(version.name).compute_path(version.version, "session", support)
@@ -113,6 +124,22 @@ class SessionManager:
             "sessions on %s version %d: %s (%s)",
             version.name, version.version, support, program.reason,
         )  # fmt: skip
+
+    def drop(self, model: str, version: int, why: str) -> int:
+        """End the version's open sessions (their next call fails saying `why`) and forget its
+        program and step queue; how many sessions ended."""
+        key = (model, version)
+        self._programs.pop(key, None)
+        self._queues.pop(key, None)
+        self._unsupported.pop(key, None)
+        sessions = self._open.get(model, {})
+        ended = [s for s in sessions.values() if s.target.version == version]
+        for session in ended:
+            session.ended = why
+            sessions.pop(session.id, None)
+        if ended:
+            self._observer_for(model).sessions_open(len(sessions))
+        return len(ended)
 
     def support(self, version: VersionStatus) -> tuple[SessionSupport, str]:
         """Whether (and how) a version runs sessions, and why."""
@@ -162,6 +189,7 @@ class SessionManager:
             self._observer_for(session.target.name).sessions_open(len(sessions))
 
     def reset(self, session: OpenSession) -> None:
+        _check_open(session)
         session.state = session.program.initial_state(1)
         session.steps = 0
         session.finished = False
@@ -170,6 +198,7 @@ class SessionManager:
         """Feed new steps ([k, features]); the output the mode gives for them, if any: every
         step's for aligned models, the running one for many-to-one models (where it is defined).
         Whether a caller is sent it is the wire's rule (seqserve_api.session_protocol)."""
+        _check_open(session)
         chunk = self._validate(session, values)
         queue = self._queues[(session.target.name, session.target.version)]
         session.state, y = await queue.step(session.state, chunk[np.newaxis])
@@ -185,6 +214,7 @@ class SessionManager:
 
     async def finish(self, session: OpenSession) -> StepOutput:
         """The caller's input is complete: decode the output sequence (unaligned models)."""
+        _check_open(session)
         if session.mode is not Mode.MANY_TO_MANY_UNALIGNED:
             raise Unsupported("end_input applies to many-to-many models of different length")
         if session.steps == 0:
@@ -254,6 +284,13 @@ class SessionManager:
             rows = values.reshape(-1, values.shape[-1])
             ranked = top_k(rows, session.target.config.labels, session.k)
         return StepOutput(step, values, ranked, last)
+
+
+def _check_open(session: OpenSession) -> None:
+    """A session the server ended answers every call with why (FAILED_PRECONDITION)."""
+    if session.ended:
+        target = session.target
+        raise ModelNotReady(target.name, target.version, f"session ended: {session.ended}")
 
 
 def proven_program(runtime: ModelRuntime) -> StepProgram:

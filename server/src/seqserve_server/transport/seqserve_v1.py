@@ -14,6 +14,7 @@ from seqserve_api.session_protocol import steps_get_output
 
 from ..core.errors import DeadlineExpired, InvalidInput
 from ..core.inference import InferenceService
+from ..core.management import ModelManager
 from ..core.sessions import OpenSession, SessionManager
 from ..metrics import ServerMetrics
 from . import v1_messages as msg
@@ -30,12 +31,14 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         sessions: SessionManager,
         metrics: ServerMetrics,
         max_message_bytes: int,
+        manager: ModelManager,
     ) -> None:
         self.repository = inference.repository
         self.inference = inference
         self.sessions = sessions
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
+        self.manager = manager
 
     def known_model(self, name: str) -> bool:
         return self.repository.has(name)
@@ -87,6 +90,23 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             self.sessions.open_count(version.name),
             self.max_message_bytes,
         )
+
+    @observed
+    @grpc_errors
+    async def LoadModel(
+        self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LoadModelResponse:
+        entry = await self.manager.load(request.model_name)
+        return pb.LoadModelResponse(versions=msg.versions_to_proto(entry))
+
+    @observed
+    @grpc_errors
+    async def UnloadModel(
+        self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnloadModelResponse:
+        await self.manager.unload(request.model_name)
+        entry = self.repository.entry(request.model_name)
+        return pb.UnloadModelResponse(versions=msg.versions_to_proto(entry))
 
     @observed
     @grpc_errors

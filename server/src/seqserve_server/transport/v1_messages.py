@@ -31,6 +31,7 @@ _STATES = {
     ModelState.LOADING: pb.LOADING,
     ModelState.READY: pb.READY,
     ModelState.FAILED: pb.FAILED,
+    ModelState.UNLOADED: pb.UNLOADED,
 }
 
 
@@ -191,7 +192,17 @@ def status_to_proto(version: VersionStatus) -> pb.ModelStatus:
         error=version.error,
         mode=mode_to_proto(runtime.mode if runtime else version.config.mode),
         compute_path=runtime.compute_path if runtime else "",
+        state_changed_unix_ms=_unix_ms(version.changed_at),
     )
+
+
+def versions_to_proto(entry: ModelEntry) -> list[pb.ModelStatus]:
+    """Every version of one model, by number (LoadModel and UnloadModel answer with them)."""
+    return [status_to_proto(entry.versions[n]) for n in sorted(entry.versions)]
+
+
+def _unix_ms(seconds: float) -> int:
+    return round(seconds * 1000)
 
 
 def metadata_to_proto(
@@ -219,6 +230,7 @@ def metadata_to_proto(
         session_reason=session_reason,
         state=_STATES[version.state],
         error=version.error or entry.error,
+        state_changed_unix_ms=_unix_ms(version.changed_at),
         max_request_elements=version.limits.max_request_elements,
         max_inputs_per_request=version.limits.max_inputs_per_request,
         max_message_bytes=max_message_bytes,

@@ -18,6 +18,7 @@ from ...core.classification import TopK
 from ...core.errors import InvalidInput, LimitExceeded, ModelNotFound, SeqServeError, Unsupported
 from ...core.inference import InferenceService
 from ...core.limits import RequestLimits
+from ...core.management import ModelManager
 from ...core.modes import Mode
 from ...core.repository import ModelState, ReadyModel
 from ...core.sessions import OpenSession, SessionManager
@@ -126,9 +127,15 @@ class SequenceHandle:
 
 
 class Core:
-    def __init__(self, inference: InferenceService, sessions: SessionManager) -> None:
+    def __init__(
+        self,
+        inference: InferenceService,
+        sessions: SessionManager,
+        manager: ModelManager | None = None,
+    ) -> None:
         self._inference = inference
         self._sessions = sessions
+        self._manager = manager
 
     # -- repository ----------------------------------------------------------------------
 
@@ -235,6 +242,21 @@ class Core:
 
     def close(self, handle: SequenceHandle) -> None:
         self._sessions.close(handle.session)
+
+    # -- model management (RepositoryModelLoad / RepositoryModelUnload) -----------------------
+
+    async def load_model(self, name: str) -> None:
+        """(Re)load the model's new and changed versions from the repository directory."""
+        await self._management().load(name)
+
+    async def unload_model(self, name: str) -> None:
+        """Unload every version of the model; in-flight work finishes, sessions end."""
+        await self._management().unload(name)
+
+    def _management(self) -> ModelManager:
+        if self._manager is None:
+            raise Unsupported("this server was started without model management")
+        return self._manager
 
 
 # The core names a request's fields as seqserve.v1 does (`named_inputs["x"].lengths[0]`); v2

@@ -50,10 +50,6 @@ SERVER_NAME = "seqserve"
 EXTENSIONS = ["model_repository", "statistics", "sequence", "parameters"]
 FINAL = "triton_final_response"
 STREAM_IN_FLIGHT = 64  # requests of one ModelStreamInfer call computed at once
-MANAGEMENT_LATER = (
-    "seqserve does not load or unload models at runtime yet: the repository is read at start "
-    "(restart the server to pick up changes); RepositoryIndex lists what it holds"
-)
 
 
 def _server_version() -> str:
@@ -152,16 +148,16 @@ class OpenInferenceServicer:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, MANAGEMENT_LATER)
-        raise AssertionError("abort raises")
+        await self.core.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
 
     @observed
     @grpc_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, MANAGEMENT_LATER)
-        raise AssertionError("abort raises")
+        await self.core.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     # -- inference -------------------------------------------------------------------------
 
