@@ -6,6 +6,8 @@ nothing else touches prometheus_client.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -111,9 +113,17 @@ class ServerMetrics:
         self.requests.labels(model, version, rpc, code).inc()
         self.request_seconds.labels(model, rpc).observe(seconds)
 
-    def serve(self, host: str, port: int) -> int:
-        """Expose /metrics over HTTP; returns the bound port."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
+    def serve(
+        self, host: str, port: int, certfile: Path | None = None, keyfile: Path | None = None
+    ) -> int:
+        """Expose /metrics over HTTP, or HTTPS with a certificate; returns the bound port."""
+        server, _ = start_http_server(
+            port,
+            addr=host,
+            registry=self.registry,
+            certfile=str(certfile) if certfile else None,
+            keyfile=str(keyfile) if keyfile else None,
+        )
         return server.server_port
 
 
