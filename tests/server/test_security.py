@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from seqserve_client import (
     UnavailableError,
 )
 from tests.support.certs import Authority, Issued
+from tests.support.metrics import value
 from tests.support.model_zoo import FEATURES
 from tests.support.reference import loader
 from tests.support.server_process import ServerProcess, served
@@ -83,6 +86,8 @@ def secured(small_repository: Path, pki: Pki, tokens_file: Path) -> Iterator[Ser
         small_repository,
         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
         "--tls-client-ca", str(pki.ca_file), "--auth-tokens-file", str(tokens_file),
+        "--metrics-host", "127.0.0.1",
+        "--metrics-tls-cert", str(pki.server_cert), "--metrics-tls-key", str(pki.server_key),
     ) as process:  # fmt: skip
         yield process
 
@@ -210,6 +215,26 @@ def test_a_token_removed_from_the_file_is_refused_after_reload(
             pytest.fail("the removed token was still accepted after 15 s")
     with client(secured, pki, "tok-full") as c:
         c.predict("aligned", x())
+
+
+def test_metrics_over_tls_count_callers_by_token_name_only(
+    secured: ServerProcess, pki: Pki
+) -> None:
+    with client(secured, pki, "tok-full") as c:
+        c.predict("aligned", x())
+    with client(secured, pki, "tok-wrong") as c, pytest.raises(UnauthenticatedError):
+        c.predict("aligned", x())
+    url = f"https://localhost:{secured.metrics_port}/metrics"
+    with pytest.raises(OSError):  # plain HTTP to the TLS port
+        urllib.request.urlopen(url.replace("https", "http", 1), timeout=QUICK)
+    trusting = ssl.create_default_context(cafile=str(pki.ca_file))
+    with urllib.request.urlopen(url, timeout=QUICK, context=trusting) as response:
+        text = response.read().decode()
+    assert value(text, "seqserve_auth_checks_total", caller="full", outcome="allowed") >= 1
+    assert value(text, "seqserve_auth_checks_total", caller="", outcome="unauthenticated") >= 1
+    assert not any(token in text for token, _, _ in TOKENS.values())
+    assert "tok-wrong" not in text and "tok-wrong" not in secured.output()
+    assert not any(token in secured.output() for token, _, _ in TOKENS.values())
 
 
 # -- the Open Inference Protocol through the same gate -------------------------------------------

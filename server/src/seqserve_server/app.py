@@ -63,7 +63,7 @@ class App:
         self.health = ObservedHealth(self.metrics)
         self.drain = Drain()
         self.server = grpc.aio.server(
-            interceptors=[self.drain, *authorization(settings), RejectUnparsable()],
+            interceptors=[self.drain, *authorization(settings, self.metrics), RejectUnparsable()],
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -166,12 +166,12 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     ).credentials()
 
 
-def authorization(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+def authorization(settings: Settings, metrics: ServerMetrics) -> list[grpc.aio.ServerInterceptor]:
     """The token check (transport/auth.py) when a tokens file is given. It runs after the
     drain (a held call is refused UNAVAILABLE either way) and before the parse check."""
     if settings.auth_tokens_file is None:
         return []
-    return [Authorize(TokensFile(settings.auth_tokens_file))]
+    return [Authorize(TokensFile(settings.auth_tokens_file), metrics)]
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

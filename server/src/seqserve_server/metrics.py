@@ -36,6 +36,11 @@ class ServerMetrics:
             "seqserve_requests", "RPCs handled, by model, version, RPC and status code.",
             ["model", "version", "rpc", "code"], registry=r,
         )  # fmt: skip
+        self.auth_checks = Counter(
+            "seqserve_auth_checks", "Token checks of calls, by caller (a token's name from the "
+            "tokens file; empty: no token matched) and outcome (allowed, unauthenticated, denied).",
+            ["caller", "outcome"], registry=r,
+        )  # fmt: skip
         self.request_seconds = Histogram(
             "seqserve_request_duration_seconds", "Time from receiving an RPC to its end.",
             ["model", "rpc"], buckets=LATENCY_BUCKETS, registry=r,
@@ -96,6 +101,9 @@ class ServerMetrics:
         return _ModelMetrics(self, model)
 
     # -- transport -----------------------------------------------------------------------
+
+    def auth_checked(self, caller: str, outcome: str) -> None:
+        self.auth_checks.labels(caller, outcome).inc()
 
     def rpc_started(self, model: str) -> None:
         self.inflight.labels(model).inc()

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from ..metrics import ServerMetrics
 from .auth_tokens import Grant, TokensFile
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,9 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
 
 
 class Authorize(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: TokensFile) -> None:
+    def __init__(self, tokens: TokensFile, metrics: ServerMetrics) -> None:
         self.tokens = tokens
+        self.metrics = metrics
 
     async def intercept_service(
         self,
@@ -80,7 +82,7 @@ class Authorize(grpc.aio.ServerInterceptor):
         method: str = details.method  # type: ignore[attr-defined]
         if handler is None or method in OPEN_METHODS or not _protected(method):
             return handler
-        return _wrap(handler, _Check(self.tokens, method))
+        return _wrap(handler, _Check(self.tokens, self.metrics, method))
 
 
 def _protected(method: str) -> bool:
@@ -93,8 +95,9 @@ def _protected(method: str) -> bool:
 class _Check:
     """The decisions for one method."""
 
-    def __init__(self, tokens: TokensFile, method: str) -> None:
+    def __init__(self, tokens: TokensFile, metrics: ServerMetrics, method: str) -> None:
         self.tokens = tokens
+        self.metrics = metrics
         self.method = method
         self.rpc = method.rsplit("/", 1)[-1]
         self.scope = SCOPE_OF.get(self.rpc, ADMIN) if method.startswith(PROTECTED) else ADMIN
@@ -105,6 +108,7 @@ class _Check:
         if grant is None:
             why = "no bearer token" if token is None else "an unknown token"
             log.warning("%s refused: %s", self.method, why)
+            self.metrics.auth_checked("", "unauthenticated")
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"{self.rpc} needs a valid token (metadata `authorization: Bearer <token>`)",
@@ -124,7 +128,13 @@ class _Check:
 
     async def _deny(self, context: grpc.aio.ServicerContext, grant: Grant, why: str) -> None:
         log.info("%s refused for token %r: %s", self.method, grant.name, why)
+        self.metrics.auth_checked(grant.name, "denied")
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{self.rpc}: {why}")
+
+    def allowed(self, grant: Grant) -> None:
+        """The call passed (a stream: its first message); later refusals count as well."""
+        log.debug("%s for token %r", self.method, grant.name)
+        self.metrics.auth_checked(grant.name, "allowed")
 
     def filtered(self, grant: Grant, response: Any) -> Any:
         """A listing keeps only the models the grant covers."""
@@ -156,6 +166,7 @@ def _unary_unary(inner: Callable[..., Any], check: _Check) -> Callable[..., Any]
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         grant = await check.caller(context)
         await check.message(context, grant, request)
+        check.allowed(grant)
         return check.filtered(grant, await inner(request, context))
 
     return unary
@@ -165,6 +176,7 @@ def _unary_stream(inner: Callable[..., Any], check: _Check) -> Callable[..., Any
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         grant = await check.caller(context)
         await check.message(context, grant, request)
+        check.allowed(grant)
         async for response in _responses(inner(request, context)):
             yield response
 
@@ -195,6 +207,7 @@ def _streamed_requests(
         except StopAsyncIteration:
             return _none()
         await check.message(context, grant, first)
+        check.allowed(grant)
 
         async def messages() -> AsyncIterator[Any]:
             yield first
