@@ -328,3 +328,25 @@ def test_rotating_the_certificate_keeps_an_open_session_working(
         after = session.step(x()[0])  # the session's connection kept its certificate
         assert before is not None and after is not None
         assert after.shape == before.shape
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--tls-cert", "server.crt"],
+        ["--tls-key", "server.key"],
+        ["--tls-client-ca", "ca.crt"],
+        ["--metrics-tls-cert", "server.crt"],
+    ],
+)
+def test_half_a_tls_configuration_is_refused_not_served_plaintext(flags: list[str]) -> None:
+    from pydantic import ValidationError
+    from pydantic_settings import CliApp
+
+    from seqserve_server.config import Settings
+
+    with pytest.raises(ValidationError, match=r"go together|needs --tls-cert"):
+        CliApp.run(Settings, cli_args=flags)
