@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import ssl
 import time
 import urllib.request
@@ -285,10 +286,26 @@ def test_v2_checks_the_same_tokens(
         known = v2_status(lambda: v2.get_model_metadata("aligned", headers=other))
         unknown = v2_status(lambda: v2.get_model_metadata("no-such-model", headers=other))
         assert known == unknown == "StatusCode.PERMISSION_DENIED"
+        assert v2_stream(v2, tensor, full)[1] is None
+        error = v2_stream(v2, tensor, reader)[1]
+        assert error is not None and "PERMISSION_DENIED" in str(error.status())
         assert v2.get_model_repository_index(headers=other).models == []
         assert [m.name for m in v2.get_model_repository_index(headers=full).models] == ["aligned"]
     finally:
         v2.close()
+
+
+def v2_stream(
+    v2: triton.InferenceServerClient, tensor: triton.InferInput, headers: dict[str, str]
+) -> tuple[Any, Any]:
+    """ModelStreamInfer's first answer: (result, None) or (None, error)."""
+    received: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    v2.start_stream(callback=lambda result, error: received.put((result, error)), headers=headers)
+    try:
+        v2.async_stream_infer("aligned", [tensor])
+        return received.get(timeout=QUICK)
+    finally:
+        v2.stop_stream()
 
 
 # -- certificate rotation -------------------------------------------------------------------------
