@@ -12,8 +12,10 @@ from .errors import (
     FailedPreconditionError,
     InvalidInputError,
     ModelNotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     SeqServeError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from .results import (
@@ -37,6 +39,7 @@ __all__ = [
     "ModelMetadata",
     "ModelNotFoundError",
     "ModelStatus",
+    "PermissionDeniedError",
     "Prediction",
     "ResourceExhaustedError",
     "SeqServeClient",
@@ -46,5 +49,6 @@ __all__ = [
     "SessionOutput",
     "StreamPart",
     "TensorSpec",
+    "UnauthenticatedError",
     "UnavailableError",
 ]

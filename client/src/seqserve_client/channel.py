@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -72,6 +73,60 @@ def open_channel(
     if credentials is None:
         return kind.insecure_channel(target, options=channel_options(options))
     return kind.secure_channel(target, credentials, options=channel_options(options))
+
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "ipv4:127.0.0.1", "ipv6:[::1]")
+
+
+@dataclass(frozen=True)
+class Security:
+    """How a client proves who it is and checks whom it talks to. TLS is on when `tls` is set
+    or any certificate is given; `root_certificates` None trusts the system's CAs."""
+
+    tls: bool = False
+    root_certificates: bytes | None = None
+    client_certificate: bytes | None = None
+    client_key: bytes | None = None
+    token: str | None = None
+    plaintext_token_on_localhost: bool = False
+
+    @property
+    def uses_tls(self) -> bool:
+        certificates = (self.root_certificates, self.client_certificate, self.client_key)
+        return self.tls or any(c is not None for c in certificates)
+
+
+def channel_credentials(target: str, security: Security) -> grpc.ChannelCredentials | None:
+    """The channel's credentials: TLS (mutual with a client certificate), the token as
+    `authorization: Bearer` call credentials on top, or None for plaintext without a token.
+
+    gRPC sends call credentials only over a secure channel; a token over plaintext would be
+    readable by anyone on the path, so it is refused unless the caller opts in and the target
+    is this machine (gRPC's local credentials, which check that the peer is local)."""
+    if (security.client_certificate is None) != (security.client_key is None):
+        raise ValueError("client_certificate and client_key go together")
+    if security.uses_tls:
+        channel = grpc.ssl_channel_credentials(
+            security.root_certificates, security.client_key, security.client_certificate
+        )
+    elif security.token is None:
+        return None
+    elif security.plaintext_token_on_localhost and _is_local(target):
+        channel = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+    else:
+        raise ValueError(
+            "a token needs TLS (tls=True): over plaintext anyone on the path could read it; "
+            "for a server on this machine, pass plaintext_token_on_localhost=True"
+        )
+    if security.token is None:
+        return channel
+    token = grpc.access_token_call_credentials(security.token)
+    return grpc.composite_channel_credentials(channel, token)
+
+
+def _is_local(target: str) -> bool:
+    host = target.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host in LOCAL_HOSTS
 
 
 def rpcs(channel: Any) -> dict[str, Any]:

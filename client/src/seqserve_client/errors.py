@@ -58,6 +58,14 @@ class CancelledError(SeqServeError):
     """CANCELLED: the call was cancelled."""
 
 
+class UnauthenticatedError(SeqServeError):
+    """UNAUTHENTICATED: no token, or one the server does not know (revoked, mistyped)."""
+
+
+class PermissionDeniedError(SeqServeError):
+    """PERMISSION_DENIED: the token may not do this call, or not on this model."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[SeqServeError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
     grpc.StatusCode.NOT_FOUND: ModelNotFoundError,
@@ -66,6 +74,8 @@ _BY_CODE: dict[grpc.StatusCode, type[SeqServeError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.CANCELLED: CancelledError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 
 

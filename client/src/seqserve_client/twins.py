@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from .calls import DEFAULT_TIMEOUT_S, SessionProtocol, deadline
-from .channel import open_channel, rpcs
+from .channel import Security, channel_credentials, open_channel, rpcs
 from .results import SessionInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -20,7 +20,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 class ClientBase:
     """A channel to one server and its RPCs. Opening it does no I/O: gRPC connects on the
     first call. Every call's deadline is `timeout` seconds, the client's own unless the call
-    gives one."""
+    gives one.
+
+    Security (README "Security"): `tls=True` (implied by any certificate) encrypts and checks
+    the server's certificate against `root_certificates` (PEM; None: the system's CAs);
+    `client_certificate` and `client_key` (PEM) answer a server that asks for one (mutual
+    TLS); `token` is sent as `authorization: Bearer` with every call, and only over TLS, or
+    over plaintext to this machine with `plaintext_token_on_localhost=True`. `credentials`
+    (a ready `grpc.ChannelCredentials`) replaces all of these."""
 
     _grpc: ModuleType  # `grpc` or `grpc.aio`: the same channel functions, blocking or asyncio
 
@@ -29,11 +36,31 @@ class ClientBase:
         target: str,
         *,
         timeout: float | None = DEFAULT_TIMEOUT_S,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_certificate: bytes | None = None,
+        client_key: bytes | None = None,
+        token: str | None = None,
+        plaintext_token_on_localhost: bool = False,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.target = target
         self.timeout = timeout
+        security = Security(
+            tls,
+            root_certificates,
+            client_certificate,
+            client_key,
+            token,
+            plaintext_token_on_localhost,
+        )
+        if credentials is not None and security != Security():
+            raise ValueError(
+                "credentials replaces tls, certificates and token: pass one or the other"
+            )
+        if credentials is None:
+            credentials = channel_credentials(target, security)
         self._channel = open_channel(self._grpc, target, credentials, options)
         self._rpcs = rpcs(self._channel)
 

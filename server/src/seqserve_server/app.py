@@ -24,10 +24,13 @@ from .core.runtime import configure_tensorflow
 from .core.sessions import SessionManager
 from .metrics import ServerMetrics
 from .transport import open_inference
+from .transport.auth import Authorize
+from .transport.auth_tokens import TokensFile
 from .transport.draining import Drain
 from .transport.parsing import RejectUnparsable
 from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
 from .transport.standard_services import ObservedHealth, ObservedReflection
+from .transport.tls import CertificateFiles
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ class App:
         self._poller: asyncio.Task[None] | None = None
         self.drain = Drain()
         self.server = grpc.aio.server(
-            interceptors=[self.drain, RejectUnparsable()],
+            interceptors=[self.drain, *authorization(settings, self.metrics), RejectUnparsable()],
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -76,7 +79,12 @@ class App:
     async def start(self) -> None:
         """Load every model first: a load balancer must not reach a replica still loading."""
         if self.settings.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+            self.metrics_port = self.metrics.serve(
+                self.settings.metrics_host or self.settings.host,
+                self.settings.metrics_port,
+                self.settings.metrics_tls_cert,
+                self.settings.metrics_tls_key,
+            )
         await self._load_models()
         servicer = SeqServeServicer(
             self.inference, self.sessions, self.metrics, self.settings.max_message_bytes,
@@ -94,11 +102,17 @@ class App:
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         )
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            ObservedReflection(names, self.metrics, open_inference.reflection_pool()), self.server
-        )
+        if self.settings.reflection:
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+                ObservedReflection(names, self.metrics, open_inference.reflection_pool()),
+                self.server,
+            )
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self.server.add_insecure_port(address)
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()
@@ -164,6 +178,23 @@ class App:
         self.inference.close()
         self.threads.shutdown()
         self.loader.shutdown(wait=False, cancel_futures=True)
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (mutual with --tls-client-ca) when a certificate is given, else plaintext."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    return CertificateFiles(
+        settings.tls_cert, settings.tls_key, settings.tls_client_ca
+    ).credentials()
+
+
+def authorization(settings: Settings, metrics: ServerMetrics) -> list[grpc.aio.ServerInterceptor]:
+    """The token check (transport/auth.py) when a tokens file is given. It runs after the
+    drain (a held call is refused UNAVAILABLE either way) and before the parse check."""
+    if settings.auth_tokens_file is None:
+        return []
+    return [Authorize(TokensFile(settings.auth_tokens_file), metrics)]
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

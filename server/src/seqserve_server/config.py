@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from seqserve_api import MAX_MESSAGE_BYTES
@@ -60,3 +60,29 @@ class Settings(BaseSettings):
         0.0, ge=0, description="re-read the model repository every N s for changes (0: off)"
     )
     log_level: str = Field("INFO", description="logging level")
+    # Security (README "Security"): TLS, mutual TLS, tokens; certificate and token files are
+    # re-read when they change.
+    tls_cert: Path | None = Field(None, description="server certificate chain (PEM): serve TLS")
+    tls_key: Path | None = Field(None, description="private key of --tls-cert (PEM)")
+    tls_client_ca: Path | None = Field(
+        None, description="CA of the callers' certificates (PEM): mutual TLS, certificate required"
+    )
+    auth_tokens_file: Path | None = Field(
+        None, description="tokens file (YAML): every call but health needs a token it lists"
+    )
+    reflection: bool = Field(True, description="serve gRPC reflection (open without a token)")
+    metrics_host: str | None = Field(None, description="address of /metrics (default: --host)")
+    metrics_tls_cert: Path | None = Field(None, description="serve /metrics over TLS (PEM)")
+    metrics_tls_key: Path | None = Field(None, description="private key of --metrics-tls-cert")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Settings:
+        """A certificate without its key (or the reverse) is a mistake, not plaintext."""
+        for cert, key in (("tls_cert", "tls_key"), ("metrics_tls_cert", "metrics_tls_key")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(
+                    f"--{cert.replace('_', '-')} and --{key.replace('_', '-')} go together"
+                )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return self

@@ -6,6 +6,8 @@ nothing else touches prometheus_client.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -33,6 +35,11 @@ class ServerMetrics:
         self.requests = Counter(
             "seqserve_requests", "RPCs handled, by model, version, RPC and status code.",
             ["model", "version", "rpc", "code"], registry=r,
+        )  # fmt: skip
+        self.auth_checks = Counter(
+            "seqserve_auth_checks", "Token checks of calls, by caller (a token's name from the "
+            "tokens file; empty: no token matched) and outcome (allowed, unauthenticated, denied).",
+            ["caller", "outcome"], registry=r,
         )  # fmt: skip
         self.request_seconds = Histogram(
             "seqserve_request_duration_seconds", "Time from receiving an RPC to its end.",
@@ -105,6 +112,9 @@ class ServerMetrics:
 
     # -- transport -----------------------------------------------------------------------
 
+    def auth_checked(self, caller: str, outcome: str) -> None:
+        self.auth_checks.labels(caller, outcome).inc()
+
     def rpc_started(self, model: str) -> None:
         self.inflight.labels(model).inc()
 
@@ -121,9 +131,17 @@ class ServerMetrics:
         self.requests.labels(model, version, rpc, code).inc()
         self.request_seconds.labels(model, rpc).observe(seconds)
 
-    def serve(self, host: str, port: int) -> int:
-        """Expose /metrics over HTTP; returns the bound port."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
+    def serve(
+        self, host: str, port: int, certfile: Path | None = None, keyfile: Path | None = None
+    ) -> int:
+        """Expose /metrics over HTTP, or HTTPS with a certificate; returns the bound port."""
+        server, _ = start_http_server(
+            port,
+            addr=host,
+            registry=self.registry,
+            certfile=str(certfile) if certfile else None,
+            keyfile=str(keyfile) if keyfile else None,
+        )
         return server.server_port
 
 

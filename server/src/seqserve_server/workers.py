@@ -37,7 +37,9 @@ def child_command(settings: Settings, index: int) -> list[str]:
     values.update(workers=1, reuse_port=True)
     if settings.metrics_port > 0:
         values["metrics_port"] = settings.metrics_port + index
-    flags = [f"--{name.replace('_', '-')}={value}" for name, value in values.items()]
+    flags = [  # a setting left unset (None) stays unset: no flag for it
+        f"--{name.replace('_', '-')}={value}" for name, value in values.items() if value is not None
+    ]
     return [sys.executable, "-m", "seqserve_server.cli", "serve", *flags]
 
 
