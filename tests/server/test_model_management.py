@@ -4,6 +4,7 @@ traffic runs. The server runs on its own temp repository (this module changes it
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 import time
@@ -20,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.tensors import to_batch
-from seqserve_client import SeqServeClient
+from seqserve_client import AsyncSeqServeClient, ModelNotFoundError, SeqServeClient
 from seqserve_client.errors import FailedPreconditionError
 from tests.support.metrics import scrape, value
 from tests.support.model_zoo import aligned, write_repository
@@ -108,6 +109,25 @@ def test_v1_unload_and_load(server: ServerProcess, stub: pb_grpc.SeqServeStub) -
     changes = "seqserve_model_changes_total"
     assert value(metrics, changes, model="iris_like", event="unloaded") == 1
     assert value(metrics, changes, model="iris_like", event="loaded") == 2  # at start, reload
+
+
+def test_sdk_clients_unload_and_load(server: ServerProcess) -> None:
+    with SeqServeClient(server.target) as client:
+        unloaded = client.unload_model("iris_like")
+        assert [(s.version, s.state) for s in unloaded] == [(1, "unloaded")]
+        with pytest.raises(FailedPreconditionError):
+            client.predict("iris_like", IRIS)
+        assert [(s.version, s.state) for s in client.load_model("iris_like")] == [(1, "ready")]
+
+    async def both_ways() -> list[str]:
+        async with AsyncSeqServeClient(server.target) as client:
+            states = [s.state for s in await client.unload_model("iris_like")]
+            states += [s.state for s in await client.load_model("iris_like")]
+            with pytest.raises(ModelNotFoundError):
+                await client.load_model("no_such_model")
+            return states
+
+    assert asyncio.run(both_ways()) == ["unloaded", "ready"]
 
 
 def test_tritonclient_load_unload_and_index(server: ServerProcess) -> None:

@@ -143,6 +143,14 @@ class AsyncSeqServeClient(ClientBase):
     async def list_models(self, *, timeout: float | None = None) -> list[ModelStatus]:
         return await self._unary(calls.list_models(), timeout)
 
+    @mirrors(SeqServeClient.load_model)
+    async def load_model(self, model: str, *, timeout: float | None = None) -> list[ModelStatus]:
+        return await self._unary(calls.load_model(model), timeout)
+
+    @mirrors(SeqServeClient.unload_model)
+    async def unload_model(self, model: str, *, timeout: float | None = None) -> list[ModelStatus]:
+        return await self._unary(calls.unload_model(model), timeout)
+
     @mirrors(SeqServeClient.metadata)
     async def metadata(
         self, model: str, *, version: int = 0, timeout: float | None = None

@@ -79,6 +79,14 @@ def list_models() -> Call[list[ModelStatus]]:
     return Call("ListModels", pb.ListModelsRequest(), _statuses_of)
 
 
+def load_model(model: str) -> Call[list[ModelStatus]]:
+    return Call("LoadModel", pb.LoadModelRequest(model_name=model), _versions_of)
+
+
+def unload_model(model: str) -> Call[list[ModelStatus]]:
+    return Call("UnloadModel", pb.UnloadModelRequest(model_name=model), _versions_of)
+
+
 def metadata(model: str, version: int) -> Call[ModelMetadata]:
     request = pb.GetModelMetadataRequest(model_name=model, model_version=version)
     return Call("GetModelMetadata", request, metadata_from)
@@ -167,7 +175,15 @@ def _spec_from(spec: pb.TensorSpec) -> TensorSpec:
     return TensorSpec(spec.name, dtype, tuple(spec.shape), spec.sequence, spec.vocabulary)
 
 
+def _versions_of(response: pb.LoadModelResponse | pb.UnloadModelResponse) -> list[ModelStatus]:
+    return _statuses(response.versions)
+
+
 def _statuses_of(response: pb.ListModelsResponse) -> list[ModelStatus]:
+    return _statuses(response.models)
+
+
+def _statuses(statuses: Iterable[pb.ModelStatus]) -> list[ModelStatus]:
     return [
         ModelStatus(
             s.name,
@@ -177,7 +193,7 @@ def _statuses_of(response: pb.ListModelsResponse) -> list[ModelStatus]:
             s.error,
             s.compute_path,
         )
-        for s in response.models
+        for s in statuses
     ]
 
 

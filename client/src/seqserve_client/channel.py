@@ -137,6 +137,8 @@ def rpcs(channel: Any) -> dict[str, Any]:
         "PredictStream": seqserve.PredictStream,
         "ListModels": seqserve.ListModels,
         "GetModelMetadata": seqserve.GetModelMetadata,
+        "LoadModel": seqserve.LoadModel,
+        "UnloadModel": seqserve.UnloadModel,
         "Session": seqserve.Session,
         "Check": health_pb2_grpc.HealthStub(channel).Check,
     }

@@ -113,6 +113,15 @@ class SeqServeClient(ClientBase):
         """Every version of every model with its state, including those that failed to load."""
         return self._unary(calls.list_models(), timeout)
 
+    def load_model(self, model: str, *, timeout: float | None = None) -> list[ModelStatus]:
+        """Load (or reload) the model's new and changed versions from the server's repository;
+        every version's status after it (needs the `admin` scope where tokens are on)."""
+        return self._unary(calls.load_model(model), timeout)
+
+    def unload_model(self, model: str, *, timeout: float | None = None) -> list[ModelStatus]:
+        """Unload every version of the model: in-flight work finishes, open sessions end."""
+        return self._unary(calls.unload_model(model), timeout)
+
     def metadata(
         self, model: str, *, version: int = 0, timeout: float | None = None
     ) -> ModelMetadata:
