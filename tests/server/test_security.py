@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -370,3 +371,16 @@ def test_half_a_tls_configuration_is_refused_not_served_plaintext(flags: list[st
 
     with pytest.raises(ValidationError, match=r"go together|needs --tls-cert"):
         CliApp.run(Settings, cli_args=flags)
+
+
+def test_reflection_can_be_closed(small_repository: Path) -> None:
+    closed = served(small_repository, "--reflection", "false")
+    with closed as process, grpc.insecure_channel(process.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.ServerReflectionInfo(iter([request]), timeout=QUICK))
+        health = health_pb2_grpc.HealthStub(channel)
+        serving = health.Check(health_pb2.HealthCheckRequest(), timeout=QUICK).status
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert serving == health_pb2.HealthCheckResponse.SERVING
