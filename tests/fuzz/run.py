@@ -155,16 +155,26 @@ def _bidi(channel: grpc.Channel, case: Case, timeout: float) -> tuple[str, str]:
 
 
 async def fuzz(
-    target: str, pid: int, repository: Path, config: FuzzConfig, log: bool = False
+    target: str,
+    pid: int,
+    repository: Path,
+    config: FuzzConfig,
+    log: bool = False,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> FuzzReport:
-    """Run `config.cases` cases with valid traffic beside them against the server at `target`."""
+    """Run `config.cases` cases with valid traffic beside them against the server at `target`
+    (over TLS, with a token, when `credentials` are given)."""
     report = FuzzReport(config)
     began = time.monotonic()
     async with (
-        grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as fuzz_channel,
-        grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as valid_channel,
+        _aio_channel(target, credentials) as fuzz_channel,
+        _aio_channel(target, credentials) as valid_channel,
     ):
-        sync_channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        sync_channel = (
+            grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+            if credentials
+            else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        )
         targets = await discover(valid_channel)
         probes = valid.make_probes(valid.steady_targets(targets), repository, config.seed)
         stop = asyncio.Event()
@@ -186,6 +196,12 @@ async def fuzz(
         sync_channel.close()
     report.seconds = time.monotonic() - began
     return report
+
+
+def _aio_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    if credentials:
+        return grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
 async def _worker(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -29,6 +30,7 @@ from seqserve_client import (
     UnauthenticatedError,
     UnavailableError,
 )
+from tests.fuzz.run import FuzzConfig, fuzz
 from tests.support.certs import Authority, Issued
 from tests.support.metrics import value
 from tests.support.model_zoo import FEATURES
@@ -384,3 +386,20 @@ def test_reflection_can_be_closed(small_repository: Path) -> None:
         serving = health.Check(health_pb2.HealthCheckRequest(), timeout=QUICK).status
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert serving == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_fuzzer_finds_no_internal_error_behind_tls_and_a_token(
+    secured: ServerProcess, pki: Pki, small_repository: Path
+) -> None:
+    """The hardening fuzzer's cases, sent with mutual TLS and a token that may call every model:
+    authorization wraps every handler, so it must not open a path to INTERNAL/UNKNOWN."""
+    channel = grpc.ssl_channel_credentials(pki.ca.pem, pki.client.key, pki.client.cert)
+    token = grpc.access_token_call_credentials(TOKENS["full"][0])
+    credentials = grpc.composite_channel_credentials(channel, token)
+    config = FuzzConfig(cases=200, seed=20261130, rss_growth_limit=0.25)
+    target, pid = f"localhost:{secured.port}", secured.process.pid
+    report = asyncio.run(fuzz(target, pid, small_repository, config, credentials=credentials))
+    print(report.summary())
+    assert not report.problems(), "\n".join(report.problems())
+    codes = [code for counts in report.codes.values() for code in counts.elements()]
+    assert "OK" in codes and "UNAUTHENTICATED" not in codes, "the token got the cases through"
