@@ -9,6 +9,7 @@ import queue
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -521,3 +522,16 @@ def test_idle_sequences_are_closed_and_free_their_place(
     fixtures_v2.infer("limited", step, sequence_id=3, sequence_start=True, sequence_end=True)
     code, message = _code(lambda: fixtures_v2.infer("limited", step, sequence_id=1))
     assert code == "StatusCode.INVALID_ARGUMENT" and "idle" in message
+
+
+def test_readme_v2_program_runs_unchanged(served: ServerProcess, v1: SeqServeClient) -> None:
+    """The README's stock tritonclient program (one call per mode, a stream, a sequence), run as
+    written against the bundled models; its sequence ends where Predict on the whole one does."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("<!-- readme-v2-modes", 1)[1].split("```python\n", 1)[1]
+    scope: dict = {}
+    exec(block.split("```", 1)[0].replace("127.0.0.1:8500", served.target), scope)
+    whole = v1.predict("co2_next_week", scope["co2"][:10].reshape(1, 10, 1))
+    streamed = scope["next_week"].as_numpy("output")
+    np.testing.assert_allclose(streamed.reshape(-1)[-1], whole.reshape(-1)[-1], rtol=1e-5)
+    assert scope["language"].as_numpy("output").shape[0] == 2
