@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8500
 METRICS_PORT ?= 8502
 
-.PHONY: venv serve test test-tools lint proto models bench fuzz soak stack-test clean
+.PHONY: venv serve test test-tools lint proto models bench fuzz soak stack-test certs clean
 
 venv: $(STAMP)
 
@@ -59,6 +59,10 @@ fuzz: $(STAMP)
 SOAK_ARGS ?= --duration-s 600 --callers 64
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+# Dev certificates and a dev token for the compose stack, in deploy/certs/ (gitignored).
+certs: $(STAMP)
+	$(BIN)/python deploy/make_certs.py
 
 # The full container stack (engine, stand-in images, compose up, calls through the LB, teardown).
 stack-test: $(STAMP)

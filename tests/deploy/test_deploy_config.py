@@ -112,6 +112,41 @@ def test_published_ports_default_to_localhost() -> None:
             assert port.startswith("${SEQSERVE_BIND:-127.0.0.1}:"), (name, port)
 
 
+def test_replicas_serve_mutual_tls_and_tokens_from_a_read_only_mount() -> None:
+    services = compose_file()["services"]
+    for name in REPLICAS:
+        svc = services[name]
+        env = svc["environment"]
+        assert env["SEQSERVE_TLS_CERT"] == "/certs/server.crt"
+        assert env["SEQSERVE_TLS_KEY"] == "/certs/server.key"
+        assert env["SEQSERVE_TLS_CLIENT_CA"] == "/certs/ca.crt"
+        assert env["SEQSERVE_AUTH_TOKENS_FILE"] == "/certs/tokens.yaml"
+        assert env["HEALTHCHECK_CA"] == "/certs/ca.crt", "the probe speaks TLS"
+        assert "./deploy/certs:/certs:ro" in svc["volumes"]
+    assert "./deploy/certs:/certs:ro" in services["lb"]["volumes"]
+
+
+def test_containers_are_read_only_unprivileged_and_limited() -> None:
+    for name, svc in compose_file()["services"].items():
+        assert svc.get("read_only") is True, name
+        assert svc.get("cap_drop") == ["ALL"], name
+        assert set(svc.get("cap_add", [])) <= {"CHOWN", "SETGID", "SETUID"}, name
+        assert "no-new-privileges:true" in svc.get("security_opt", []), name
+        limits = svc["deploy"]["resources"]["limits"]
+        assert limits.get("cpus") and limits.get("memory"), name
+    assert "cap_add" not in compose_file()["services"]["seqserve-1"]
+
+
+def test_prometheus_and_grafana_admin_are_closed() -> None:
+    services = compose_file()["services"]
+    assert not any("enable-lifecycle" in arg for arg in services["prometheus"]["command"])
+    env = services["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    secret = compose_file()["secrets"]["grafana_admin_password"]
+    assert secret["file"] == "./deploy/certs/grafana-admin-password"
+
+
 # --- load balancer ----------------------------------------------------------------------------
 
 
@@ -122,8 +157,22 @@ def test_nginx_balances_grpc_over_both_replicas() -> None:
     assert upstream, "no `upstream seqserve` block"
     servers = set(re.findall(r"^\s*server\s+([\w.-]+):8500\b", upstream.group(1), re.M))
     assert servers == REPLICAS
-    assert re.search(r"listen\s+8500\s+http2", conf)
-    assert "grpc_pass grpc://seqserve;" in conf
+    assert re.search(r"listen\s+8500\s+ssl\s+http2", conf)
+    assert "grpc_pass grpcs://seqserve;" in conf
+
+
+def test_nginx_terminates_tls_and_reencrypts_with_a_client_certificate() -> None:
+    """Callers reach the LB over TLS; the LB verifies the replicas and presents the client
+    certificate their mutual TLS requires (all files from `make certs`, mounted at /certs)."""
+    conf = re.sub(r"#.*", "", (DEPLOY / "nginx" / "nginx.conf").read_text())
+    directives = dict(re.findall(r"^\s*(\w+)\s+([^;]+);", conf, re.M))
+    assert directives["ssl_certificate"] == "/certs/server.crt"
+    assert directives["ssl_certificate_key"] == "/certs/server.key"
+    assert directives["grpc_ssl_verify"] == "on"
+    assert directives["grpc_ssl_trusted_certificate"] == "/certs/ca.crt"
+    assert directives["grpc_ssl_certificate"] == "/certs/client.crt"
+    assert directives["grpc_ssl_certificate_key"] == "/certs/client.key"
+    assert "grpc://" not in conf, "no plaintext hop"
 
 
 def nginx_seconds(value: str) -> int:

@@ -1,5 +1,7 @@
-"""Test certificates made on the spot with `cryptography`: CAs, a server certificate for
-127.0.0.1/localhost, client certificates. Never committed, never reused between runs."""
+"""Certificates made on the spot with `cryptography`: CAs, a server certificate for
+127.0.0.1/localhost (plus any extra DNS names), client certificates. The tests make fresh ones
+every run; deploy/make_certs.py (`make certs`) uses the same code for the compose stack's dev
+certificates. Never committed."""
 
 from __future__ import annotations
 
@@ -30,10 +32,11 @@ class Issued:
 class Authority:
     """A self-signed CA that issues leaf certificates."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, days: int = 1) -> None:
+        self._days = days
         self._key = ec.generate_private_key(ec.SECP256R1())
         self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        builder = _base(self._name, self._key.public_key()).add_extension(
+        builder = _base(self._name, self._key.public_key(), days).add_extension(
             x509.BasicConstraints(ca=True, path_length=0), critical=True
         )
         self._cert = builder.issuer_name(self._name).sign(self._key, hashes.SHA256())
@@ -42,8 +45,10 @@ class Authority:
     def pem(self) -> bytes:
         return self._cert.public_bytes(serialization.Encoding.PEM)
 
-    def server(self, common_name: str = "localhost") -> Issued:
-        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    def server(self, common_name: str = "localhost", dns_names: tuple[str, ...] = ()) -> Issued:
+        """Valid for localhost, 127.0.0.1 and `dns_names` (e.g. compose service names)."""
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in ("localhost", *dns_names)]
+        names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
         return self._issue(common_name, ExtendedKeyUsageOID.SERVER_AUTH, names)
 
     def client(self, common_name: str = "client") -> Issued:
@@ -53,7 +58,7 @@ class Authority:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         builder = (
-            _base(subject, key.public_key())
+            _base(subject, key.public_key(), self._days)
             .issuer_name(self._name)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -69,7 +74,9 @@ class Authority:
         return Issued(cert.public_bytes(serialization.Encoding.PEM), pem_key)
 
 
-def _base(subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+def _base(
+    subject: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int
+) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
@@ -77,5 +84,5 @@ def _base(subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.Cer
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
     )
