@@ -79,11 +79,19 @@ def from_tensor(
     if dtype is None:
         names = ", ".join(pb.DataType.Name(c) for c in _TO_NUMPY)
         raise TensorError(f"{field}.dtype", f"one of {names}", _dtype_name(tensor.dtype))
-    raw = tensor.raw
+    return from_raw(tensor.raw, dtype, shape, f"{field}.raw", str(dtype))
+
+
+def from_raw(
+    raw: bytes, dtype: np.dtype, shape: tuple[int, ...], field: str, type_name: str
+) -> np.ndarray:
+    """Little-endian bytes of exactly `shape` as a native-order array (shared with the v2
+    adapter, whose `raw_input_contents` are the same layout)."""
+    count = math.prod(shape)
     if len(raw) != count * dtype.itemsize:
         raise TensorError(
-            f"{field}.raw",
-            f"{count * dtype.itemsize} bytes for shape {list(shape)} of {dtype}",
+            field,
+            f"{count * dtype.itemsize} bytes for shape {list(shape)} of {type_name}",
             f"{len(raw)} bytes",
         )
     return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
@@ -94,17 +102,22 @@ def _checked_shape(tensor: pb.Tensor, field: str, limits: DecodeLimits) -> tuple
     if tensor.dtype not in _KNOWN_CODES:
         known = ", ".join(pb.DataType.keys())
         raise TensorError(f"{field}.dtype", f"one of {known}", _dtype_name(tensor.dtype))
-    if len(tensor.shape) > MAX_RANK:
-        raise TensorError(f"{field}.shape", f"at most {MAX_RANK} axes", f"{len(tensor.shape)} axes")
-    shape = tuple(tensor.shape)
+    return check_shape(tensor.shape, f"{field}.shape", limits.max_elements)
+
+
+def check_shape(shape: Sequence[int], field: str, max_elements: int | None) -> tuple[int, ...]:
+    """A shape of bounded rank and size, checked in Python integers before any allocation."""
+    if len(shape) > MAX_RANK:
+        raise TensorError(field, f"at most {MAX_RANK} axes", f"{len(shape)} axes")
+    shape = tuple(shape)
     if any(d < 0 for d in shape):
-        raise TensorError(f"{field}.shape", "non-negative sizes", _shape_text(shape))
+        raise TensorError(field, "non-negative sizes", _shape_text(shape))
     # The longest axis counts too: (0, 2**62) holds no values but no array of that shape exists.
     size = max(math.prod(shape), max(shape, default=0))
-    bound = INT64_MAX if limits.max_elements is None else limits.max_elements
+    bound = INT64_MAX if max_elements is None else max_elements
     if size > bound:
         raise TensorTooLarge(
-            f"{field}.shape",
+            field,
             f"at most {bound} elements and no longer axis (max_request_elements)",
             _shape_text(shape),
         )

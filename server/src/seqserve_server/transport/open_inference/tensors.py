@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
 
 import numpy as np
 
 from seqserve.inference import grpc_service_pb2 as pb
-from seqserve_api.tensors import MAX_RANK, TensorError, TensorTooLarge
+from seqserve_api.tensors import TensorError, check_shape, from_raw
 
 from .core_facade import RequestLimits
 
@@ -44,18 +43,13 @@ def decode(
     dtype = DATATYPES.get(tensor.datatype)
     if dtype is None:
         raise TensorError(f"{field}.datatype", f"one of {', '.join(DATATYPES)}", tensor.datatype)
-    shape = _checked_shape(tensor.shape, f"{field}.shape", limits)
+    shape = check_shape(tensor.shape, f"{field}.shape", limits.max_request_elements)
     count = math.prod(shape)
     if raw is not None:
         if tensor.HasField("contents"):
             raise TensorError(f"{field}.contents", "empty when raw_input_contents is used", "both")
-        if len(raw) != count * dtype.itemsize:
-            raise TensorError(
-                f"raw_input_contents for {tensor.name!r}",
-                f"{count * dtype.itemsize} bytes for shape {list(shape)} of {tensor.datatype}",
-                f"{len(raw)} bytes",
-            )
-        return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+        field = f"raw_input_contents for {tensor.name!r}"
+        return from_raw(raw, dtype, shape, field, tensor.datatype)
     where = _CONTENTS.get(tensor.datatype)
     if where is None:
         raise TensorError(
@@ -68,21 +62,6 @@ def decode(
             f"{len(values)} values",
         )  # fmt: skip
     return np.asarray(values, dtype=dtype.newbyteorder("=")).reshape(shape)
-
-
-def _checked_shape(shape: Sequence[int], field: str, limits: RequestLimits) -> tuple[int, ...]:
-    if len(shape) > MAX_RANK:
-        raise TensorError(field, f"at most {MAX_RANK} axes", f"{len(shape)} axes")
-    if any(d < 0 for d in shape):
-        raise TensorError(field, "non-negative sizes", str(list(shape)[:8]))
-    size = max(math.prod(shape), max(shape, default=0))
-    if size > limits.max_request_elements:
-        raise TensorTooLarge(
-            field,
-            f"at most {limits.max_request_elements} elements (max_request_elements)",
-            str(list(shape)[:8]),
-        )
-    return tuple(shape)
 
 
 def encode(name: str, array: np.ndarray, response: pb.ModelInferResponse) -> None:
