@@ -309,8 +309,8 @@ def test_sequence_must_be_started(v2: triton.InferenceServerClient) -> None:
     x = example_input("co2_next_week", np.random.default_rng(8))[0]
     with pytest.raises(InferenceServerException) as caught:
         v2.infer("co2_next_week", [_input(x[None])], sequence_id=424242)
-    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "sequence_start" in caught.value.message()
+    assert caught.value.status() == "StatusCode.FAILED_PRECONDITION"
+    assert "sequence_start" in caught.value.message() and "424242" in caught.value.message()
 
 
 # -- the asyncio client --------------------------------------------------------------------------
@@ -521,7 +521,7 @@ def test_idle_sequences_are_closed_and_free_their_place(
     time.sleep(1.5)
     fixtures_v2.infer("limited", step, sequence_id=3, sequence_start=True, sequence_end=True)
     code, message = _code(lambda: fixtures_v2.infer("limited", step, sequence_id=1))
-    assert code == "StatusCode.INVALID_ARGUMENT" and "idle" in message
+    assert code == "StatusCode.FAILED_PRECONDITION" and "idle" in message
 
 
 def test_readme_v2_program_runs_unchanged(served: ServerProcess, v1: SeqServeClient) -> None:

@@ -39,6 +39,13 @@ class InvalidInput(SeqServeError):
         self.got = got
 
 
+class NotOpen(InvalidInput):
+    """A request continues a sequence this server does not hold (never started, ended, idle past
+    its timeout, or started on another replica): no state to continue from."""
+
+    reason = "NOT_OPEN"
+
+
 class ModelNotFound(SeqServeError):
     """No model (or no such version of it) is in the repository."""
 

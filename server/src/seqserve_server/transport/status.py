@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 ERROR_DOMAIN = "seqserve"
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (errors.NotOpen, grpc.StatusCode.FAILED_PRECONDITION),  # before its base, InvalidInput
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (TensorTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TensorError, grpc.StatusCode.INVALID_ARGUMENT),

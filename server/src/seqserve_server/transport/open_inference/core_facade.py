@@ -15,7 +15,14 @@ import numpy as np
 
 from ...core.batch import Batch
 from ...core.classification import TopK
-from ...core.errors import InvalidInput, LimitExceeded, ModelNotFound, SeqServeError, Unsupported
+from ...core.errors import (
+    InvalidInput,
+    LimitExceeded,
+    ModelNotFound,
+    NotOpen,
+    SeqServeError,
+    Unsupported,
+)
 from ...core.inference import InferenceService
 from ...core.limits import RequestLimits
 from ...core.management import ModelManager
@@ -31,6 +38,7 @@ __all__ = [
     "Mode",
     "ModelNotFound",
     "ModelView",
+    "NotOpen",
     "Outputs",
     "Part",
     "RequestLimits",

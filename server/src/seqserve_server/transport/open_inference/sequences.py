@@ -13,7 +13,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from .core_facade import Core, InvalidInput, SequenceHandle
+from .core_facade import Core, NotOpen, SequenceHandle
 
 Key = tuple[str, int | str]
 
@@ -52,7 +52,7 @@ class Sequences:
         self._sweep()
         found = self._open.get((model, sequence))
         if found is None:
-            raise InvalidInput(
+            raise NotOpen(
                 "parameters['sequence_id']",
                 "an open sequence (send sequence_start=true on its first request)",
                 f"{sequence!r}, which is not open on {model!r} (never started, ended or idle "
