@@ -2,14 +2,19 @@
 # End-to-end test of the compose stack on this machine (`make stack-test`):
 #   install what is missing (apt: docker.io iptables debootstrap ca-certificates; compose plugin),
 #   start dockerd if none runs (and stop only that one at the end), build the stand-in images once
-#   (python:3.11-slim, nginx, prom/prometheus), the wheelhouse and the server image,
-#   `docker compose up` without Grafana, N Predict calls through the load balancer, check that
-#   both replicas served and that Prometheus scraped both, then `docker compose down -v` (always).
+#   (python:3.11-slim, nginx, prom/prometheus), the wheelhouse and the server image, make this run's
+#   own certificates and tokens (deploy/.stack-logs/certs, SEQSERVE_CERTS_DIR; deploy/certs is left
+#   alone), `docker compose up` without Grafana, then deploy/stack_check.py: every container
+#   read-only without capabilities; plaintext, no token, an unknown token and a token without the
+#   model refused; N Predict calls over TLS with a token through the load balancer (equal to Keras);
+#   S interleaved Triton sequences routed by the seqserve-sequence-id header (each equal to Predict
+#   on the whole sequence); both replicas served; Prometheus scraped both. Then
+#   `docker compose down -v` (always).
 # Everything listens on 127.0.0.1 only (free ports picked at start); traffic stays on this machine.
 #
 # Environment: STACK_TEST_TIMEOUT (s, whole run, default 900), STACK_TEST_CALLS (default 50),
-# STACK_TEST_KEEP=1 (leave the stack up for a look; still stops a dockerd this script started...
-# so use it with an engine that was already running).
+# STACK_TEST_SEQUENCES (default 40), STACK_TEST_KEEP=1 (leave the stack up for a look; still stops
+# a dockerd this script started... so use it with an engine that was already running).
 # Needs root (apt, dockerd) and .venv (`make venv`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +32,7 @@ STATE="$ROOT/deploy/.stack-logs"
 mkdir -p "$STATE"
 PY="$ROOT/.venv/bin/python"
 CALLS="${STACK_TEST_CALLS:-50}"
+SEQUENCES="${STACK_TEST_SEQUENCES:-40}"
 START=$SECONDS
 DOCKERD_PID=""
 COMPOSE_STARTED=""
@@ -44,6 +50,7 @@ cleanup() {
       tail -n 60 "$STATE/compose.log" || true
     fi
     if [[ -z "${STACK_TEST_KEEP:-}" ]]; then
+      rm -f "$STATE/tokens.json"
       log "docker compose down -v"
       timeout 90 "${COMPOSE[@]}" down -v --remove-orphans --timeout 20 >/dev/null 2>&1 \
         || log "compose down failed"
@@ -97,10 +104,10 @@ docker image inspect python:3.11-slim nginx:1.27 prom/prometheus:v2.53.0 >/dev/n
 log "wheelhouse"
 deploy/build_wheelhouse.sh 2>&1 | grep -v '^WARNING: Location' || true
 ls deploy/.wheelhouse/project/seqserve_server-*.whl >/dev/null
-if [[ -f models/iris_classifier/1/model.keras ]]; then
+if [[ -f models/iris_classifier/1/model.keras && -f models/co2_next_week/1/model.keras ]]; then
   export SEQSERVE_MODEL_SOURCE=models
 else
-  log "models/iris_classifier not trained yet: building a stand-in model repository"
+  log "models/iris_classifier or co2_next_week not trained yet: building stand-in models"
   rm -rf deploy/.stack-models
   "$PY" deploy/stack_models.py deploy/.stack-models 2>/dev/null
   export SEQSERVE_MODEL_SOURCE=deploy/.stack-models
@@ -111,6 +118,10 @@ export SEQSERVE_BIND=127.0.0.1
 SEQSERVE_LB_PORT="$(free_port)"
 PROMETHEUS_PORT="$(free_port)"
 export SEQSERVE_LB_PORT PROMETHEUS_PORT
+# This run's own certificates and tokens (the tokens themselves only in $STATE/tokens.json).
+export SEQSERVE_CERTS_DIR="$STATE/certs"
+rm -rf "$SEQSERVE_CERTS_DIR"
+"$PY" -m deploy.stack_check prepare --certs "$SEQSERVE_CERTS_DIR" --secrets "$STATE/tokens.json"
 COMPOSE=(docker compose --project-directory "$ROOT" -f "$ROOT/docker-compose.yml" -p "$PROJECT")
 
 log "building the server image (models from $SEQSERVE_MODEL_SOURCE)"
@@ -125,6 +136,8 @@ COMPOSE_STARTED=1
 "${COMPOSE[@]}" ps --format 'table {{.Service}}\t{{.Status}}'
 
 # --- 5. checks ---------------------------------------------------------------------------------
-log "checks: $CALLS Predict calls through the load balancer, replicas, Prometheus"
-"$PY" deploy/stack_check.py --lb "127.0.0.1:$SEQSERVE_LB_PORT" \
-  --prometheus "http://127.0.0.1:$PROMETHEUS_PORT" --compose "$(printf '%q ' "${COMPOSE[@]}")" --calls "$CALLS"
+log "checks: hardening, refusals, $CALLS Predict calls and $SEQUENCES sequences through the LB (TLS + token), replicas, Prometheus"
+TF_CPP_MIN_LOG_LEVEL=2 "$PY" -m deploy.stack_check check --lb "127.0.0.1:$SEQSERVE_LB_PORT" \
+  --prometheus "http://127.0.0.1:$PROMETHEUS_PORT" --compose "$(printf '%q ' "${COMPOSE[@]}")" \
+  --certs "$SEQSERVE_CERTS_DIR" --secrets "$STATE/tokens.json" --models "$SEQSERVE_MODEL_SOURCE" \
+  --calls "$CALLS" --sequences "$SEQUENCES"

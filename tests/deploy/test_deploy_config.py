@@ -24,6 +24,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "seqserve.json"
 
 REPLICAS = {"seqserve-1", "seqserve-2"}
+# `make certs` writes deploy/certs; the stack test mounts its own (SEQSERVE_CERTS_DIR).
+CERTS_MOUNT = "${SEQSERVE_CERTS_DIR:-./deploy/certs}:/certs:ro"
 # The metric names the server exports (the only ones the dashboard may use).
 METRICS = {
     "seqserve_requests_total",
@@ -122,8 +124,8 @@ def test_replicas_serve_mutual_tls_and_tokens_from_a_read_only_mount() -> None:
         assert env["SEQSERVE_TLS_CLIENT_CA"] == "/certs/ca.crt"
         assert env["SEQSERVE_AUTH_TOKENS_FILE"] == "/certs/tokens.yaml"
         assert env["HEALTHCHECK_CA"] == "/certs/ca.crt", "the probe speaks TLS"
-        assert "./deploy/certs:/certs:ro" in svc["volumes"]
-    assert "./deploy/certs:/certs:ro" in services["lb"]["volumes"]
+        assert CERTS_MOUNT in svc["volumes"]
+    assert CERTS_MOUNT in services["lb"]["volumes"]
 
 
 def test_containers_are_read_only_unprivileged_and_limited() -> None:
@@ -144,27 +146,50 @@ def test_prometheus_and_grafana_admin_are_closed() -> None:
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
     secret = compose_file()["secrets"]["grafana_admin_password"]
-    assert secret["file"] == "./deploy/certs/grafana-admin-password"
+    assert secret["file"] == "${SEQSERVE_CERTS_DIR:-./deploy/certs}/grafana-admin-password"
 
 
 # --- load balancer ----------------------------------------------------------------------------
 
 
+def nginx_conf() -> str:
+    return re.sub(r"#.*", "", (DEPLOY / "nginx" / "nginx.conf").read_text())
+
+
+def upstream_servers(conf: str, name: str) -> tuple[set[str], str]:
+    block = re.search(rf"upstream\s+{name}\s*\{{(.*?)\}}", conf, re.S)
+    assert block, f"no `upstream {name}` block"
+    return set(re.findall(r"^\s*server\s+([\w.-]+):8500\b", block.group(1), re.M)), block.group(1)
+
+
 def test_nginx_balances_grpc_over_both_replicas() -> None:
-    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
-    conf = re.sub(r"#.*", "", conf)
-    upstream = re.search(r"upstream\s+seqserve\s*\{(.*?)\}", conf, re.S)
-    assert upstream, "no `upstream seqserve` block"
-    servers = set(re.findall(r"^\s*server\s+([\w.-]+):8500\b", upstream.group(1), re.M))
+    conf = nginx_conf()
+    servers, _ = upstream_servers(conf, "seqserve")
     assert servers == REPLICAS
     assert re.search(r"listen\s+8500\s+ssl\s+http2", conf)
-    assert "grpc_pass grpcs://seqserve;" in conf
+    assert "grpc_pass grpcs://$seqserve_upstream;" in conf
+
+
+def test_nginx_routes_a_sequence_by_its_header_to_one_replica() -> None:
+    """Calls with `seqserve-sequence-id` go by a consistent hash of it (every call of a sequence
+    to the replica holding its state), over the same replicas; calls without it round robin."""
+    conf = nginx_conf()
+    servers, block = upstream_servers(conf, "seqserve_sequences")
+    assert servers == REPLICAS
+    assert re.search(r"^\s*hash\s+\$http_seqserve_sequence_id\s+consistent;", block, re.M)
+    assert "hash" not in upstream_servers(conf, "seqserve")[1], "the default stays round robin"
+    mapping = re.search(
+        r"map\s+\$http_seqserve_sequence_id\s+\$seqserve_upstream\s*\{(.*?)\}", conf, re.S
+    )
+    assert mapping, "no map from the header to the upstream"
+    entries = dict(re.findall(r'^\s*("[^"]*"|\S+)\s+(\S+);', mapping.group(1), re.M))
+    assert entries == {'""': "seqserve", "default": "seqserve_sequences"}
 
 
 def test_nginx_terminates_tls_and_reencrypts_with_a_client_certificate() -> None:
     """Callers reach the LB over TLS; the LB verifies the replicas and presents the client
     certificate their mutual TLS requires (all files from `make certs`, mounted at /certs)."""
-    conf = re.sub(r"#.*", "", (DEPLOY / "nginx" / "nginx.conf").read_text())
+    conf = nginx_conf()
     directives = dict(re.findall(r"^\s*(\w+)\s+([^;]+);", conf, re.M))
     assert directives["ssl_certificate"] == "/certs/server.crt"
     assert directives["ssl_certificate_key"] == "/certs/server.key"
@@ -184,7 +209,7 @@ def test_nginx_lets_sessions_run_long_and_large() -> None:
     """client_max_body_size counts a whole HTTP/2 stream: a session's messages add up, so it
     must be unbounded (single messages are bounded by the server); timeouts outlast a session's
     idle timeout."""
-    conf = re.sub(r"#.*", "", (DEPLOY / "nginx" / "nginx.conf").read_text())
+    conf = nginx_conf()
     sizes = re.findall(r"client_max_body_size\s+(\S+);", conf)
     assert sizes == ["0"], sizes
     for directive in ("grpc_read_timeout", "grpc_send_timeout", "client_body_timeout"):

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from deploy.make_certs import Authority, Issued
 from seqserve_client import (
     PermissionDeniedError,
     SeqServeClient,
@@ -31,7 +32,6 @@ from seqserve_client import (
     UnavailableError,
 )
 from tests.fuzz.run import FuzzConfig, fuzz
-from tests.support.certs import Authority, Issued
 from tests.support.metrics import value
 from tests.support.model_zoo import FEATURES
 from tests.support.reference import loader
