@@ -131,6 +131,7 @@ def test_replicas_serve_mutual_tls_and_tokens_from_a_read_only_mount() -> None:
 def test_containers_are_read_only_unprivileged_and_limited() -> None:
     for name, svc in compose_file()["services"].items():
         assert svc.get("read_only") is True, name
+        assert "/tmp" in svc.get("tmpfs", []), f"{name}: no writable /tmp"
         assert svc.get("cap_drop") == ["ALL"], name
         assert set(svc.get("cap_add", [])) <= {"CHOWN", "SETGID", "SETUID"}, name
         assert "no-new-privileges:true" in svc.get("security_opt", []), name
