@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from functools import cache
@@ -557,3 +558,63 @@ def test_health_check_probes_seqserve_behind_mutual_tls(tmp_path: Path) -> None:
     (tmp_path / "repository").mkdir()
     with served(tmp_path / "repository", *flags) as server:
         assert_probe_needs_mutual_tls(server.port, env)
+
+
+# --- the pod's filesystem -------------------------------------------------------------------
+
+ROOT_FS_SCRIPT = """
+set -eu
+mount --make-rprivate /
+mount -o remount,bind,ro /
+mount --bind -o ro "$MODELS" /mnt
+mount -t tmpfs -o size=256m,mode=1777 tmpfs /tmp
+exec setpriv --inh-caps=-all --bounding-set=-all --no-new-privs env -i "$@"
+"""
+
+
+@pytest.mark.slow
+def test_server_runs_on_a_read_only_root_like_the_pod(tmp_path: Path) -> None:
+    """The Deployment's environment on a read-only root with only /tmp writable (an in-memory
+    tmpfs, like the pod's emptyDir) and no capabilities: the server loads, proves and serves
+    its models. A private mount namespace stands in for the container (root and unshare
+    needed); the uid stays 0 here because the venv's Python lives under /root."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("setpriv") is None:
+        pytest.skip("needs root, unshare and setpriv (a private mount namespace)")
+    server = container(one("base", "Deployment", "seqserve"), "seqserve")
+    writable = {m["mountPath"] for m in server["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/tmp"}
+    models = tmp_path / "models"
+    for name in ("iris_classifier", "co2_next_week"):
+        shutil.copytree(ROOT / "models" / name, models / name)
+    env = {**env_of(server), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    env |= {"SEQSERVE_HOST": "127.0.0.1", "SEQSERVE_PORT": "0", "SEQSERVE_METRICS_PORT": "0",
+            "SEQSERVE_MODEL_REPOSITORY": "/mnt"}  # fmt: skip
+    command = [sys.executable, "-m", "seqserve_server.cli", "serve"]
+    process = subprocess.Popen(
+        ["unshare", "--mount", "--fork", "--kill-child=SIGKILL", "sh", "-c", ROOT_FS_SCRIPT,
+         "pod", *(f"{k}={v}" for k, v in env.items()), *command],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "MODELS": str(models)},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        log = []
+        for line in process.stdout:
+            log.append(line)
+            if match := re.search(r"seqserve ready on \S+:(\d+) metrics (\d+)", line):
+                break
+        else:
+            pytest.fail("the server did not start:\n" + "".join(log))
+        probe = health(int(match[1]), {})
+        assert probe.returncode == 0 and probe.stdout.strip() == "SERVING", probe.stderr
+        assert "model co2_next_week version 1 ready" in "".join(log)
+    finally:
+        # unshare ignores SIGTERM while it waits: stop the server itself (its only child).
+        child = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
+        for pid in child.stdout.split():
+            os.kill(int(pid), signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()  # --kill-child: the server goes with it
+            process.wait(10)
