@@ -345,6 +345,29 @@ def test_envoy_hashes_sequences_and_balances_the_rest_per_call(kustomization: st
         assert any(filename.startswith(m + "/") for m in mounts), filename
 
 
+@pytest.mark.parametrize("kustomization", SERVER_OVERLAYS)
+def test_envoy_config_parses_as_envoy_api(kustomization: str) -> None:
+    """Every Envoy file against Envoy's own API (xds-protos: the generated data-plane-api):
+    unknown fields, wrong types, unknown enum values and unknown typed_config types fail, as
+    they would when Envoy loads them. (Envoy's own value constraints are not checked here.)"""
+    # Register the extension types the files name in typed_config.
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+    from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+        http_connection_manager_pb2,
+    )
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+    from envoy.service.discovery.v3 import discovery_pb2
+    from google.protobuf import json_format
+
+    files = envoy_files(kustomization)
+    json_format.ParseDict(files.pop("envoy.yaml"), bootstrap_pb2.Bootstrap())
+    for name, content in files.items():
+        response = json_format.ParseDict(content, discovery_pb2.DiscoveryResponse())
+        assert len(response.resources) == 1, name
+
+
 def test_production_reads_models_from_a_volume_and_configs_from_a_configmap() -> None:
     deployment = one("overlays/production", "Deployment", "seqserve")
     init = container(deployment, "model-repository", init=True)
