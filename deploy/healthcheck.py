@@ -4,34 +4,16 @@ Exit 0 when the server reports SERVING for SERVICE (default "": the whole server
 Used by the Dockerfile HEALTHCHECK; needs only grpcio + grpcio-health-checking (in the image).
 Usage: python healthcheck.py [SERVICE]   (target: 127.0.0.1:$SEQSERVE_PORT, timeout 3 s)
 
-TLS when HEALTHCHECK_CA is set (the CA of the server's certificate, PEM); mutual TLS when
-HEALTHCHECK_CERT and HEALTHCHECK_KEY are set too. Health needs no token (the server keeps it open).
+Against a TLS port (Kubernetes' native gRPC probe speaks plaintext only), set HEALTHCHECK_TLS_CA
+to the CA file that signed the server's certificate, HEALTHCHECK_TLS_SERVER_NAME to a name in it,
+and, for mutual TLS, HEALTHCHECK_TLS_CERT and HEALTHCHECK_TLS_KEY to a client certificate.
 """
 
 import os
 import sys
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-
-def _read(variable: str) -> bytes | None:
-    path = os.environ.get(variable)
-    return Path(path).read_bytes() if path else None
-
-
-def channel(target: str) -> grpc.Channel:
-    """Plaintext, or TLS/mTLS as the HEALTHCHECK_* variables say."""
-    ca = _read("HEALTHCHECK_CA")
-    if ca is None:
-        return grpc.insecure_channel(target)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=ca,
-        private_key=_read("HEALTHCHECK_KEY"),
-        certificate_chain=_read("HEALTHCHECK_CERT"),
-    )
-    return grpc.secure_channel(target, credentials)
 
 
 def main() -> int:
@@ -39,8 +21,8 @@ def main() -> int:
     port = os.environ.get("SEQSERVE_PORT", "8500")
     target = os.environ.get("HEALTHCHECK_TARGET") or f"127.0.0.1:{port}"
     try:
-        with channel(target) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
+        with _channel(target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
     except (grpc.RpcError, OSError) as e:
         name = e.code().name if isinstance(e, grpc.RpcError) else str(e)
@@ -49,6 +31,24 @@ def main() -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _channel(target: str) -> grpc.Channel:
+    ca = os.environ.get("HEALTHCHECK_TLS_CA")
+    if not ca:
+        return grpc.insecure_channel(target)
+    cert, key = os.environ.get("HEALTHCHECK_TLS_CERT"), os.environ.get("HEALTHCHECK_TLS_KEY")
+    credentials = grpc.ssl_channel_credentials(
+        _read(ca), _read(key) if key else None, _read(cert) if cert else None
+    )
+    name = os.environ.get("HEALTHCHECK_TLS_SERVER_NAME")
+    options = [("grpc.ssl_target_name_override", name)] if name else []
+    return grpc.secure_channel(target, credentials, options)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 if __name__ == "__main__":

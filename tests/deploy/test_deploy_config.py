@@ -123,7 +123,7 @@ def test_replicas_serve_mutual_tls_and_tokens_from_a_read_only_mount() -> None:
         assert env["SEQSERVE_TLS_KEY"] == "/certs/server.key"
         assert env["SEQSERVE_TLS_CLIENT_CA"] == "/certs/ca.crt"
         assert env["SEQSERVE_AUTH_TOKENS_FILE"] == "/certs/tokens.yaml"
-        assert env["HEALTHCHECK_CA"] == "/certs/ca.crt", "the probe speaks TLS"
+        assert env["HEALTHCHECK_TLS_CA"] == "/certs/ca.crt", "the probe speaks TLS"
         assert CERTS_MOUNT in svc["volumes"]
     assert CERTS_MOUNT in services["lb"]["volumes"]
 
