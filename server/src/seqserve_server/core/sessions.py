@@ -24,9 +24,11 @@ from .errors import InvalidInput, LimitExceeded, ModelNotReady, Unsupported
 from .inputs import ACCEPTED_IDS, check_values
 from .modes import Mode
 from .observer import ModelObserver
-from .proof import CHUNKS, ProofFailed, probes, prove_program
+from .proof import CHUNKS, Probe, ProofFailed, Reference, probes, prove_program
 from .repository import ModelRepository, ReadyModel, VersionStatus
 from .runtime import ModelRuntime
+from .stepping.analysis import Unsteppable
+from .stepping.numpy_program import numpy_program
 from .stepping.programs import SessionSupport, StepProgram, build_step_program
 from .stepping.state import State
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_STEP_BATCH = 256  # sessions stacked into one step computation
 STREAM_WINDOW = 32  # steps per part when PredictStream steps a long sequence
+INLINE_MAX_STEPS = 16  # a light (numpy) program computes a lone chunk this short inline
 
 
 @dataclass
@@ -312,7 +315,7 @@ def proven_program(runtime: ModelRuntime) -> StepProgram:
     program = build_step_program(model, mode, runtime.compute)
     try:
         prove_program(program, cases, runtime.reference, chunkings)
-        return program
+        return _in_numpy(program, cases, runtime.reference, chunkings)
     except ProofFailed as exc:
         if program.support is not SessionSupport.INCREMENTAL:
             raise Unsupported(f"the recompute step program differs: {exc}") from exc
@@ -325,6 +328,22 @@ def proven_program(runtime: ModelRuntime) -> StepProgram:
     fallback.reason = f"the incremental step program differs from Keras ({failure}); recomputing"
     log.warning("%s", fallback.reason)
     return fallback
+
+
+def _in_numpy(
+    program: StepProgram, cases: list[Probe], ref: Reference, chunkings: tuple
+) -> StepProgram:
+    """The proven `program` in numpy where it has that form and it passes the same proof
+    (~20x cheaper per step at batch 1), else `program` itself."""
+    if program.support is not SessionSupport.INCREMENTAL:
+        return program
+    try:
+        fast = numpy_program(program)
+        prove_program(fast, cases, ref, chunkings)
+    except (Unsteppable, ProofFailed) as exc:
+        log.info("step program stays traced: %s", exc)
+        return program
+    return fast
 
 
 @dataclass
@@ -352,6 +371,8 @@ class _StepQueue:
         self._task: asyncio.Task[None] | None = None  # a reference keeps the task alive
 
     async def step(self, state: State, chunk: np.ndarray) -> tuple[State, np.ndarray]:
+        if self._program.light and not self._running and chunk.shape[1] <= INLINE_MAX_STEPS:
+            return self._inline(state, chunk)
         future: asyncio.Future[tuple[State, np.ndarray]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -360,6 +381,15 @@ class _StepQueue:
             self._running = True
             self._task = asyncio.get_running_loop().create_task(self._drain())
         return await future
+
+    def _inline(self, state: State, chunk: np.ndarray) -> tuple[State, np.ndarray]:
+        """Nothing queued and a light program: compute on the event loop (tens of µs), which
+        saves the thread hand-off that would cost more than the step itself."""
+        self._observer.queue_wait(0.0)
+        start = time.perf_counter()
+        result = self._program.step(state, chunk)
+        self._observer.batch_executed(1, time.perf_counter() - start)
+        return result
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
