@@ -19,6 +19,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import threadpoolctl
 
 from ..modes import Mode
 from .analysis import Plan, Unsteppable
@@ -344,4 +345,12 @@ def numpy_program(base: StepProgram) -> StepProgram:
     reason) where not. Unproven: the caller proves it before use."""
     if not isinstance(base, IncrementalProgram):
         raise Unsteppable("only incremental programs have a numpy form")
+    _one_blas_thread()
     return NumpyProgram(base)
+
+
+def _one_blas_thread() -> None:
+    """numpy's BLAS computes on the calling thread: the server's parallelism is its own
+    threads, and BLAS worker threads spinning beside them on a small machine made a 500-step
+    chunk ~3x slower (`bench.step_cost`). TensorFlow's kernels do not use this BLAS."""
+    threadpoolctl.threadpool_limits(1, user_api="blas")
