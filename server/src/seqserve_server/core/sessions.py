@@ -2,7 +2,9 @@
 
 Steps of concurrent sessions on the same model run as one batched computation (like Triton's
 sequence batcher with its "oldest" strategy): whatever arrives while a step computation runs is
-stacked along the batch axis and computed next, so a lone session never waits.
+stacked along the batch axis and computed next, so a lone session never waits. A light (numpy)
+program computes short chunks on the event loop itself, one loop iteration after the first of
+them was queued (what arrived together is one batch): cheaper than a thread hand-off.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_STEP_BATCH = 256  # sessions stacked into one step computation
 STREAM_WINDOW = 32  # steps per part when PredictStream steps a long sequence
-INLINE_MAX_STEPS = 16  # a light (numpy) program computes a lone chunk this short inline
+INLINE_MAX_STEPS = 16  # a light (numpy) program computes chunks this short on the event loop
 
 
 @dataclass
@@ -371,8 +373,6 @@ class _StepQueue:
         self._task: asyncio.Task[None] | None = None  # a reference keeps the task alive
 
     async def step(self, state: State, chunk: np.ndarray) -> tuple[State, np.ndarray]:
-        if self._program.light and not self._running and chunk.shape[1] <= INLINE_MAX_STEPS:
-            return self._inline(state, chunk)
         future: asyncio.Future[tuple[State, np.ndarray]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -382,15 +382,6 @@ class _StepQueue:
             self._task = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
-    def _inline(self, state: State, chunk: np.ndarray) -> tuple[State, np.ndarray]:
-        """Nothing queued and a light program: compute on the event loop (tens of µs), which
-        saves the thread hand-off that would cost more than the step itself."""
-        self._observer.queue_wait(0.0)
-        start = time.perf_counter()
-        result = self._program.step(state, chunk)
-        self._observer.batch_executed(1, time.perf_counter() - start)
-        return result
-
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -399,7 +390,10 @@ class _StepQueue:
                 if not group:
                     continue
                 try:
-                    results = await loop.run_in_executor(self._executor, self._isolated, group)
+                    if self._inline(group):
+                        results = self._isolated(group)
+                    else:
+                        results = await loop.run_in_executor(self._executor, self._isolated, group)
                 except Exception as exc:  # noqa: BLE001 - e.g. the executor shut down
                     results = [exc] * len(group)
                 for item, result in zip(group, results, strict=True):
@@ -411,6 +405,12 @@ class _StepQueue:
                         item.future.set_result(result)
         finally:
             self._running = False
+
+    def _inline(self, group: list[_Pending]) -> bool:
+        """A light program's group of short chunks computes on the event loop (tens of µs):
+        cheaper than the hand-off to the compute thread. This runs one loop iteration after the
+        first step was queued, so the steps of sessions that arrived together are one group."""
+        return self._program.light and group[0].chunk.shape[1] <= INLINE_MAX_STEPS
 
     def _take_group(self) -> list[_Pending]:
         """The oldest pending step and every other pending step that can share its computation."""

@@ -249,20 +249,21 @@ class _RecurrentForm:
             raise Unsteppable(f"{type(layer).__name__} {layer.name!r} has no numpy form")
         self.cell = form(layer.cell)
         self.keys = op.keys
-        self.n_states = 2 if form is _LSTM else 1
+        self.state_keys = [op.keys.cell_state(i) for i in range(2 if form is _LSTM else 1)]
         self.sequences = bool(layer.return_sequences)
 
     def run(self, x: Array, state: State, new_state: State) -> Array:
         zs = self.cell.project(x)  # [B, k, gates]: the chunk's inputs in one product
-        states = [state[self.keys.cell_state(i)] for i in range(self.n_states)]
+        states = [state[key] for key in self.state_keys]
         outs = []
         for t in range(zs.shape[1]):
             states = self.cell.step(zs[:, t], states)
             outs.append(states[0])
-        for i, s in enumerate(states):
-            new_state[self.keys.cell_state(i)] = s
+        new_state.update(zip(self.state_keys, states, strict=True))
         new_state[self.keys.last_output] = states[0]
-        return np.stack(outs, axis=1) if self.sequences else states[0]
+        if not self.sequences:
+            return states[0]
+        return outs[0][:, np.newaxis] if len(outs) == 1 else np.stack(outs, axis=1)
 
 
 class NumpyProgram(StepProgram):
