@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_STEP_BATCH = 256  # sessions stacked into one step computation
 STREAM_WINDOW = 32  # steps per part when PredictStream steps a long sequence
-INLINE_MAX_STEPS = 16  # a light (numpy) program computes chunks this short on the event loop
+INLINE_MAX_STEPS = 16  # a light (numpy) program computes groups this small on the event loop
 
 
 @dataclass
@@ -407,10 +407,12 @@ class _StepQueue:
             self._running = False
 
     def _inline(self, group: list[_Pending]) -> bool:
-        """A light program's group of short chunks computes on the event loop (tens of µs):
-        cheaper than the hand-off to the compute thread. This runs one loop iteration after the
-        first step was queued, so the steps of sessions that arrived together are one group."""
-        return self._program.light and group[0].chunk.shape[1] <= INLINE_MAX_STEPS
+        """A light program's small group (at most INLINE_MAX_STEPS steps in all) computes on the
+        event loop (tens of µs): cheaper than the hand-off to the compute thread, and too short
+        to hold other callers up. This runs one loop iteration after the first step was queued,
+        so the steps of sessions that arrived together are one group."""
+        steps = len(group) * group[0].chunk.shape[1]
+        return self._program.light and steps <= INLINE_MAX_STEPS
 
     def _take_group(self) -> list[_Pending]:
         """The oldest pending step and every other pending step that can share its computation."""
