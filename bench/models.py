@@ -28,6 +28,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BUNDLED = Path(__file__).resolve().parents[1] / "models"
 
 
+# The sessions bench feeds prefixes of 10,000 steps (and recomputes or Predicts them): above the
+# server's default max_sequence_length (4096), so these models' configs raise it.
+LONG_PREFIX = 16_384
+
+
 @dataclass(frozen=True)
 class BenchModel:
     name: str
@@ -57,12 +62,12 @@ REFERENCE = BenchModel(
 )  # fmt: skip
 ALIGNED = BenchModel(
     "lstm64_aligned", 16, 8, "LSTM(64) -> Dense(1) aligned, 8 features", (16, 1),
-    config={"mode": "many_to_many_aligned"},
+    config={"mode": "many_to_many_aligned", "max_sequence_length": LONG_PREFIX},
 )  # fmt: skip
 RECOMPUTE = BenchModel(
     "lstm64_aligned_recompute", 16, 8,
     "lstm64_aligned behind an identity Permute: sessions recompute", (16, 1),
-    config={"mode": "many_to_many_aligned"},
+    config={"mode": "many_to_many_aligned", "max_sequence_length": LONG_PREFIX},
 )  # fmt: skip
 DIGIT = BenchModel(
     "digit_classifier", 8, 8, "bundled, LSTM many-to-one, 8x8 image rows 0..16", (10,), True

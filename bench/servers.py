@@ -58,13 +58,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def echo(shapes: Path, timeout: float = 60) -> Running:
-    """bench/echo_server.py: gRPC + protobuf only, no model."""
+def echo(shapes: Path, timeout: float = 60, module: str = "bench.echo_server") -> Running:
+    """bench/echo_server.py (or `module`, e.g. bench.session_echo): gRPC + protobuf only."""
     import grpc
 
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.echo_server", str(shapes), str(port)],
+        [sys.executable, "-m", module, str(shapes), str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
     )  # fmt: skip
     running = Running(process, port)

@@ -1,4 +1,4 @@
-"""`python -m bench.sessions [--quick]`: stateful sessions through the real server (issue 4).
+"""`python -m bench.sessions [--quick]`: stateful sessions through the real server (issues 4, 14).
 
 One production server (`seqserve serve`) on 127.0.0.1, driven by the asyncio client SDK
 (`AsyncSeqServeClient.session()`, the Session bidi RPC) from this process:
@@ -13,6 +13,14 @@ One production server (`seqserve serve`) on 127.0.0.1, driven by the asyncio cli
 3. Steps/s with 1, 10 and 100 concurrent sessions, each sending single steps closed-loop, and
    the server's mean executed batch size from its metrics port (`seqserve_batch_size_sum/_count`
    deltas): cross-session batching.
+4. The transport's own cost: the same single-step messages, in alternating blocks, to the
+   server and to a session echo (`bench/session_echo.py`, its own process: gRPC + protobuf, no
+   compute), for `lstm64_aligned` and `lstm64_8x8`.
+
+The goals (issue 14: step round trip vs the echo, the server's step computation, recompute vs
+step at prefix 1,000 and 10,000, one computation per several-step message; issue 4: flat cost
+over the prefix) are computed from this run and written under "goals" in sessions.json, each
+{goal, measured, target, met, reason}, for `make bench`'s goal table.
 
 Writes bench/results/sessions.md and sessions.json, and prints the tables. Every loop is bounded
 in count and in time.
@@ -46,6 +54,10 @@ FEED_CHUNK = 500  # steps per message while feeding a prefix
 CONCURRENCY = (1, 10, 100)
 CHANNELS = 4  # client channels the concurrent sessions spread over
 CALL_TIMEOUT_S = 120.0
+ECHOED = (ALIGNED, REFERENCE)  # models whose step round trip is compared with the session echo
+STEP_VS_ECHO = 1.3  # goal: a step's round trip within this factor of the echo's
+STEP_COMPUTE_MS = 0.2  # goal: the server's step computation at batch 1 (lstm64_8x8)
+RECOMPUTE_AT_10K = 150  # goal: recomputing a 10,000-step prefix costs this many steps or more
 
 
 def _pct(samples: list[float], q: float) -> float | None:
@@ -62,7 +74,10 @@ def _cpu(pid: int) -> float:
 
 
 def _metrics(metrics_port: int, model: str) -> dict[str, float]:
-    """The server's batch-size and compute-time histograms for `model`: sums and counts."""
+    """The server's batch-size and compute-time histograms for `model`: sums and counts (all
+    zero for a peer without metrics, the echo)."""
+    if metrics_port < 0:
+        return dict.fromkeys(("batch_size_sum", "batch_size_count", "compute_seconds_sum"), 0.0)
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
@@ -105,10 +120,17 @@ async def step_latency(
             await s.__aenter__()
             sessions[prefix] = s
             support = s.info.session_support.removeprefix("session_")
+            before = await asyncio.to_thread(_metrics, metrics_port, model.name)
             t0 = time.perf_counter()
             await _feed(s, model.inputs(rng, 1, prefix)[0])
             feed_s = time.perf_counter() - t0
-            rows.append({"prefix": prefix, "feed_s": feed_s, "samples": [], "compute_s": 0.0})
+            fed = _delta(before, await asyncio.to_thread(_metrics, metrics_port, model.name))
+            rows.append({
+                "prefix": prefix, "feed_s": feed_s, "samples": [], "compute_s": 0.0,
+                "feed_messages": -(-prefix // FEED_CHUNK),
+                "feed_computations": fed["batch_size_count"],
+                "feed_compute_s": fed["compute_seconds_sum"],
+            })  # fmt: skip
         pending = {p: model.inputs(rng, 1, steps + 1)[0] for p in prefixes}
         end = time.perf_counter() + seconds
         done = dict.fromkeys(prefixes, 0)
@@ -139,6 +161,51 @@ async def step_latency(
             mean_ms=statistics.fmean(samples) * 1e3 if samples else None,
         )  # fmt: skip
     return rows
+
+
+# -- 4: the transport's own cost: the same session messages to the echo, in turns ------------
+
+
+async def versus_echo(
+    client, echo_client, metrics_port: int, model: BenchModel, steps: int, seconds: float,
+    block: int,
+) -> list[dict]:  # fmt: skip
+    """One session on the server and one on the session echo (bench/session_echo.py), both at
+    prefix 10, single-step messages timed in alternating blocks: the round-trip ratio."""
+    rng = np.random.default_rng(4)
+    x = model.inputs(rng, 1, steps + 10)[0]
+    peers = {"server": client, "echo": echo_client}
+    opened, samples, compute = {}, {k: [] for k in peers}, 0.0
+    try:
+        for peer, c in peers.items():
+            opened[peer] = c.session(model.name, timeout=CALL_TIMEOUT_S)
+            await opened[peer].__aenter__()
+            await opened[peer].step(x[:10])
+        end, i = time.perf_counter() + seconds, 10
+        while time.perf_counter() < end and i < len(x):
+            for peer, session in opened.items():
+                before = await asyncio.to_thread(_metrics, metrics_port, model.name)
+                for j in range(i, min(i + block, len(x))):
+                    t0 = time.perf_counter()
+                    await session.step(x[j : j + 1])
+                    samples[peer].append(time.perf_counter() - t0)
+                if peer == "server":
+                    after = await asyncio.to_thread(_metrics, metrics_port, model.name)
+                    compute += _delta(before, after)["compute_seconds_sum"]
+            i += block
+    finally:
+        for session in opened.values():
+            session.cancel()
+    how = {"server": "session, beside the echo", "echo": "session echo (no compute)"}
+    return [
+        {
+            "model": model.name, "how": how[peer], "prefix": 10, "feed_s": None,
+            "steps": len(samples[peer]), "p50_ms": _pct(samples[peer], 0.5),
+            "p90_ms": _pct(samples[peer], 0.9),
+            "compute_ms": compute / len(samples[peer]) * 1e3 if peer == "server" else None,
+        }
+        for peer in peers
+    ]  # fmt: skip
 
 
 # -- 2b: the caller without sessions: Predict on the whole prefix per step --------------------
@@ -232,17 +299,23 @@ async def concurrent(
     }  # fmt: skip
 
 
-async def measure(server, args, aligned: list[BenchModel], m2o: BenchModel) -> dict:
+async def measure(server, echo, args, aligned: list[BenchModel], m2o: BenchModel) -> dict:
     from seqserve_client.aio import AsyncSeqServeClient
 
     quick = args.quick
     steps, seconds, block = (60, 4.0, 10) if quick else (200, 12.0, 20)
     target = server.target
-    assert target.startswith("127.0.0.1:")
+    assert target.startswith("127.0.0.1:") and echo.target.startswith("127.0.0.1:")
     clients = [AsyncSeqServeClient(target, timeout=CALL_TIMEOUT_S) for _ in range(CHANNELS)]
-    out: dict = {"latency": [], "concurrency": []}
+    echo_client = AsyncSeqServeClient(echo.target, timeout=CALL_TIMEOUT_S)
+    out: dict = {"latency": [], "concurrency": [], "versus_echo": []}
     try:
         client = clients[0]
+        for model in ECHOED:
+            print(f"  round trip beside the session echo: {model.name} ...", flush=True)
+            out["versus_echo"] += await versus_echo(
+                client, echo_client, server.metrics_port, model, 2 * steps, seconds, block
+            )
         for model in [*aligned, m2o]:
             print(f"  step latency: {model.name} ...", flush=True)
             out["latency"] += await step_latency(
@@ -265,7 +338,7 @@ async def measure(server, args, aligned: list[BenchModel], m2o: BenchModel) -> d
                     await concurrent(clients, model, n, duration, warmup, server)
                 )
     finally:
-        for c in clients:
+        for c in [*clients, echo_client]:
             await c.close()
     return out
 
@@ -280,26 +353,87 @@ def _row(rows: list[dict], model: str, how: str, prefix: int) -> dict | None:
     return None
 
 
-def goals(rows: list[dict], incremental: list[str]) -> list[tuple[str, float | None, bool]]:
+def _goal(goal: str, measured: float | None, target: str, met: bool, reason: str = "") -> dict:
+    return {"goal": goal, "measured": measured, "target": target, "met": met, "reason": reason}
+
+
+def _ratio(a: dict | None, b: dict | None, key: str = "p50_ms") -> float | None:
+    return a[key] / b[key] if a and b and a.get(key) and b.get(key) else None
+
+
+def goals(data: dict, incremental: list[str]) -> list[dict]:
+    """Issue 14's session goals (and issue 4's prefix flatness), each from this run."""
+    rows, pairs = data["latency"], data["versus_echo"]
     out = []
+    for model in ECHOED:
+        server = _row(pairs, model.name, "session, beside", 10)
+        echo = _row(pairs, model.name, "session echo", 10)
+        x = _ratio(server, echo)
+        out.append(_goal(
+            f"{model.name}: session step round trip ≤ {STEP_VS_ECHO}x the session echo's "
+            "(1 session, p50)", x, f"≤ {STEP_VS_ECHO}x", x is not None and x <= STEP_VS_ECHO,
+            "" if x is None or x <= STEP_VS_ECHO else
+            f"server {_f(server and server['p50_ms'])} ms vs echo {_f(echo and echo['p50_ms'])} ms "
+            f"p50; server step computation {_f(server and server['compute_ms'], 3)} ms: the rest "
+            "is the servicer's Python per message (decode, validate, step-queue task, encode; "
+            "`python -m bench.step_cost`). Next: a lone session's step without the queue task, "
+            "and encoding the output without the codec's generic checks",
+        ))  # fmt: skip
+    ref = _row(pairs, REFERENCE.name, "session, beside", 10)
+    ms = ref["compute_ms"] if ref else None
+    out.append(_goal(
+        f"{REFERENCE.name}: the server's step computation at batch 1 ≤ {STEP_COMPUTE_MS} ms",
+        ms, f"≤ {STEP_COMPUTE_MS} ms", ms is not None and ms <= STEP_COMPUTE_MS,
+        "" if ms is None or ms <= STEP_COMPUTE_MS else "see python -m bench.step_cost",
+    ))  # fmt: skip
     for model in incremental:
-        a, b = _row(rows, model, "session", 10), _row(rows, model, "session", 10_000)
-        x = b["p50_ms"] / a["p50_ms"] if a and b and a["p50_ms"] and b["p50_ms"] else None
-        text = f"{model}: p50 at prefix 10,000 ≤ 1.2x prefix 10"
-        out.append((text, x, x is not None and x <= 1.2))
-    inc = _row(rows, ALIGNED.name, "session", 1_000)
+        x = _ratio(_row(rows, model, "session", 10_000), _row(rows, model, "session", 10))
+        out.append(_goal(
+            f"{model}: step p50 at prefix 10,000 ≤ 1.2x at prefix 10", x, "≤ 1.2x",
+            x is not None and x <= 1.2,
+        ))  # fmt: skip
+    step = {p: _row(rows, ALIGNED.name, "session", p) for p in (1_000, 10_000)}
+    echo = _row(pairs, ALIGNED.name, "session echo", 10)
     cases = (
         (f"{RECOMPUTE.name} session (server recomputes)", RECOMPUTE.name, "session"),
         (f"{ALIGNED.name} Predict on the whole prefix", ALIGNED.name, "Predict"),
     )
     for label, name, how in cases:
         r = _row(rows, name, how, 1_000)
-        x = r["p50_ms"] / inc["p50_ms"] if r and inc and inc["p50_ms"] and r["p50_ms"] else None
-        out.append((
-            f"prefix 1,000: {label} ≥ 100x slower than {ALIGNED.name} incremental session",
-            x, x is not None and x >= 100,
+        x = _ratio(r, step[1_000])
+        # A step can be no cheaper than the transport allows: the bound is recompute ÷ (1.3 echo)
+        bound = _ratio(r, echo) / STEP_VS_ECHO if _ratio(r, echo) else None
+        met = x is not None and bound is not None and x >= bound
+        out.append(_goal(
+            f"prefix 1,000: {label} ÷ {ALIGNED.name} session step (the transport caps it)", x,
+            f"≥ {_f(bound, 1)}x (recompute ÷ {STEP_VS_ECHO} echo)", met,
+            "" if met else "follows the round-trip goal above: the step's round trip is more "
+            f"than {STEP_VS_ECHO}x the echo's",
         ))  # fmt: skip
+        x = _ratio(_row(rows, name, how, 10_000), step[10_000])
+        out.append(_goal(
+            f"prefix 10,000: {label} ≥ {RECOMPUTE_AT_10K}x {ALIGNED.name} session step", x,
+            f"≥ {RECOMPUTE_AT_10K}x", x is not None and x >= RECOMPUTE_AT_10K,
+        ))  # fmt: skip
+    fed = _row(rows, ALIGNED.name, "session", 10_000)
+    per = fed["feed_computations"] / fed["feed_messages"] if fed else None
+    out.append(_goal(
+        f"several steps in one message: computations per {FEED_CHUNK}-step message "
+        f"({ALIGNED.name}, 10,000 steps fed)", per, "1 (one computation per message)",
+        per == 1,
+        f"server compute {_f(fed and fed['feed_compute_s'] / 10_000 * 1e3, 4)} ms per step fed",
+    ))  # fmt: skip
     return out
+
+
+def goal_table(rows: list[dict]) -> str:
+    out = ["| goal | measured | target | met | reason |", "|---|---:|---|---|---|"]
+    for g in rows:
+        out.append(
+            f"| {g['goal']} | {_f(g['measured'], 3)} | {g['target']} | "
+            f"{'✅' if g['met'] else '❌'} | {g['reason']} |"
+        )
+    return "\n".join(out)
 
 
 def render(data: dict, elapsed: float, quick: bool) -> str:
@@ -337,13 +471,21 @@ def render(data: dict, elapsed: float, quick: bool) -> str:
         )
     out += [
         "",
-        "## Goals",
+        "## Step round trip beside the session echo (1 session, 1 step per message)",
         "",
-        "| goal | measured | met |",
-        "|---|---:|---|",
+        "The same single-step messages, in alternating blocks, to the server and to "
+        "`bench/session_echo.py` (a grpc.aio Session that parses each message and answers a "
+        "prebuilt output of the model's shape: gRPC + protobuf only).",
+        "",
+        "| model | peer | steps timed | p50 ms | p90 ms | server compute ms |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for text, x, ok in data["goals"]:
-        out.append(f"| {text} | {_f(x)}x | {'✅' if ok else '❌'} |")
+    for r in data["versus_echo"]:
+        out.append(
+            f"| {r['model']} | {r['how']} | {r['steps']} | {_f(r['p50_ms'])} | "
+            f"{_f(r['p90_ms'])} | {_f(r['compute_ms'], 3)} |"
+        )
+    out += ["", "## Goals", "", goal_table(data["goals"])]
     out += [
         "",
         "## Concurrent sessions (closed loop, 1 step per message)",
@@ -384,14 +526,18 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, "-m", "bench.models", str(repo), "-", *names],
             check=True, timeout=180, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        print("starting the server ...", flush=True)
+        shapes = Path(tmpdir) / "shapes.json"
+        shapes.write_text(json.dumps({m.name: list(m.output_shape) for m in ECHOED}))
+        print("starting the server and the session echo ...", flush=True)
         server = servers.serve(repo, [])
+        echo = servers.echo(shapes, module="bench.session_echo")
         try:
-            data = asyncio.run(asyncio.wait_for(measure(server, args, aligned, m2o), 600))
+            data = asyncio.run(asyncio.wait_for(measure(server, echo, args, aligned, m2o), 900))
         finally:
+            echo.stop()
             server.stop()
     data["load"] = load
-    data["goals"] = goals(data["latency"], [m.name for m in (*aligned, m2o)])
+    data["goals"] = goals(data, [m.name for m in (*aligned, m2o)])
     elapsed = time.time() - started
     report = render(data, elapsed, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,7 @@ class StepProgram:
 
     support: SessionSupport
     reason = ""
+    light = False  # cheap enough at a few steps to compute on the caller's thread
 
     def __init__(self, model: keras.Model, mode: Mode) -> None:
         self.model = model
@@ -141,8 +142,8 @@ class IncrementalProgram(StepProgram):
         super().__init__(model, mode)
         self.fixed_length = plan.fixed_length
         self.reason = "stepped exactly: " + plan.summary
-        self._graph = graph
-        self._plan = plan
+        self.graph = graph
+        self.plan = plan
         init: State = steps_fed(1)
         for op in plan.seq_ops:
             init.update(op.initial())
@@ -160,13 +161,13 @@ class IncrementalProgram(StepProgram):
         return tile(self._init, batch)
 
     def _step_graph(self, state: dict, x: tf.Tensor) -> tuple[dict, tf.Tensor]:
-        values: dict[int, Any] = {id(self._graph.input): x}
+        values: dict[int, Any] = {id(self.graph.input): x}
         new_state = dict(state)
         new_state[STEPS] = state[STEPS] + tf.shape(x)[1]
-        for op in self._plan.seq_ops:
+        for op in self.plan.seq_ops:
             op.run(values, state, new_state)
         if self.mode is Mode.MANY_TO_MANY_ALIGNED:
-            y = values[id(self._graph.output)]
+            y = values[id(self.graph.output)]
         elif self.mode is Mode.MANY_TO_ONE:
             y = self._static_graph(new_state)
         else:
@@ -175,12 +176,12 @@ class IncrementalProgram(StepProgram):
 
     def _static_graph(self, state: dict) -> tf.Tensor:
         """Evaluate the static part of the graph from the frontier read out of the state."""
-        if self._plan.output_is_seq:
+        if self.plan.output_is_seq:
             return tf.zeros([tf.shape(state[STEPS])[0], 0, *self._out_shape])
-        values = {kt_id: read(state) for kt_id, read in self._plan.frontier.items()}
-        for node in self._plan.static_nodes:
+        values = {kt_id: read(state) for kt_id, read in self.plan.frontier.items()}
+        for node in self.plan.static_nodes:
             run_node(node, values)
-        y = tf.cast(values[id(self._graph.output)], tf.float32)
+        y = tf.cast(values[id(self.graph.output)], tf.float32)
         if self.fixed_length is not None:
             ok = tf.equal(state[STEPS], self.fixed_length)
             ok = tf.reshape(ok, [-1, *([1] * (len(y.shape) - 1))])
