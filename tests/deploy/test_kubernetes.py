@@ -29,9 +29,9 @@ import referencing
 import yaml
 from kubernetes_validate import utils as kv
 
+from deploy.make_certs import Authority
 from seqserve_server.config import Settings
 from seqserve_server.metrics import ServerMetrics
-from tests.support.certs import Authority
 from tests.support.server_process import served
 
 ROOT = Path(__file__).resolve().parents[2]
