@@ -9,7 +9,8 @@
 #   model refused; N Predict calls over TLS with a token through the load balancer (equal to Keras);
 #   S interleaved Triton sequences routed by the seqserve-sequence-id header (each equal to Predict
 #   on the whole sequence); both replicas served; Prometheus scraped both. Then
-#   `docker compose down -v` (always).
+#   `docker compose down -v` (always). STACK_TEST_SCALE=1 also measures 2 replicas vs 1
+#   (deploy/stack_scale.py; table in deploy/.stack-logs/scale.md).
 # Everything listens on 127.0.0.1 only (free ports picked at start); traffic stays on this machine.
 #
 # Environment: STACK_TEST_TIMEOUT (s, whole run, default 900), STACK_TEST_CALLS (default 50),
@@ -141,3 +142,11 @@ TF_CPP_MIN_LOG_LEVEL=2 "$PY" -m deploy.stack_check check --lb "127.0.0.1:$SEQSER
   --prometheus "http://127.0.0.1:$PROMETHEUS_PORT" --compose "$(printf '%q ' "${COMPOSE[@]}")" \
   --certs "$SEQSERVE_CERTS_DIR" --secrets "$STATE/tokens.json" --models "$SEQSERVE_MODEL_SOURCE" \
   --calls "$CALLS" --sequences "$SEQUENCES"
+
+# --- 6. scale-out (STACK_TEST_SCALE=1): 2 replicas, then 1, through the LB ---------------------
+if [[ -n "${STACK_TEST_SCALE:-}" ]]; then
+  log "scale-out: throughput through the LB with 2 replicas, then 1 (deploy/stack_scale.py)"
+  TF_CPP_MIN_LOG_LEVEL=2 "$PY" -m deploy.stack_scale --lb "127.0.0.1:$SEQSERVE_LB_PORT" \
+    --compose "$(printf '%q ' "${COMPOSE[@]}")" --certs "$SEQSERVE_CERTS_DIR" \
+    --secrets "$STATE/tokens.json" --models "$SEQSERVE_MODEL_SOURCE" | tee "$STATE/scale.md"
+fi
