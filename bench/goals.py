@@ -171,16 +171,22 @@ def sessions(path: Path = SESSIONS) -> list[Goal]:
         ]
     out = []
     for g in goals:
+        if isinstance(g, list | tuple):  # [goal, measured, met]
+            g = dict(zip(("goal", "measured", "met"), g, strict=False))
         met = g.get("met")
         out.append(
             Goal(
                 "session: " + str(g.get("goal", "?")),
-                str(g.get("measured", g.get("value", "-"))),
+                _measured(g.get("measured", g.get("value", "-"))),
                 met if isinstance(met, bool) else None,
                 str(g.get("note", g.get("reason", ""))),
             )
         )
     return out
+
+
+def _measured(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def _cores() -> int:
