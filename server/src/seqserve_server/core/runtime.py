@@ -262,26 +262,7 @@ def _arrays(values: Values) -> tuple[np.ndarray, ...]:
 
 
 def _numpy_fn(concrete: Callable[..., tf.Tensor]) -> Compute:
-    call = _flat_caller(concrete)
-    return lambda values: call(*[tf.constant(v) for v in _arrays(values)]).numpy()
-
-
-def _flat_caller(concrete: Callable[..., tf.Tensor]) -> Callable[..., tf.Tensor]:
-    """The concrete function's graph called with flat tensors and its captures, skipping the
-    argument structuring of `ConcreteFunction.__call__` (~25% of a batch-1 call's time here,
-    Python that holds the GIL). TensorFlow-private, so the public call is the fallback; the
-    load-time proof checks whichever of the two a path returns."""
-    atomic = getattr(concrete, "_inference_function", None)
-    call_flat = getattr(atomic, "call_flat", None)
-    outputs = getattr(concrete, "outputs", None)
-    if call_flat is None or outputs is None or len(outputs) != 1:
-        return concrete
-    captures = list(getattr(concrete, "captured_inputs", ()))
-
-    def call(*tensors: tf.Tensor) -> tf.Tensor:
-        return call_flat(*tensors, *captures)[0]
-
-    return call
+    return lambda values: concrete(*(tf.constant(v) for v in _arrays(values))).numpy()
 
 
 class _PerLength:
@@ -305,7 +286,7 @@ class _PerLength:
             int(a.shape[1]) if dynamic else None
             for a, dynamic in zip(arrays, self._dynamic, strict=True)
         )
-        return self._function(steps)(*[tf.constant(a) for a in arrays]).numpy()
+        return self._function(steps)(*(tf.constant(a) for a in arrays)).numpy()
 
     def _function(self, steps: tuple[int | None, ...]) -> Callable[..., tf.Tensor]:
         with self._lock:
@@ -313,7 +294,7 @@ class _PerLength:
             if fn is not None:
                 self._fns.move_to_end(steps)
                 return fn
-        fn = _flat_caller(tf.function(self._call, self._specs(steps)).get_concrete_function())
+        fn = tf.function(self._call, self._specs(steps)).get_concrete_function()
         with self._lock:
             self._fns[steps] = fn
             while len(self._fns) > PER_LENGTH_CACHE:
