@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         ServerSpec("new compute-threads 1", "new", ["--compute-threads", "1"]),
         ServerSpec("old compute-threads 1", "old", ["--compute-threads", "1"]),
         ServerSpec("new 8 channels", "new", channels=8),
+        ServerSpec("new inline-compute 0", "new", ["--inline-compute-ms", "0"]),
     ]
 
     with tempfile.TemporaryDirectory(prefix="seqserve-bench-") as tmpdir:

@@ -74,8 +74,8 @@ class _Inline:
     and nothing computing. Computing inline blocks the loop, so under load every submit would
     find the batcher idle again; hence every `PROBE`-th inline-eligible batch goes through the
     executor anyway, and a submit arriving while that runs (or finding anything queued) ends
-    inline mode. Only shapes whose last computation took under `below_s` run inline: the loop
-    is never blocked for long, and a new shape (a long sequence) goes to the executor first.
+    inline mode. Only shapes whose fastest computation took under `below_s` run inline: the
+    loop is never blocked for long, and a new shape (a long sequence) goes to the executor first.
     """
 
     ENTER = 3
@@ -89,12 +89,13 @@ class _Inline:
         self.active = False
         self.streak = 0
         self.since_probe = 0
-        self.seconds: dict[tuple, float] = {}  # (shape key, items) -> its last compute time
+        self.seconds: dict[tuple, float] = {}  # (shape key, items) -> its fastest compute time
 
     def computed(self, key: tuple, seconds: float) -> None:
+        """The fastest time seen: what the work costs, not how busy the machine was then."""
         if len(self.seconds) >= self.KEPT and key not in self.seconds:
             self.seconds.clear()
-        self.seconds[key] = seconds
+        self.seconds[key] = min(seconds, self.seconds.get(key, seconds))
 
     def arrived(self, idle: bool) -> None:
         """A submit arrived; `idle`: nothing was queued or computing."""
