@@ -44,10 +44,11 @@ proto: $(STAMP)
 models: $(STAMP)
 	$(BIN)/python -m models.training.train_all
 
+# Sessions first: bench.run's goal table reads bench/results/sessions.json. BENCH_ARGS=--quick
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
-	$(BIN)/python -m bench.sessions
-	$(BIN)/python -m bench.path_costs
+	$(BIN)/python -m bench.sessions $(BENCH_ARGS)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # The project's own fuzzer: 10,000 structure-aware cases over every RPC against a real server on
 # 127.0.0.1 serving the bundled models, valid traffic beside them (tests/fuzz).

@@ -38,6 +38,7 @@ def main(repo: str, model: str, steps: int, features: int, seconds: float) -> di
     from seqserve_api.tensors import to_batch
     from seqserve_server.core.batch import Batch
     from seqserve_server.core.inference import InferenceResult
+    from seqserve_server.core.limits import RequestLimits
     from seqserve_server.core.runtime import ModelRuntime
     from seqserve_server.transport import v1_messages as msg
 
@@ -50,23 +51,25 @@ def main(repo: str, model: str, steps: int, features: int, seconds: float) -> di
         result[f"b{b}_p50_ms"] = statistics.median(samples) * 1e3
         result[f"b{b}_seq_per_s"] = b * len(samples) / sum(samples)
 
-        costs = _costs(pb, msg, Batch, InferenceResult, runtime, model, to_batch(x))
+        costs = _costs(
+            pb, msg, Batch, InferenceResult, runtime, model, to_batch(x), RequestLimits()
+        )
         for name, fn in costs.items():
             result[f"b{b}_{name}_us"] = statistics.median(timed(fn, 0.2, 20_000)) * 1e6
     return result
 
 
-def _costs(pb, msg, batch_type, prediction_type, runtime, model: str, inputs) -> dict:
+def _costs(pb, msg, batch_type, prediction_type, runtime, model: str, inputs, limits) -> dict:
     """Callables for each step of a request's Python work besides computing."""
     wire = pb.PredictRequest(model_name=model, inputs=inputs).SerializeToString()
     request = pb.PredictRequest.FromString(wire)
-    batch = msg.decode_inputs(request.inputs)
+    batch = msg.decode_inputs(request.inputs, limits)
     valid = runtime.validate(batch)
     outputs = batch_type(runtime.compute(valid.values))
     prediction = prediction_type(model, 1, runtime.mode, outputs)
     return {
         "parse": lambda: pb.PredictRequest.FromString(wire),
-        "decode": lambda: msg.decode_inputs(request.inputs),
+        "decode": lambda: msg.decode_inputs(request.inputs, limits),
         "validate": lambda: runtime.validate(batch),
         "encode": lambda: msg.result_to_proto(prediction).SerializeToString(),
         "split_join": lambda: batch_type.from_items(list(outputs.items())),

@@ -3,12 +3,17 @@
 In one run, on 127.0.0.1 only, one server at a time:
 - ceilings: the compiled model in-process (batch 1 and 32) and a grpc.aio echo server that
   computes nothing (same messages);
+- "plain": a grpc.aio server calling the same compiled function inline, no batching (the peer
+  anyone would write first);
 - "new": the production server (`seqserve serve`, dynamic batching as configured);
   "old": the same server on a copy of the repository whose configs set `max_batch_size: 1`
   (every sequence computed alone: no batching); then a few variants through real flags
-  (compute threads, TF threads) and client channels.
+  (compute threads, TF threads) and client channels;
+- `--workers 1` against `--workers 2` (32 callers on 8 connections), and the time from starting
+  the server on the bundled models to health SERVING.
 A closed-loop load generator runs in its own process (bench/loadgen.py). Results go to
-bench/results/latest.md (printed too) and bench/results/latest.png.
+bench/results/latest.md (printed too, ending with the goal table of bench/goals.py) and
+bench/results/latest.png; the goal table also goes into the top-level README.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import servers
-from bench.models import CO2, DIGIT, REFERENCE, BenchModel, available
+from bench import goals, servers
+from bench.models import BUNDLED, CO2, DIGIT, REFERENCE, BenchModel, available
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -34,7 +39,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 @dataclass
 class ServerSpec:
     label: str
-    kind: str  # echo | old | new
+    kind: str  # echo | plain | old | new | workers
     args: list[str] = field(default_factory=list)
     channels: int = 1
 
@@ -78,6 +83,10 @@ def run_jobs(jobs: list[dict], tmp: Path) -> list[dict]:
 def start(spec: ServerSpec, repos: dict[str, Path], shapes: Path) -> servers.Running:
     if spec.kind == "echo":
         return servers.echo(shapes)
+    if spec.kind == "plain":
+        return servers.plain(repos["new"], list(json.loads(shapes.read_text())))
+    if spec.kind == "workers":
+        return servers.workers(repos["new"], int(spec.args[0]))
     return servers.serve(repos[spec.kind], spec.args)
 
 
@@ -150,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="repeats of the reference model's points")
     parser.add_argument("--concurrency", default=None, help="comma list, e.g. 1,8,32,128")
     parser.add_argument("--no-variants", action="store_true", help="skip the tuning variants")
+    parser.add_argument("--no-readme", action="store_true", help="leave README's table as is")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
 
@@ -162,7 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [1, 32]
     started = time.time()
 
-    main_specs = [ServerSpec("echo", "echo"), ServerSpec("old", "old"), ServerSpec("new", "new")]
+    main_specs = [
+        ServerSpec("echo", "echo"),
+        ServerSpec("plain", "plain"),
+        ServerSpec("old", "old"),
+        ServerSpec("new", "new"),
+    ]
+    worker_specs = [
+        ServerSpec("workers 1", "workers", ["1"], channels=8),
+        ServerSpec("workers 2", "workers", ["2"], channels=8),
+    ]
     tf1 = ["--tf-intra-op-threads", "1", "--tf-inter-op-threads", "1"]
     variant_specs = [
         ServerSpec("new", "new"),
@@ -171,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         ServerSpec("new compute-threads 1", "new", ["--compute-threads", "1"]),
         ServerSpec("old compute-threads 1", "old", ["--compute-threads", "1"]),
         ServerSpec("new 8 channels", "new", channels=8),
+        ServerSpec("new inline-compute 0", "new", ["--inline-compute-ms", "0"]),
     ]
 
     with tempfile.TemporaryDirectory(prefix="seqserve-bench-") as tmpdir:
@@ -192,8 +212,13 @@ def main(argv: list[str] | None = None) -> int:
             ceilings[m.name] = run_ceiling(repo, m, 0.5 if args.quick else 1.0)
 
         payloads = {(m.name, n): request_bytes(m, n).hex() for m in models for n in sizes}
+        # The bundled models at 1 and 32 callers only: keeps the run near 10 minutes.
         grid = [
-            (m, n, c, rounds if m is REFERENCE else 1) for m in models for n in sizes for c in conc
+            (m, n, c, rounds if m is REFERENCE else 1)
+            for m in models
+            for n in sizes
+            for c in conc
+            if m is REFERENCE or c in (1, 32)
         ]
         print("servers echo, old, new ...", flush=True)
         rows = measure(main_specs, grid, payloads, repos, shapes, tmp, duration, warmup)
@@ -202,16 +227,46 @@ def main(argv: list[str] | None = None) -> int:
             print("variants ...", flush=True)
             vgrid = [(REFERENCE, 1, 1, 1), (REFERENCE, 1, 32, 1), (REFERENCE, 32, 32, 1)]
             variants = measure(variant_specs, vgrid, payloads, repos, shapes, tmp, duration, warmup)
+        print("--workers 1 and 2 ...", flush=True)
+        wgrid = [(REFERENCE, 1, 32, rounds)]
+        scaling = measure(worker_specs, wgrid, payloads, repos, shapes, tmp, duration, warmup)
+        print("startup on the bundled models ...", flush=True)
+        startup = _startup()
 
     elapsed = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
     report = render(rows, variants, ceilings, models, duration, warmup, rounds, elapsed)
+    judged = goals.judge(rows, scaling, ceilings, startup, REFERENCE.name)
+    report += "\n" + "\n".join(goal_section(judged, scaling)) + "\n"
     (args.out / "latest.md").write_text(report)
-    data = {"rows": rows, "variants": variants, "ceilings": ceilings}
+    data = {"rows": rows, "variants": variants, "ceilings": ceilings, "workers": scaling,
+            "startup": startup, "goals": [g.__dict__ for g in judged]}  # fmt: skip
     (args.out / "latest.json").write_text(json.dumps(data, indent=1))
     plot(rows, ceilings, models, sizes, args.out / "latest.png")
+    if not args.no_readme:
+        goals.readme(goals.readme_text(judged, args.quick))
     print(report)
     return 0
+
+
+def _startup() -> dict | None:
+    try:
+        return servers.startup_seconds(BUNDLED)
+    except (RuntimeError, OSError) as exc:
+        print(f"startup not measured: {exc}", flush=True)
+        return None
+
+
+def goal_section(judged: list, scaling: list[dict]) -> list[str]:
+    out = ["## Goals (issue 14; reference model, ratios from this run)", ""]
+    out += goals.table(judged)
+    if scaling:
+        out += ["", "### `--workers` (32 callers, 8 connections)", ""]
+        out += _table(scaling, {REFERENCE.name: _NO_CEILING}, "workers 1")
+    return out
+
+
+_NO_CEILING = {"b32_seq_per_s": float("inf"), "b1_p50_ms": 0.0, "b32_p50_ms": 0.0}
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -329,37 +384,6 @@ def render(rows, variants, ceilings, models, duration, warmup, rounds, elapsed) 
             "",
         ]
         out += _table(variants, ceilings, "new")
-    out += ["", "## Goals (reference model)", "", "| goal | old | new |", "|---|---|---|"]
-    ref = REFERENCE.name
-    c = ceilings[ref]
-
-    def goal(server: str, which: str) -> str:
-        echo1 = _find(rows, "echo", ref, 1, 1)
-        if which == "throughput":
-            r, e = _find(rows, server, ref, 1, 32), _find(rows, "echo", ref, 1, 32)
-            if not (r and e):
-                return "-"
-            x = r["rps"] / e["rps"]
-            return f"{x:.2f}x {'✅' if x >= 0.8 else '❌'}"
-        if which == "latency":
-            r = _find(rows, server, ref, 1, 1)
-            if not (r and echo1 and r["p50_ms"]):
-                return "-"
-            x = r["p50_ms"] / (echo1["p50_ms"] + c["b1_p50_ms"])
-            return f"{x:.2f}x {'✅' if x <= 1.1 else '❌'}"
-        mine = [r for r in rows if (r["server"], r["model"], r["seqs"]) == (server, ref, 32)]
-        best = max((r["rps"] * 32 for r in mine), default=None)
-        if best is None:
-            return "-"
-        x = best / c["b32_seq_per_s"]
-        return f"{x:.2f}x {'✅' if x >= 0.5 else '❌'}"
-
-    for which, text in (
-        ("throughput", "32 callers, 1 seq: req/s ≥ 0.8x echo"),
-        ("latency", "1 caller p50 ≤ 1.1x (echo p50 + in-process batch-1 p50)"),
-        ("batch", "32-seq requests (best callers): seq/s ≥ 0.5x in-process batch 32"),
-    ):
-        out.append(f"| {text} | {goal('old', which)} | {goal('new', which)} |")
     return "\n".join(out) + "\n"
 
 
@@ -371,7 +395,7 @@ def plot(rows, ceilings, models, sizes, path: Path) -> None:
 
     panels = [(m, n) for m in models for n in sizes]
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7.5), squeeze=False)
-    colors = {"echo": "tab:blue", "old": "tab:orange", "new": "tab:green"}
+    colors = {"echo": "tab:blue", "plain": "tab:purple", "old": "tab:orange", "new": "tab:green"}
     for col, (m, n) in enumerate(panels):
         top, bottom = axes[0][col], axes[1][col]
         for label, color in colors.items():

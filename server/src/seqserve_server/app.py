@@ -59,8 +59,9 @@ class App:
         observers = ModelObservers(self.metrics)
         self.sessions = SessionManager(self.repository, self.threads, observers)
         self.inference = InferenceService(
-            self.repository, self.threads, observers, self.sessions.incremental_program
-        )
+            self.repository, self.threads, observers, self.sessions.incremental_program,
+            settings.inline_compute_ms / 1000,
+        )  # fmt: skip
         self.manager = ModelManager(
             self.repository, self.inference, self.sessions, self.threads, self.loader, self.metrics
         )

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     compute_threads: int = Field(
         1, ge=1, description="threads per model: merged batches of a model computed at once"
     )
+    inline_compute_ms: float = Field(
+        5.0,
+        ge=0,
+        description="compute on the event loop while callers come one at a time, "
+        "batches that took under this many ms (0: always on the model's thread)",
+    )
     tf_intra_op_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads (0: TF)")
     tf_inter_op_threads: int = Field(0, ge=0, description="TensorFlow inter-op threads (0: TF)")
     max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024, description="largest message")

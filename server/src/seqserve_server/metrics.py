@@ -7,6 +7,7 @@ nothing else touches prometheus_client.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -95,6 +96,9 @@ class ServerMetrics:
             "seqserve_model_load_seconds", "Time taken to load, compile and warm up a model.",
             ["model", "version"], registry=r,
         )  # fmt: skip
+        # Children resolved once per label set: `labels()` takes a lock and validates each call.
+        self._inflight_of: dict[str, Any] = {}
+        self._finished_of: dict[tuple[str, str, str, str], tuple[Any, Any, Any]] = {}
 
     # -- core observer -------------------------------------------------------------------
 
@@ -115,21 +119,36 @@ class ServerMetrics:
     def auth_checked(self, caller: str, outcome: str) -> None:
         self.auth_checks.labels(caller, outcome).inc()
 
+    def _inflight(self, model: str) -> Any:
+        child = self._inflight_of.get(model)
+        if child is None:
+            child = self._inflight_of[model] = self.inflight.labels(model)
+        return child
+
     def rpc_started(self, model: str) -> None:
-        self.inflight.labels(model).inc()
+        self._inflight(model).inc()
 
     def rpc_moved(self, old_model: str, new_model: str) -> None:
         """An RPC in flight turned out to be about another model (a session's opening)."""
-        self.inflight.labels(old_model).dec()
-        self.inflight.labels(new_model).inc()
+        self._inflight(old_model).dec()
+        self._inflight(new_model).inc()
 
     def rpc_first_output(self, model: str, rpc: str, seconds: float) -> None:
         self.first_output_seconds.labels(model, rpc).observe(seconds)
 
     def rpc_finished(self, model: str, version: str, rpc: str, code: str, seconds: float) -> None:
-        self.inflight.labels(model).dec()
-        self.requests.labels(model, version, rpc, code).inc()
-        self.request_seconds.labels(model, rpc).observe(seconds)
+        key = (model, version, rpc, code)
+        children = self._finished_of.get(key)
+        if children is None:
+            children = self._finished_of[key] = (
+                self._inflight(model),
+                self.requests.labels(model, version, rpc, code),
+                self.request_seconds.labels(model, rpc),
+            )
+        inflight, requests, seconds_of = children
+        inflight.dec()
+        requests.inc()
+        seconds_of.observe(seconds)
 
     def serve(
         self, host: str, port: int, certfile: Path | None = None, keyfile: Path | None = None

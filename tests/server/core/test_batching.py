@@ -454,3 +454,67 @@ def test_close_fails_queued_work(lstm, executor) -> None:
         assert calls.sizes == [1]
 
     asyncio.run(main())
+
+
+class ThreadLog:
+    """Wraps compute: records which thread ran each call and its batch size."""
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.fn = fn
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        self.calls.append((threading.current_thread().name, len(values)))
+        return self.fn(values)
+
+
+def test_one_caller_at_a_time_computes_inline_with_probes(lstm, executor) -> None:
+    """Serial callers: after a few idle submits, batches run on the loop's own thread; every
+    PROBE-th still goes to the executor (to notice load); results stay exact."""
+
+    async def main() -> None:
+        log = ThreadLog(lstm)
+        batcher = make(log, executor, inline_below_s=10.0)
+        rng = np.random.default_rng(11)
+        for _ in range(20):
+            item = seqs(rng, 5)
+            (out,) = await batcher.submit(item, None)
+            np.testing.assert_allclose(out, alone(lstm, item)[0], atol=TOLERANCE)
+        threads = [name for name, _ in log.calls]
+        loop_thread = threading.current_thread().name
+        assert loop_thread not in threads[:2]  # the first computations measure the shape
+        inline = threads.count(loop_thread)
+        assert 12 <= inline < 20  # inline once entered, but probes still use the executor
+
+    asyncio.run(main())
+
+
+def test_concurrent_callers_leave_inline_mode_and_merge(lstm, executor) -> None:
+    async def main() -> None:
+        log = ThreadLog(lstm)
+        batcher = make(log, executor, inline_below_s=10.0)
+        rng = np.random.default_rng(12)
+        for _ in range(10):  # serial: inline mode
+            await batcher.submit(seqs(rng, 5), None)
+        log.calls.clear()
+        for _ in range(5):
+            items = [seqs(rng, 5) for _ in range(16)]
+            outs = await asyncio.gather(*(batcher.submit(i, None) for i in items))
+            for item, (out,) in zip(items, outs, strict=True):
+                np.testing.assert_allclose(out, alone(lstm, item)[0], atol=TOLERANCE)
+        assert max(size for _, size in log.calls) > 1  # merged again under load
+
+    asyncio.run(main())
+
+
+def test_inline_is_off_with_a_queue_delay_and_for_slow_shapes(lstm, executor) -> None:
+    async def main() -> None:
+        loop_thread = threading.current_thread().name
+        for kw in ({"max_queue_delay_s": 0.001, "inline_below_s": 10.0}, {"inline_below_s": 1e-9}):
+            log = ThreadLog(lstm)
+            batcher = make(log, executor, **kw)
+            for _ in range(12):
+                await batcher.submit(seqs(np.random.default_rng(13), 5), None)
+            assert all(name != loop_thread for name, _ in log.calls), kw
+
+    asyncio.run(main())

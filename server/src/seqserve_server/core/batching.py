@@ -18,7 +18,9 @@ the inference service and `ModelRuntime.compute`:
   of the queue; past `max_queue_size` queued items `submit` fails fast with `Overloaded`.
 
 The event loop only does bookkeeping; stacking, the compute call and splitting run on the
-executor (TensorFlow releases the GIL while it computes).
+executor (TensorFlow releases the GIL while it computes) -- except, with `inline_below_s`, when
+the batcher is serving one caller at a time (see `_Inline`): handing a lone small batch to a
+thread and back costs about as much as computing it, so it is computed on the loop.
 """
 
 from __future__ import annotations
@@ -65,6 +67,56 @@ class _Slot:
         self.queued_at = queued_at
 
 
+class _Inline:
+    """When to compute on the event loop instead of the executor.
+
+    Only while requests come one at a time: after `ENTER` submits in a row found nothing queued
+    and nothing computing. Computing inline blocks the loop, so under load every submit would
+    find the batcher idle again; hence every `PROBE`-th inline-eligible batch goes through the
+    executor anyway, and a submit arriving while that runs (or finding anything queued) ends
+    inline mode. Only shapes whose fastest computation took under `below_s` run inline: the
+    loop is never blocked for long, and a new shape (a long sequence) goes to the executor first.
+    """
+
+    ENTER = 3
+    PROBE = 8
+    KEPT = 1024  # shapes whose compute time is remembered
+
+    __slots__ = ("active", "below_s", "seconds", "since_probe", "streak")
+
+    def __init__(self, below_s: float) -> None:
+        self.below_s = below_s
+        self.active = False
+        self.streak = 0
+        self.since_probe = 0
+        self.seconds: dict[tuple, float] = {}  # (shape key, items) -> its fastest compute time
+
+    def computed(self, key: tuple, seconds: float) -> None:
+        """The fastest time seen: what the work costs, not how busy the machine was then."""
+        if len(self.seconds) >= self.KEPT and key not in self.seconds:
+            self.seconds.clear()
+        self.seconds[key] = min(seconds, self.seconds.get(key, seconds))
+
+    def arrived(self, idle: bool) -> None:
+        """A submit arrived; `idle`: nothing was queued or computing."""
+        if not idle:
+            self.active = False
+            self.streak = 0
+        elif not self.active:
+            self.streak += 1
+            self.active = self.streak >= self.ENTER
+
+    def take(self, key: tuple) -> bool:
+        """Whether the batch `key` (items' shape key, count) about to start runs inline."""
+        if not self.active or self.seconds.get(key, self.below_s) >= self.below_s:
+            return False
+        self.since_probe += 1
+        if self.since_probe >= self.PROBE:
+            self.since_probe = 0
+            return False
+        return True
+
+
 class DynamicBatcher:
     """Merge same-shape items of concurrent `submit` calls into `compute` calls (see module doc)."""
 
@@ -79,6 +131,7 @@ class DynamicBatcher:
         *,
         name: str = "model",
         max_in_flight: int = 1,
+        inline_below_s: float = 0.0,
     ) -> None:
         if max_batch_size < 1 or max_queue_size < 1 or max_in_flight < 1:
             raise ValueError("max_batch_size, max_queue_size and max_in_flight must be >= 1")
@@ -98,6 +151,9 @@ class DynamicBatcher:
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        # Off (None) when any waiting is configured: then batches are meant to fill first.
+        use_inline = inline_below_s > 0 and max_queue_delay_s == 0
+        self._inline = _Inline(inline_below_s) if use_inline else None
 
     # -- public --------------------------------------------------------------------------------
 
@@ -127,6 +183,8 @@ class DynamicBatcher:
         if self._depth and self._depth + len(items) > self.max_queue_size:
             # A request larger than the whole queue is still taken when the queue is empty.
             raise Overloaded(f"queue of model {self.name} is full ({self._depth} waiting)")
+        if self._inline is not None:
+            self._inline.arrived(not self._depth and not self._in_flight)
         loop = asyncio.get_running_loop()
         request = _Request(len(items), deadline, loop.create_future())
         now = time.perf_counter()
@@ -234,8 +292,12 @@ class DynamicBatcher:
         if not live:
             return
         self._in_flight += 1
-        loop = asyncio.get_running_loop()
         items = [s.item for s in live]
+        if self._inline is not None and self._inline.take((key, len(items))):
+            self._in_flight -= 1
+            self._deliver(live, self._compute_batch(items))
+            return
+        loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._compute_batch, items)
         future.add_done_callback(lambda f: self._finish(live, f))
 
@@ -259,7 +321,10 @@ class DynamicBatcher:
         values = _stack(items)
         start = time.perf_counter()
         outputs = self._compute(values)
-        self._metrics.batch_executed(len(items), time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self._metrics.batch_executed(len(items), seconds)
+        if self._inline is not None:  # what the same batch inline would cost
+            self._inline.computed((_shape_key(items[0]), len(items)), seconds)
         if len(outputs) != len(items):
             raise RuntimeError(f"compute returned {len(outputs)} outputs for {len(items)} inputs")
         return outputs
@@ -273,6 +338,12 @@ class DynamicBatcher:
         else:
             error = future.exception()
             outputs = [error] * len(slots) if error is not None else future.result()
+        self._deliver(slots, outputs)
+        if not self._closed:
+            self._dispatch()
+
+    def _deliver(self, slots: list[_Slot], outputs: Sequence[np.ndarray | BaseException]) -> None:
+        """Each output to its request; a request's future is set once all its items are in."""
         for slot, output in zip(slots, outputs, strict=True):
             request = slot.request
             if isinstance(output, BaseException):
@@ -285,8 +356,6 @@ class DynamicBatcher:
             request.remaining -= 1
             if not request.remaining:
                 request.future.set_result(request.results)
-        if not self._closed:
-            self._dispatch()
 
 
 def _shape_key(item: Item) -> tuple:

@@ -1,8 +1,8 @@
 """The data plane: what every protocol adapter calls for Predict and PredictStream. Numpy in,
 numpy out, no transport.
 
-Computation runs on each model's own compute thread (TensorFlow releases the GIL), never on the
-event loop.
+Computation runs on each model's own compute thread (TensorFlow releases the GIL); only short
+batches of a caller at a time run on the event loop (`inline_compute_s`, batching.py).
 """
 
 from __future__ import annotations
@@ -70,8 +70,10 @@ class InferenceService:
         threads: ModelThreads,
         observers: Callable[[str], ModelObserver] | None = None,
         step_programs: StepPrograms | None = None,
+        inline_compute_s: float = 0.0,
     ) -> None:
         self.repository = repository
+        self._inline_compute_s = inline_compute_s
         self._threads = threads
         self._observer_for = observers or ModelObservers()
         self._step_programs: StepPrograms = step_programs or (lambda target: None)
@@ -90,6 +92,7 @@ class InferenceService:
                 self._observer_for(target.name),
                 name=target.name,
                 max_in_flight=self._threads.threads_per_model,  # one merged batch per thread
+                inline_below_s=self._inline_compute_s,
             )
         return self._batchers[key]
 

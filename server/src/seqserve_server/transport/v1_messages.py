@@ -75,8 +75,11 @@ def _decode_limits(limits: RequestLimits) -> DecodeLimits:
     return DecodeLimits(limits.max_request_elements, limits.max_inputs_per_request)
 
 
+_MODES = {mode: pb.Mode.Value(mode.name) for mode in Mode}  # looked up per response
+
+
 def mode_to_proto(mode: Mode | None) -> pb.Mode.ValueType:
-    return pb.Mode.Value(mode.name) if mode is not None else pb.MODE_UNSPECIFIED
+    return _MODES[mode] if mode is not None else pb.MODE_UNSPECIFIED
 
 
 def top_k_to_proto(ranked: TopK) -> pb.TopK:
