@@ -47,9 +47,10 @@ class Echo(pb_grpc.SeqServeServicer):
         return response
 
 
-async def serve(shapes: dict[str, list[int]], port: int) -> None:
+async def serve_peer(servicer: pb_grpc.SeqServeServicer, port: int) -> None:
+    """Serve a bench peer on 127.0.0.1:port with a ready line like seqserve's."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_SeqServeServicer_to_server(Echo(shapes), server)
+    pb_grpc.add_SeqServeServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"seqserve ready on 127.0.0.1:{port} metrics -1", flush=True)
@@ -58,4 +59,4 @@ async def serve(shapes: dict[str, list[int]], port: int) -> None:
 
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:
-        asyncio.run(serve(json.load(f), int(sys.argv[2])))
+        asyncio.run(serve_peer(Echo(json.load(f)), int(sys.argv[2])))

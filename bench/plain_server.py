@@ -12,8 +12,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-import grpc
-
+from bench.echo_server import serve_peer
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.tensors import from_tensor, to_tensor
@@ -41,12 +40,7 @@ async def serve(repo: Path, port: int, names: list[str]) -> None:
     from seqserve_server.core.runtime import ModelRuntime
 
     runtimes = {n: ModelRuntime.load(repo / n / "1" / "model.keras") for n in names}
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_SeqServeServicer_to_server(Plain(runtimes), server)
-    port = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    print(f"seqserve ready on 127.0.0.1:{port} metrics -1", flush=True)
-    await server.wait_for_termination()
+    await serve_peer(Plain(runtimes), port)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 
+from bench.echo_server import serve_peer
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.tensors import to_tensor
@@ -59,14 +60,6 @@ class SessionEcho(pb_grpc.SeqServeServicer):
         return pb.SessionResponse(output=pb.SessionOutput(step=0, values=to_tensor(values)))
 
 
-async def serve(shapes: dict[str, list[int]], port: int) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_SeqServeServicer_to_server(SessionEcho(shapes), server)
-    port = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
-
-
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:
-        asyncio.run(serve(json.load(f), int(sys.argv[2])))
+        asyncio.run(serve_peer(SessionEcho(json.load(f)), int(sys.argv[2])))

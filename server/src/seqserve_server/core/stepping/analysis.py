@@ -44,19 +44,23 @@ class Plan:
 
 
 _L = keras.layers
-_PER_STEP_LAYERS: tuple[type, ...] = (
-    _L.Dense,
-    _L.Embedding,
-    _L.Activation,
+# Layers that pass their input through unchanged at inference (training=False).
+IDENTITY_AT_INFERENCE: tuple[type, ...] = (
     _L.Dropout,
     _L.SpatialDropout1D,
     _L.GaussianNoise,
     _L.GaussianDropout,
     _L.AlphaDropout,
+    _L.Identity,
+)
+_PER_STEP_LAYERS: tuple[type, ...] = (
+    _L.Dense,
+    _L.Embedding,
+    _L.Activation,
+    *IDENTITY_AT_INFERENCE,
     _L.ActivityRegularization,
     _L.Rescaling,
     _L.Masking,
-    _L.Identity,
     _L.ReLU,
     _L.LeakyReLU,
     _L.ELU,

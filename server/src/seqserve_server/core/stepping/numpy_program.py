@@ -22,7 +22,7 @@ import numpy as np
 import threadpoolctl
 
 from ..modes import Mode
-from .analysis import Plan, Unsteppable
+from .analysis import IDENTITY_AT_INFERENCE, Plan, Unsteppable
 from .keras_internals import Node
 from .ops import PerStep, Recurrent, TimeDistributed
 from .programs import IncrementalProgram, StepProgram
@@ -32,14 +32,6 @@ Array = np.ndarray
 NodeFn = Callable[[Array], Array]
 
 _L = keras.layers
-_IDENTITY_LAYERS: tuple[type, ...] = (
-    _L.Dropout,
-    _L.SpatialDropout1D,
-    _L.GaussianNoise,
-    _L.GaussianDropout,
-    _L.AlphaDropout,
-    _L.Identity,
-)
 
 
 def _sigmoid(x: Array) -> Array:
@@ -128,7 +120,7 @@ def layer_fn(layer: Any) -> NodeFn:
         return _rescaling(layer)
     if kind is _L.Activation:
         return _activation(layer.activation, f"Activation {layer.name!r}")
-    if isinstance(layer, _IDENTITY_LAYERS):
+    if isinstance(layer, IDENTITY_AT_INFERENCE):
         return _linear
     raise Unsteppable(f"{kind.__name__} {layer.name!r} has no numpy form")
 
