@@ -96,22 +96,29 @@ def summarise(raw: str) -> Profile:
 
 
 def render(
-    profile: Profile, label: str, loads: tuple[dict, dict], seconds: float, rate: int
+    profile: Profile,
+    label: str,
+    loads: tuple[dict, dict],
+    seconds: float,
+    rate: int,
+    native: bool = False,
 ) -> str:
     plain, load = loads
+    flag = "--native" if native else "--nonblocking"
+    pauses = "py-spy pauses the server per sample" if native else "py-spy does not pause the server"
     n = max(profile.samples, 1)
     main = max(sum(c for k, c in profile.by_thread.items() if k.startswith("main")), 1)
     out = [
         f"# Server profile under load: {label}",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')} · `python -m bench.profile --label {label}` · "
-        f"py-spy {rate} Hz for {seconds:g} s (`--format raw --threads --nonblocking`) · "
+        f"py-spy {rate} Hz for {seconds:g} s (`--format raw --threads {flag}`) · "
         f"reference model {REFERENCE.name}, 1 sequence per request, "
         f"{load.get('concurrency', '?')} closed-loop callers: without the profiler "
         f"{plain.get('rps', 0):,.0f} req/s, p50 {plain.get('p50_ms') or 0:.2f} ms, server "
         f"{plain.get('server_cores', 0):.2f} cores; while recorded {load.get('rps', 0):,.0f} "
         f"req/s, server {load.get('server_cores', 0):.2f} cores "
-        "(py-spy does not pause the server but takes CPU of the same 2 cores). `Handle._run` "
+        f"({pauses} and takes CPU of the same 2 cores). `Handle._run` "
         "self time is compiled code run by asyncio callbacks: grpc.aio's Cython layer and C.",
         "",
         "## Samples by thread",
@@ -151,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--server-args", default="", help="extra `seqserve serve` flags")
     parser.add_argument("--raw", type=Path, help="also keep py-spy's raw stacks here")
+    parser.add_argument(
+        "--native", action="store_true", help="C/C++ frames too (grpc core, TF); pauses the server"
+    )
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -172,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
     profile = summarise(raw)
-    report = render(profile, args.label, (_result(plain), load), args.duration, args.rate)
+    report = render(
+        profile, args.label, (_result(plain), load), args.duration, args.rate, args.native
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"profile_{args.label}.md").write_text(report)
     if args.raw:
@@ -206,8 +218,8 @@ def _record(spy: str, server: servers.Running, args: argparse.Namespace, tmp: Pa
     time.sleep(1.0)
     subprocess.run(
         [spy, "record", "--pid", str(server.process.pid), "--duration", str(int(args.duration)),
-         "--rate", str(args.rate), "--format", "raw", "--threads", "--nonblocking",
-         "--output", str(raw)],
+         "--rate", str(args.rate), "--format", "raw", "--threads",
+         *(["--native"] if args.native else ["--nonblocking"]), "--output", str(raw)],
         check=True, timeout=args.duration + 60, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     out, _ = loadgen.communicate(timeout=args.duration + 60)
