@@ -62,13 +62,20 @@ def cpu_by_service(compose: list[str]) -> dict[str, float]:
     return {service: container_cpu_s(cid) for service, cid in container_ids(compose).items()}
 
 
+def connect(args: argparse.Namespace) -> AsyncSeqServeClient:
+    """A client of the LB over TLS with the stack's token (made inside the running loop)."""
+    ca = (args.certs / "ca.crt").read_bytes()
+    token = json.loads(args.secrets.read_text())["stack"]
+    return AsyncSeqServeClient(args.lb, tls=True, root_certificates=ca, token=token)
+
+
 async def closed_loop(
-    lb: str, ca: bytes, token: str, x: np.ndarray, callers: int, duration_s: float
+    args: argparse.Namespace, x: np.ndarray, callers: int, duration_s: float
 ) -> list[float]:
     """Latencies (s) of the calls completed inside the window."""
     latencies: list[float] = []
     deadline = time.monotonic() + duration_s
-    async with AsyncSeqServeClient(lb, tls=True, root_certificates=ca, token=token) as client:
+    async with connect(args) as client:
         await client.predict(MODEL, x[:1], timeout=30)  # connect outside the window
 
         async def caller(i: int) -> None:
@@ -83,10 +90,8 @@ async def closed_loop(
 
 
 def point(args: argparse.Namespace, compose: list[str], replicas: int, x: np.ndarray) -> dict:
-    ca = (args.certs / "ca.crt").read_bytes()
-    token = json.loads(args.secrets.read_text())["stack"]
     before, client_before = cpu_by_service(compose), time.process_time()
-    latencies = asyncio.run(closed_loop(args.lb, ca, token, x, args.callers, args.duration))
+    latencies = asyncio.run(closed_loop(args, x, args.callers, args.duration))
     after, client_cpu = cpu_by_service(compose), time.process_time() - client_before
     used = {service: after[service] - before[service] for service in after if service in before}
     calls = max(len(latencies), 1)
@@ -132,9 +137,7 @@ def main() -> None:
 
 
 async def _predict_all(args: argparse.Namespace, x: np.ndarray) -> np.ndarray:
-    ca = (args.certs / "ca.crt").read_bytes()
-    token = json.loads(args.secrets.read_text())["stack"]
-    async with AsyncSeqServeClient(args.lb, tls=True, root_certificates=ca, token=token) as c:
+    async with connect(args) as c:
         return np.asarray(await c.predict(MODEL, x, timeout=30))
 
 

@@ -66,7 +66,7 @@ def test_async_session_reports_the_servers_error_not_a_write_failure(server) -> 
     """The server ends a session on a bad steps message while the caller still writes; grpc.aio
     then fails the write with its own INTERNAL (grpc/grpc#36066): the caller must get the
     server's INVALID_ARGUMENT with its field, as the sync client does. Without the fix most of
-    these sessions reported INTERNAL. Rarely (1 session of ~100 in CI runs) grpc.aio never
+    these sessions reported INTERNAL. Rarely (1 of 80 sessions run on 2026-11-30) grpc.aio never
     delivers the server's status at all, only Core's: the SDK then can only report Core's, so
     one such session of ten is tolerated, nothing else."""
     bad = pb.SessionRequest(

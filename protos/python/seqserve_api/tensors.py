@@ -79,19 +79,20 @@ def from_tensor(
     if dtype is None:
         names = ", ".join(pb.DataType.Name(c) for c in _TO_NUMPY)
         raise TensorError(f"{field}.dtype", f"one of {names}", _dtype_name(tensor.dtype))
-    return from_raw(tensor.raw, dtype, shape, f"{field}.raw", str(dtype))
+    return from_raw(tensor.raw, dtype, shape, f"{field}.raw")
 
 
 def from_raw(
-    raw: bytes, dtype: np.dtype, shape: tuple[int, ...], field: str, type_name: str
+    raw: bytes, dtype: np.dtype, shape: tuple[int, ...], field: str, type_name: str = ""
 ) -> np.ndarray:
     """Little-endian bytes of exactly `shape` as a native-order array (shared with the v2
-    adapter, whose `raw_input_contents` are the same layout)."""
+    adapter, whose `raw_input_contents` are the same layout). `type_name` (default: the
+    dtype's) is only formatted into an error: not built per call on the hot path."""
     count = math.prod(shape)
     if len(raw) != count * dtype.itemsize:
         raise TensorError(
             field,
-            f"{count * dtype.itemsize} bytes for shape {list(shape)} of {type_name}",
+            f"{count * dtype.itemsize} bytes for shape {list(shape)} of {type_name or dtype}",
             f"{len(raw)} bytes",
         )
     return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
