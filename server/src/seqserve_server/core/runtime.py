@@ -12,6 +12,7 @@ single-input model takes one array: in `compute`, the compiled paths and the pro
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -27,7 +29,8 @@ from .errors import ModelLoadError
 from .graph import GraphError, graph_of, run_graph
 from .inputs import SINGLE_INPUT_NAME, InputSpec, check_inputs
 from .modes import Mode, reconcile_mode, resolve_mode, several_inputs_mode
-from .proof import ProofFailed, Reference, Values, probes, prove, several_probes
+from .proof import Probe, ProofFailed, Reference, Values, probes, prove, several_probes
+from .stepping.numpy_program import numpy_model
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,9 +38,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+# Batches of at most this many steps in all (batch x steps) are computed in numpy where the
+# model has a proven numpy form. LSTM(64), numpy's time over TensorFlow's (`bench.numpy_cost`):
+# batch 1 x 8 steps 0.3, 8 x 8 0.6, 16 x 8 0.75, 1 x 64 0.5, but 4 x 64 1.1; and a long numpy
+# loop holds the GIL (the event loop's) where TensorFlow releases it.
+NUMPY_MAX_CELLS = 128
 PER_LENGTH_CACHE = 64  # per-length path: compiled functions kept, least recently used dropped
 # Each model has its own tf.function, traced once: TF's "retracing" warning counts them all.
 tf.get_logger().setLevel("ERROR")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,7 @@ class ModelRuntime:
         self.input_kind = self.input_specs[0].kind
         self.reference = Reference(lambda x: keras.ops.convert_to_numpy(self._call(*_arrays(x))))
         self.compute_path, self.proof = self._proven_path()
+        self._small = self._proven_numpy()
 
     @classmethod
     def load(
@@ -140,13 +150,15 @@ class ModelRuntime:
 
     # -- the proven compiled path ----------------------------------------------------------
 
-    def _proven_path(self) -> tuple[str, str]:
-        """The first path of `PATHS` that matches Keras on every probe; its name and proof."""
+    def _cases(self) -> list[Probe]:
         sig = self.signature
         if sig.several_inputs:
-            cases = several_probes([s.kind for s in sig.inputs], sig.equal_lengths)
-        else:
-            cases = probes(self.input_kind)
+            return several_probes([s.kind for s in sig.inputs], sig.equal_lengths)
+        return probes(self.input_kind)
+
+    def _proven_path(self) -> tuple[str, str]:
+        """The first path of `PATHS` that matches Keras on every probe; its name and proof."""
+        cases = self._cases()
         failures = []
         for name, build in PATHS:
             try:
@@ -167,6 +179,24 @@ class ModelRuntime:
             return name, proof
         why = "; ".join(failures)
         raise ModelLoadError(f"no compiled path computes what Keras computes: {why}")
+
+    def _proven_numpy(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The model in numpy (`numpy_model`) where it has that form and equals Keras on the
+        same probes: it serves small batches (`NUMPY_MAX_CELLS`), where TensorFlow's fixed
+        cost per call dominates. None (the proven path serves every batch)
+        otherwise."""
+        sig = self.signature
+        if sig.several_inputs or sig.several_outputs:
+            return None
+        try:
+            fn = numpy_model(self.model, self.mode)
+            prove(cast(Compute, fn), self._cases(), self.reference)
+        except Exception as exc:  # noqa: BLE001 - an optional fast path: any failure drops it
+            log.info("no numpy path: %s", f"{type(exc).__name__}: {exc}"[:300])
+            return None
+        self.proof += f"; batches of up to {NUMPY_MAX_CELLS} steps in all computed in numpy, "
+        self.proof += "equal to Keras on the same probes"
+        return fn
 
     def _packed(self, outputs: object) -> tf.Tensor:
         """One tensor: the output, or several outputs (list or dict) packed by feature axis."""
@@ -247,6 +277,9 @@ class ModelRuntime:
     def compute(self, values: Values) -> np.ndarray:
         """Run the proven compiled path on a dense, validated batch (one array per input for
         several inputs)."""
+        small = self._small
+        if small is not None and isinstance(values, np.ndarray) and _small_enough(values):
+            return small(values)
         return self._fn(values)
 
     def warm_up(self) -> float:
@@ -254,7 +287,13 @@ class ModelRuntime:
         start = time.perf_counter()
         zeros = tuple(_zeros(spec, 2) for spec in self.input_specs)
         self.compute(zeros if len(zeros) > 1 else zeros[0])
+        self._fn(zeros if len(zeros) > 1 else zeros[0])
         return time.perf_counter() - start
+
+
+def _small_enough(x: np.ndarray) -> bool:
+    """At most `NUMPY_MAX_CELLS` steps in all (batch x steps)."""
+    return x.shape[0] * x.shape[1] <= NUMPY_MAX_CELLS
 
 
 def _arrays(values: Values) -> tuple[np.ndarray, ...]:

@@ -21,11 +21,12 @@ import keras
 import numpy as np
 import threadpoolctl
 
+from ..graph import Graph
 from ..modes import Mode
 from .analysis import IDENTITY_AT_INFERENCE, Plan, Unsteppable
 from .keras_internals import Node
 from .ops import PerStep, Recurrent, TimeDistributed
-from .programs import IncrementalProgram, StepProgram
+from .programs import IncrementalProgram, StepProgram, initial_state_of, step_plan
 from .state import STEPS, State, batch_of
 
 Array = np.ndarray
@@ -264,12 +265,11 @@ class NumpyProgram(StepProgram):
     support = IncrementalProgram.support
     light = True
 
-    def __init__(self, base: IncrementalProgram) -> None:
-        super().__init__(base.model, base.mode)
-        plan, graph = base.plan, base.graph
-        _check_plan(plan, base.mode)
-        self.reason = base.reason + "; computed in numpy"
-        self._init = base.initial_state(1)
+    def __init__(self, model: keras.Model, mode: Mode, graph: Graph, plan: Plan) -> None:
+        super().__init__(model, mode)
+        _check_plan(plan, mode)
+        self.reason = f"stepped exactly: {plan.summary}; computed in numpy"
+        self._init = initial_state_of(plan)
         self._input = id(graph.input)
         self._output = id(graph.output)
         self._seq = [(op.node, _seq_form(op)) for op in plan.seq_ops]
@@ -339,7 +339,21 @@ def numpy_program(base: StepProgram) -> StepProgram:
     if not isinstance(base, IncrementalProgram):
         raise Unsteppable("only incremental programs have a numpy form")
     _one_blas_thread()
-    return NumpyProgram(base)
+    return NumpyProgram(base.model, base.mode, base.graph, base.plan)
+
+
+def numpy_model(model: keras.Model, mode: Mode) -> Callable[[Array], Array]:
+    """The whole model on a dense batch of sequences, in numpy: its step program fed the whole
+    sequence from a fresh state (no TensorFlow call: ~4x cheaper at batch 1). `Unsteppable`
+    where the model has no numpy form. Unproven: the caller proves it before use."""
+    graph, plan = step_plan(model, mode)
+    _one_blas_thread()
+    program = NumpyProgram(model, mode, graph, plan)
+
+    def run(x: Array) -> Array:
+        return program.step(program.initial_state(len(x)), x)[1]
+
+    return run
 
 
 def _one_blas_thread() -> None:

@@ -144,11 +144,8 @@ class IncrementalProgram(StepProgram):
         self.reason = "stepped exactly: " + plan.summary
         self.graph = graph
         self.plan = plan
-        init: State = steps_fed(1)
-        for op in plan.seq_ops:
-            init.update(op.initial())
-        self._init = init
-        spec = state_specs(init)
+        self._init = initial_state_of(plan)
+        spec = state_specs(self._init)
         # Two traces: any k (while_loop over steps) and k=1 (straight-line, the common case).
         # Concrete functions are called directly: cheaper than tf.function dispatch.
         self._step_any = _concrete(self._step_graph, spec, self.step_input.spec(None))
@@ -302,7 +299,16 @@ def _check_model(model: keras.Model, mode: Mode) -> None:
         )
 
 
-def _incremental(model: keras.Model, mode: Mode) -> IncrementalProgram:
+def initial_state_of(plan: Plan) -> State:
+    """A fresh batch-1 state of a program stepping `plan`."""
+    init: State = steps_fed(1)
+    for op in plan.seq_ops:
+        init.update(op.initial())
+    return init
+
+
+def step_plan(model: keras.Model, mode: Mode) -> tuple[Graph, Plan]:
+    """The model's graph and how to step it under `mode`; `Unsteppable` with the reason."""
     try:
         graph = graph_of(model)
     except GraphError as exc:
@@ -311,6 +317,11 @@ def _incremental(model: keras.Model, mode: Mode) -> IncrementalProgram:
     if plan.output_is_seq != (mode is Mode.MANY_TO_MANY_ALIGNED):
         where = "aligned with" if plan.output_is_seq else "not aligned with"
         raise Unsteppable(f"model output is {where} the input steps but mode is '{mode.value}'")
+    return graph, plan
+
+
+def _incremental(model: keras.Model, mode: Mode) -> IncrementalProgram:
+    graph, plan = step_plan(model, mode)
     try:
         return IncrementalProgram(model, mode, graph, plan)
     except Exception as exc:  # tracing an exotic layer failed: recompute is still exact
