@@ -39,15 +39,18 @@ def _inputs(name: str, rng: np.random.Generator, batch: int, steps: int) -> np.n
     return rng.normal(size=(batch, steps, features)).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", ["many_to_one", "lstm_aligned"])
+@pytest.mark.parametrize("name", ["many_to_one", "lstm_aligned", "token_classifier"])
 def test_small_batches_are_computed_in_numpy_and_equal_keras(name: str, tmp_path: Path) -> None:
-    """Batches on both sides of the threshold, short and long sequences (beyond the probes)."""
+    """Batches on both sides of the threshold, short and long sequences (beyond the probes),
+    padding (masked by token_classifier) at the start and the end."""
     runtime = _load(name, tmp_path)
     assert IN_NUMPY in runtime.proof, runtime.proof
     rng = np.random.default_rng(3)
     for batch in (1, 2, 16, 17):
         for steps in (1, 8, 60, NUMPY_MAX_CELLS + 1):
             x = _inputs(name, rng, batch, steps)
+            x[0, : steps // 3] = 0
+            x[-1, steps // 2 :] = 0
             want = keras.ops.convert_to_numpy(_model(name)(x, training=False))
             compare(f"batch {batch} x {steps} steps", runtime.compute(x), want)
 
@@ -88,7 +91,7 @@ def test_a_numpy_path_that_differs_is_not_served(
     compare("batch 1", runtime.compute(x), _model("many_to_one")(x, training=False))
 
 
-@pytest.mark.parametrize("name", ["masked_aligned", "diff_forecaster"])
+@pytest.mark.parametrize("name", ["masked_time_distributed", "bidirectional"])
 def test_a_model_without_numpy_form_is_computed_by_the_traced_path(
     name: str, tmp_path: Path
 ) -> None:

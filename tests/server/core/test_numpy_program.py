@@ -27,12 +27,16 @@ from seqserve_server.core.stepping.programs import IncrementalProgram, build_ste
 from tests.support.model_zoo import FEATURES, VOCAB, ZOO
 
 # Every kind of node the numpy program computes: LSTM, GRU (reset after and before), SimpleRNN,
-# Dense, TimeDistributed(Dense), Embedding, Rescaling, dropout layers; both stepping modes.
+# Dense, TimeDistributed(Dense), Embedding (masking too), Masking, Rescaling, LayerNormalization,
+# causal Conv1D, merges, dropout layers; both stepping modes.
 NUMPY_CASES = [
     "lstm_aligned", "gru_aligned", "gru_reset_before", "simple_rnn_aligned",
     "time_distributed_head", "many_to_one", "token_unmasked_aligned", "dropout_layers",
+    "masked_aligned", "masked_many_to_one", "token_classifier", "stacked_lstm",
+    "diff_forecaster", "token_conv_many_to_one", "layer_norm_many_to_one",
 ]  # fmt: skip
 FAST = {"lstm_aligned", "many_to_one"}  # the rest run with `-m slow` (each proof takes seconds)
+MASKED = ["masked_aligned", "masked_many_to_one", "token_classifier"]
 
 
 def _slow(name: str) -> object:
@@ -41,9 +45,8 @@ def _slow(name: str) -> object:
 
 SERVED = [n if n in FAST else _slow(n) for n in NUMPY_CASES]
 TRACED_CASES = {  # a node without a numpy form, named in the reason
-    "masked_aligned": "NotEqual",
-    "diff_forecaster": "CausalConv",
-    "stacked_lstm": "LayerNormalization",
+    "masked_time_distributed": "TimeDistributed",
+    "fixed_length_aligned": "BatchNormalization",
     "stacked_cells": "RNN",
     "encoder_decoder_dynamic": "many_to_many_unaligned",
 }
@@ -109,6 +112,22 @@ def test_numpy_program_equals_keras_over_long_chunked_sequences(name: str) -> No
         compare(name, np.concatenate(outs, axis=1), want)
 
 
+@pytest.mark.parametrize("name", MASKED)
+def test_numpy_program_equals_keras_on_padded_sequences(name: str) -> None:
+    """Padding (what the model masks) first, mid-sequence and last, fed in chunks that start
+    and end inside it: masked steps keep the state and repeat the previous output."""
+    program = numpy_program(build_step_program(_model(name), Mode(ZOO[name][1])))
+    x = _inputs(name, np.random.default_rng(12), 3, 24)
+    x[0, :5] = 0
+    x[1, 8:13] = 0
+    x[2, 19:] = 0
+    for sizes in ([1], [3, 7, 2], [24]):
+        outs = _fed(program, x, sizes)
+        want = keras.ops.convert_to_numpy(_model(name)(x, training=False))
+        got = outs[-1] if ZOO[name][1] == "many_to_one" else np.concatenate(outs, axis=1)
+        compare(f"chunks of {sizes}", got, want)
+
+
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(["lstm_aligned", "many_to_one"]),
@@ -129,7 +148,8 @@ def test_numpy_program_equals_keras_on_random_inputs(
 
 
 @pytest.mark.parametrize(
-    "name", [n if n in ("masked_aligned", "diff_forecaster") else _slow(n) for n in TRACED_CASES]
+    "name",
+    [n if n in ("masked_time_distributed", "stacked_cells") else _slow(n) for n in TRACED_CASES],
 )
 def test_a_node_without_numpy_form_keeps_the_traced_program(name: str) -> None:
     program = build_step_program(_model(name), Mode(ZOO[name][1]))

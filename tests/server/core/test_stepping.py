@@ -128,7 +128,7 @@ def test_call_flags_and_ops_calls() -> None:
     graph = keras_internals.functional_graph(model)
     assert graph is not None
     calls = [keras_internals.ops_call(node.operation) for node in graph.nodes]
-    assert calls[0] == ("NotEqual", None) and calls[2] == ("Any", [-1])
+    assert calls[0] == ("NotEqual", None, False) and calls[2] == ("Any", [-1], False)
     assert calls[1] is None and calls[3] is None  # layers are not ops calls
 
 

@@ -94,10 +94,12 @@ def propagates_training(op: Any) -> bool:
 
 class OpsCall(NamedTuple):
     """A `keras.ops` function recorded as a graph node: its operation class name ("Add",
-    "Any", ...) and, for reductions, the axis it reduces (None: all axes)."""
+    "Any", ...) and, for reductions, the axis it reduces (None: all axes) and whether it keeps
+    the reduced axes."""
 
     name: str
     axis: Any
+    keepdims: bool = False
 
 
 def ops_call(op: Any) -> OpsCall | None:
@@ -105,4 +107,4 @@ def ops_call(op: Any) -> OpsCall | None:
     layers and any other operation."""
     if isinstance(op, keras.layers.Layer) or not type(op).__module__.startswith("keras.src.ops"):
         return None
-    return OpsCall(type(op).__name__, getattr(op, "axis", None))
+    return OpsCall(type(op).__name__, getattr(op, "axis", None), bool(getattr(op, "keepdims", 0)))

@@ -2,12 +2,14 @@
 
 Why: at batch 1 a session step is a few small matrix products (an LSTM(64) -> Dense step is
 ~50 µs in numpy), while a call of the traced step function costs ~1 ms of TensorFlow dispatch
-and tensor conversion (`python -m bench.step_cost`). A chunk of k steps is one call: the
-inputs' projection is one product, then a loop over the steps. It covers the common recurrent
-stacks only (Dense, Embedding without a mask, Rescaling, activations, inference-time
-identities, TimeDistributed of those, LSTM / GRU / SimpleRNN without a mask); any other node
-raises `Unsteppable` and the traced program stays. The server uses it only after the same
-load-time proof every step program passes (`sessions.proven_program`), else the traced one.
+and tensor conversion (`python -m bench.step_cost`); Predict's small batches likewise
+(`numpy_model`: the program fed the whole sequence; `python -m bench.numpy_cost`). A chunk of k
+steps is one call: the inputs' projection is one product, then a loop over the steps. It covers
+the common recurrent stacks (Dense, Embedding, Masking and the mask nodes Keras records,
+Rescaling, LayerNormalization over features, ReLU, activations, merges, inference-time
+identities, TimeDistributed of a per-step layer, causal Conv1D, LSTM / GRU / SimpleRNN with or
+without a mask); any other node raises `Unsteppable` and the traced path stays. The server uses
+it only after the same load-time proof every compute path passes.
 
 The state layout is the incremental program's own (same keys), so either can carry a session.
 """
@@ -24,8 +26,8 @@ import threadpoolctl
 from ..graph import Graph
 from ..modes import Mode
 from .analysis import IDENTITY_AT_INFERENCE, Plan, Unsteppable
-from .keras_internals import Node
-from .ops import PerStep, Recurrent, TimeDistributed
+from .keras_internals import Node, OpsCall, ops_call
+from .ops import CausalConv, PerStep, Recurrent, TimeDistributed
 from .programs import IncrementalProgram, StepProgram, initial_state_of, step_plan
 from .state import STEPS, State, batch_of
 
@@ -97,10 +99,16 @@ def _dense(layer: Any) -> NodeFn:
 
 
 def _embedding(layer: Any) -> NodeFn:
-    if layer.mask_zero:
-        raise Unsteppable(f"Embedding {layer.name!r} masks padding (mask_zero)")
+    """The lookup; with `mask_zero` the mask is a node of its own (NotEqual) in the graph."""
     table = _weight(layer.embeddings)
     return lambda ids: table[ids]
+
+
+def _masking(layer: Any) -> NodeFn:
+    """Keras' Masking.call: steps whose every feature equals `mask_value` become zeros (its
+    mask is a NotEqual -> Any pair of nodes in the graph)."""
+    value = np.float32(layer.mask_value)
+    return lambda x: np.where((x != value).any(axis=-1, keepdims=True), x, np.float32(0))
 
 
 def _rescaling(layer: Any) -> NodeFn:
@@ -108,6 +116,37 @@ def _rescaling(layer: Any) -> NodeFn:
     scale = np.asarray(layer.scale, np.float32)
     offset = np.asarray(layer.offset, np.float32)
     return lambda x: x * scale + offset
+
+
+def _relu_layer(layer: Any) -> NodeFn:
+    """ReLU, clipped at `max_value` where set; a slope or threshold has no numpy form here."""
+    if layer.negative_slope or layer.threshold:
+        raise Unsteppable(f"ReLU {layer.name!r} has a negative slope or a threshold")
+    if layer.max_value is None:
+        return _relu
+    top = np.float32(layer.max_value)
+    return lambda x: np.clip(x, np.float32(0), top)
+
+
+def _layer_normalization(layer: Any) -> NodeFn:
+    """Over the feature axis only (per step); rms_scaling has no numpy form here."""
+    _check_float32(layer)
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+    if axes != [-1] or layer.rms_scaling:
+        raise Unsteppable(f"LayerNormalization {layer.name!r} over {axes} or with rms scaling")
+    gamma = None if layer.gamma is None else _weight(layer.gamma)
+    beta = None if layer.beta is None else _weight(layer.beta)
+    epsilon = np.float32(layer.epsilon)
+
+    def run(x: Array) -> Array:
+        mean = x.mean(axis=-1, keepdims=True)
+        inv = np.float32(1) / np.sqrt(np.square(x - mean).mean(axis=-1, keepdims=True) + epsilon)
+        if gamma is not None:
+            inv = inv * gamma
+        y = x * inv - mean * inv
+        return y if beta is None else y + beta
+
+    return run
 
 
 def layer_fn(layer: Any) -> NodeFn:
@@ -119,6 +158,12 @@ def layer_fn(layer: Any) -> NodeFn:
         return _embedding(layer)
     if kind is _L.Rescaling:
         return _rescaling(layer)
+    if kind is _L.Masking:
+        return _masking(layer)
+    if kind is _L.ReLU:
+        return _relu_layer(layer)
+    if kind is _L.LayerNormalization:
+        return _layer_normalization(layer)
     if kind is _L.Activation:
         return _activation(layer.activation, f"Activation {layer.name!r}")
     if isinstance(layer, IDENTITY_AT_INFERENCE):
@@ -126,12 +171,58 @@ def layer_fn(layer: Any) -> NodeFn:
     raise Unsteppable(f"{kind.__name__} {layer.name!r} has no numpy form")
 
 
-def node_fn(node: Node) -> NodeFn:
-    """The numpy form of a per-step or static node with one input; `Unsteppable` if none."""
+NodesFn = Callable[[list[Array]], Array]  # a node's graph tensors in argument order
+
+
+def node_fn(node: Node) -> NodesFn:
+    """The numpy form of a per-step or static node (one output, no mask); `Unsteppable` if
+    none."""
     op = node.operation
-    if len(node.inputs) != 1 or len(node.outputs) != 1 or node.mask is not None:
-        raise Unsteppable(f"{type(op).__name__} {op.name!r} takes several tensors or a mask")
-    return layer_fn(op)
+    if len(node.outputs) != 1 or node.mask is not None:
+        raise Unsteppable(f"{type(op).__name__} {op.name!r} has several outputs or a mask")
+    if isinstance(op, _MERGES):
+        return _merge(op)
+    if len(node.inputs) != 1:
+        raise Unsteppable(f"{type(op).__name__} {op.name!r} takes several tensors")
+    call = ops_call(op)
+    fn = layer_fn(op) if call is None else _mask_op(call, node)
+    return lambda xs: fn(xs[0])
+
+
+_MERGES = (_L.Add, _L.Subtract, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum, _L.Concatenate)
+
+
+def _merge(layer: Any) -> NodesFn:
+    """Keras' merge layers on equal shapes (as the model was built), in Keras' order."""
+    kind = type(layer)
+    if kind is _L.Concatenate:
+        axis = layer.axis
+        return lambda xs: np.concatenate(xs, axis=axis)
+    if kind is _L.Subtract:
+        return lambda xs: xs[0] - xs[1]
+    pairwise = {_L.Add: np.add, _L.Average: np.add, _L.Multiply: np.multiply,
+                _L.Maximum: np.maximum, _L.Minimum: np.minimum}[kind]  # fmt: skip
+
+    def run(xs: list[Array]) -> Array:
+        y = xs[0]
+        for x in xs[1:]:
+            y = pairwise(y, x)
+        return y / np.float32(len(xs)) if kind is _L.Average else y
+
+    return run
+
+
+def _mask_op(call: OpsCall, node: Node) -> NodeFn:
+    """The `keras.ops` nodes Keras records for masks: `not_equal(x, scalar)` (Embedding's
+    mask_zero, Masking) and `any(..., axis)` (Masking)."""
+    constants = node.constants()
+    if call.name == "NotEqual" and len(constants) == 1 and np.ndim(constants[0]) == 0:
+        value = constants[0]
+        return lambda x: x != value
+    if call.name == "Any" and call.axis is not None:
+        axis = tuple(np.atleast_1d(call.axis).tolist())
+        return lambda x: np.any(x, axis=axis, keepdims=call.keepdims)
+    raise Unsteppable(f"keras.ops {call.name} node {node.operation.name!r} has no numpy form")
 
 
 # -- recurrent cells: (x projected by the kernel, plus the input bias) and one step ---------
@@ -233,30 +324,74 @@ _CELLS: dict[type, type[_CellForm]] = {
 
 
 class _RecurrentForm:
-    """A recurrent layer stepped in numpy over a chunk, from and into the carried state."""
+    """A recurrent layer stepped in numpy over a chunk, from and into the carried state; with a
+    mask, as `backend.rnn` does it (and ops.Recurrent): a masked step keeps the cell states and
+    repeats the previous output (zeros with `zero_output_for_mask`)."""
 
     def __init__(self, op: Recurrent) -> None:
-        layer = op.node.operation
+        node = op.node
+        layer = node.operation
         form = _CELLS.get(type(layer.cell))
-        if form is None or op.node.mask is not None:
+        if form is None:
             raise Unsteppable(f"{type(layer).__name__} {layer.name!r} has no numpy form")
         self.cell = form(layer.cell)
         self.keys = op.keys
         self.state_keys = [op.keys.cell_state(i) for i in range(2 if form is _LSTM else 1)]
         self.sequences = bool(layer.return_sequences)
+        self.zero_masked = bool(layer.zero_output_for_mask)
+        self.input = id(node.inputs[0])
+        self.mask = None if node.mask is None else id(node.mask)
 
-    def run(self, x: Array, state: State, new_state: State) -> Array:
-        zs = self.cell.project(x)  # [B, k, gates]: the chunk's inputs in one product
+    def run(self, values: dict[int, Array], state: State, new_state: State) -> Array:
+        zs = self.cell.project(values[self.input])  # [B, k, gates]: the chunk in one product
+        mask = None if self.mask is None else values[self.mask]
         states = [state[key] for key in self.state_keys]
+        out = state[self.keys.last_output]
         outs = []
         for t in range(zs.shape[1]):
-            states = self.cell.step(zs[:, t], states)
-            outs.append(states[0])
+            new = self.cell.step(zs[:, t], states)
+            if mask is None:
+                states, out = new, new[0]
+            else:
+                m = mask[:, t, np.newaxis]
+                out = np.where(m, new[0], np.float32(0) if self.zero_masked else out)
+                states = [np.where(m, n, s) for n, s in zip(new, states, strict=True)]
+            outs.append(out)
         new_state.update(zip(self.state_keys, states, strict=True))
-        new_state[self.keys.last_output] = states[0]
+        new_state[self.keys.last_output] = out
         if not self.sequences:
-            return states[0]
+            return out
         return outs[0][:, np.newaxis] if len(outs) == 1 else np.stack(outs, axis=1)
+
+
+class _CausalConvForm:
+    """A causal Conv1D over the carried window of past inputs and the new steps (ops.CausalConv):
+    one product per kernel tap."""
+
+    def __init__(self, op: CausalConv) -> None:
+        layer = op.node.operation
+        _check_float32(layer)
+        if layer.groups != 1:
+            raise Unsteppable(f"Conv1D {layer.name!r} is grouped")
+        self.kernel = _weight(layer.kernel)  # [taps, in, out]
+        self.bias = None if layer.bias is None else _weight(layer.bias)
+        self.act = _activation(layer.activation, f"Conv1D {layer.name!r}")
+        self.dilation = int(layer.dilation_rate[0])
+        self.key = op.keys.window
+        self.window = op.window
+        self.input = id(op.node.inputs[0])
+
+    def run(self, values: dict[int, Array], state: State, new_state: State) -> Array:
+        x = values[self.input]
+        cat = np.concatenate([state[self.key], x], axis=1)
+        k = x.shape[1]
+        y = sum(
+            cat[:, tap * self.dilation : tap * self.dilation + k] @ self.kernel[tap]
+            for tap in range(len(self.kernel))
+        )
+        if self.window:
+            new_state[self.key] = cat[:, -self.window :]
+        return self.act(y if self.bias is None else y + self.bias)
 
 
 class NumpyProgram(StepProgram):
@@ -288,7 +423,7 @@ class NumpyProgram(StepProgram):
             return new_state, self._empty(batch_of(state))
         values: dict[int, Array] = {self._input: x}
         for node, form in self._seq:
-            values[id(node.outputs[0])] = form.run(values[id(node.inputs[0])], state, new_state)
+            values[id(node.outputs[0])] = form.run(values, state, new_state)
         if self.mode is Mode.MANY_TO_MANY_ALIGNED:
             return new_state, _f32(values[self._output])
         return new_state, self.finish(new_state)
@@ -298,7 +433,7 @@ class NumpyProgram(StepProgram):
             return self._empty(batch_of(state))
         values = {kt_id: np.asarray(read(state)) for kt_id, read in self._frontier.items()}
         for node, fn in self._static:
-            values[id(node.outputs[0])] = fn(values[id(node.inputs[0])])
+            values[id(node.outputs[0])] = fn([values[id(t)] for t in node.inputs])
         return _f32(values[self._output])
 
 
@@ -309,20 +444,24 @@ def _f32(y: Array) -> Array:
 class _PerStepForm:
     """A per-step node: its numpy form on all new steps at once; no state."""
 
-    def __init__(self, fn: NodeFn) -> None:
+    def __init__(self, fn: NodesFn, node: Node) -> None:
         self.fn = fn
+        self.inputs = [id(t) for t in node.inputs]
 
-    def run(self, x: Array, state: State, new_state: State) -> Array:
-        return self.fn(x)
+    def run(self, values: dict[int, Array], state: State, new_state: State) -> Array:
+        return self.fn([values[i] for i in self.inputs])
 
 
-def _seq_form(op: Any) -> _PerStepForm | _RecurrentForm:
+def _seq_form(op: Any) -> _PerStepForm | _RecurrentForm | _CausalConvForm:
     if isinstance(op, Recurrent):
         return _RecurrentForm(op)
+    if isinstance(op, CausalConv):
+        return _CausalConvForm(op)
     if type(op) is PerStep:
-        return _PerStepForm(node_fn(op.node))
+        return _PerStepForm(node_fn(op.node), op.node)
     if type(op) is TimeDistributed and op.node.mask is None:  # the layer acts on every step alone
-        return _PerStepForm(layer_fn(op.node.operation.layer))
+        fn = layer_fn(op.node.operation.layer)
+        return _PerStepForm(lambda xs: fn(xs[0]), op.node)
     raise Unsteppable(f"{type(op).__name__} ops have no numpy form")
 
 
