@@ -39,9 +39,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 @dataclass
 class ServerSpec:
     label: str
-    kind: str  # echo | plain | old | new | workers
+    kind: str  # echo | plain | old | new | workers | variant (bench/layer_variant.py)
     args: list[str] = field(default_factory=list)
     channels: int = 1
+    source: Path | None = None  # variant: the server package from this directory
 
 
 def request_bytes(model: BenchModel, seqs: int, seed: int = 0) -> bytes:
@@ -85,6 +86,8 @@ def start(spec: ServerSpec, repos: dict[str, Path], shapes: Path) -> servers.Run
         return servers.echo(shapes)
     if spec.kind == "plain":
         return servers.plain(repos["new"], list(json.loads(shapes.read_text())))
+    if spec.kind == "variant":
+        return servers.variant(repos["new"], spec.args[0], spec.args[1:], spec.source)
     if spec.kind == "workers":
         return servers.workers(repos["new"], int(spec.args[0]))
     return servers.serve(repos[spec.kind], spec.args)
