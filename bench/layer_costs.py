@@ -2,11 +2,12 @@
 
 The production server (`full`) next to copies of it with layers taken out
 (bench/layer_variant.py), the echo server and the plain server, on the reference model, one
-sequence per request, at 1 and 32 callers, in rotating order for `--rounds` rounds (best round
-kept, as bench.run does). Reported per server: 1-caller p50, 32-caller req/s, and the server's
-CPU per request at both. A layer's cost is the difference to the server without it.
+sequence per request, at 1 and 32 callers, in rotating order for `--rounds` rounds. Reported per
+server, as the median over the rounds (this machine is shared: single rounds swing by 30%):
+1-caller p50, 32-caller req/s, and the server's CPU per request at both. A layer's cost is the
+difference to the server without it.
 
-    .venv/bin/python -m bench.layer_costs [--rounds 3] [--duration 2] [--baseline REF] \
+    .venv/bin/python -m bench.layer_costs [--rounds 7] [--duration 1.5] [--baseline REF] \
         [--variant 'label=LAYERS[ FLAG ...]' ...]
 
 LAYERS: `none` or a comma list of `interceptors`, `checks`, `decorators`, `batcher` (see
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,27 +60,34 @@ def _checkout(ref: str, tmp: Path) -> Path:
     return tmp / "server" / "src"
 
 
-def table(rows: list[dict], labels: list[str]) -> list[str]:
-    def row(label: str, callers: int) -> dict:
-        return next(r for r in rows if r["server"] == label and r["callers"] == callers)
+def medians(rows: list[dict], label: str, callers: int) -> dict[str, float]:
+    """The server's median over rounds of p50, req/s and server CPU ms per request."""
+    mine = [r for r in rows if r["server"] == label and r["callers"] == callers and r["rps"]]
+    return {
+        "p50_ms": statistics.median(r["p50_ms"] for r in mine),
+        "rps": statistics.median(r["rps"] for r in mine),
+        "cpu_ms": statistics.median(1e3 * r["server_cores"] / r["rps"] for r in mine),
+    }
 
+
+def table(rows: list[dict], labels: list[str]) -> list[str]:
     out = [
         "| server | 1 caller p50 ms | CPU ms/req at 1 | 32 callers req/s | CPU ms/req at 32 |",
         "|---|---:|---:|---:|---:|",
     ]
     for label in labels:
-        one, many = row(label, 1), row(label, 32)
+        one, many = medians(rows, label, 1), medians(rows, label, 32)
         out.append(
-            f"| {label} | {one['p50_ms']:.2f} | {1e3 * one['server_cores'] / one['rps']:.2f}"
-            f" | {many['rps']:,.0f} | {1e3 * many['server_cores'] / many['rps']:.2f} |"
+            f"| {label} | {one['p50_ms']:.2f} | {one['cpu_ms']:.2f}"
+            f" | {many['rps']:,.0f} | {many['cpu_ms']:.2f} |"
         )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.layer_costs", description=__doc__)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--duration", type=float, default=1.5)
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--variant", action="append", help="label=LAYERS[ FLAG ...]")
     ap.add_argument("--no-peers", action="store_true", help="without echo and plain")
@@ -101,11 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         payloads = {(REFERENCE.name, 1): request_bytes(REFERENCE, 1).hex()}
         grid = [(REFERENCE, 1, 1, args.rounds), (REFERENCE, 1, 32, args.rounds)]
         repos = {"new": repo, "old": repo}
-        rows = measure(servers, grid, payloads, repos, shapes, tmp, args.duration, args.warmup)
+        rows = measure(
+            servers, grid, payloads, repos, shapes, tmp, args.duration, args.warmup, False
+        )
     labels = [s.label for s in servers if any(r["server"] == s.label for r in rows)]
     print(
         f"\n{time.strftime('%Y-%m-%d %H:%M')}, {REFERENCE.name}, 1 sequence per request, "
-        f"{args.duration:g} s per point, best of {args.rounds} rotating rounds, "
+        f"{args.duration:g} s per point, median of {args.rounds} rotating rounds, "
         f"{time.time() - started:.0f} s in all\n"
     )
     print("\n".join(table(rows, labels)))

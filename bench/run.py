@@ -120,9 +120,11 @@ def measure(
     tmp: Path,
     duration: float,
     warmup: float,
+    best_only: bool = True,
 ) -> list[dict]:
     """Every point of `grid` (model, seqs, callers, rounds) on every server, interleaved: for
-    each round and point the servers run back to back, in an order that rotates; best round."""
+    each round and point the servers run back to back, in an order that rotates; best round
+    (`best_only=False`: every round's row)."""
     running = start_all(specs, repos, shapes)
     try:
         jobs, meta = [], []
@@ -146,12 +148,14 @@ def measure(
         for srv in running.values():
             srv.stop()
     best: dict[tuple, dict] = {}
+    every = []
     for (label, model, n, c, rnd), r in zip(meta, results, strict=False):
         row = {"server": label, "model": model, "seqs": n, "callers": c, "round": rnd, **r}
+        every.append(row)
         key = (label, model, n, c)
         if key not in best or row["rps"] > best[key]["rps"]:
             best[key] = row
-    return list(best.values())
+    return list(best.values()) if best_only else every
 
 
 def main(argv: list[str] | None = None) -> int:

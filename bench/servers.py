@@ -80,7 +80,7 @@ def variant(
     """bench/layer_variant.py: `seqserve serve FLAGS` with `layers` (a comma list) taken out;
     `source`: the server package from there (another commit's server/src), not the installed one."""
     env = {"PYTHONPATH": str(source)} if source else {}
-    return _bench_server(["bench.layer_variant", layers], 180, [str(repository), *flags], env)
+    return _bench_server(["bench.layer_variant", layers], 600, [str(repository), *flags], env)
 
 
 def _bench_server(
