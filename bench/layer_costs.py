@@ -13,7 +13,7 @@ difference to the server without it.
 LAYERS: `none` or a comma list of `interceptors`, `checks`, `decorators`, `batcher` (see
 bench/layer_variant.py). `--baseline REF`: also the server as of git REF (its server/src from
 `git archive`, run by this checkout's bench), e.g. the commit before a change: before and after
-in one run.
+in one run, also as per-round paired ratios (after / before measured back to back).
 """
 
 from __future__ import annotations
@@ -70,6 +70,30 @@ def medians(rows: list[dict], label: str, callers: int) -> dict[str, float]:
     }
 
 
+def paired(rows: list[dict], label: str, base: str) -> list[str]:
+    """`label` / `base` per round (measured back to back), median and range: steadier than a
+    ratio of medians on a shared machine."""
+    out = []
+    for callers, key in ((1, "p50_ms"), (32, "rps")):
+        ratios = []
+        for r in rows:
+            if r["server"] != label or r["callers"] != callers:
+                continue
+            b = next(
+                x
+                for x in rows
+                if (x["server"], x["callers"], x["round"]) == (base, callers, r["round"])
+            )
+            if r[key] and b[key]:
+                ratios.append(r[key] / b[key])
+        if ratios:
+            out.append(
+                f"{label} / {base}, {callers} caller(s) {key}, per round: median "
+                f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})"
+            )
+    return out
+
+
 def table(rows: list[dict], labels: list[str]) -> list[str]:
     out = [
         "| server | 1 caller p50 ms | CPU ms/req at 1 | 32 callers req/s | CPU ms/req at 32 |",
@@ -120,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.time() - started:.0f} s in all\n"
     )
     print("\n".join(table(rows, labels)))
+    if args.baseline:
+        print("\n".join(["", *paired(rows, "full", f"full at {args.baseline}")]))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
