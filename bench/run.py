@@ -39,9 +39,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 @dataclass
 class ServerSpec:
     label: str
-    kind: str  # echo | plain | old | new | workers
+    kind: str  # echo | plain | old | new | workers | variant (bench/layer_variant.py)
     args: list[str] = field(default_factory=list)
     channels: int = 1
+    source: Path | None = None  # variant: the server package from this directory
 
 
 def request_bytes(model: BenchModel, seqs: int, seed: int = 0) -> bytes:
@@ -85,6 +86,8 @@ def start(spec: ServerSpec, repos: dict[str, Path], shapes: Path) -> servers.Run
         return servers.echo(shapes)
     if spec.kind == "plain":
         return servers.plain(repos["new"], list(json.loads(shapes.read_text())))
+    if spec.kind == "variant":
+        return servers.variant(repos["new"], spec.args[0], spec.args[1:], spec.source)
     if spec.kind == "workers":
         return servers.workers(repos["new"], int(spec.args[0]))
     return servers.serve(repos[spec.kind], spec.args)
@@ -117,9 +120,11 @@ def measure(
     tmp: Path,
     duration: float,
     warmup: float,
+    best_only: bool = True,
 ) -> list[dict]:
     """Every point of `grid` (model, seqs, callers, rounds) on every server, interleaved: for
-    each round and point the servers run back to back, in an order that rotates; best round."""
+    each round and point the servers run back to back, in an order that rotates; best round
+    (`best_only=False`: every round's row)."""
     running = start_all(specs, repos, shapes)
     try:
         jobs, meta = [], []
@@ -143,12 +148,14 @@ def measure(
         for srv in running.values():
             srv.stop()
     best: dict[tuple, dict] = {}
+    every = []
     for (label, model, n, c, rnd), r in zip(meta, results, strict=False):
         row = {"server": label, "model": model, "seqs": n, "callers": c, "round": rnd, **r}
+        every.append(row)
         key = (label, model, n, c)
         if key not in best or row["rps"] > best[key]["rps"]:
             best[key] = row
-    return list(best.values())
+    return list(best.values()) if best_only else every
 
 
 def main(argv: list[str] | None = None) -> int:

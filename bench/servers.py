@@ -70,13 +70,28 @@ def plain(repository: Path, models: list[str], timeout: float = 180) -> Running:
     return _bench_server(["bench.plain_server", str(repository)], timeout, models)
 
 
-def _bench_server(module: list[str], timeout: float, extra: list[str] | None = None) -> Running:
+def variant(
+    repository: Path,
+    layers: str,
+    flags: list[str],
+    source: Path | None = None,
+    timeout: float = 180,
+) -> Running:
+    """bench/layer_variant.py: `seqserve serve FLAGS` with `layers` (a comma list) taken out;
+    `source`: the server package from there (another commit's server/src), not the installed one."""
+    env = {"PYTHONPATH": str(source)} if source else {}
+    return _bench_server(["bench.layer_variant", layers], 600, [str(repository), *flags], env)
+
+
+def _bench_server(
+    module: list[str], timeout: float, extra: list[str] | None = None, env: dict | None = None
+) -> Running:
     import grpc
 
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", *module, str(port), *(extra or [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
     )  # fmt: skip
     running = Running(process, port)
     deadline = time.monotonic() + timeout

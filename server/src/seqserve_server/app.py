@@ -26,8 +26,9 @@ from .metrics import ServerMetrics
 from .transport import open_inference
 from .transport.auth import Authorize
 from .transport.auth_tokens import TokensFile
+from .transport.calls import Registrar, Wrap
 from .transport.draining import Drain
-from .transport.parsing import RejectUnparsable
+from .transport.parsing import reject_unparsable
 from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
 from .transport.standard_services import ObservedHealth, ObservedReflection
 from .transport.tls import CertificateFiles
@@ -70,9 +71,12 @@ class App:
         self._poller: asyncio.Task[None] | None = None
         self.drain = Drain()
         self.server = grpc.aio.server(
-            interceptors=[self.drain, *authorization(settings, self.metrics), RejectUnparsable()],
-            options=server_options(settings),
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            options=server_options(settings), maximum_concurrent_rpcs=settings.max_concurrent_rpcs
+        )
+        # Every service is added through this: drain, token and parse checks wrap each method.
+        self.services = Registrar(
+            self.server,
+            [self.drain.wrap, *authorization(settings, self.metrics), reject_unparsable],
         )
         self.port = 0
         self.metrics_port = 0
@@ -91,12 +95,12 @@ class App:
             self.inference, self.sessions, self.metrics, self.settings.max_message_bytes,
             self.manager,
         )  # fmt: skip
-        pb_grpc.add_SeqServeServicer_to_server(servicer, self.server)
+        pb_grpc.add_SeqServeServicer_to_server(servicer, self.services)
         v2 = open_inference.OpenInferenceServicer(
             open_inference.Core(self.inference, self.sessions, self.manager), self.metrics
         )
-        open_inference.add_to_server(v2, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        open_inference.add_to_server(v2, self.services)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.services)
         names = (
             SERVICE_NAME,
             open_inference.SERVICE_NAME,
@@ -106,7 +110,7 @@ class App:
         if self.settings.reflection:
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
                 ObservedReflection(names, self.metrics, open_inference.reflection_pool()),
-                self.server,
+                self.services,
             )
         address = f"{self.settings.host}:{self.settings.port}"
         credentials = server_credentials(self.settings)
@@ -190,12 +194,12 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     ).credentials()
 
 
-def authorization(settings: Settings, metrics: ServerMetrics) -> list[grpc.aio.ServerInterceptor]:
+def authorization(settings: Settings, metrics: ServerMetrics) -> list[Wrap]:
     """The token check (transport/auth.py) when a tokens file is given. It runs after the
     drain (a held call is refused UNAVAILABLE either way) and before the parse check."""
     if settings.auth_tokens_file is None:
         return []
-    return [Authorize(TokensFile(settings.auth_tokens_file), metrics)]
+    return [Authorize(TokensFile(settings.auth_tokens_file), metrics).wrap]
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

@@ -1,5 +1,6 @@
-"""Token authorization for both protocols, in one place: a server interceptor that wraps each
-method's handler, so it sees the caller's metadata and the request messages before the servicer.
+"""Token authorization for both protocols, in one place: a wrap of each method's handler (built
+once, at registration: transport/calls.py), so it sees the caller's metadata and the request
+messages before the servicer.
 
 Per call: the `authorization: Bearer <token>` metadata must name a token of the tokens file
 (else UNAUTHENTICATED); its grant needs the method's scope, and the model the request names must
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
 from ..metrics import ServerMetrics
 from .auth_tokens import Grant, TokensFile
+from .calls import handler_kind
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +70,13 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-class Authorize(grpc.aio.ServerInterceptor):
+class Authorize:
     def __init__(self, tokens: TokensFile, metrics: ServerMetrics) -> None:
         self.tokens = tokens
         self.metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler: Any = await continuation(details)
-        method: str = details.method  # type: ignore[attr-defined]
-        if handler is None or method in OPEN_METHODS or not _protected(method):
+    def wrap(self, method: str, handler: Any) -> Any:
+        if method in OPEN_METHODS or not _protected(method):
             return handler
         return _wrap(handler, _Check(self.tokens, self.metrics, method))
 
@@ -149,9 +145,7 @@ class _Check:
 
 
 def _wrap(handler: Any, check: _Check) -> grpc.RpcMethodHandler:
-    kind = ("stream_" if handler.request_streaming else "unary_") + (
-        "stream" if handler.response_streaming else "unary"
-    )
+    kind = handler_kind(handler)
     inner = getattr(handler, kind)
     if handler.request_streaming:
         wrapped = _streamed_requests(inner, check, handler.response_streaming)

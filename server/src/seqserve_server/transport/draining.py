@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
+from .calls import handler_kind
 
 EXEMPT = ("/grpc.health.v1.Health/",)
 REFUSAL = "the server is shutting down: retry on another replica"
@@ -28,8 +30,9 @@ QUIET_S = 0.05  # no call arrived for this long: none is still queued inside gRP
 GOAWAY_HEAD_START_S = 0.1  # let GOAWAY reach callers before their held calls are answered
 
 
-class Drain(grpc.aio.ServerInterceptor):
-    """Counts the calls in flight; once draining, holds every new one until `release()`."""
+class Drain:
+    """Counts the calls in flight; once draining, holds every new one until `release()`.
+    `wrap` is a transport/calls.py wrap: each method's handler is wrapped once."""
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -62,30 +65,26 @@ class Drain(grpc.aio.ServerInterceptor):
         await asyncio.sleep(GOAWAY_HEAD_START_S)
         self._released.set()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method  # type: ignore[attr-defined]
-        if handler is None or method.startswith(EXEMPT):
+    def wrap(self, method: str, handler: Any) -> Any:
+        if method.startswith(EXEMPT):
             return handler
         return _wrap(handler, self)
 
     # The check and the count happen together when the call's handler starts (one event loop:
     # nothing runs between them), so a call is either held and refused, or waited for.
-    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
-        if self.draining:
-            self._last_arrival = time.monotonic()
-            self.held += 1
-            try:
-                await self._released.wait()
-            finally:
-                self.held -= 1
-            await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSAL)
+    def _enter(self) -> None:
         self.in_flight += 1
         self._idle.clear()
+
+    async def _hold(self, context: grpc.aio.ServicerContext) -> None:
+        """A call arrived while draining: held until released, then refused UNAVAILABLE."""
+        self._last_arrival = time.monotonic()
+        self.held += 1
+        try:
+            await self._released.wait()
+        finally:
+            self.held -= 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSAL)
 
     def _leave(self) -> None:
         self.in_flight -= 1
@@ -95,12 +94,14 @@ class Drain(grpc.aio.ServerInterceptor):
 
 def _wrap(handler: Any, drain: Drain) -> grpc.RpcMethodHandler:
     """The same handler with each call admitted (or held and refused) and counted."""
+    kind = handler_kind(handler)
     if handler.response_streaming:
-        kind = "stream_stream" if handler.request_streaming else "unary_stream"
         inner_stream = getattr(handler, kind)
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await drain._admit(context)
+            if drain.draining:
+                await drain._hold(context)
+            drain._enter()
             try:
                 responses = inner_stream(request, context)
                 if inspect.isasyncgen(responses):
@@ -112,11 +113,12 @@ def _wrap(handler: Any, drain: Drain) -> grpc.RpcMethodHandler:
                 drain._leave()
 
         return handler._replace(**{kind: streaming})  # type: ignore[no-any-return]
-    kind = "stream_unary" if handler.request_streaming else "unary_unary"
     inner_unary = getattr(handler, kind)
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await drain._admit(context)
+        if drain.draining:
+            await drain._hold(context)
+        drain._enter()
         try:
             return await inner_unary(request, context)
         finally:

@@ -1,20 +1,22 @@
 """Requests whose bytes do not parse get INVALID_ARGUMENT.
 
 gRPC Python answers a request its deserializer cannot parse with UNKNOWN or INTERNAL, which say
-"server fault" about what is the caller's. This interceptor lets such a message through as an
-`Unparsable` marker and refuses it where the handler would have received it.
+"server fault" about what is the caller's. `reject_unparsable` (a transport/calls.py wrap, built
+once per method) lets such a message through as an `Unparsable` marker and refuses it where the
+handler would have received it.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from ..core.errors import InvalidInput
+from .calls import handler_kind
 
 
 @dataclass(frozen=True)
@@ -22,28 +24,15 @@ class Unparsable:
     error: str
 
 
-class RejectUnparsable(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler: Any = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        parse = handler.request_deserializer
-        kind = _kind(handler)
-        inner = getattr(handler, kind)
-        method = details.method  # type: ignore[attr-defined]
-        wrapped = _streamed(inner, method) if handler.request_streaming else _single(inner, method)
-        return handler._replace(  # type: ignore[no-any-return]
-            request_deserializer=_tolerant(parse), **{kind: wrapped}
-        )
-
-
-def _kind(handler: Any) -> str:
-    return ("stream_" if handler.request_streaming else "unary_") + (
-        "stream" if handler.response_streaming else "unary"
+def reject_unparsable(method: str, handler: Any) -> Any:
+    """The handler with a deserializer that never fails, and its bad messages refused."""
+    if handler.request_deserializer is None:
+        return handler
+    kind = handler_kind(handler)
+    inner = getattr(handler, kind)
+    wrapped = _streamed(inner, method) if handler.request_streaming else _single(inner, method)
+    return handler._replace(
+        request_deserializer=_tolerant(handler.request_deserializer), **{kind: wrapped}
     )
 
 

@@ -14,6 +14,7 @@ from google.protobuf import message_factory
 
 from seqserve.inference import grpc_service_pb2 as pb
 
+from ..calls import Registrar
 from .requests import parsed
 from .servicer import OpenInferenceServicer
 
@@ -58,7 +59,7 @@ def _not_offered(name: str) -> Any:
     return refuse
 
 
-def add_to_server(servicer: OpenInferenceServicer, server: grpc.aio.Server) -> None:
+def add_to_server(servicer: OpenInferenceServicer, server: Registrar | grpc.aio.Server) -> None:
     """Every method of the service: served, or refused UNIMPLEMENTED with the reason."""
     handlers = {
         method.name: _handler(
