@@ -206,6 +206,8 @@ def show_breakdown(label: str, result: dict) -> None:
             cells.append(f"{wall:.2f}")
         print(f"| {model} | " + " | ".join(cells) + " |")
     print("| all (wall s, summed) | " + " | ".join(f"{sums[n]:.2f}" for n in names) + " |")
+    cpu = [sum(p.get(n, [0.0, 0.0])[1] for p in result["models"].values()) for n in names]
+    print("| all (CPU s, summed) | " + " | ".join(f"{c:.2f}" for c in cpu) + " |")
 
 
 # -- end to end ------------------------------------------------------------------------------

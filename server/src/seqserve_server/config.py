@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     )
     load_threads: int = Field(2, ge=1, description="models loaded and proven at once on startup")
     proof_cache_dir: str = Field(
-        str(default_dir()),
+        default_dir(),
         description="where the proof keeps eager Keras outputs between starts "
         "(keyed by model file SHA-256 and versions; '': off; unwritable: not written)",
     )

@@ -5,6 +5,7 @@ what is served."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -125,6 +126,11 @@ def test_the_server_setting_names_the_directory_or_turns_it_off(
     from seqserve_server.config import Settings
 
     value = str(tmp_path / directory) if directory else ""
-    app = App(Settings(model_repository=tmp_path, proof_cache_dir=value, metrics_port=-1))
+
+    async def built() -> App:  # grpc.aio's server wants a running loop
+        return App(Settings(model_repository=tmp_path, proof_cache_dir=value, metrics_port=-1))
+
+    app = asyncio.run(built())
+    app.loader.shutdown()
     references = app.repository._references
     assert (references.directory if references else None) == (Path(value) if value else None)

@@ -35,10 +35,12 @@ log = logging.getLogger(__name__)
 FORMAT = "seqserve-reference-1"  # bump when what an entry means changes
 
 
-def default_dir() -> Path:
-    """`$XDG_CACHE_HOME/seqserve/references`, else `~/.cache/seqserve/references`."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "seqserve" / "references"
+def default_dir() -> str:
+    """`$XDG_CACHE_HOME/seqserve/references`, else `~/.cache/seqserve/references`; '' (no
+    cache) for a user without a home directory, never a directory relative to where it runs."""
+    home = os.path.expanduser("~")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    return str(Path(base) / "seqserve" / "references") if os.path.isabs(base) else ""
 
 
 class ReferenceCache:
