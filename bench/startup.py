@@ -44,8 +44,8 @@ def configs(before_src: Path, cache: Path) -> dict[str, Config]:
     return {
         "before": ([], {"PYTHONPATH": str(before_src)}),
         "after, proof cache off": (["--proof-cache-dir", ""], {}),
-        "after, cache warm, 1 load thread": ([*warm, "--load-threads", "1"], {}),
-        "after, cache warm (2 load threads)": (warm, {}),
+        "after, cache warm, 2 load threads": ([*warm, "--load-threads", "2"], {}),
+        "after, cache warm (1 load thread)": (warm, {}),
     }
 
 

@@ -40,7 +40,9 @@ class Settings(BaseSettings):
         description="compute on the event loop while callers come one at a time, "
         "batches that took under this many ms (0: always on the model's thread)",
     )
-    load_threads: int = Field(2, ge=1, description="models loaded and proven at once on startup")
+    load_threads: int = Field(
+        1, ge=1, description="models loaded and proven at once on startup (2 measured slower)"
+    )
     proof_cache_dir: str = Field(
         default_dir(),
         description="where the proof keeps eager Keras outputs between starts "
