@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.loadgen import cpu_seconds
 from tests.support.server_process import ServerProcess, start_server
 
 
@@ -140,8 +141,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def startup_seconds(repository: Path, timeout: float = 300) -> dict:
-    """Seconds from starting `seqserve serve` to health SERVING (polled every 50 ms)."""
+def startup_seconds(
+    repository: Path,
+    timeout: float = 300,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> dict:
+    """Seconds from starting `seqserve serve [EXTRA]` to health SERVING (polled every 50 ms),
+    and the server's CPU seconds by then."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -149,9 +156,13 @@ def startup_seconds(repository: Path, timeout: float = 300) -> dict:
     command = [
         sys.executable, "-m", "seqserve_server.cli", "serve", "--model-repository",
         str(repository), "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1",
+        *(extra or []),
     ]  # fmt: skip
     started = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -160,6 +171,7 @@ def startup_seconds(repository: Path, timeout: float = 300) -> dict:
                     reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         seconds = time.monotonic() - started
+                        cpu = cpu_seconds([process.pid])
                         break
                 except grpc.RpcError:
                     pass
@@ -176,4 +188,4 @@ def startup_seconds(repository: Path, timeout: float = 300) -> dict:
     models = [
         d for d in repository.iterdir() if d.is_dir() and any(v.name.isdigit() for v in d.iterdir())
     ]
-    return {"seconds": seconds, "models": len(models)}
+    return {"seconds": seconds, "cpu_seconds": cpu, "models": len(models)}

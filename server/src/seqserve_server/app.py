@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,7 +20,8 @@ from .core.inference import InferenceService
 from .core.limits import RequestLimits
 from .core.management import ModelManager
 from .core.observer import ModelObservers
-from .core.repository import ModelRepository, ModelState
+from .core.reference_cache import ReferenceCache
+from .core.repository import ModelRepository, ModelState, VersionStatus
 from .core.runtime import configure_tensorflow
 from .core.sessions import SessionManager
 from .metrics import ServerMetrics
@@ -55,8 +57,10 @@ class App:
             settings.max_stream_messages,
         )
         self.repository = ModelRepository(
-            settings.model_repository, observer=self.metrics, limits=limits
-        )
+            settings.model_repository, observer=self.metrics, limits=limits,
+            references=ReferenceCache(Path(settings.proof_cache_dir))
+            if settings.proof_cache_dir else None,
+        )  # fmt: skip
         observers = ModelObservers(self.metrics)
         self.sessions = SessionManager(self.repository, self.threads, observers)
         self.inference = InferenceService(
@@ -91,6 +95,10 @@ class App:
                 self.settings.metrics_tls_key,
             )
         await self._load_models()
+        await self.start_transport()
+
+    async def start_transport(self) -> None:
+        """Register the services and open the port (after `_load_models`)."""
         servicer = SeqServeServicer(
             self.inference, self.sessions, self.metrics, self.settings.max_message_bytes,
             self.manager,
@@ -133,8 +141,8 @@ class App:
     async def _load_models(self) -> None:
         self.repository.scan()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.loader, self.repository.load_all)
-        await loop.run_in_executor(self.loader, self.sessions.prepare_all)
+        threads = self.settings.load_threads
+        await loop.run_in_executor(self.loader, self.repository.load_all, threads, self._sessions)
         for entry in self.repository.entries():
             ready = entry.newest_ready is not None
             await self.health.set(entry.name, SERVING if ready else NOT_SERVING)
@@ -149,6 +157,12 @@ class App:
         ]
         if failed:
             log.warning("serving without models that failed to load: %s", ", ".join(failed))
+
+    def _sessions(self, version: VersionStatus) -> None:
+        """Build, prove and install a loaded version's session program (on a loading thread):
+        health says SERVING only once every version has its program or the reason it has none."""
+        if version.ready is not None:
+            self.sessions.install(version.ready, self.sessions.build(version.ready))
 
     async def _model_health(self, name: str, serving: bool) -> None:
         await self.health.set(name, SERVING if serving else NOT_SERVING)

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from seqserve_api import MAX_MESSAGE_BYTES
 
 from .core.limits import RequestLimits
+from .core.reference_cache import default_dir
 
 _LIMITS = RequestLimits()
 
@@ -38,6 +39,14 @@ class Settings(BaseSettings):
         ge=0,
         description="compute on the event loop while callers come one at a time, "
         "batches that took under this many ms (0: always on the model's thread)",
+    )
+    load_threads: int = Field(
+        1, ge=1, description="models loaded and proven at once on startup (2 measured slower)"
+    )
+    proof_cache_dir: str = Field(
+        default_dir(),
+        description="where the proof keeps eager Keras outputs between starts "
+        "(keyed by model file SHA-256 and versions; '': off; unwritable: not written)",
     )
     tf_intra_op_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads (0: TF)")
     tf_inter_op_threads: int = Field(0, ge=0, description="TensorFlow inter-op threads (0: TF)")

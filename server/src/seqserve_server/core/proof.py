@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import reference_cache
 from .modes import Mode
+from .reference_cache import ModelReferences
 from .stepping.programs import SessionSupport, StepProgram
 
 TOL = 1e-5
@@ -134,18 +136,31 @@ def compare(probe: str, got: np.ndarray, want: np.ndarray) -> None:
 
 
 class Reference:
-    """The eager model's outputs, computed once per input and shared by every candidate."""
+    """The eager model's outputs, computed once per input and shared by every candidate; read
+    from and written to the on-disk store of the model being loaded, if any (reference_cache)."""
 
-    def __init__(self, eager: Callable[[Values], np.ndarray]) -> None:
+    def __init__(
+        self, eager: Callable[[Values], np.ndarray], store: ModelReferences | None = None
+    ) -> None:
         self._eager = eager
-        self._cache: dict[tuple, np.ndarray] = {}
+        self._store = store if store is not None else reference_cache.current()
+        self._cache: dict[str, np.ndarray] = {}
 
     def __call__(self, x: Values) -> np.ndarray:
-        arrays = x if isinstance(x, tuple) else (x,)
-        key = tuple((a.shape, a.tobytes()) for a in arrays)
+        key = reference_cache.probe_key(x if isinstance(x, tuple) else (x,))
         if key not in self._cache:
-            self._cache[key] = np.asarray(self._eager(x))
+            stored = self._stored(key)
+            self._cache[key] = stored if stored is not None else self._computed(key, x)
         return self._cache[key]
+
+    def _stored(self, key: str) -> np.ndarray | None:
+        return self._store.get(key) if self._store is not None else None
+
+    def _computed(self, key: str, x: Values) -> np.ndarray:
+        output = np.asarray(self._eager(x))
+        if self._store is not None:
+            self._store.put(key, output)
+        return output
 
 
 def prove(fn: Callable[[Values], np.ndarray], cases: Sequence[Probe], ref: Reference) -> None:

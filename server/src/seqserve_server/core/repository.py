@@ -12,6 +12,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .limits import RequestLimits
 from .model_config import ModelConfig, find_config, read_config, selected_versions
 from .modes import Mode
 from .observer import NullObserver, Observer
+from .reference_cache import ReferenceCache, stored_references
 from .runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -111,9 +113,11 @@ class ModelRepository:
         loader: Loader = load_runtime,
         observer: Observer | None = None,
         limits: RequestLimits | None = None,
+        references: ReferenceCache | None = None,
     ) -> None:
         self.root = root
         self._loader = loader
+        self._references = references  # the proof's eager outputs, kept between starts
         self._observer = observer or NullObserver()
         self._limits = limits or RequestLimits()
         self._models: dict[str, ModelEntry] = {}
@@ -125,13 +129,33 @@ class ModelRepository:
         for model_dir in sorted(p for p in self.root.iterdir() if _is_model_dir(p)):
             self._models[model_dir.name] = _scan_model(model_dir, self._limits)
 
-    def load_all(self) -> None:
+    def load_all(
+        self, threads: int = 1, then: Callable[[VersionStatus], None] | None = None
+    ) -> None:
+        """Load every version found, `threads` at a time (TensorFlow computes without the GIL;
+        tracing is Python), largest model file first; `then(version)` runs right after each
+        load on the same thread (its session program)."""
+        pending = []
         for entry in self._models.values():
             for version in entry.versions.values():
                 if version.state is ModelState.LOADING:
-                    self.load(version)
+                    pending.append(version)
                 elif version.state is ModelState.FAILED:  # its config was invalid
                     self._observer.model_loaded(version.name, version.version, "failed", 0.0)
+        pending.sort(key=lambda v: v.fingerprint[0][0] if v.fingerprint else 0, reverse=True)
+
+        def one(version: VersionStatus) -> None:
+            self.load(version)
+            if then is not None:
+                then(version)
+
+        if threads <= 1 or len(pending) <= 1:
+            for version in pending:
+                one(version)
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix="load") as pool:
+            for _ in pool.map(one, pending):  # re-raises what `then` raised
+                pass
 
     def scan_model(self, name: str) -> ModelEntry | None:
         """What the model's directory holds now (versions unloaded), None if it is gone."""
@@ -154,7 +178,8 @@ class ModelRepository:
         Slow: callers run it off the event loop."""
         start = time.perf_counter()
         try:
-            runtime = self._loader(version)
+            with stored_references(self._references, version.path / MODEL_FILE):
+                runtime = self._loader(version)
         except Exception as exc:  # noqa: BLE001 - tracing or warming one model can raise anything
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
             version.transition(ModelState.FAILED, without_paths(reason))
