@@ -4,7 +4,8 @@ Steps of concurrent sessions on the same model run as one batched computation (l
 sequence batcher with its "oldest" strategy): whatever arrives while a step computation runs is
 stacked along the batch axis and computed next, so a lone session never waits. A light (numpy)
 program computes short chunks on the event loop itself, one loop iteration after the first of
-them was queued (what arrived together is one batch): cheaper than a thread hand-off.
+them was queued (what arrived together is one batch): cheaper than a thread hand-off; and at
+once, without queueing, when no other callback is ready to run (nothing could join the batch).
 """
 
 from __future__ import annotations
@@ -348,6 +349,16 @@ def _in_numpy(
     return fast
 
 
+def _nothing_else_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether no other callback waits to run on `loop` (asyncio's own loop: its `_ready`
+    queue; any other loop: unknown, so False). Then a step queued now would be computed alone
+    anyway: the queue's task runs in the next iteration, ahead of whatever that iteration's I/O
+    wakes, so no other step could join it. Computing it at once saves the task, the future and
+    two loop iterations, and batches exactly what queueing would have."""
+    ready = getattr(loop, "_ready", None)
+    return ready is not None and not ready
+
+
 @dataclass
 class _Pending:
     state: State
@@ -373,13 +384,15 @@ class _StepQueue:
         self._task: asyncio.Task[None] | None = None  # a reference keeps the task alive
 
     async def step(self, state: State, chunk: np.ndarray) -> tuple[State, np.ndarray]:
-        future: asyncio.Future[tuple[State, np.ndarray]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        if not self._running and self._light(chunk.shape[1]) and _nothing_else_ready(loop):
+            self._observer.queue_wait(0.0)
+            return self._compute_one(state, chunk)
+        future: asyncio.Future[tuple[State, np.ndarray]] = loop.create_future()
         self._pending.append(_Pending(state, chunk, future))
         if not self._running:
             self._running = True
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+            self._task = loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
@@ -411,8 +424,17 @@ class _StepQueue:
         event loop (tens of µs): cheaper than the hand-off to the compute thread, and too short
         to hold other callers up. This runs one loop iteration after the first step was queued,
         so the steps of sessions that arrived together are one group."""
-        steps = len(group) * group[0].chunk.shape[1]
+        return self._light(len(group) * group[0].chunk.shape[1])
+
+    def _light(self, steps: int) -> bool:
         return self._program.light and steps <= INLINE_MAX_STEPS
+
+    def _compute_one(self, state: State, chunk: np.ndarray) -> tuple[State, np.ndarray]:
+        """A lone step, at once: nothing could have joined its group (see `step`)."""
+        start = time.perf_counter()
+        new_state, y = self._program.step(state, chunk)
+        self._observer.batch_executed(1, time.perf_counter() - start)
+        return new_state, y
 
     def _take_group(self) -> list[_Pending]:
         """The oldest pending step and every other pending step that can share its computation."""

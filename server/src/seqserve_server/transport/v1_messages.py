@@ -282,13 +282,30 @@ def session_opened(session: OpenSession) -> pb.SessionResponse:
 
 
 def session_output(output: StepOutput) -> pb.SessionResponse:
-    message = pb.SessionOutput(
-        step=output.step,
-        values=to_tensor(output.values),
-        top_k=[top_k_to_proto(t) for t in output.top_k],
-        last=output.last,
-    )
-    return pb.SessionResponse(output=message)
+    """Built in place, field by field: a message passed to a constructor is copied (~5x the
+    cost, per step of every session)."""
+    response = pb.SessionResponse()
+    message = response.output
+    message.step = output.step
+    _set_tensor(message.values, output.values)
+    if output.top_k:
+        message.top_k.extend(top_k_to_proto(t) for t in output.top_k)
+    message.last = output.last
+    return response
+
+
+_LITTLE_FLOAT32 = np.dtype("<f4")
+
+
+def _set_tensor(tensor: pb.Tensor, values: np.ndarray) -> None:
+    """`values` into `tensor`: little-endian float32 (what step programs give) as its bytes,
+    without the codec's dtype lookups; any other array through the codec."""
+    if values.dtype == _LITTLE_FLOAT32:
+        tensor.dtype = pb.FLOAT32
+        tensor.shape.extend(values.shape)
+        tensor.raw = values.tobytes()  # C order, whatever the array's strides
+    else:
+        tensor.CopyFrom(to_tensor(values))
 
 
 def undefined_output(step: int) -> pb.SessionResponse:
