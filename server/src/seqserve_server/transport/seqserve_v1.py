@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import grpc
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.session_protocol import steps_get_output
+from seqserve_api.tensors import DecodeLimits
 
 from ..core.errors import DeadlineExpired, InvalidInput
 from ..core.inference import InferenceService
@@ -123,10 +125,14 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         session = self.sessions.open(opening.model_name, opening.model_version, opening.top_k)
         try:
             yield msg.session_opened(session)
+            rules = _Rules(
+                msg.mode_to_proto(session.mode), opening.emit_on_request,
+                msg.steps_limits(session.target.limits),
+            )  # fmt: skip
             idle = _IdleTimeout(session.idle_timeout_s)
             try:
                 while (request := await idle.next(stream)) is not None:
-                    for response in await self._handle(session, opening.emit_on_request, request):
+                    for response in await self._handle(session, rules, request):
                         yield response
             finally:
                 idle.cancel()
@@ -134,12 +140,12 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             self.sessions.close(session)
 
     async def _handle(
-        self, session: OpenSession, emit_on_request: bool, request: pb.SessionRequest
+        self, session: OpenSession, rules: _Rules, request: pb.SessionRequest
     ) -> Sequence[pb.SessionResponse]:
         """The answers to one message: a coroutine, not a generator (one frame fewer per step)."""
         kind = request.WhichOneof("kind")
         if kind == "steps":
-            return await self._step(session, emit_on_request, request.steps)
+            return await self._step(session, rules, request.steps)
         if kind == "reset":
             self.sessions.reset(session)
             return (pb.SessionResponse(reset=pb.SessionResetDone()),)
@@ -148,15 +154,24 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         raise InvalidInput("kind", "steps, reset or end_input after open", str(kind))
 
     async def _step(
-        self, session: OpenSession, emit_on_request: bool, steps: pb.SessionSteps
+        self, session: OpenSession, rules: _Rules, steps: pb.SessionSteps
     ) -> Sequence[pb.SessionResponse]:
-        values = msg.decode_steps(steps, session.target.limits)
+        values = msg.decode_steps(steps, rules.limits)
         output = await self.sessions.step(session, values)
-        if not steps_get_output(msg.mode_to_proto(session.mode), emit_on_request, steps.emit):
+        if not steps_get_output(rules.mode, rules.emit_on_request, steps.emit):
             return ()
         if output is None:  # not defined yet (a fixed-length model before its length)
             return (msg.undefined_output(session.steps - 1),)
         return (msg.session_output(output),)
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """A session's wire settings, made once at open."""
+
+    mode: pb.Mode.ValueType
+    emit_on_request: bool
+    limits: DecodeLimits
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -187,8 +202,7 @@ class _IdleTimeout:
         except asyncio.CancelledError:
             if self._expired and self._task is not None and self._task.uncancel() == 0:
                 raise DeadlineExpired(
-                    f"session closed: no message for {self.seconds:g} s (the model's idle "
-                    "timeout)"
+                    f"session closed: no message for {self.seconds:g} s (the model's idle timeout)"
                 ) from None
             raise
         finally:

@@ -67,8 +67,13 @@ def _count(tensor: pb.Tensor) -> int:
     return count
 
 
-def decode_steps(message: pb.SessionSteps, limits: RequestLimits) -> np.ndarray:
-    return from_tensor(message.values, "steps.values", _decode_limits(limits))
+def decode_steps(message: pb.SessionSteps, limits: DecodeLimits) -> np.ndarray:
+    """A steps message's values within `limits` (a session's `steps_limits`, made once)."""
+    return from_tensor(message.values, "steps.values", limits)
+
+
+def steps_limits(limits: RequestLimits) -> DecodeLimits:
+    return _decode_limits(limits)
 
 
 def _decode_limits(limits: RequestLimits) -> DecodeLimits:
