@@ -166,7 +166,7 @@ def test_session_output_equals_the_codec(values: np.ndarray) -> None:
     assert msg.session_output(output).SerializeToString() == want.SerializeToString()
 
 
-def _steps_tensor(shape: tuple[int, ...], dtype: int, size: str) -> pb.Tensor:
+def _steps_tensor(shape: tuple[int, ...], dtype: pb.DataType.ValueType, size: str) -> pb.Tensor:
     tensor = pb.Tensor(dtype=dtype, shape=shape)
     count = min(int(np.prod([max(d, 0) for d in shape])), 64)  # (1, 2**40): bytes never fit
     if size == "float_values":
@@ -180,9 +180,11 @@ def _steps_tensor(shape: tuple[int, ...], dtype: int, size: str) -> pb.Tensor:
 @pytest.mark.parametrize(
     "shape", [(1, 8), (8,), (3, 8), (0, 8), (2, 0), (2, 2, 2), (), (-1, -8), (1, 2**40)]
 )
-@pytest.mark.parametrize("dtype", [pb.FLOAT32, pb.FLOAT64, pb.INT32, 99])
+@pytest.mark.parametrize("dtype", [pb.FLOAT32, pb.FLOAT64, pb.INT32, pb.DataType.ValueType(99)])
 @pytest.mark.parametrize("size", ["exact", "short", "long", "float_values"])
-def test_decode_steps_equals_the_codec(shape: tuple[int, ...], dtype: int, size: str) -> None:
+def test_decode_steps_equals_the_codec(
+    shape: tuple[int, ...], dtype: pb.DataType.ValueType, size: str
+) -> None:
     """The steps fast path gives what the codec gives, array or error, for every message."""
     message = pb.SessionSteps(values=_steps_tensor(shape, dtype, size))
     for limits in (RequestLimits(max_request_elements=16), RequestLimits()):
