@@ -389,10 +389,11 @@ def goals(data: dict, incremental: list[str]) -> list[dict]:
             "(1 session, p50)", x, f"≤ {STEP_VS_ECHO}x", x is not None and x <= STEP_VS_ECHO,
             "" if x is None or x <= STEP_VS_ECHO else
             f"server {_f(server and server['p50_ms'])} ms vs echo {_f(echo and echo['p50_ms'])} ms "
-            f"p50; server step computation {_f(server and server['compute_ms'], 3)} ms: the rest "
-            "is the servicer's Python per message (decode, validate, step-queue task, encode; "
-            "`python -m bench.step_cost`). Next: a lone session's step without the queue task, "
-            "and encoding the output without the codec's generic checks",
+            f"p50; server step computation {_f(server and server['compute_ms'], 3)} ms (numpy "
+            "calls, slower after each idle gap than in a loop); the rest is Python per message: "
+            "the value check (core/inputs.py), the wrapper layers around each message "
+            "(instrumentation, parsing) and gRPC. Next: fewer numpy calls per step "
+            "(core/stepping), a cheaper finite check, fewer layers",
         ))  # fmt: skip
     ref = _row(pairs, REFERENCE.name, "session, beside", 10)
     ms = ref["compute_ms"] if ref else None
