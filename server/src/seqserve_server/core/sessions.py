@@ -5,7 +5,7 @@ sequence batcher with its "oldest" strategy): whatever arrives while a step comp
 stacked along the batch axis and computed next, so a lone session never waits. A light (numpy)
 program computes short chunks on the event loop itself, one loop iteration after the first of
 them was queued (what arrived together is one batch): cheaper than a thread hand-off; and at
-once, without queueing, when no other callback is ready to run (nothing could join the batch).
+once, without queueing, for the model's only open session (no other step could join it).
 """
 
 from __future__ import annotations
@@ -237,7 +237,8 @@ class SessionManager:
         Whether a caller is sent it is the wire's rule (seqserve_api.session_protocol)."""
         _check_open(session)
         chunk = self._validate(session, values)
-        session.state, y = await session.queue.step(session.state, chunk[np.newaxis])
+        alone = len(self._open.get(session.target.name, ())) == 1
+        session.state, y = await session.queue.step(session.state, chunk[np.newaxis], alone)
         first = session.steps
         session.steps += len(chunk)
         session.observer.session_steps(len(chunk))
@@ -377,16 +378,6 @@ def _in_numpy(
     return fast
 
 
-def _nothing_else_ready(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether no other callback waits to run on `loop` (asyncio's own loop: its `_ready`
-    queue; any other loop: unknown, so False). Then a step queued now would be computed alone
-    anyway: the queue's task runs in the next iteration, ahead of whatever that iteration's I/O
-    wakes, so no other step could join it. Computing it at once saves the task, the future and
-    two loop iterations, and batches exactly what queueing would have."""
-    ready = getattr(loop, "_ready", None)
-    return ready is not None and not ready
-
-
 @dataclass
 class _Pending:
     state: State
@@ -411,9 +402,14 @@ class _StepQueue:
         self._running = False
         self._task: asyncio.Task[None] | None = None  # a reference keeps the task alive
 
-    async def step(self, state: State, chunk: np.ndarray) -> tuple[State, np.ndarray]:
+    async def step(
+        self, state: State, chunk: np.ndarray, alone: bool = False
+    ) -> tuple[State, np.ndarray]:
+        """The chunk's new state and outputs. `alone`: the caller's is the model's only open
+        session, so no other step could join this one's group: a light program's small step is
+        then computed at once, without the queue's future, task and two loop iterations."""
         loop = asyncio.get_running_loop()
-        if not self._running and self._light(chunk.shape[1]) and _nothing_else_ready(loop):
+        if alone and not self._running and self._light(chunk.shape[1]):
             return self._step_alone(loop, state, chunk)
         future: asyncio.Future[tuple[State, np.ndarray]] = loop.create_future()
         self._pending.append(_Pending(state, chunk, future))
@@ -459,8 +455,8 @@ class _StepQueue:
     def _step_alone(
         self, loop: asyncio.AbstractEventLoop, state: State, chunk: np.ndarray
     ) -> tuple[State, np.ndarray]:
-        """A lone step, at once: nothing could have joined its group (see `step`). Its metrics
-        are taken when the loop is next free, once the caller's answer is on its way."""
+        """A lone session's step, at once (see `step`). Its metrics are taken when the loop is
+        next free, once the caller's answer is on its way."""
         start = time.perf_counter()
         try:
             new_state, y = self._program.step(state, chunk)
