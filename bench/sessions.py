@@ -40,7 +40,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -166,45 +168,59 @@ async def step_latency(
 # -- 4: the transport's own cost: the same session messages to the echo, in turns ------------
 
 
+@dataclass
+class Peer:
+    """A server the round trip is measured on: its client, label and metrics port (-1: none)."""
+
+    how: str
+    client: Any
+    metrics_port: int = -1
+
+
+ECHO_HOW = "session echo (no compute)"
+SERVER_HOW = "session, beside the echo"
+BASELINE_HOW = "session, baseline server (--baseline-src)"
+
+
 async def versus_echo(
-    client, echo_client, metrics_port: int, model: BenchModel, steps: int, seconds: float,
-    block: int,
-) -> list[dict]:  # fmt: skip
-    """One session on the server and one on the session echo (bench/session_echo.py), both at
-    prefix 10, single-step messages timed in alternating blocks: the round-trip ratio."""
+    peers: list[Peer], model: BenchModel, steps: int, seconds: float, block: int
+) -> list[dict]:
+    """One session on each peer (the server, the session echo: bench/session_echo.py, and any
+    other), all at prefix 10, single-step messages timed in alternating blocks: round-trip
+    ratios within one run."""
     rng = np.random.default_rng(4)
     x = model.inputs(rng, 1, steps + 10)[0]
-    peers = {"server": client, "echo": echo_client}
-    opened, samples, compute = {}, {k: [] for k in peers}, 0.0
+    opened, samples, compute = [], [[] for _ in peers], [0.0 for _ in peers]
     try:
-        for peer, c in peers.items():
-            opened[peer] = c.session(model.name, timeout=CALL_TIMEOUT_S)
-            await opened[peer].__aenter__()
-            await opened[peer].step(x[:10])
+        for peer in peers:
+            opened.append(peer.client.session(model.name, timeout=CALL_TIMEOUT_S))
+            await opened[-1].__aenter__()
+            await opened[-1].step(x[:10])
         end, i = time.perf_counter() + seconds, 10
         while time.perf_counter() < end and i < len(x):
-            for peer, session in opened.items():
-                before = await asyncio.to_thread(_metrics, metrics_port, model.name)
+            for n, (peer, session) in enumerate(zip(peers, opened, strict=True)):
+                before = await asyncio.to_thread(_metrics, peer.metrics_port, model.name)
                 for j in range(i, min(i + block, len(x))):
                     t0 = time.perf_counter()
                     await session.step(x[j : j + 1])
-                    samples[peer].append(time.perf_counter() - t0)
-                if peer == "server":
-                    after = await asyncio.to_thread(_metrics, metrics_port, model.name)
-                    compute += _delta(before, after)["compute_seconds_sum"]
+                    samples[n].append(time.perf_counter() - t0)
+                after = await asyncio.to_thread(_metrics, peer.metrics_port, model.name)
+                compute[n] += _delta(before, after)["compute_seconds_sum"]
             i += block
     finally:
-        for session in opened.values():
+        for session in opened:
             session.cancel()
-    how = {"server": "session, beside the echo", "echo": "session echo (no compute)"}
     return [
         {
-            "model": model.name, "how": how[peer], "prefix": 10, "feed_s": None,
-            "steps": len(samples[peer]), "p50_ms": _pct(samples[peer], 0.5),
-            "p90_ms": _pct(samples[peer], 0.9),
-            "compute_ms": compute / len(samples[peer]) * 1e3 if peer == "server" else None,
+            "model": model.name, "how": peer.how, "prefix": 10, "feed_s": None,
+            "steps": len(samples[n]), "p50_ms": _pct(samples[n], 0.5),
+            "p90_ms": _pct(samples[n], 0.9),
+            "compute_ms": (
+                compute[n] / len(samples[n]) * 1e3 if peer.metrics_port >= 0 and samples[n]
+                else None
+            ),
         }
-        for peer in peers
+        for n, peer in enumerate(peers)
     ]  # fmt: skip
 
 
@@ -313,9 +329,8 @@ async def measure(server, echo, args, aligned: list[BenchModel], m2o: BenchModel
         client = clients[0]
         for model in ECHOED:
             print(f"  round trip beside the session echo: {model.name} ...", flush=True)
-            out["versus_echo"] += await versus_echo(
-                client, echo_client, server.metrics_port, model, 2 * steps, seconds, block
-            )
+            peers = [Peer(SERVER_HOW, client, server.metrics_port), Peer(ECHO_HOW, echo_client)]
+            out["versus_echo"] += await versus_echo(peers, model, 2 * steps, seconds, block)
         for model in [*aligned, m2o]:
             print(f"  step latency: {model.name} ...", flush=True)
             out["latency"] += await step_latency(
@@ -374,10 +389,11 @@ def goals(data: dict, incremental: list[str]) -> list[dict]:
             "(1 session, p50)", x, f"≤ {STEP_VS_ECHO}x", x is not None and x <= STEP_VS_ECHO,
             "" if x is None or x <= STEP_VS_ECHO else
             f"server {_f(server and server['p50_ms'])} ms vs echo {_f(echo and echo['p50_ms'])} ms "
-            f"p50; server step computation {_f(server and server['compute_ms'], 3)} ms: the rest "
-            "is the servicer's Python per message (decode, validate, step-queue task, encode; "
-            "`python -m bench.step_cost`). Next: a lone session's step without the queue task, "
-            "and encoding the output without the codec's generic checks",
+            f"p50; server step computation {_f(server and server['compute_ms'], 3)} ms (numpy "
+            "calls, slower after each idle gap than in a loop); the rest is Python per message: "
+            "the value check (core/inputs.py), the wrapper layers around each message "
+            "(instrumentation, parsing) and gRPC. Next: fewer numpy calls per step "
+            "(core/stepping), a cheaper finite check, fewer layers",
         ))  # fmt: skip
     ref = _row(pairs, REFERENCE.name, "session, beside", 10)
     ms = ref["compute_ms"] if ref else None
@@ -509,25 +525,110 @@ def render(data: dict, elapsed: float, quick: bool) -> str:
     return "\n".join(out) + "\n"
 
 
+async def round_trips(running: dict[str, servers.Running], steps: int, seconds: float) -> list:
+    """`--round-trip`: part 4 alone, longer, with every peer in `running` (by its `how`)."""
+    from seqserve_client.aio import AsyncSeqServeClient
+
+    clients = {
+        how: AsyncSeqServeClient(r.target, timeout=CALL_TIMEOUT_S) for how, r in running.items()
+    }
+    peers = [Peer(how, clients[how], r.metrics_port) for how, r in running.items()]
+    rows: list[dict] = []
+    try:
+        for model in ECHOED:
+            print(f"  round trips: {model.name} ...", flush=True)
+            rows += await versus_echo(peers, model, steps, seconds, 20)
+    finally:
+        for c in clients.values():
+            await c.close()
+    return rows
+
+
+def render_round_trips(rows: list[dict], command: str) -> str:
+    out = [
+        "# seqserve session step round trip",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M')} · {platform.node()} · {os.cpu_count()} cores · "
+        f"`{command}`. Single-step messages on one session per peer, timed in alternating "
+        "blocks of 20 (one run, side by side); `x echo` = p50 ÷ the session echo's p50.",
+        "",
+        "| model | peer | steps timed | p50 ms | p90 ms | server compute ms | x echo |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        x = _ratio(r, _row(rows, r["model"], ECHO_HOW, 10))
+        out.append(
+            f"| {r['model']} | {r['how']} | {r['steps']} | {_f(r['p50_ms'], 3)} | "
+            f"{_f(r['p90_ms'], 3)} | {_f(r['compute_ms'], 3)} | {_f(x)} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def _write_models(tmpdir: str, names: list[str]) -> tuple[Path, Path]:
+    """The models' repository and the session echo's shapes file, under `tmpdir`."""
+    repo = Path(tmpdir) / "repo"
+    print(f"writing models to {repo} ...", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "bench.models", str(repo), "-", *names],
+        check=True, timeout=180, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    shapes = Path(tmpdir) / "shapes.json"
+    shapes.write_text(json.dumps({m.name: list(m.output_shape) for m in ECHOED}))
+    return repo, shapes
+
+
+def round_trip_main(args: argparse.Namespace) -> int:
+    """Only the step round trip beside the echo (and a baseline server's, given its sources)."""
+    command = "python -m bench.sessions --round-trip" + (
+        f" --baseline-src {args.baseline_src}" if args.baseline_src else ""
+    )
+    with tempfile.TemporaryDirectory(prefix="seqserve-round-trip-") as tmpdir:
+        repo, shapes = _write_models(tmpdir, [m.name for m in ECHOED])
+        print("starting the servers and the session echo ...", flush=True)
+        running = {SERVER_HOW: servers.serve(repo, [])}
+        try:
+            if args.baseline_src:
+                path = str(args.baseline_src.resolve())
+                running[BASELINE_HOW] = servers.serve(repo, [], {"PYTHONPATH": path})
+            running[ECHO_HOW] = servers.echo(shapes, module="bench.session_echo")
+            rows = asyncio.run(
+                asyncio.wait_for(round_trips(running, args.steps, args.seconds), 900)
+            )
+        finally:
+            for r in running.values():
+                r.stop()
+    report = render_round_trips(rows, command)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "session_round_trip.md").write_text(report)
+    print(report)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sessions", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer steps and shorter points")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument(
+        "--round-trip", action="store_true",
+        help="only the step round trip beside the echo (results/session_round_trip.md)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline-src", type=Path,
+        help="with --round-trip: also a server run from this copy of server/src (e.g. "
+        "`git archive REV server/src | tar -x -C DIR`, then DIR/server/src)",
+    )  # fmt: skip
+    parser.add_argument("--steps", type=int, default=2000, help="--round-trip: steps per peer")
+    parser.add_argument("--seconds", type=float, default=40.0, help="--round-trip: per model")
     args = parser.parse_args(argv)
+    if args.round_trip:
+        return round_trip_main(args)
     started = time.time()
     load = _load()
     aligned = available([ALIGNED, CO2])
     m2o = REFERENCE
     names = [m.name for m in (*aligned, RECOMPUTE, m2o)]
     with tempfile.TemporaryDirectory(prefix="seqserve-sessions-") as tmpdir:
-        repo = Path(tmpdir) / "repo"
-        print(f"writing models to {repo} ...", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "bench.models", str(repo), "-", *names],
-            check=True, timeout=180, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        shapes = Path(tmpdir) / "shapes.json"
-        shapes.write_text(json.dumps({m.name: list(m.output_shape) for m in ECHOED}))
+        repo, shapes = _write_models(tmpdir, names)
         print("starting the server and the session echo ...", flush=True)
         server = servers.serve(repo, [])
         echo = servers.echo(shapes, module="bench.session_echo")

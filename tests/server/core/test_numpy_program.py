@@ -201,6 +201,35 @@ def test_a_long_message_is_one_computation(runtime: Callable) -> None:
     compare("40 steps", y, keras.ops.convert_to_numpy(_model("lstm_aligned")(x, training=False)))
 
 
+def test_a_lone_sessions_step_computes_at_once_and_is_counted(runtime: Callable) -> None:
+    """The model's only session: its short step is computed within the call (no queue task:
+    the coroutine finishes without suspending) and counted as a computation of 1 once the loop
+    is free; any other step is queued. Both equal Keras."""
+    calls: list[int] = []
+    program = proven_program(runtime("lstm_aligned"))
+    threads = ModelThreads(1)
+    queue = core_sessions._StepQueue(program, threads.executor("m", 1), _CountingObserver(calls))  # type: ignore[arg-type]
+    x = _inputs("lstm_aligned", np.random.default_rng(6), 1, 3)
+    want = keras.ops.convert_to_numpy(_model("lstm_aligned")(x, training=False))
+
+    async def run() -> None:
+        stepping = queue.step(program.initial_state(1), x, alone=True)
+        with pytest.raises(StopIteration) as done:
+            stepping.send(None)
+        compare("alone", done.value.value[1], want)
+        assert calls == []
+        await asyncio.sleep(0)
+        assert calls == [1]
+        _, y = await queue.step(program.initial_state(1), x)
+        compare("queued", y, want)
+        assert calls == [1, 1]
+
+    try:
+        asyncio.run(run())
+    finally:
+        threads.shutdown()
+
+
 class _CountingObserver:
     def __init__(self, calls: list[int]) -> None:
         self.calls = calls

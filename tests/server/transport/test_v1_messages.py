@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from seqserve.v1 import seqserve_pb2 as pb
-from seqserve_api.tensors import TensorTooLarge, encode_inputs, from_tensor
+from seqserve_api.tensors import TensorError, TensorTooLarge, encode_inputs, from_tensor, to_tensor
 from seqserve_server.core.batch import Batch
 from seqserve_server.core.classification import TopK
 from seqserve_server.core.inference import InferencePart, InferenceResult
@@ -140,6 +140,66 @@ def test_session_messages() -> None:
         (2, True, 1),
     ]
     np.testing.assert_array_equal(from_tensor(decoded[2].values), values[2:])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.arange(3, dtype=np.float32).reshape(3, 1),
+        np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not C-contiguous
+        np.ones(10, np.float32),
+        np.ones((2, 3), ">f4"),  # big-endian: through the codec
+        np.ones((2, 3), np.float64),
+        np.ones(4, np.float16),
+    ],
+)
+def test_session_output_equals_the_codec(values: np.ndarray) -> None:
+    """Built in place, the output is byte for byte the message the codec's tensor gives."""
+    ranked = [TopK(["x"], [1.0], [0])] if values.ndim == 2 else []
+    output = StepOutput(5, values, ranked, last=True)
+    want = pb.SessionResponse(
+        output=pb.SessionOutput(
+            step=5, values=to_tensor(values), top_k=[msg.top_k_to_proto(t) for t in ranked],
+            last=True,
+        )
+    )  # fmt: skip
+    assert msg.session_output(output).SerializeToString() == want.SerializeToString()
+
+
+def _steps_tensor(shape: tuple[int, ...], dtype: pb.DataType.ValueType, size: str) -> pb.Tensor:
+    tensor = pb.Tensor(dtype=dtype, shape=shape)
+    count = min(int(np.prod([max(d, 0) for d in shape])), 64)  # (1, 2**40): bytes never fit
+    if size == "float_values":
+        tensor.float_values.values.extend([0.5] * count)
+    else:
+        extra = {"exact": 0, "short": -1, "long": 1}[size]
+        tensor.raw = np.arange(count + 2, dtype="<f4").tobytes()[: 4 * count + extra]
+    return tensor
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 8), (8,), (3, 8), (0, 8), (2, 0), (2, 2, 2), (), (-1, -8), (1, 2**40)]
+)
+@pytest.mark.parametrize("dtype", [pb.FLOAT32, pb.FLOAT64, pb.INT32, pb.DataType.ValueType(99)])
+@pytest.mark.parametrize("size", ["exact", "short", "long", "float_values"])
+def test_decode_steps_equals_the_codec(
+    shape: tuple[int, ...], dtype: pb.DataType.ValueType, size: str
+) -> None:
+    """The steps fast path gives what the codec gives, array or error, for every message."""
+    message = pb.SessionSteps(values=_steps_tensor(shape, dtype, size))
+    for limits in (RequestLimits(max_request_elements=16), RequestLimits()):
+        decode_limits = msg.steps_limits(limits)
+        try:
+            want: object = from_tensor(message.values, "steps.values", decode_limits)
+        except TensorError as exc:
+            with pytest.raises(type(exc)) as caught:
+                msg.decode_steps(message, decode_limits)
+            assert str(caught.value) == str(exc)
+            continue
+        got = msg.decode_steps(message, decode_limits)
+        assert isinstance(want, np.ndarray)
+        assert (got.dtype, got.shape, got.tobytes()) == (want.dtype, want.shape, want.tobytes())
+        assert got.flags.writeable
 
 
 def test_every_session_support_has_its_enum() -> None:

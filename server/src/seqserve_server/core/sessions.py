@@ -4,7 +4,8 @@ Steps of concurrent sessions on the same model run as one batched computation (l
 sequence batcher with its "oldest" strategy): whatever arrives while a step computation runs is
 stacked along the batch axis and computed next, so a lone session never waits. A light (numpy)
 program computes short chunks on the event loop itself, one loop iteration after the first of
-them was queued (what arrived together is one batch): cheaper than a thread hand-off.
+them was queued (what arrived together is one batch): cheaper than a thread hand-off; and at
+once, without queueing, for the model's only open session (no other step could join it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from .classification import TopK, check_top_k, top_k
 from .compute_threads import ModelThreads
 from .errors import InvalidInput, LimitExceeded, ModelNotReady, Unsupported
-from .inputs import ACCEPTED_IDS, check_values
+from .inputs import ACCEPTED_IDS, InputSpec, check_values
 from .modes import Mode
 from .observer import ModelObserver
 from .proof import CHUNKS, Probe, ProofFailed, Reference, probes, prove_program
@@ -51,6 +52,30 @@ class StepOutput:
     last: bool = False
 
 
+@dataclass(frozen=True)
+class StepRules:
+    """What every steps message of a session is checked against, worked out once at open (the
+    version's config and signature do not change under an open session)."""
+
+    mode: Mode
+    features: int | None  # None: [steps] token ids
+    spec: InputSpec
+    per_message: int  # steps one message may carry (max_sequence_length)
+    in_all: int  # steps since open or reset (0: unbounded)
+
+    @classmethod
+    def of(cls, target: ReadyModel, program: StepProgram) -> StepRules:
+        """A message carries at most one sequence's limit of steps. An incremental session
+        costs the same per step at any length and may run on (bounded by the config's own
+        limit only); a recomputing one gets the model's limit in all."""
+        runtime = target.runtime
+        per_message = target.limits.max_sequence_length
+        in_all = runtime.signature.fixed_steps or target.config.max_sequence_length
+        if program.support is SessionSupport.RECOMPUTE:
+            in_all = in_all or per_message
+        return cls(target.mode, program.n_features, runtime.input_specs[0], per_message, in_all)
+
+
 @dataclass
 class OpenSession:
     """One caller's session on a model: its recurrent state and the steps fed since open/reset."""
@@ -60,13 +85,16 @@ class OpenSession:
     program: StepProgram
     k: int
     state: State
+    rules: StepRules
+    queue: _StepQueue  # the model version's, where its steps are computed
+    observer: ModelObserver
     steps: int = 0
     finished: bool = False
     ended: str = ""  # why the server ended it (its version was unloaded or replaced)
 
     @property
     def mode(self) -> Mode:
-        return self.target.mode
+        return self.rules.mode
 
     @property
     def support(self) -> SessionSupport:
@@ -182,9 +210,13 @@ class SessionManager:
                 f"model {target.name!r} has {len(sessions)} open sessions, its limit is {limit}"
             )
         program = self._programs[key]
-        session = OpenSession(uuid.uuid4().hex, target, program, k, program.initial_state(1))
+        observer = self._observer_for(target.name)
+        session = OpenSession(
+            uuid.uuid4().hex, target, program, k, program.initial_state(1),
+            StepRules.of(target, program), self._queues[key], observer,
+        )  # fmt: skip
         sessions[session.id] = session
-        self._observer_for(target.name).sessions_open(len(sessions))
+        observer.sessions_open(len(sessions))
         return session
 
     def close(self, session: OpenSession) -> None:
@@ -205,14 +237,15 @@ class SessionManager:
         Whether a caller is sent it is the wire's rule (seqserve_api.session_protocol)."""
         _check_open(session)
         chunk = self._validate(session, values)
-        queue = self._queues[(session.target.name, session.target.version)]
-        session.state, y = await queue.step(session.state, chunk[np.newaxis])
+        alone = len(self._open.get(session.target.name, ())) == 1
+        session.state, y = await session.queue.step(session.state, chunk[np.newaxis], alone)
         first = session.steps
         session.steps += len(chunk)
-        self._observer_for(session.target.name).session_steps(len(chunk))
-        if session.mode is Mode.MANY_TO_MANY_ALIGNED:
+        session.observer.session_steps(len(chunk))
+        mode = session.rules.mode
+        if mode is Mode.MANY_TO_MANY_ALIGNED:
             return self._output(session, first, y[0])
-        if session.mode is Mode.MANY_TO_ONE and not np.isnan(y).any():
+        if mode is Mode.MANY_TO_ONE and not np.isnan(y).any():
             # (NaN: a fixed-length model is defined at its length only)
             return self._output(session, session.steps - 1, y[0])
         return None
@@ -237,49 +270,26 @@ class SessionManager:
         """New steps of the session's one sequence: [steps, features] floats (one step may come
         as [features]) or [steps] token ids. Their values get the runtime's check, the one that
         Predict's inputs get; the session's own rules (length, end_input) follow."""
-        features = session.program.n_features
+        rules = session.rules
+        features = rules.features
         if features is None:
             values = values[np.newaxis] if values.ndim == 0 else values
-            expected = "[steps] token ids"
             layout_ok = values.ndim == 1
         else:
             values = values[np.newaxis] if values.ndim == 1 else values
-            expected = f"[steps, {features}]"
             layout_ok = values.ndim == 2 and values.shape[-1] == features
             if layout_ok and values.dtype.type in ACCEPTED_IDS:  # SDKs send int lists as they are
                 values = values.astype(np.float32)
         if not layout_ok:
+            expected = "[steps] token ids" if features is None else f"[steps, {features}]"
             raise InvalidInput("steps.values.shape", expected, str(list(values.shape)))
         if len(values) == 0:
             raise InvalidInput("steps.values", "at least one step", "0 steps")
-        spec = session.target.runtime.input_specs[0]
-        checked = check_values(spec, values, "steps", lambda at: f"step {int(at[0])}")
+        checked = check_values(rules.spec, values, "steps", _step_position)
         if session.finished:
             raise InvalidInput("steps", "a reset after end_input", "more steps")
-        self._check_length(session, len(checked))
+        _check_length(rules, session.steps, len(checked))
         return checked
-
-    def _check_length(self, session: OpenSession, added: int) -> None:
-        """A message carries at most one sequence's limit of steps. An incremental session
-        costs the same per step at any length and may run on (bounded by the config's own
-        limit only); a recomputing one gets the model's limit in all."""
-        runtime = session.target.runtime
-        default = session.target.limits.max_sequence_length
-        if added > default:
-            raise InvalidInput(
-                "steps.values", f"at most {default} steps per message (max_sequence_length)",
-                f"{added}",
-            )  # fmt: skip
-        limit = runtime.signature.fixed_steps or session.target.config.max_sequence_length
-        if session.program.support is SessionSupport.RECOMPUTE:
-            limit = limit or default
-        total = session.steps + added
-        if limit and total > limit:
-            raise InvalidInput(
-                "steps.values",
-                f"at most {limit} steps in all since open or reset (max_sequence_length)",
-                f"{total}",
-            )
 
     def _output(
         self, session: OpenSession, step: int, values: np.ndarray, last: bool = False
@@ -289,6 +299,26 @@ class SessionManager:
             rows = values.reshape(-1, values.shape[-1])
             ranked = top_k(rows, session.target.config.labels, session.k)
         return StepOutput(step, values, ranked, last)
+
+
+def _step_position(at: tuple[np.intp, ...]) -> str:
+    return f"step {int(at[0])}"
+
+
+def _check_length(rules: StepRules, steps: int, added: int) -> None:
+    """`added` steps after `steps` within the session's limits (see StepRules.of)."""
+    if added > rules.per_message:
+        raise InvalidInput(
+            "steps.values",
+            f"at most {rules.per_message} steps per message (max_sequence_length)", f"{added}",
+        )  # fmt: skip
+    total = steps + added
+    if rules.in_all and total > rules.in_all:
+        raise InvalidInput(
+            "steps.values",
+            f"at most {rules.in_all} steps in all since open or reset (max_sequence_length)",
+            f"{total}",
+        )
 
 
 def _check_open(session: OpenSession) -> None:
@@ -372,14 +402,20 @@ class _StepQueue:
         self._running = False
         self._task: asyncio.Task[None] | None = None  # a reference keeps the task alive
 
-    async def step(self, state: State, chunk: np.ndarray) -> tuple[State, np.ndarray]:
-        future: asyncio.Future[tuple[State, np.ndarray]] = (
-            asyncio.get_running_loop().create_future()
-        )
+    async def step(
+        self, state: State, chunk: np.ndarray, alone: bool = False
+    ) -> tuple[State, np.ndarray]:
+        """The chunk's new state and outputs. `alone`: the caller's is the model's only open
+        session, so no other step could join this one's group: a light program's small step is
+        then computed at once, without the queue's future, task and two loop iterations."""
+        loop = asyncio.get_running_loop()
+        if alone and not self._running and self._light(chunk.shape[1]):
+            return self._step_alone(loop, state, chunk)
+        future: asyncio.Future[tuple[State, np.ndarray]] = loop.create_future()
         self._pending.append(_Pending(state, chunk, future))
         if not self._running:
             self._running = True
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+            self._task = loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
@@ -411,8 +447,28 @@ class _StepQueue:
         event loop (tens of µs): cheaper than the hand-off to the compute thread, and too short
         to hold other callers up. This runs one loop iteration after the first step was queued,
         so the steps of sessions that arrived together are one group."""
-        steps = len(group) * group[0].chunk.shape[1]
+        return self._light(len(group) * group[0].chunk.shape[1])
+
+    def _light(self, steps: int) -> bool:
         return self._program.light and steps <= INLINE_MAX_STEPS
+
+    def _step_alone(
+        self, loop: asyncio.AbstractEventLoop, state: State, chunk: np.ndarray
+    ) -> tuple[State, np.ndarray]:
+        """A lone session's step, at once (see `step`). Its metrics are taken when the loop is
+        next free, once the caller's answer is on its way."""
+        start = time.perf_counter()
+        try:
+            new_state, y = self._program.step(state, chunk)
+        except Exception:
+            self._observer.queue_wait(0.0)
+            raise
+        loop.call_soon(self._observe_alone, time.perf_counter() - start)
+        return new_state, y
+
+    def _observe_alone(self, seconds: float) -> None:
+        self._observer.queue_wait(0.0)
+        self._observer.batch_executed(1, seconds)
 
     def _take_group(self) -> list[_Pending]:
         """The oldest pending step and every other pending step that can share its computation."""

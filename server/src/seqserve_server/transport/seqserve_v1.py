@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import grpc
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.session_protocol import steps_get_output
+from seqserve_api.tensors import DecodeLimits
 
 from ..core.errors import DeadlineExpired, InvalidInput
 from ..core.inference import InferenceService
@@ -123,34 +125,53 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         session = self.sessions.open(opening.model_name, opening.model_version, opening.top_k)
         try:
             yield msg.session_opened(session)
-            while (request := await _next_or_idle(stream, session.idle_timeout_s)) is not None:
-                async for response in self._handle(session, opening.emit_on_request, request):
-                    yield response
+            rules = _Rules(
+                msg.mode_to_proto(session.mode), opening.emit_on_request,
+                msg.steps_limits(session.target.limits),
+            )  # fmt: skip
+            idle = _IdleTimeout(session.idle_timeout_s)
+            try:
+                while (request := await idle.next(stream)) is not None:
+                    for response in await self._handle(session, rules, request):
+                        yield response
+            finally:
+                idle.cancel()
         finally:
             self.sessions.close(session)
 
     async def _handle(
-        self, session: OpenSession, emit_on_request: bool, request: pb.SessionRequest
-    ) -> AsyncIterator[pb.SessionResponse]:
+        self, session: OpenSession, rules: _Rules, request: pb.SessionRequest
+    ) -> Sequence[pb.SessionResponse]:
+        """The answers to one message: a coroutine, not a generator (one frame fewer per step)."""
         kind = request.WhichOneof("kind")
         if kind == "steps":
-            values = msg.decode_steps(request.steps, session.target.limits)
-            output = await self.sessions.step(session, values)
-            mode = msg.mode_to_proto(session.mode)
-            if not steps_get_output(mode, emit_on_request, request.steps.emit):
-                return
-            if output is None:  # not defined yet (a fixed-length model before its length)
-                yield msg.undefined_output(session.steps - 1)
-            else:
-                yield msg.session_output(output)
-        elif kind == "reset":
+            return await self._step(session, rules, request.steps)
+        if kind == "reset":
             self.sessions.reset(session)
-            yield pb.SessionResponse(reset=pb.SessionResetDone())
-        elif kind == "end_input":
-            for response in msg.decoded_steps(await self.sessions.finish(session)):
-                yield response
-        else:
-            raise InvalidInput("kind", "steps, reset or end_input after open", str(kind))
+            return (pb.SessionResponse(reset=pb.SessionResetDone()),)
+        if kind == "end_input":
+            return msg.decoded_steps(await self.sessions.finish(session))
+        raise InvalidInput("kind", "steps, reset or end_input after open", str(kind))
+
+    async def _step(
+        self, session: OpenSession, rules: _Rules, steps: pb.SessionSteps
+    ) -> Sequence[pb.SessionResponse]:
+        values = msg.decode_steps(steps, rules.limits)
+        output = await self.sessions.step(session, values)
+        if not steps_get_output(rules.mode, rules.emit_on_request, steps.emit):
+            return ()
+        if output is None:  # not defined yet (a fixed-length model before its length)
+            return (msg.undefined_output(session.steps - 1),)
+        return (msg.session_output(output),)
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """A session's wire settings, made once at open."""
+
+    mode: pb.Mode.ValueType
+    emit_on_request: bool
+    limits: DecodeLimits
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -159,14 +180,42 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-async def _next_or_idle(
-    stream: AsyncIterator[pb.SessionRequest], idle_timeout_s: float
-) -> pb.SessionRequest | None:
-    """The next message, None when the caller closed, DeadlineExpired when it went idle."""
-    try:
-        async with asyncio.timeout(idle_timeout_s):  # a timer, not a task per message
+class _IdleTimeout:
+    """A session's idle timeout: one timer for the whole session, re-armed only when it fires
+    (asyncio.timeout per message costs a timer, a heap push and a cancel each). The session's
+    task is cancelled, as asyncio.timeout does, when the caller sent nothing for `seconds`
+    while the session waited for it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._waiting_since: float | None = None
+        self._expired = False
+        self._timer = self._loop.call_later(seconds, self._check)
+
+    async def next(self, stream: AsyncIterator[pb.SessionRequest]) -> pb.SessionRequest | None:
+        """The next message, None when the caller closed, DeadlineExpired when it went idle."""
+        self._waiting_since = self._loop.time()
+        try:
             return await anext(stream, None)
-    except TimeoutError:
-        raise DeadlineExpired(
-            f"session closed: no message for {idle_timeout_s:g} s (the model's idle timeout)"
-        ) from None
+        except asyncio.CancelledError:
+            if self._expired and self._task is not None and self._task.uncancel() == 0:
+                raise DeadlineExpired(
+                    f"session closed: no message for {self.seconds:g} s (the model's idle timeout)"
+                ) from None
+            raise
+        finally:
+            self._waiting_since = None
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _check(self) -> None:
+        since = self._waiting_since
+        left = self.seconds if since is None else since + self.seconds - self._loop.time()
+        if left > 0 or self._task is None:
+            self._timer = self._loop.call_later(max(left, 0.001), self._check)
+            return
+        self._expired = True
+        self._task.cancel()
