@@ -35,9 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.numpy_cost", description=__doc__)
     parser.add_argument("--calls", type=int, default=100, help="calls per shape and round")
     args = parser.parse_args()
-    runtime = loaded_repository([REFERENCE.name], "seqserve-numpy-cost-").resolve(
-        REFERENCE.name
-    ).runtime
+    runtime = (
+        loaded_repository([REFERENCE.name], "seqserve-numpy-cost-").resolve(REFERENCE.name).runtime
+    )
     traced, numpy_path = runtime._fn, runtime._small
     assert numpy_path is not None, "the reference model has a proven numpy path"
     rng = np.random.default_rng(0)
