@@ -149,23 +149,23 @@ def _layer_normalization(layer: Any) -> NodeFn:
     return run
 
 
+_LAYER_FORMS: dict[type, Callable[[Any], NodeFn]] = {
+    _L.Dense: _dense,
+    _L.Embedding: _embedding,
+    _L.Rescaling: _rescaling,
+    _L.Masking: _masking,
+    _L.ReLU: _relu_layer,
+    _L.LayerNormalization: _layer_normalization,
+    _L.Activation: lambda layer: _activation(layer.activation, f"Activation {layer.name!r}"),
+}
+
+
 def layer_fn(layer: Any) -> NodeFn:
     """The numpy form of a layer that acts on each step alone; `Unsteppable` if none."""
     kind = type(layer)
-    if kind is _L.Dense:
-        return _dense(layer)
-    if kind is _L.Embedding:
-        return _embedding(layer)
-    if kind is _L.Rescaling:
-        return _rescaling(layer)
-    if kind is _L.Masking:
-        return _masking(layer)
-    if kind is _L.ReLU:
-        return _relu_layer(layer)
-    if kind is _L.LayerNormalization:
-        return _layer_normalization(layer)
-    if kind is _L.Activation:
-        return _activation(layer.activation, f"Activation {layer.name!r}")
+    form = _LAYER_FORMS.get(kind)
+    if form is not None:
+        return form(layer)
     if isinstance(layer, IDENTITY_AT_INFERENCE):
         return _linear
     raise Unsteppable(f"{kind.__name__} {layer.name!r} has no numpy form")
