@@ -39,9 +39,11 @@ import keras
 import tensorflow as tf
 
 # Batches of at most this many steps in all (batch x steps) are computed in numpy where the
-# model has a proven numpy form. LSTM(64), numpy's time over TensorFlow's (`bench.numpy_cost`):
-# batch 1 x 8 steps 0.3, 8 x 8 0.6, 16 x 8 0.75, 1 x 64 0.5, but 4 x 64 1.1; and a long numpy
-# loop holds the GIL (the event loop's) where TensorFlow releases it.
+# model has a proven numpy form. LSTM(64), numpy's time over TensorFlow's (`bench.numpy_cost`,
+# quiet machine): batch 1 x 8 steps 0.25, 8 x 8 0.5, 32 x 8 0.7, 1 x 128 0.4. Numpy keeps
+# winning on larger batches (0.6-0.8), but its loop holds the GIL (the event loop's) for its
+# whole length where TensorFlow releases it, and on a noisy machine 16 x 16 and 4 x 64 have
+# also measured 1.1-1.25: the bound stays where the gain is large and the hold short.
 NUMPY_MAX_CELLS = 128
 PER_LENGTH_CACHE = 64  # per-length path: compiled functions kept, least recently used dropped
 # Each model has its own tf.function, traced once: TF's "retracing" warning counts them all.
