@@ -60,7 +60,10 @@ def throughput(rows: list[dict], model: str) -> Goal:
     plain = _find(rows, "plain", model, 1, 32)
     if x < 0.8:
         if plain and plain["rps"]:
-            note += f"; plain {_cpu_ms(plain):.2f} ms"
+            note += (
+                f"; plain {_cpu_ms(plain):.2f} ms, and plain (no layers at all) reaches only "
+                f"{plain['rps'] / echo['rps']:.2f}x the echo"
+            )
         note += (
             ". Reason: the event loop saturates one core: grpc.aio's own work per call (the echo's "
             "CPU) plus the handler's Python (resolve, decode, validate, batcher bookkeeping, "
@@ -90,10 +93,13 @@ def latency(rows: list[dict], model: str, ceiling: dict) -> list[Goal]:
             f"Reason: {new['p50_ms'] - budget:.2f} ms above echo + in-process; server CPU per "
             f"request {_cpu_ms(new):.2f} ms vs echo {_cpu_ms(echo):.2f} ms. The in-process "
             "figure is back to back; in a server the model runs after an idle gap, and on this "
-            "VM work after a 1.5 ms gap is slower (pure Python 1.3x, a TensorFlow call 1.8x, "
-            "measured), so the plain server with no layers is itself above the budget. Next: "
-            "the handler's Python beyond plain's (next row)"
+            "VM the same work after a 1.5 ms sleep takes 1.3-1.5x, after 3 ms 2-2.8x "
+            "(`python -m bench.idle_gap`), so the plain server with no layers is itself above "
+            "the budget"
         )
+        if plain and plain["p50_ms"]:
+            note += f" ({plain['p50_ms'] / budget:.2f}x)"
+        note += ". Next: the handler's Python beyond plain's (next row)"
     goals = [
         Goal(
             budget_text,
