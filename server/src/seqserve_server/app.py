@@ -162,7 +162,7 @@ class App:
         """Build, prove and install a loaded version's session program (on a loading thread):
         health says SERVING only once every version has its program or the reason it has none."""
         if version.ready is not None:
-            self.sessions.install(version.ready, self.sessions.build(version.ready))
+            self.sessions.prepare(version.ready)
 
     async def _model_health(self, name: str, serving: bool) -> None:
         await self.health.set(name, SERVING if serving else NOT_SERVING)

@@ -125,9 +125,10 @@ class SessionManager:
     def prepare_all(self) -> None:
         """Build (compile, warm up) the step program of every ready sequence model."""
         for ready in self.repository.ready_models():
-            self._prepare(ready)
+            self.prepare(ready)
 
-    def _prepare(self, version: ReadyModel) -> None:
+    def prepare(self, version: ReadyModel) -> None:
+        """Build, prove and install one version's step program (or why it has none)."""
         self.install(version, self.build(version))
 
     def build(self, version: ReadyModel) -> StepProgram | str:
