@@ -8,7 +8,7 @@ server, as the median over the rounds (this machine is shared: single rounds swi
 difference to the server without it.
 
     .venv/bin/python -m bench.layer_costs [--rounds 7] [--duration 1.5] [--baseline REF] \
-        [--variant 'label=LAYERS[ FLAG ...]' ...]
+        [--seqs 1] [--variant 'label=LAYERS[ FLAG ...]' ...]
 
 LAYERS: `none` or a comma list of `interceptors`, `checks`, `decorators`, `batcher` (see
 bench/layer_variant.py). `--baseline REF`: also the server as of git REF (its server/src from
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", help="label=LAYERS[ FLAG ...]")
     ap.add_argument("--no-peers", action="store_true", help="without echo and plain")
     ap.add_argument("--baseline", help="git ref: its server side by side (before/after)")
+    ap.add_argument("--seqs", type=int, default=1, help="sequences per request")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args(argv)
     started = time.time()
@@ -131,15 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         shapes = tmp / "shapes.json"
         shapes.write_text(json.dumps(output_shapes([REFERENCE])))
-        payloads = {(REFERENCE.name, 1): request_bytes(REFERENCE, 1).hex()}
-        grid = [(REFERENCE, 1, 1, args.rounds), (REFERENCE, 1, 32, args.rounds)]
+        payloads = {(REFERENCE.name, args.seqs): request_bytes(REFERENCE, args.seqs).hex()}
+        grid = [(REFERENCE, args.seqs, 1, args.rounds), (REFERENCE, args.seqs, 32, args.rounds)]
         repos = {"new": repo, "old": repo}
         rows = measure(
             servers, grid, payloads, repos, shapes, tmp, args.duration, args.warmup, False
         )
     labels = [s.label for s in servers if any(r["server"] == s.label for r in rows)]
     print(
-        f"\n{time.strftime('%Y-%m-%d %H:%M')}, {REFERENCE.name}, 1 sequence per request, "
+        f"\n{time.strftime('%Y-%m-%d %H:%M')}, {REFERENCE.name}, {args.seqs} sequence(s) per "
+        "request, "
         f"{args.duration:g} s per point, median of {args.rounds} rotating rounds, "
         f"{time.time() - started:.0f} s in all\n"
     )

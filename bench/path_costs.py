@@ -1,6 +1,7 @@
 """Where a request's time goes inside the server, without gRPC: `python -m bench.path_costs`.
 
-On the reference model (LSTM(64), 8x8, batch 1), one request at a time, in one process:
+On the reference model (LSTM(64), 8x8), one request of `--seqs` sequences (default 1) at a time,
+in one process:
 - the compiled model called inline (the floor);
 - the same call handed to a compute thread (`run_in_executor`) with 1 and with 2 threads (the
   server gives each model its own thread: `core/compute_threads.py`);
@@ -35,7 +36,7 @@ def measure(label: str, call: Callable[[], Awaitable[object]], n: int) -> dict:
     return asyncio.run(run())
 
 
-def main(n: int) -> list[dict]:
+def main(n: int, seqs: int = 1) -> list[dict]:
     from seqserve.v1 import seqserve_pb2 as pb
     from seqserve_api.tensors import to_batch
     from seqserve_server.core.batching import DynamicBatcher
@@ -45,7 +46,7 @@ def main(n: int) -> list[dict]:
 
     repository = loaded_repository([REFERENCE.name], "seqserve-path-costs-")
     runtime = repository.resolve(REFERENCE.name).runtime
-    x = REFERENCE.inputs(np.random.default_rng(0), 1)
+    x = REFERENCE.inputs(np.random.default_rng(0), seqs)
     one, two = ThreadPoolExecutor(1), ThreadPoolExecutor(2)
     batchers: dict[str, DynamicBatcher] = {}
     service = InferenceService(repository, ModelThreads(1))
@@ -63,7 +64,7 @@ def main(n: int) -> list[dict]:
     async def batched() -> object:
         if "b" not in batchers:  # created inside the running loop
             batchers["b"] = DynamicBatcher(runtime.compute, one, 64, 0.002, 4096)
-        return await batchers["b"].submit([x[0]], None)
+        return await batchers["b"].submit([x], None)
 
     async def predict_path() -> object:
         request = pb.PredictRequest.FromString(wire)
@@ -84,7 +85,9 @@ def main(n: int) -> list[dict]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
-    rows = main(parser.parse_args().calls)
+    parser.add_argument("--seqs", type=int, default=1, help="sequences per request")
+    args = parser.parse_args()
+    rows = main(args.calls, args.seqs)
     print("| path | wall ms per call | CPU ms per call |\n|---|---:|---:|")
     for row in rows:
         print(f"| {row['path']} | {row['wall_ms']:.3f} | {row['cpu_ms']:.3f} |")

@@ -102,6 +102,7 @@ def render(
     seconds: float,
     rate: int,
     native: bool = False,
+    seqs: int = 1,
 ) -> str:
     plain, load = loads
     flag = "--native" if native else "--nonblocking"
@@ -113,7 +114,7 @@ def render(
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')} · `python -m bench.profile --label {label}` · "
         f"py-spy {rate} Hz for {seconds:g} s (`--format raw --threads {flag}`) · "
-        f"reference model {REFERENCE.name}, 1 sequence per request, "
+        f"reference model {REFERENCE.name}, {seqs} sequence(s) per request, "
         f"{load.get('concurrency', '?')} closed-loop callers: without the profiler "
         f"{plain.get('rps', 0):,.0f} req/s, p50 {plain.get('p50_ms') or 0:.2f} ms, server "
         f"{plain.get('server_cores', 0):.2f} cores; while recorded {load.get('rps', 0):,.0f} "
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="latest", help="results file suffix, e.g. before")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds recorded")
     parser.add_argument("--callers", type=int, default=32)
+    parser.add_argument("--seqs", type=int, default=1, help="sequences per request")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--server-args", default="", help="extra `seqserve serve` flags")
@@ -183,7 +185,13 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     profile = summarise(raw)
     report = render(
-        profile, args.label, (_result(plain), load), args.duration, args.rate, args.native
+        profile,
+        args.label,
+        (_result(plain), load),
+        args.duration,
+        args.rate,
+        args.native,
+        args.seqs,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"profile_{args.label}.md").write_text(report)
@@ -197,7 +205,7 @@ def _load(
     server: servers.Running, args: argparse.Namespace, tmp: Path, seconds: float
 ) -> subprocess.Popen:
     """The load generator on the server for 1 s of warm-up and `seconds` measured."""
-    point = {"id": "profile", "request": request_bytes(REFERENCE, 1).hex(),
+    point = {"id": "profile", "request": request_bytes(REFERENCE, args.seqs).hex(),
              "concurrency": args.callers, "duration": seconds, "warmup": 1.0}  # fmt: skip
     spec = tmp / "load.json"
     job = {"target": server.target, "channels": 1, "server_pids": server.pids, "point": point}

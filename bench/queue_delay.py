@@ -76,7 +76,7 @@ def main(requests: int, rate: float, rounds: int) -> list[dict]:
     repository = loaded_repository([REFERENCE.name], "seqserve-queue-delay-")
     runtime = repository.resolve(REFERENCE.name).runtime
     rng = np.random.default_rng(0)
-    x = REFERENCE.inputs(rng, 1)[0]
+    x = REFERENCE.inputs(rng, 1)  # one request: a block of one sequence
     gaps = rng.exponential(1 / rate, size=requests)
     results: dict[tuple[float, int], list[dict]] = {s: [] for s in SETTINGS}
     with ThreadPoolExecutor(2) as executor:

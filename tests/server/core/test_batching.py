@@ -127,7 +127,7 @@ def test_lone_request_goes_straight_to_compute(lstm, executor) -> None:
         calls.gate.clear()
         batcher = make(calls, executor)  # no queue delay (the default): nothing waits
         item = seqs(np.random.default_rng(1), 6)
-        task = asyncio.create_task(batcher.submit(item, None))
+        task = asyncio.create_task(batcher.submit_items(item, None))
         await asyncio.sleep(0)  # submit ran up to its await: it must have dispatched already
         assert batcher.in_flight == 1
         assert batcher.queue_depth == 0
@@ -145,10 +145,10 @@ def test_concurrent_submits_merge_into_one_compute(lstm, executor) -> None:
         calls = Recorder(lstm)
         calls.gate.clear()
         batcher = make(calls, executor)
-        first = asyncio.create_task(batcher.submit(seqs(rng, 8), None))
+        first = asyncio.create_task(batcher.submit_items(seqs(rng, 8), None))
         await asyncio.sleep(0)
         requests = [seqs(rng, 8) for _ in range(10)]
-        tasks = [asyncio.create_task(batcher.submit(r, None)) for r in requests]
+        tasks = [asyncio.create_task(batcher.submit_items(r, None)) for r in requests]
         await _until(lambda: batcher.queue_depth == 10)
         calls.gate.set()
         await first
@@ -166,7 +166,7 @@ def test_concurrency_without_a_gate_still_batches(lstm, executor) -> None:
         calls = Recorder(lstm)
         batcher = make(calls, executor)
         requests = [seqs(rng, 5) for _ in range(32)]
-        await asyncio.gather(*(batcher.submit(r, None) for r in requests))
+        await asyncio.gather(*(batcher.submit_items(r, None) for r in requests))
         assert sum(calls.sizes) == 32
         assert max(calls.sizes) > 1
 
@@ -180,12 +180,12 @@ def test_batched_equals_unbatched_for_mixed_lengths(lstm, executor) -> None:
         calls.gate.clear()
         hook = Hook()
         batcher = make(calls, executor, max_batch_size=6, metrics_hook=hook)
-        blocker = asyncio.create_task(batcher.submit(seqs(rng, 2), None))
+        blocker = asyncio.create_task(batcher.submit_items(seqs(rng, 2), None))
         await asyncio.sleep(0)
         requests = [
             seqs(rng, *rng.integers(1, 6, size=rng.integers(1, 5)).tolist()) for _ in range(20)
         ]
-        tasks = [asyncio.create_task(batcher.submit(r, None)) for r in requests]
+        tasks = [asyncio.create_task(batcher.submit_items(r, None)) for r in requests]
         await _until(lambda: batcher.queue_depth == sum(len(r) for r in requests))
         calls.gate.set()
         await blocker
@@ -201,7 +201,10 @@ def test_batched_equals_unbatched_for_mixed_lengths(lstm, executor) -> None:
         assert max(calls.sizes) <= 6
         assert sum(calls.sizes) == 1 + sum(len(r) for r in requests)
         assert hook.batches == calls.sizes
-        assert len(hook.waits) == sum(calls.sizes)
+        # one wait per queued block (a request's sequences of one length); a block split
+        # across two batches waits once per part
+        blocks = 1 + sum(len({len(item) for item in r}) for r in requests)
+        assert blocks <= len(hook.waits) <= blocks + len(calls.sizes)
         assert hook.depths[-1] == 0
 
     asyncio.run(main())
@@ -213,7 +216,7 @@ def test_vectors_merge_and_match(dense, executor) -> None:
         calls = Recorder(dense)
         batcher = make(calls, executor)
         requests = [list(rng.normal(size=(int(n), 4)).astype(np.float32)) for n in (1, 3, 2, 7)]
-        results = await asyncio.gather(*(batcher.submit(r, None) for r in requests))
+        results = await asyncio.gather(*(batcher.submit_items(r, None) for r in requests))
         for request, outputs in zip(requests, results, strict=True):
             for out, want in zip(outputs, alone(dense, request), strict=True):
                 np.testing.assert_allclose(out, want, atol=TOLERANCE)
@@ -228,10 +231,108 @@ def test_a_request_larger_than_a_batch_is_split_in_order(lstm, executor) -> None
         calls = Recorder(lstm)
         batcher = make(calls, executor, max_batch_size=4)
         request = seqs(rng, *([3] * 10))
-        outputs = await batcher.submit(request, None)
+        outputs = await batcher.submit_items(request, None)
         assert calls.sizes == [4, 4, 2]
         for out, want in zip(outputs, alone(lstm, request), strict=True):
             np.testing.assert_allclose(out, want, atol=TOLERANCE)
+
+    asyncio.run(main())
+
+
+def block(rng: np.random.Generator, rows: int, steps: int) -> np.ndarray:
+    return rng.normal(size=(rows, steps, FEATURES)).astype(np.float32)
+
+
+def test_a_lone_block_reaches_compute_as_it_is(lstm, executor) -> None:
+    """A request's dense batch is one queue entry and, computed alone, is not copied."""
+
+    async def main() -> None:
+        seen: list[np.ndarray] = []
+
+        def compute(values: np.ndarray) -> np.ndarray:
+            seen.append(values)
+            return lstm(values)
+
+        hook = Hook()
+        batcher = make(compute, executor, metrics_hook=hook)
+        x = block(np.random.default_rng(20), 32, 6)
+        (out,) = await batcher.submit([x], None)
+        assert seen[0] is x
+        assert hook.batches == [32] and len(hook.waits) == 1
+        np.testing.assert_allclose(out, lstm(x), atol=TOLERANCE)
+
+    asyncio.run(main())
+
+
+def test_blocks_of_callers_fill_batches_split_at_the_batch_size(lstm, executor) -> None:
+    """Blocks of 3 rows with batches of 4: a block is split across two batches, its outputs
+    joined in order; queue depth counts rows."""
+
+    async def main() -> None:
+        rng = np.random.default_rng(21)
+        calls = Recorder(lstm)
+        calls.gate.clear()
+        batcher = make(calls, executor, max_batch_size=4)
+        blocker = asyncio.create_task(batcher.submit([block(rng, 1, 5)], None))
+        await asyncio.sleep(0)
+        blocks = [block(rng, 3, 5) for _ in range(3)]
+        tasks = [asyncio.create_task(batcher.submit([b], None)) for b in blocks]
+        await _until(lambda: batcher.queue_depth == 9)
+        calls.gate.set()
+        await blocker
+        results = await asyncio.gather(*tasks)
+        assert calls.sizes == [1, 4, 4, 1]
+        for b, (out,) in zip(blocks, results, strict=True):
+            assert out.shape == (3, 5, 4)
+            np.testing.assert_allclose(out, lstm(b), atol=TOLERANCE)
+        assert batcher.queue_depth == 0
+
+    asyncio.run(main())
+
+
+def test_cancelling_a_split_block_takes_its_rest_out_of_the_queue(lstm, executor) -> None:
+    async def main() -> None:
+        rng = np.random.default_rng(22)
+        calls = Recorder(lstm)
+        calls.gate.clear()
+        batcher = make(calls, executor, max_batch_size=4)
+        doomed = asyncio.create_task(batcher.submit([block(rng, 10, 5)], None))
+        await _until(lambda: batcher.in_flight == 1)
+        assert batcher.queue_depth == 6  # 4 rows computing, the rest queued
+        doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        assert batcher.queue_depth == 0
+        calls.gate.set()
+        x = block(rng, 2, 5)
+        (out,) = await batcher.submit([x], None)
+        np.testing.assert_allclose(out, lstm(x), atol=TOLERANCE)
+        assert calls.sizes == [4, 2]
+
+    asyncio.run(main())
+
+
+def test_a_blocks_deadline_fails_it_whole_others_go_on(lstm, executor) -> None:
+    async def main() -> None:
+        rng = np.random.default_rng(23)
+        calls = Recorder(lstm)
+        calls.gate.clear()
+        batcher = make(calls, executor, max_batch_size=4)
+        blocker = asyncio.create_task(batcher.submit([block(rng, 1, 5)], None))
+        await asyncio.sleep(0)
+        late = asyncio.create_task(batcher.submit([block(rng, 6, 5)], time.monotonic() + 0.02))
+        kept = block(rng, 2, 5)
+        keep = asyncio.create_task(batcher.submit([kept], None))
+        await _until(lambda: batcher.queue_depth == 8)
+        await asyncio.sleep(0.05)
+        calls.gate.set()
+        await blocker
+        with pytest.raises(DeadlineExpired):
+            await late
+        (out,) = await keep
+        np.testing.assert_allclose(out, lstm(kept), atol=TOLERANCE)
+        assert calls.sizes == [1, 2]
+        assert batcher.queue_depth == 0
 
     asyncio.run(main())
 
@@ -241,7 +342,7 @@ def test_expired_deadline_is_refused_and_never_computed(lstm, executor) -> None:
         calls = Recorder(lstm)
         batcher = make(calls, executor)
         with pytest.raises(DeadlineExpired):
-            await batcher.submit(seqs(np.random.default_rng(7), 4), time.monotonic() - 1)
+            await batcher.submit_items(seqs(np.random.default_rng(7), 4), time.monotonic() - 1)
         assert calls.calls == []
 
     asyncio.run(main())
@@ -253,10 +354,10 @@ def test_deadline_passing_in_the_queue_drops_the_work(lstm, executor) -> None:
         calls = Recorder(lstm)
         calls.gate.clear()
         batcher = make(calls, executor)
-        blocker = asyncio.create_task(batcher.submit(seqs(rng, 4), None))
+        blocker = asyncio.create_task(batcher.submit_items(seqs(rng, 4), None))
         await asyncio.sleep(0)
-        late = asyncio.create_task(batcher.submit(seqs(rng, 4, 4), time.monotonic() + 0.02))
-        kept = asyncio.create_task(batcher.submit(seqs(rng, 4), None))
+        late = asyncio.create_task(batcher.submit_items(seqs(rng, 4, 4), time.monotonic() + 0.02))
+        kept = asyncio.create_task(batcher.submit_items(seqs(rng, 4), None))
         await _until(lambda: batcher.queue_depth == 3)
         await asyncio.sleep(0.05)  # let the deadline pass while the model is busy
         calls.gate.set()
@@ -276,9 +377,9 @@ def test_cancelled_caller_leaves_the_queue(lstm, executor) -> None:
         calls = Recorder(lstm)
         calls.gate.clear()
         batcher = make(calls, executor)
-        blocker = asyncio.create_task(batcher.submit(seqs(rng, 4), None))
+        blocker = asyncio.create_task(batcher.submit_items(seqs(rng, 4), None))
         await asyncio.sleep(0)
-        doomed = asyncio.create_task(batcher.submit(seqs(rng, 4, 5, 4), None))
+        doomed = asyncio.create_task(batcher.submit_items(seqs(rng, 4, 5, 4), None))
         await _until(lambda: batcher.queue_depth == 3)
         doomed.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -297,13 +398,13 @@ def test_full_queue_fails_fast_with_overloaded(lstm, executor) -> None:
         calls = Recorder(lstm)
         calls.gate.clear()
         batcher = make(calls, executor, max_queue_size=4)
-        blocker = asyncio.create_task(batcher.submit(seqs(rng, 4), None))
+        blocker = asyncio.create_task(batcher.submit_items(seqs(rng, 4), None))
         await asyncio.sleep(0)
-        queued = asyncio.create_task(batcher.submit(seqs(rng, 4, 4, 4), None))
+        queued = asyncio.create_task(batcher.submit_items(seqs(rng, 4, 4, 4), None))
         await _until(lambda: batcher.queue_depth == 3)
         with pytest.raises(Overloaded, match=r"queue of model m is full \(3 waiting\)"):
-            await batcher.submit(seqs(rng, 4, 4), None)
-        fits = asyncio.create_task(batcher.submit(seqs(rng, 4), None))
+            await batcher.submit_items(seqs(rng, 4, 4), None)
+        fits = asyncio.create_task(batcher.submit_items(seqs(rng, 4), None))
         await _until(lambda: batcher.queue_depth == 4)
         calls.gate.set()
         await asyncio.gather(blocker, queued, fits)
@@ -319,10 +420,10 @@ def test_compute_error_fails_the_batch_and_the_batcher_goes_on(lstm, executor) -
         calls.fail = True
         batcher = make(calls, executor)
         with pytest.raises(ValueError, match="compute failed"):
-            await batcher.submit(seqs(rng, 4, 4, 7), None)
+            await batcher.submit_items(seqs(rng, 4, 4, 7), None)
         assert batcher.queue_depth == 0
         calls.fail = False
-        assert len(await batcher.submit(seqs(rng, 4), None)) == 1
+        assert len(await batcher.submit_items(seqs(rng, 4), None)) == 1
 
     asyncio.run(main())
 
@@ -341,11 +442,11 @@ def test_a_failing_input_fails_only_its_own_request(lstm, executor) -> None:
         calls = Recorder(poisoned)
         calls.gate.clear()
         batcher = make(calls, executor)
-        first = asyncio.create_task(batcher.submit(seqs(rng, 8), None))
+        first = asyncio.create_task(batcher.submit_items(seqs(rng, 8), None))
         await asyncio.sleep(0)
         requests = [seqs(rng, 8) for _ in range(6)]
         requests[2][0][3, 1] = 99
-        tasks = [asyncio.create_task(batcher.submit(r, None)) for r in requests]
+        tasks = [asyncio.create_task(batcher.submit_items(r, None)) for r in requests]
         await _until(lambda: batcher.queue_depth == 6)
         calls.gate.set()
         await first
@@ -366,12 +467,12 @@ def test_second_slot_waits_for_a_full_batch(lstm, executor) -> None:
         calls = Recorder(lstm)
         calls.gate.clear()
         batcher = make(calls, executor, max_in_flight=2, max_batch_size=3, max_queue_delay_s=60)
-        first = asyncio.create_task(batcher.submit(seqs(rng, 4, 4, 4), None))  # a full batch
+        first = asyncio.create_task(batcher.submit_items(seqs(rng, 4, 4, 4), None))  # a full batch
         await _until(lambda: batcher.in_flight == 1)
-        second = asyncio.create_task(batcher.submit(seqs(rng, 4, 4), None))
+        second = asyncio.create_task(batcher.submit_items(seqs(rng, 4, 4), None))
         await _until(lambda: batcher.queue_depth == 2)
         assert batcher.in_flight == 1  # one busy, a slot free: wait for more (or the delay)
-        third = asyncio.create_task(batcher.submit(seqs(rng, 4), None))
+        third = asyncio.create_task(batcher.submit_items(seqs(rng, 4), None))
         await _until(lambda: batcher.in_flight == 2)  # a full batch takes the free slot
         assert batcher.queue_depth == 0
         calls.gate.set()
@@ -389,9 +490,9 @@ def test_queue_delay_merges_callers_that_arrive_within_it(lstm, executor) -> Non
         rng = np.random.default_rng(14)
         calls = Recorder(lstm)
         batcher = make(calls, executor, max_queue_delay_s=delay)
-        first = asyncio.create_task(batcher.submit(seqs(rng, 4), None))
+        first = asyncio.create_task(batcher.submit_items(seqs(rng, 4), None))
         await asyncio.sleep(0.05)  # the first one's compute (about 1 ms) is long done by now
-        second = batcher.submit(seqs(rng, 4), None)
+        second = batcher.submit_items(seqs(rng, 4), None)
         outputs = await asyncio.gather(first, second)
         assert all(len(out) == 1 for out in outputs)
         return calls.sizes
@@ -405,7 +506,7 @@ def test_a_full_batch_never_waits_for_the_queue_delay(lstm, executor) -> None:
         calls = Recorder(lstm)
         batcher = make(calls, executor, max_batch_size=2, max_queue_delay_s=60)
         started = time.monotonic()
-        await batcher.submit(seqs(np.random.default_rng(15), 4, 4), None)
+        await batcher.submit_items(seqs(np.random.default_rng(15), 4, 4), None)
         assert time.monotonic() - started < 10
         assert calls.sizes == [2]
 
@@ -421,7 +522,7 @@ def test_max_in_flight_merged_batches_compute_at_once(lstm, executor, max_in_fli
         calls = Recorder(lstm)
         calls.gate.clear()
         batcher = make(calls, executor, max_in_flight=max_in_flight)
-        tasks = [asyncio.create_task(batcher.submit(seqs(rng, n, n), None)) for n in (4, 5)]
+        tasks = [asyncio.create_task(batcher.submit_items(seqs(rng, n, n), None)) for n in (4, 5)]
         await _until(lambda: batcher.in_flight == max_in_flight)
         await asyncio.sleep(0.05)
         assert len(calls.calls) == max_in_flight  # computing now, past the executor's queue
@@ -440,15 +541,15 @@ def test_close_fails_queued_work(lstm, executor) -> None:
         calls = Recorder(lstm)
         calls.gate.clear()
         batcher = make(calls, executor)
-        blocker = asyncio.create_task(batcher.submit(seqs(rng, 4), None))
+        blocker = asyncio.create_task(batcher.submit_items(seqs(rng, 4), None))
         await asyncio.sleep(0)
-        queued = asyncio.create_task(batcher.submit(seqs(rng, 4), None))
+        queued = asyncio.create_task(batcher.submit_items(seqs(rng, 4), None))
         await _until(lambda: batcher.queue_depth == 1)
         batcher.close()
         with pytest.raises(Overloaded):
             await queued
         with pytest.raises(Overloaded):
-            await batcher.submit(seqs(rng, 4), None)
+            await batcher.submit_items(seqs(rng, 4), None)
         calls.gate.set()
         await blocker
         assert calls.sizes == [1]
@@ -478,7 +579,7 @@ def test_one_caller_at_a_time_computes_inline_with_probes(lstm, executor) -> Non
         rng = np.random.default_rng(11)
         for _ in range(20):
             item = seqs(rng, 5)
-            (out,) = await batcher.submit(item, None)
+            (out,) = await batcher.submit_items(item, None)
             np.testing.assert_allclose(out, alone(lstm, item)[0], atol=TOLERANCE)
         threads = [name for name, _ in log.calls]
         loop_thread = threading.current_thread().name
@@ -495,11 +596,11 @@ def test_concurrent_callers_leave_inline_mode_and_merge(lstm, executor) -> None:
         batcher = make(log, executor, inline_below_s=10.0)
         rng = np.random.default_rng(12)
         for _ in range(10):  # serial: inline mode
-            await batcher.submit(seqs(rng, 5), None)
+            await batcher.submit_items(seqs(rng, 5), None)
         log.calls.clear()
         for _ in range(5):
             items = [seqs(rng, 5) for _ in range(16)]
-            outs = await asyncio.gather(*(batcher.submit(i, None) for i in items))
+            outs = await asyncio.gather(*(batcher.submit_items(i, None) for i in items))
             for item, (out,) in zip(items, outs, strict=True):
                 np.testing.assert_allclose(out, alone(lstm, item)[0], atol=TOLERANCE)
         assert max(size for _, size in log.calls) > 1  # merged again under load
@@ -514,7 +615,7 @@ def test_inline_is_off_with_a_queue_delay_and_for_slow_shapes(lstm, executor) ->
             log = ThreadLog(lstm)
             batcher = make(log, executor, **kw)
             for _ in range(12):
-                await batcher.submit(seqs(np.random.default_rng(13), 5), None)
+                await batcher.submit_items(seqs(np.random.default_rng(13), 5), None)
             assert all(name != loop_thread for name, _ in log.calls), kw
 
     asyncio.run(main())

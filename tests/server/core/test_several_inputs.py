@@ -54,7 +54,7 @@ def test_batcher_merges_items_whose_every_input_has_one_shape() -> None:
     async def main() -> list[list[np.ndarray]]:
         with ThreadPoolExecutor(1) as executor:
             batcher = DynamicBatcher(compute, executor, 8, 0.0, 64, name="m")
-            return await asyncio.gather(*(batcher.submit(r, None) for r in requests))
+            return await asyncio.gather(*(batcher.submit_items(r, None) for r in requests))
 
     results = asyncio.run(main())
     # The first goes alone; the rest queue meanwhile and merge by (encoder, decoder) shape.

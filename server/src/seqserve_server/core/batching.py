@@ -1,23 +1,26 @@
 """The per-model dynamic batcher: concurrent requests' sequences merge into one compute call.
 
 Transport-free (numpy in, numpy out). One `DynamicBatcher` per served model version sits between
-the inference service and `ModelRuntime.compute`:
+the inference service and `ModelRuntime.compute`. Its unit of work is a **block**: rows of one
+shape (a request's dense batch, or its sequences of one length), queued and computed as a whole
+so that a 32-sequence request costs one queue entry, one copy-free compute input when it runs
+alone, and one output slice -- not 32 of each.
 
-- **Exact.** Only items of the same shape (vectors; sequences of the same length; for models
-  with several inputs, the same shape of every input) share a compute call, so nothing is
-  padded or masked and a batched result equals the unbatched one (to float rounding of the
-  batched matmul, well within 1e-5).
+- **Exact.** Only rows of the same shape (vectors; sequences of the same length; for models with
+  several inputs, the same shape of every input) share a compute call, so nothing is padded or
+  masked and a batched result equals the unbatched one (to float rounding of the batched matmul,
+  well within 1e-5).
 - **Batching as Triton's dynamic batcher does.** Up to `max_in_flight` merged computations run
-  at once. A free slot takes the oldest shape's queued items (up to `max_batch_size`) when they
-  fill a batch, or once the oldest of them has waited `max_queue_delay_s`; until then it waits
-  for more callers to fill the batch. With a delay of 0 (the default) nothing waits: a lone
-  request at low load goes straight to compute, and items queue only while every slot is busy,
-  all of them leaving together when one frees.
+  at once. A free slot takes the oldest shape's queued rows (up to `max_batch_size`, splitting
+  the block that would overflow it) when they fill a batch, or once the oldest of them has
+  waited `max_queue_delay_s`; until then it waits for more callers to fill the batch. With a
+  delay of 0 (the default) nothing waits: a lone request at low load goes straight to compute,
+  and rows queue only while every slot is busy, all of them leaving together when one frees.
 - **Deadlines and cancellation.** Work whose deadline (`time.monotonic()` seconds) has passed is
-  dropped before compute with `DeadlineExpired`; a cancelled `submit` takes its queued items out
-  of the queue; past `max_queue_size` queued items `submit` fails fast with `Overloaded`.
+  dropped before compute with `DeadlineExpired`; a cancelled `submit` takes its queued blocks out
+  of the queue; past `max_queue_size` queued rows `submit` fails fast with `Overloaded`.
 
-The event loop only does bookkeeping; stacking, the compute call and splitting run on the
+The event loop only does bookkeeping; joining blocks, the compute call and slicing run on the
 executor (TensorFlow releases the GIL while it computes) -- except, with `inline_below_s`, when
 the batcher is serving one caller at a time (see `_Inline`): handing a lone small batch to a
 thread and back costs about as much as computing it, so it is computed on the loop.
@@ -26,6 +29,7 @@ thread and back costs about as much as computing it, so it is computed on the lo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -37,34 +41,55 @@ from .batch import Item
 from .errors import DeadlineExpired, Overloaded
 from .observer import ModelObserver, NullModelObserver
 
-# Stacked items: one array, or one per input (in the model's order) for several inputs.
+# Rows of one shape: one array, or one per input (in the model's order) for several inputs.
 Values = np.ndarray | tuple[np.ndarray, ...]
 Compute = Callable[[Values], np.ndarray]
 
 
 class _Request:
-    """One `submit` call: its items' results, and the future its caller awaits."""
+    """One `submit` call: its blocks' outputs as they come in, and the future its caller awaits."""
 
-    __slots__ = ("deadline", "future", "queued", "remaining", "results")
+    __slots__ = ("deadline", "future", "pieces", "queued", "remaining")
 
-    def __init__(self, n: int, deadline: float | None, future: asyncio.Future) -> None:
-        self.results: list[np.ndarray | None] = [None] * n
-        self.remaining = n
-        self.queued = n  # items of this request still in the queue
+    def __init__(self, rows: int, blocks: int, deadline: float | None, future: asyncio.Future):
+        # per block: (first row, output) of every part computed so far
+        self.pieces: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(blocks)]
+        self.remaining = rows  # rows not computed yet
+        self.queued = rows  # rows still in the queue
         self.deadline = deadline
         self.future = future
 
+    def put(self, block: int, first: int, output: np.ndarray, rows: int) -> None:
+        """A computed part; the future is set once every row is in."""
+        self.pieces[block].append((first, output))
+        self.remaining -= rows
+        if not self.remaining:
+            self.future.set_result([_joined(parts) for parts in self.pieces])
+
 
 class _Slot:
-    """One queued item: which request and position it belongs to, and when it was queued."""
+    """Queued rows of one block: whose, which block and rows of it, since when."""
 
-    __slots__ = ("index", "item", "queued_at", "request")
+    __slots__ = ("block", "first", "queued_at", "request", "rows", "values")
 
-    def __init__(self, request: _Request, index: int, item: Item, queued_at: float) -> None:
+    def __init__(
+        self, request: _Request, block: int, first: int, values: Values, queued_at: float
+    ) -> None:
         self.request = request
-        self.index = index
-        self.item = item
+        self.block = block
+        self.first = first
+        self.values = values
+        self.rows = _rows(values)
         self.queued_at = queued_at
+
+    def split(self, rows: int) -> _Slot:
+        """Take the first `rows` rows off as a slot of their own; this one keeps the rest."""
+        head_values = _rows_slice(self.values, 0, rows)
+        head = _Slot(self.request, self.block, self.first, head_values, self.queued_at)
+        self.values = _rows_slice(self.values, rows, self.rows)
+        self.first += rows
+        self.rows -= rows
+        return head
 
 
 class _Inline:
@@ -89,7 +114,7 @@ class _Inline:
         self.active = False
         self.streak = 0
         self.since_probe = 0
-        self.seconds: dict[tuple, float] = {}  # (shape key, items) -> its fastest compute time
+        self.seconds: dict[tuple, float] = {}  # (row shape key, rows) -> its fastest compute time
 
     def computed(self, key: tuple, seconds: float) -> None:
         """The fastest time seen: what the work costs, not how busy the machine was then."""
@@ -107,7 +132,7 @@ class _Inline:
             self.active = self.streak >= self.ENTER
 
     def take(self, key: tuple) -> bool:
-        """Whether the batch `key` (items' shape key, count) about to start runs inline."""
+        """Whether the batch `key` (row shape key, rows) about to start runs inline."""
         if not self.active or self.seconds.get(key, self.below_s) >= self.below_s:
             return False
         self.since_probe += 1
@@ -118,7 +143,7 @@ class _Inline:
 
 
 class DynamicBatcher:
-    """Merge same-shape items of concurrent `submit` calls into `compute` calls (see module doc)."""
+    """Merge same-shape rows of concurrent `submit` calls into `compute` calls (see module doc)."""
 
     def __init__(
         self,
@@ -145,7 +170,7 @@ class DynamicBatcher:
         self._compute = compute
         self._executor = executor
         self._metrics: ModelObserver = metrics_hook or NullModelObserver()
-        # shape(s) -> queued slots, oldest first; the dict keeps groups in order of first arrival
+        # row shape(s) -> queued slots, oldest first; the dict keeps shapes in order of arrival
         self._groups: OrderedDict[tuple, deque[_Slot]] = OrderedDict()
         self._depth = 0
         self._in_flight = 0
@@ -159,7 +184,7 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        """Items waiting (not yet handed to compute)."""
+        """Rows waiting (not yet handed to compute)."""
         return self._depth
 
     @property
@@ -167,35 +192,38 @@ class DynamicBatcher:
         """Compute calls running now."""
         return self._in_flight
 
-    async def submit(self, items: Sequence[Item], deadline: float | None) -> list[np.ndarray]:
-        """Compute one request's validated items; their outputs in the same order.
+    async def submit(self, blocks: Sequence[Values], deadline: float | None) -> list[np.ndarray]:
+        """Compute one request's validated blocks (each: rows of one shape); one output array
+        per block, rows in the same order.
 
         `deadline` is an absolute `time.monotonic()` time (None: no deadline). Raises
-        `Overloaded` when the queue cannot take the items, `DeadlineExpired` when the deadline
-        passes before they are computed; cancelling the call takes its items out of the queue.
+        `Overloaded` when the queue cannot take the rows, `DeadlineExpired` when the deadline
+        passes before they are computed; cancelling the call takes its rows out of the queue.
         """
         if self._closed:
             raise Overloaded(f"model {self.name} is shutting down")
-        if not items:
+        if not blocks:
             return []
+        if not all(_rows(values) for values in blocks):
+            raise ValueError("every block needs at least one row")  # validation refuses those
+        rows = sum(_rows(values) for values in blocks)
         if deadline is not None and deadline <= time.monotonic():
             raise DeadlineExpired(f"the deadline passed before model {self.name} could run")
-        if self._depth and self._depth + len(items) > self.max_queue_size:
+        if self._depth and self._depth + rows > self.max_queue_size:
             # A request larger than the whole queue is still taken when the queue is empty.
             raise Overloaded(f"queue of model {self.name} is full ({self._depth} waiting)")
         if self._inline is not None:
             self._inline.arrived(not self._depth and not self._in_flight)
-        loop = asyncio.get_running_loop()
-        request = _Request(len(items), deadline, loop.create_future())
+        request = _Request(rows, len(blocks), deadline, asyncio.get_running_loop().create_future())
         now = time.perf_counter()
         groups = self._groups
-        for index, item in enumerate(items):
-            key = _shape_key(item)
+        for index, values in enumerate(blocks):
+            key = _shape_key(values)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = deque()
-            group.append(_Slot(request, index, item, now))
-        self._depth += len(items)
+            group.append(_Slot(request, index, 0, values, now))
+        self._depth += rows
         self._metrics.queue_depth(self._depth)
         self._dispatch()
         try:
@@ -203,6 +231,19 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             self._withdraw(request)
             raise
+
+    async def submit_items(self, items: Sequence[Item], deadline: float | None) -> list[np.ndarray]:
+        """`submit` for items of any shapes (a ragged batch): items of one shape go as one
+        block; one output per item, in order."""
+        order: dict[tuple, list[int]] = {}
+        for index, item in enumerate(items):
+            order.setdefault(_item_key(item), []).append(index)
+        blocks = [_stack([items[i] for i in indices]) for indices in order.values()]
+        outputs: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
+        for indices, block in zip(order.values(), await self.submit(blocks, deadline), strict=True):
+            for index, output in zip(indices, block, strict=True):
+                outputs[index] = output
+        return outputs
 
     def close(self) -> None:
         """Refuse new work and fail what is queued with `Overloaded`; running computes finish."""
@@ -220,13 +261,13 @@ class DynamicBatcher:
     # -- queue ---------------------------------------------------------------------------------
 
     def _withdraw(self, request: _Request) -> None:
-        """Take a finished or cancelled request's remaining items out of the queue."""
+        """Take a finished or cancelled request's remaining rows out of the queue."""
         if not request.queued:
             return
         for key in list(self._groups):
             group = self._groups[key]
             kept = deque(s for s in group if s.request is not request)
-            removed = len(group) - len(kept)
+            removed = sum(s.rows for s in group if s.request is request)
             if removed:
                 self._depth -= removed
                 request.queued -= removed
@@ -246,14 +287,14 @@ class DynamicBatcher:
                 return
             self._start(key, self._groups[key])
 
-    def _next_ready(self) -> tuple[int, ...] | None:
-        """The oldest shape whose items fill a batch or have waited the queue delay; None, with
+    def _next_ready(self) -> tuple | None:
+        """The oldest shape whose rows fill a batch or have waited the queue delay; None, with
         a timer set for the first one that will have, when no shape is ready yet."""
         now = time.perf_counter()
         soonest = self.max_queue_delay_s
         for key, group in self._groups.items():
             left = self.max_queue_delay_s - (now - group[0].queued_at)
-            if left <= 0 or len(group) >= self.max_batch_size:
+            if left <= 0 or _queued_rows(group, self.max_batch_size) >= self.max_batch_size:
                 return key
             soonest = min(soonest, left)
         self._arm_timer(soonest)
@@ -267,20 +308,33 @@ class DynamicBatcher:
         self._timer = None
         self._dispatch()
 
-    def _start(self, key: tuple, group: deque[_Slot]) -> None:
-        take = min(len(group), self.max_batch_size)
-        slots = [group.popleft() for _ in range(take)]
+    def _take(self, key: tuple, group: deque[_Slot]) -> list[_Slot]:
+        """Up to `max_batch_size` rows off the front of a shape's queue, oldest first."""
+        room = self.max_batch_size
+        slots: list[_Slot] = []
+        while group and room:
+            slot = group[0]
+            if slot.rows > room:
+                slots.append(slot.split(room))
+                room = 0
+                break
+            slots.append(group.popleft())
+            room -= slot.rows
         if not group:
             del self._groups[key]
-        self._depth -= take
+        self._depth -= self.max_batch_size - room
+        return slots
+
+    def _start(self, key: tuple, group: deque[_Slot]) -> None:
+        slots = self._take(key, group)
         now_mono = time.monotonic()
         now = time.perf_counter()
         live: list[_Slot] = []
         for slot in slots:
             request = slot.request
-            request.queued -= 1
+            request.queued -= slot.rows
             if request.future.done():
-                continue  # failed earlier (e.g. another item's deadline)
+                continue  # failed earlier (e.g. another block's deadline)
             if request.deadline is not None and request.deadline <= now_mono:
                 why = f"the deadline passed while model {self.name} was busy"
                 _fail(request, DeadlineExpired(why))
@@ -292,41 +346,44 @@ class DynamicBatcher:
         if not live:
             return
         self._in_flight += 1
-        items = [s.item for s in live]
-        if self._inline is not None and self._inline.take((key, len(items))):
+        parts = [s.values for s in live]
+        if self._inline is not None and self._inline.take((key, sum(s.rows for s in live))):
             self._in_flight -= 1
-            self._deliver(live, self._compute_batch(items))
+            self._deliver(live, self._compute_batch(parts))
             return
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._compute_batch, items)
+        future = loop.run_in_executor(self._executor, self._compute_batch, parts)
         future.add_done_callback(lambda f: self._finish(live, f))
 
-    def _compute_batch(self, items: list[Item]) -> list[np.ndarray | Exception]:
-        """On the executor: stack, compute, time it. When a merged computation fails, each item
-        is computed alone: one caller's bad input must not fail the others."""
+    def _compute_batch(self, parts: list[Values]) -> list[np.ndarray | Exception]:
+        """On the executor: join, compute, time it; one output per part. When a merged
+        computation fails, each part is computed alone: one caller's bad input must not fail
+        the others."""
         try:
-            return list(self._timed_compute(items))
-        except Exception as exc:  # noqa: BLE001 - returned per item, raised by its own request
-            if len(items) == 1:
+            outputs = self._timed_compute(_joined_values(parts))
+        except Exception as exc:  # noqa: BLE001 - returned per part, raised by its own request
+            if len(parts) == 1:
                 return [exc]
-            return [self._alone(item) for item in items]
+            return [self._alone(values) for values in parts]
+        bounds = list(itertools.accumulate((_rows(values) for values in parts), initial=0))
+        return [outputs[a:b] for a, b in itertools.pairwise(bounds)]
 
-    def _alone(self, item: Item) -> np.ndarray | Exception:
+    def _alone(self, values: Values) -> np.ndarray | Exception:
         try:
-            return self._timed_compute([item])[0]
+            return self._timed_compute(values)
         except Exception as exc:  # noqa: BLE001 - see _compute_batch
             return exc
 
-    def _timed_compute(self, items: list[Item]) -> np.ndarray:
-        values = _stack(items)
+    def _timed_compute(self, values: Values) -> np.ndarray:
+        rows = _rows(values)
         start = time.perf_counter()
         outputs = self._compute(values)
         seconds = time.perf_counter() - start
-        self._metrics.batch_executed(len(items), seconds)
+        self._metrics.batch_executed(rows, seconds)
         if self._inline is not None:  # what the same batch inline would cost
-            self._inline.computed((_shape_key(items[0]), len(items)), seconds)
-        if len(outputs) != len(items):
-            raise RuntimeError(f"compute returned {len(outputs)} outputs for {len(items)} inputs")
+            self._inline.computed((_shape_key(values), rows), seconds)
+        if len(outputs) != rows:
+            raise RuntimeError(f"compute returned {len(outputs)} outputs for {rows} inputs")
         return outputs
 
     def _finish(self, slots: list[_Slot], future: asyncio.Future) -> None:
@@ -343,35 +400,68 @@ class DynamicBatcher:
             self._dispatch()
 
     def _deliver(self, slots: list[_Slot], outputs: Sequence[np.ndarray | BaseException]) -> None:
-        """Each output to its request; a request's future is set once all its items are in."""
+        """Each output to its request; a request's future is set once all its rows are in."""
         for slot, output in zip(slots, outputs, strict=True):
             request = slot.request
             if isinstance(output, BaseException):
                 if _fail(request, output):
                     self._withdraw(request)
-                continue
-            if request.future.done():
-                continue
-            request.results[slot.index] = output
-            request.remaining -= 1
-            if not request.remaining:
-                request.future.set_result(request.results)
+            elif not request.future.done():
+                request.put(slot.block, slot.first, output, slot.rows)
 
 
-def _shape_key(item: Item) -> tuple:
-    """Items merge when every one of their arrays has the same shape."""
+def _rows(values: Values) -> int:
+    return len(values[0]) if isinstance(values, tuple) else len(values)
+
+
+def _shape_key(values: Values) -> tuple:
+    """Rows merge when every one of their arrays has the same shape past the batch axis."""
+    if isinstance(values, tuple):
+        return tuple(a.shape[1:] for a in values)
+    return values.shape[1:]
+
+
+def _item_key(item: Item) -> tuple:
     return tuple(a.shape for a in item) if isinstance(item, tuple) else item.shape
 
 
+def _rows_slice(values: Values, start: int, stop: int) -> Values:
+    if isinstance(values, tuple):
+        return tuple(a[start:stop] for a in values)
+    return values[start:stop]
+
+
+def _queued_rows(group: deque[_Slot], enough: int) -> int:
+    """Rows queued in a shape's group, counted until `enough`."""
+    rows = 0
+    for slot in group:
+        rows += slot.rows
+        if rows >= enough:
+            break
+    return rows
+
+
 def _stack(items: list[Item]) -> Values:
-    """One batch of items: stacked (per input, for several inputs)."""
+    """Equal-shaped items as one block (per input, for several inputs)."""
     if isinstance(items[0], tuple):
-        return tuple(_stack_arrays(list(column)) for column in zip(*items, strict=True))
-    return _stack_arrays(items)  # type: ignore[arg-type]
+        return tuple(np.stack(column) for column in zip(*items, strict=True))
+    return np.stack(items)  # type: ignore[arg-type]
 
 
-def _stack_arrays(arrays: list[np.ndarray]) -> np.ndarray:
-    return arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
+def _joined_values(parts: list[Values]) -> Values:
+    """Blocks of one shape as one batch; a lone block as it is (no copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+    return np.concatenate(parts)  # type: ignore[arg-type]
+
+
+def _joined(parts: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """A block's outputs from the parts it was computed in."""
+    if len(parts) == 1:
+        return parts[0][1]
+    return np.concatenate([output for _, output in sorted(parts, key=lambda p: p[0])])
 
 
 def _fail(request: _Request, error: BaseException) -> bool:

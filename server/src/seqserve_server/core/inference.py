@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .batch import Batch, NamedBatch
-from .batching import DynamicBatcher
+from .batching import DynamicBatcher, Values
 from .classification import TopK, check_top_k, top_k
 from .compute_threads import ModelThreads
 from .errors import DeadlineExpired
@@ -177,12 +177,23 @@ class InferenceService:
     async def _run(
         self, target: ReadyModel, batch: Batch | NamedBatch, deadline: float | None
     ) -> Batch:
-        """Through the model's batcher: merged with concurrent callers' work of the same shape."""
-        if isinstance(batch, NamedBatch):
-            return Batch.from_items(await self._batcher(target).submit(batch.items(), deadline))
-        if not batch.is_ragged:
-            return Batch(np.stack(await self._batcher(target).submit(list(batch.values), deadline)))
-        return Batch.from_items(await self._batcher(target).submit(batch.items(), deadline))
+        """Through the model's batcher: merged with concurrent callers' work of the same shape;
+        a dense batch goes as one block, a ragged one as a block per shape."""
+        batcher = self._batcher(target)
+        dense = _dense_values(batch)
+        if dense is not None:
+            (outputs,) = await batcher.submit([dense], deadline)
+            return Batch(outputs)
+        return Batch.from_items(await batcher.submit_items(batch.items(), deadline))
+
+
+def _dense_values(batch: Batch | NamedBatch) -> Values | None:
+    """The batch as the model's input arrays when none is ragged; None when one is."""
+    if isinstance(batch, Batch):
+        return None if batch.is_ragged else batch.values
+    if any(b.is_ragged for b in batch.batches.values()):
+        return None
+    return tuple(b.values for b in batch.batches.values())
 
 
 def _chunk(batch: Batch | NamedBatch, items: list) -> Batch | NamedBatch:
