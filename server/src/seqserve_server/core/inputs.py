@@ -86,8 +86,9 @@ def check_batch(spec: InputSpec, batch: Batch, field: str, max_sequence_length: 
     """One input's batch: layout, dtype, values and lengths; as the input's dtype."""
     _check_layout(spec, batch, field)
     values = check_values(spec, batch.values, field, lambda at: _where(batch, at, field))
-    if spec.sequence:
-        _check_lengths(spec, batch.item_lengths(), field, max_sequence_length)
+    if spec.sequence:  # a dense batch's sequences share one length: checked once
+        lengths = batch.lengths if batch.lengths is not None else batch.item_lengths()[:1]
+        _check_lengths(spec, lengths, field, max_sequence_length)
     return Batch(values, batch.lengths)
 
 
