@@ -164,7 +164,14 @@ def startup_seconds(
         env={**os.environ, **(env or {})},
     )  # fmt: skip
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        # The port opens once the models are loaded; grpc's reconnect backoff (1 s, x1.6) would
+        # find it up to seconds late: retry the connection at the polling interval instead.
+        fast_retry = [
+            ("grpc.initial_reconnect_backoff_ms", 50),
+            ("grpc.min_reconnect_backoff_ms", 50),
+            ("grpc.max_reconnect_backoff_ms", 50),
+        ]
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=fast_retry) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() - started < timeout and process.poll() is None:
                 try:
