@@ -55,7 +55,9 @@ class ServerMetrics:
             "seqserve_inflight_requests", "RPCs being handled.", ["model"], registry=r
         )
         self.queue_wait_seconds = Histogram(
-            "seqserve_queue_wait_seconds", "Time inputs wait in a model's batching queue.",
+            "seqserve_queue_wait_seconds",
+            "Time requests' inputs wait in a model's batching queue (one observation per "
+            "request and input shape, and per part of a request split across batches).",
             ["model"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.compute_seconds = Histogram(
