@@ -76,12 +76,12 @@ def variant(
     layers: str,
     flags: list[str],
     source: Path | None = None,
-    timeout: float = 180,
+    timeout: float = 600,
 ) -> Running:
     """bench/layer_variant.py: `seqserve serve FLAGS` with `layers` (a comma list) taken out;
     `source`: the server package from there (another commit's server/src), not the installed one."""
     env = {"PYTHONPATH": str(source)} if source else {}
-    return _bench_server(["bench.layer_variant", layers], 600, [str(repository), *flags], env)
+    return _bench_server(["bench.layer_variant", layers], timeout, [str(repository), *flags], env)
 
 
 def _bench_server(

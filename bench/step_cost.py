@@ -60,7 +60,7 @@ def _rows(model: BenchModel, repository, n: int) -> list[dict]:
 
     async def whole_path() -> object:
         request = pb.SessionRequest.FromString(wire)
-        values = msg.decode_steps(request.steps, msg.steps_limits(ready.limits))
+        values = msg.decode_steps(request.steps, msg.decode_limits(ready.limits))
         output = await manager.step(session, values)
         assert output is not None
         return msg.session_output(output).SerializeToString()

@@ -51,13 +51,31 @@ class TensorTooLarge(TensorError):
 
 
 def to_tensor(array: np.ndarray) -> pb.Tensor:
+    tensor = pb.Tensor()
+    write_tensor(tensor, array)
+    return tensor
+
+
+_LITTLE_FLOAT32 = _TO_NUMPY[pb.FLOAT32]
+
+
+def write_tensor(tensor: pb.Tensor, array: np.ndarray) -> None:
+    """`array` into an empty `tensor` field of a message being built: cheaper than
+    `CopyFrom(to_tensor(array))`, which builds the message twice. Little-endian float32 (what
+    models give) skips the dtype lookups."""
     array = np.asarray(array)
-    code = _TO_PROTO.get(array.dtype.newbyteorder("="))
-    if code is None:
-        supported = ", ".join(str(d) for d in _TO_NUMPY.values())
-        raise TensorError("values", f"one of {supported}", str(array.dtype))
-    little = array.astype(_TO_NUMPY[code], copy=False)
-    return pb.Tensor(dtype=code, shape=array.shape, raw=np.ascontiguousarray(little).tobytes())
+    if array.dtype == _LITTLE_FLOAT32:
+        code = pb.FLOAT32
+    else:
+        found = _TO_PROTO.get(array.dtype.newbyteorder("="))
+        if found is None:
+            supported = ", ".join(str(d) for d in _TO_NUMPY.values())
+            raise TensorError("values", f"one of {supported}", str(array.dtype))
+        code = found
+        array = array.astype(_TO_NUMPY[code], copy=False)
+    tensor.dtype = code
+    tensor.shape.extend(array.shape)
+    tensor.raw = array.tobytes()  # C order, whatever the array's strides
 
 
 def from_tensor(

@@ -188,15 +188,15 @@ def test_decode_steps_equals_the_codec(
     """The steps fast path gives what the codec gives, array or error, for every message."""
     message = pb.SessionSteps(values=_steps_tensor(shape, dtype, size))
     for limits in (RequestLimits(max_request_elements=16), RequestLimits()):
-        decode_limits = msg.steps_limits(limits)
+        bounds = msg.decode_limits(limits)
         try:
-            want: object = from_tensor(message.values, "steps.values", decode_limits)
+            want: object = from_tensor(message.values, "steps.values", bounds)
         except TensorError as exc:
             with pytest.raises(type(exc)) as caught:
-                msg.decode_steps(message, decode_limits)
+                msg.decode_steps(message, bounds)
             assert str(caught.value) == str(exc)
             continue
-        got = msg.decode_steps(message, decode_limits)
+        got = msg.decode_steps(message, bounds)
         assert isinstance(want, np.ndarray)
         assert (got.dtype, got.shape, got.tobytes()) == (want.dtype, want.shape, want.tobytes())
         assert got.flags.writeable

@@ -127,7 +127,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             yield msg.session_opened(session)
             rules = _Rules(
                 msg.mode_to_proto(session.mode), opening.emit_on_request,
-                msg.steps_limits(session.target.limits),
+                msg.decode_limits(session.target.limits),
             )  # fmt: skip
             idle = _IdleTimeout(session.idle_timeout_s)
             try:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
-from seqserve_api.tensors import DecodeLimits, from_batch, from_tensor, to_tensor
+from seqserve_api.tensors import DecodeLimits, from_batch, from_tensor, to_tensor, write_tensor
 
 from ..core.batch import Batch
 from ..core.classification import TopK
@@ -38,7 +38,7 @@ _STATES = {
 
 
 def decode_inputs(message: pb.Batch, limits: RequestLimits, field: str = "inputs") -> Batch:
-    values, lengths = from_batch(message, field, _decode_limits(limits))
+    values, lengths = from_batch(message, field, decode_limits(limits))
     return Batch(values, lengths)
 
 
@@ -70,7 +70,7 @@ def _count(tensor: pb.Tensor) -> int:
 
 
 def decode_steps(message: pb.SessionSteps, limits: DecodeLimits) -> np.ndarray:
-    """A steps message's values within `limits` (a session's `steps_limits`, made once).
+    """A steps message's values within `limits` (a session's `decode_limits`, made once).
 
     The common message, a few steps of raw float32 (`[steps, features]` or `[features]`), is
     read straight from its bytes: the codec would accept it as it is and return the same
@@ -87,11 +87,7 @@ def decode_steps(message: pb.SessionSteps, limits: DecodeLimits) -> np.ndarray:
     return from_tensor(tensor, "steps.values", limits)
 
 
-def steps_limits(limits: RequestLimits) -> DecodeLimits:
-    return _decode_limits(limits)
-
-
-def _decode_limits(limits: RequestLimits) -> DecodeLimits:
+def decode_limits(limits: RequestLimits) -> DecodeLimits:
     return DecodeLimits(limits.max_request_elements, limits.max_inputs_per_request)
 
 
@@ -124,7 +120,7 @@ def result_to_proto(result: InferenceResult) -> pb.PredictResponse:
 def _output_to_proto(outputs: Batch, mode: Mode, message: pb.PredictResponse | pb.Output) -> None:
     """Set a response's (or a named output's) `vectors` or `sequences`."""
     if not mode.gives_sequence:
-        message.vectors.values.CopyFrom(to_tensor(outputs.values))
+        write_tensor(message.vectors.values, outputs.values)
         return
     lengths = outputs.item_lengths()
     flat = (
@@ -132,7 +128,7 @@ def _output_to_proto(outputs: Batch, mode: Mode, message: pb.PredictResponse | p
         if outputs.is_ragged
         else outputs.values.reshape(-1, *outputs.values.shape[2:])
     )
-    message.sequences.values.CopyFrom(to_tensor(flat))
+    write_tensor(message.sequences.values, flat)
     message.sequences.lengths.extend(lengths.tolist())
 
 
@@ -307,22 +303,11 @@ def session_output(output: StepOutput) -> pb.SessionResponse:
     response = pb.SessionResponse()
     message = response.output
     message.step = output.step
-    _set_tensor(message.values, output.values)
+    write_tensor(message.values, output.values)
     if output.top_k:
         message.top_k.extend(top_k_to_proto(t) for t in output.top_k)
     message.last = output.last
     return response
-
-
-def _set_tensor(tensor: pb.Tensor, values: np.ndarray) -> None:
-    """`values` into `tensor`: little-endian float32 (what step programs give) as its bytes,
-    without the codec's dtype lookups; any other array through the codec."""
-    if values.dtype == _LITTLE_FLOAT32:
-        tensor.dtype = pb.FLOAT32
-        tensor.shape.extend(values.shape)
-        tensor.raw = values.tobytes()  # C order, whatever the array's strides
-    else:
-        tensor.CopyFrom(to_tensor(values))
 
 
 def undefined_output(step: int) -> pb.SessionResponse:
