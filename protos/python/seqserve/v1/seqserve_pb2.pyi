@@ -787,10 +787,32 @@ class SessionOpen(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class NamedInputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Tensor: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Tensor | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     EMIT_ON_REQUEST_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
+    NAMED_INPUTS_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
     emit_on_request: _builtins.bool
@@ -798,6 +820,14 @@ class SessionOpen(_message.Message):
     messages with `emit` set.
     """
     top_k: _builtins.int
+    @_builtins.property
+    def named_inputs(self) -> _containers.MessageMap[_builtins.str, Global___Tensor]:
+        """Models with inputs that have no time axis (a static vector [features...], static token ids
+        [n]): each such input by name, for this one session (no batch axis), given here once. Every
+        step computation reads them; `reset` keeps them unless it gives new ones. Sequence inputs
+        come a few steps at a time in `steps`.
+        """
+
     def __init__(
         self,
         *,
@@ -805,10 +835,11 @@ class SessionOpen(_message.Message):
         model_version: _builtins.int = ...,
         emit_on_request: _builtins.bool = ...,
         top_k: _builtins.int = ...,
+        named_inputs: _abc.Mapping[_builtins.str, Global___Tensor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["emit_on_request", b"emit_on_request", "model_name", b"model_name", "model_version", b"model_version", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emit_on_request", b"emit_on_request", "model_name", b"model_name", "model_version", b"model_version", "named_inputs", b"named_inputs", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -818,23 +849,53 @@ Global___SessionOpen: _TypeAlias = SessionOpen  # noqa: Y015
 class SessionSteps(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class NamedValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Tensor: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Tensor | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     VALUES_FIELD_NUMBER: _builtins.int
     EMIT_FIELD_NUMBER: _builtins.int
+    NAMED_VALUES_FIELD_NUMBER: _builtins.int
     emit: _builtins.bool
     """with emit_on_request: emit the running prediction after these steps"""
     @_builtins.property
     def values(self) -> Global___Tensor:
         """[steps, features...]: one or several new steps"""
 
+    @_builtins.property
+    def named_values(self) -> _containers.MessageMap[_builtins.str, Global___Tensor]:
+        """Models with several sequence inputs (on one time axis): every sequence input's new steps by
+        name, [steps, features...] or [steps] token ids, each with as many steps. A model with one
+        sequence input also takes it here under its name; set `values` or `named_values`.
+        """
+
     def __init__(
         self,
         *,
         values: Global___Tensor | None = ...,
         emit: _builtins.bool = ...,
+        named_values: _abc.Mapping[_builtins.str, Global___Tensor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["emit", b"emit", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emit", b"emit", "named_values", b"named_values", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -844,12 +905,40 @@ Global___SessionSteps: _TypeAlias = SessionSteps  # noqa: Y015
 class SessionReset(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class NamedInputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Tensor: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Tensor | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAMED_INPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def named_inputs(self) -> _containers.MessageMap[_builtins.str, Global___Tensor]:
+        """New static inputs (see SessionOpen.named_inputs), all of them; empty: keep the session's."""
+
     def __init__(
         self,
+        *,
+        named_inputs: _abc.Mapping[_builtins.str, Global___Tensor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["named_inputs", b"named_inputs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -941,10 +1030,32 @@ Global___SessionOpened: _TypeAlias = SessionOpened  # noqa: Y015
 class SessionOutput(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class NamedOutputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Tensor: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Tensor | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STEP_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    NAMED_OUTPUTS_FIELD_NUMBER: _builtins.int
     step: _builtins.int
     """index of the first output step in `values` since the last reset"""
     last: _builtins.bool
@@ -955,6 +1066,12 @@ class SessionOutput(_message.Message):
 
     @_builtins.property
     def top_k(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopK]: ...
+    @_builtins.property
+    def named_outputs(self) -> _containers.MessageMap[_builtins.str, Global___Tensor]:
+        """Models with several outputs: every output by name, each laid out as `values` would be
+        (`values` is then unset).
+        """
+
     def __init__(
         self,
         *,
@@ -962,10 +1079,11 @@ class SessionOutput(_message.Message):
         values: Global___Tensor | None = ...,
         top_k: _abc.Iterable[Global___TopK] | None = ...,
         last: _builtins.bool = ...,
+        named_outputs: _abc.Mapping[_builtins.str, Global___Tensor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last", b"last", "step", b"step", "top_k", b"top_k", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last", b"last", "named_outputs", b"named_outputs", "step", b"step", "top_k", b"top_k", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
