@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
 from seqserve.v1 import seqserve_pb2 as pb
-from seqserve_api.tensors import from_batch, to_tensor
+from seqserve_api.tensors import from_batch, from_tensor, to_tensor
 from seqserve_client import calls, errors
 from seqserve_client.channel import open_channel, rpcs
 from seqserve_client.results import ModelStatus, SessionInfo, StreamPart, TensorSpec
@@ -86,6 +86,24 @@ def test_steps_request(values: object, dtype: type, shape: tuple[int, ...]) -> N
     assert request.steps.emit
     assert request.steps.values.shape == list(shape)
     assert request.steps.values.dtype == pb.DataType.Value(np.dtype(dtype).name.upper())
+    assert not request.steps.named_values  # one array: `values`, as before named_values
+
+
+def test_steps_by_input_name_travel_in_named_values() -> None:
+    """Each input's steps encoded as a single `values` would be; `values` left unset."""
+    request = calls.steps_request(
+        {"seq": np.ones(3, np.float64), "level": np.ones((2, 1)), "ids": [4, 5]}, False
+    )
+    steps = request.steps
+    assert not steps.HasField("values") and not steps.emit
+    assert sorted(steps.named_values) == ["ids", "level", "seq"]
+    got = {name: from_tensor(t) for name, t in steps.named_values.items()}
+    assert got["seq"].dtype == np.float32 and got["seq"].shape == (1, 3)  # one step promoted
+    assert got["level"].dtype == np.float32 and got["level"].shape == (2, 1)
+    assert got["ids"].dtype == np.int64
+    np.testing.assert_array_equal(got["ids"], [4, 5])
+    ids32 = calls.steps_request({"ids": np.array([7], np.int32)}, True).steps
+    assert ids32.emit and ids32.named_values["ids"].dtype == pb.INT32  # token ids as they are
 
 
 # -- replies ----------------------------------------------------------------------------------
@@ -191,6 +209,36 @@ def test_session_opening_and_info() -> None:
     info = protocol.open(opened(pb.MANY_TO_ONE))
     assert info == SessionInfo("s1", "m", 1, "many_to_one", "session_incremental")
     assert protocol.info == info
+    assert calls.SessionProtocol("m", 2, True, 3, {}).opening == protocol.opening
+
+
+def test_static_inputs_travel_at_open_as_one_item_each() -> None:
+    """Floats as float32, integers as they are; no batch or step axis added."""
+    static = {"context": [0.5, 1.0, 2.0], "tags": np.array([3, 1], np.int32), "ids": [9]}
+    opening = calls.SessionProtocol("m", 0, False, 0, static).opening.open
+    assert (opening.model_name, opening.top_k) == ("m", 0)
+    got = {name: from_tensor(t) for name, t in opening.named_inputs.items()}
+    assert sorted(got) == ["context", "ids", "tags"]
+    assert got["context"].dtype == np.float32 and got["context"].shape == (3,)
+    np.testing.assert_array_equal(got["context"], [0.5, 1.0, 2.0])
+    assert got["tags"].dtype == np.int32 and got["ids"].dtype == np.int64
+    assert got["ids"].shape == (1,)
+    matrix = calls.open_request("m", 0, False, 0, {"grid": np.ones((2, 2), np.float64)})
+    assert from_tensor(matrix.open.named_inputs["grid"]).dtype == np.float32
+    assert list(matrix.open.named_inputs["grid"].shape) == [2, 2]
+
+
+def test_reset_keeps_or_replaces_the_static_inputs() -> None:
+    protocol = calls.SessionProtocol("m", 0, False, 0, {"context": np.zeros(3)})
+    for keep in (None, {}):
+        request = protocol.reset(keep)
+        assert request.WhichOneof("kind") == "reset" and not request.reset.named_inputs
+    request = protocol.reset({"context": np.ones(3), "ids": [2, 3]})
+    assert request.WhichOneof("kind") == "reset"
+    got = {name: from_tensor(t) for name, t in request.reset.named_inputs.items()}
+    assert got["context"].dtype == np.float32 and got["ids"].dtype == np.int64
+    np.testing.assert_array_equal(got["context"], np.ones(3))
+    assert calls.reset_request() == pb.SessionRequest(reset=pb.SessionReset())
 
 
 @pytest.mark.parametrize(
@@ -225,6 +273,44 @@ def test_session_outputs_and_decoded_sequence() -> None:
     ]
     assert parts[0].values is None and parts[2].last and parts[2].step == 2
     np.testing.assert_array_equal(calls.decoded(parts), [[1], [1], [0]])
+
+
+def named_output(step: int, last: bool = False, **values: np.ndarray) -> pb.SessionResponse:
+    named = {name: to_tensor(v) for name, v in values.items()}
+    return pb.SessionResponse(output=pb.SessionOutput(step=step, named_outputs=named, last=last))
+
+
+def test_session_outputs_by_name_read_into_a_sorted_dict() -> None:
+    response = named_output(
+        3, value=np.full((2, 1), 7, np.float32), label=np.eye(2, 3, dtype=np.float32)
+    )
+    response.output.top_k.append(pb.TopK(labels=["a"], scores=[0.5]))
+    got = calls.session_output_from(response)
+    assert isinstance(got.values, dict) and list(got.values) == ["label", "value"]
+    np.testing.assert_array_equal(got.values["label"], np.eye(2, 3))
+    np.testing.assert_array_equal(got.values["value"], [[7], [7]])
+    assert (got.step, got.top_k, got.last) == (3, [[("a", 0.5)]], False)
+    running = calls.session_output_from(named_output(0, b=np.ones(2, np.float32)))
+    assert isinstance(running.values, dict) and running.values["b"].shape == (2,)  # many-to-one
+
+
+def test_decoded_sequence_of_several_outputs_by_name() -> None:
+    parts = [
+        calls.session_output_from(output)
+        for output in [
+            named_output(0, y=np.zeros((2, 2), np.float32), z=np.zeros((2, 1), np.float32)),
+            named_output(2, True, y=np.ones((1, 2), np.float32), z=np.ones((1, 1), np.float32)),
+        ]
+    ]
+    whole = calls.decoded(parts)
+    assert isinstance(whole, dict) and list(whole) == ["y", "z"]
+    np.testing.assert_array_equal(whole["y"], [[0, 0], [0, 0], [1, 1]])
+    np.testing.assert_array_equal(whole["z"], [[0], [0], [1]])
+    unnamed = calls.session_output_from(
+        pb.SessionResponse(output=pb.SessionOutput(values=to_tensor(np.ones((1, 1), np.float32))))
+    )
+    with pytest.raises(errors.SeqServeError, match="both by name and unnamed"):
+        calls.decoded([*parts, unnamed])
 
 
 def test_an_answer_out_of_turn_is_a_broken_protocol() -> None:

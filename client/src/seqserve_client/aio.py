@@ -17,7 +17,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
 
@@ -26,6 +25,7 @@ from .calls import (
     Call,
     Inputs,
     SessionProtocol,
+    StaticInputs,
     StepValues,
     TopK,
     decoded,
@@ -41,6 +41,7 @@ from .results import (
     Predicted,
     Prediction,
     SessionOutput,
+    SessionValues,
     StreamPart,
 )
 from .session import Session
@@ -130,11 +131,14 @@ class AsyncSeqServeClient(ClientBase):
         version: int = 0,
         emit_on_request: bool = False,
         top_k: int = 0,
+        static_inputs: StaticInputs | None = None,
         timeout: float | None = None,
     ) -> AsyncSession:
         """A stateful streaming session, opened (`AsyncSession.open`) by `async with` or
-        `await`. Its deadline is `timeout`, none by default: sessions live long."""
-        protocol = calls.SessionProtocol(model, version, emit_on_request, top_k)
+        `await`. `static_inputs`: a model's inputs without a time axis by name, one item each
+        (a vector [features...] or token ids [n]), given once here. Its deadline is `timeout`,
+        none by default: sessions live long."""
+        protocol = calls.SessionProtocol(model, version, emit_on_request, top_k, static_inputs)
         return AsyncSession(self._rpcs["Session"], protocol, timeout)
 
     # -- repository ----------------------------------------------------------------------
@@ -202,7 +206,7 @@ class AsyncSession(SessionBase):
             self.cancel()
 
     @mirrors(Session.step)
-    async def step(self, values: StepValues, *, emit: bool = False) -> np.ndarray | None:
+    async def step(self, values: StepValues, *, emit: bool = False) -> SessionValues | None:
         output = await self.step_full(values, emit=emit)
         return None if output is None else output.values
 
@@ -215,7 +219,7 @@ class AsyncSession(SessionBase):
     @mirrors(Session.stream)
     async def stream(
         self, steps: Iterable[StepValues] | AsyncIterable[StepValues]
-    ) -> AsyncIterator[np.ndarray | None]:
+    ) -> AsyncIterator[SessionValues | None]:
         if isinstance(steps, AsyncIterable):
             async for values in steps:
                 yield await self.step(values)
@@ -224,7 +228,7 @@ class AsyncSession(SessionBase):
                 yield await self.step(values)
 
     @mirrors(Session.end_input)
-    async def end_input(self) -> np.ndarray:
+    async def end_input(self) -> SessionValues:
         return decoded([output async for output in self.decode()])
 
     @mirrors(Session.decode)
@@ -237,8 +241,8 @@ class AsyncSession(SessionBase):
                 return
 
     @mirrors(Session.reset)
-    async def reset(self) -> None:
-        await self._send(SessionProtocol.RESET)
+    async def reset(self, static_inputs: StaticInputs | None = None) -> None:
+        await self._send(self._protocol.reset(static_inputs))
         reset_done(await self._receive())
 
     @mirrors(Session.close)

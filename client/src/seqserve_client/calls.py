@@ -8,7 +8,7 @@ clients cannot drift apart, and all of this is tested without a server.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -19,7 +19,14 @@ from grpc_health.v1 import health_pb2
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve_api.session_protocol import steps_get_output
-from seqserve_api.tensors import Inputs, from_tensor, request_inputs, split_sequences, to_tensor
+from seqserve_api.tensors import (
+    Inputs,
+    from_tensor,
+    request_inputs,
+    split_sequences,
+    to_tensor,
+    write_tensor,
+)
 
 from .errors import SeqServeError, from_rpc_error
 from .results import (
@@ -30,13 +37,21 @@ from .results import (
     Prediction,
     SessionInfo,
     SessionOutput,
+    SessionValues,
     StreamPart,
     TensorSpec,
 )
 
 DEFAULT_TIMEOUT_S = 30.0  # a client's deadline per call unless told otherwise
-# What a session step takes: float steps [steps, features] or one step [features]; token ids.
-StepValues = np.ndarray | Sequence[int]
+# One input's steps in a session: float steps [steps, features] or one step [features]; token
+# ids [steps].
+Steps = np.ndarray | Sequence[int]
+# What a session step takes: the steps of the model's one sequence input, or (several sequence
+# inputs) every sequence input's steps by name, each with as many steps.
+StepValues = Steps | Mapping[str, Steps]
+# A session's static inputs (no time axis) by name, one item each (no batch axis): a vector
+# [features...] or token ids [n].
+StaticInputs = Mapping[str, np.ndarray | Sequence[float] | Sequence[int]]
 TopK = list[list[tuple[str, float]]]  # per output vector, the k best (label, score) pairs
 R = TypeVar("R")
 
@@ -106,14 +121,60 @@ def predict_request(model: str, inputs: Inputs, version: int, top_k: int) -> pb.
     )
 
 
+def open_request(
+    model: str,
+    version: int,
+    emit_on_request: bool,
+    top_k: int,
+    static_inputs: StaticInputs | None = None,
+) -> pb.SessionRequest:
+    """A session's first message; static inputs, if any, in `named_inputs`."""
+    request = pb.SessionRequest(
+        open=pb.SessionOpen(
+            model_name=model, model_version=version, emit_on_request=emit_on_request, top_k=top_k
+        )
+    )
+    _write_static(request.open.named_inputs, static_inputs)
+    return request
+
+
 def steps_request(values: StepValues, emit: bool) -> pb.SessionRequest:
-    """Float steps: [steps, features] or one step [features]; token ids: [steps] integers."""
+    """The steps of the one sequence input in `values`; a mapping (input name -> steps) in
+    `named_values`. Each input's steps: floats [steps, features] or one step [features];
+    token ids [steps] integers."""
+    if not isinstance(values, Mapping):
+        return pb.SessionRequest(steps=pb.SessionSteps(values=to_tensor(_steps(values)), emit=emit))
+    request = pb.SessionRequest(steps=pb.SessionSteps(emit=emit))
+    for name, steps in values.items():
+        write_tensor(request.steps.named_values[name], _steps(steps))
+    return request
+
+
+def reset_request(static_inputs: StaticInputs | None = None) -> pb.SessionRequest:
+    """Restart the session: with new static inputs (all of them), else keeping its own."""
+    request = pb.SessionRequest(reset=pb.SessionReset())
+    _write_static(request.reset.named_inputs, static_inputs)
+    return request
+
+
+def _steps(values: Steps) -> np.ndarray:
+    """Floats as float32, one step [features] as [1, features]; token ids as they are."""
     array = np.asarray(values)
     if not np.issubdtype(array.dtype, np.integer):
         array = array.astype(np.float32)
         if array.ndim == 1:
             array = array[np.newaxis]
-    return pb.SessionRequest(steps=pb.SessionSteps(values=to_tensor(array), emit=emit))
+    return array
+
+
+def _write_static(field: MutableMapping[str, pb.Tensor], inputs: StaticInputs | None) -> None:
+    """Static inputs into a `named_inputs` map: floats as float32, token ids as they are; one
+    item each, no axis added."""
+    for name, values in (inputs or {}).items():
+        array = np.asarray(values)
+        if not np.issubdtype(array.dtype, np.integer):
+            array = array.astype(np.float32)
+        write_tensor(field[name], array)
 
 
 # -- replies ----------------------------------------------------------------------------------
@@ -240,17 +301,17 @@ class SessionProtocol:
     the answers mean. `Session` and `AsyncSession` only move these messages."""
 
     END_INPUT = pb.SessionRequest(end_input=pb.SessionEndInput())
-    RESET = pb.SessionRequest(reset=pb.SessionReset())
+    RESET = reset_request()  # keeping the session's static inputs
 
-    def __init__(self, model: str, version: int, emit_on_request: bool, top_k: int) -> None:
-        self.opening = pb.SessionRequest(
-            open=pb.SessionOpen(
-                model_name=model,
-                model_version=version,
-                emit_on_request=emit_on_request,
-                top_k=top_k,
-            )
-        )
+    def __init__(
+        self,
+        model: str,
+        version: int,
+        emit_on_request: bool,
+        top_k: int,
+        static_inputs: StaticInputs | None = None,
+    ) -> None:
+        self.opening = open_request(model, version, emit_on_request, top_k, static_inputs)
         self.emit_on_request = emit_on_request
         self.opened: pb.SessionOpened | None = None  # the server's answer to `opening`
         self.ended = False  # the server ended the call, and the caller has been told why
@@ -271,6 +332,10 @@ class SessionProtocol:
         answered = steps_get_output(self._opened().mode, self.emit_on_request, emit)
         return steps_request(values, emit), answered
 
+    def reset(self, static_inputs: StaticInputs | None) -> pb.SessionRequest:
+        """The message that restarts the session (answered by `reset`, see `reset_done`)."""
+        return self.RESET if not static_inputs else reset_request(static_inputs)
+
     def _opened(self) -> pb.SessionOpened:
         if self.opened is None:
             raise RuntimeError("the session is not open: use `with`, or `await` it (asyncio)")
@@ -278,8 +343,17 @@ class SessionProtocol:
 
 
 def session_output_from(response: pb.SessionResponse) -> SessionOutput:
+    """The output's values as numpy; a dict of them by output name (sorted, as `predict`'s)
+    for a model with several outputs."""
     out = _reply(response, "output")
-    values = from_tensor(out.values) if out.HasField("values") else None
+    values: SessionValues | None = None
+    if out.named_outputs:
+        values = {
+            name: from_tensor(tensor, f'named_outputs["{name}"]')
+            for name, tensor in sorted(out.named_outputs.items())
+        }
+    elif out.HasField("values"):
+        values = from_tensor(out.values)
     return SessionOutput(out.step, values, [top_k_pairs(t) for t in out.top_k], out.last)
 
 
@@ -295,9 +369,22 @@ def _reply(response: pb.SessionResponse, kind: str) -> Any:
     return getattr(response, kind)
 
 
-def decoded(outputs: Iterable[SessionOutput]) -> np.ndarray:
-    """The whole decoded sequence [steps, out] from the outputs `decode` streams back."""
-    return np.concatenate([o.values for o in outputs if o.values is not None])
+def decoded(outputs: Iterable[SessionOutput]) -> SessionValues:
+    """The whole decoded sequence [steps, out] from the outputs `decode` streams back; for a
+    model with several outputs, each output's whole sequence by name."""
+    arrays: list[np.ndarray] = []
+    named: list[dict[str, np.ndarray]] = []
+    for o in outputs:
+        if isinstance(o.values, dict):
+            named.append(o.values)
+        elif o.values is not None:
+            arrays.append(o.values)
+    if named and arrays:
+        raise session_error("the server sent outputs both by name and unnamed in one sequence")
+    if not named:
+        return np.concatenate(arrays)
+    names = sorted({name for values in named for name in values})
+    return {n: np.concatenate([values[n] for values in named if n in values]) for n in names}
 
 
 def ended_error(failure: grpc.RpcError | None) -> SeqServeError:

@@ -13,7 +13,7 @@ from typing import TypeVar
 import grpc
 
 from . import calls
-from .calls import Call, Inputs, TopK
+from .calls import Call, Inputs, StaticInputs, TopK
 from .errors import from_rpc_error
 from .results import ModelMetadata, ModelStatus, Predicted, Prediction, StreamPart
 from .session import Session
@@ -100,11 +100,14 @@ class SeqServeClient(ClientBase):
         version: int = 0,
         emit_on_request: bool = False,
         top_k: int = 0,
+        static_inputs: StaticInputs | None = None,
         timeout: float | None = None,
     ) -> Session:
-        """Open a stateful streaming session (`Session.open`: here, before it returns). Its
-        deadline is `timeout`, none by default: sessions live long."""
-        protocol = calls.SessionProtocol(model, version, emit_on_request, top_k)
+        """Open a stateful streaming session (`Session.open`: here, before it returns).
+        `static_inputs`: a model's inputs without a time axis by name, one item each (a vector
+        [features...] or token ids [n]), given once here. Its deadline is `timeout`, none by
+        default: sessions live long."""
+        protocol = calls.SessionProtocol(model, version, emit_on_request, top_k, static_inputs)
         return Session(self._rpcs["Session"], protocol, timeout).open()
 
     # -- repository ----------------------------------------------------------------------

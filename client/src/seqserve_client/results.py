@@ -9,6 +9,8 @@ import numpy as np
 Outputs = np.ndarray | list[np.ndarray]
 # What predict returns: the outputs, or for a model with several outputs a dict of them by name.
 Predicted = Outputs | dict[str, Outputs]
+# What a session step gives: an array, or for a model with several outputs a dict of them by name.
+SessionValues = np.ndarray | dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,12 @@ class SessionInfo:
 
 @dataclass(frozen=True)
 class SessionOutput:
+    """One session reply. `values`: [steps, out] (aligned, unaligned) or the running vector
+    [out] (many-to-one); for a model with several outputs, a dict of each output laid out so, by
+    output name (sorted); None where the model gives no output yet (fixed-length models)."""
+
     step: int  # index of the first step in `values` since open or reset
-    values: np.ndarray | None  # None where the model gives no output yet (fixed-length models)
+    values: SessionValues | None
     top_k: list[list[tuple[str, float]]] = field(default_factory=list)
     last: bool = False
 

@@ -5,6 +5,9 @@ with client.session("co2_next_week") as s:
     for y in s.stream(readings):    # iterator form
         ...
 
+with client.session("m", static_inputs={"context": c}) as s:   # several inputs and outputs
+    y = s.step({"seq": x_t})        # each sequence input's steps by name; a dict by output name
+
 Only I/O lives here: the messages and the reply rule are `calls.SessionProtocol`, shared with
 `AsyncSession` (aio.py), whose methods mirror these one for one.
 """
@@ -17,12 +20,12 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
 
 from .calls import (
     SessionProtocol,
+    StaticInputs,
     StepValues,
     decoded,
     ended_error,
@@ -30,7 +33,7 @@ from .calls import (
     session_output_from,
 )
 from .errors import from_rpc_error
-from .results import SessionOutput
+from .results import SessionOutput, SessionValues
 from .twins import SessionBase
 
 _CLOSE = object()
@@ -61,10 +64,12 @@ class Session(SessionBase):
         else:
             self.cancel()
 
-    def step(self, values: StepValues, *, emit: bool = False) -> np.ndarray | None:
-        """Send one step ([features]) or several ([steps, features]); the output it produces:
-        aligned: [steps, out]; many-to-one: the running prediction (None when not asked for);
-        unaligned: None (call `end_input` or `decode`)."""
+    def step(self, values: StepValues, *, emit: bool = False) -> SessionValues | None:
+        """Send one step ([features]) or several ([steps, features]; token ids: [steps]), or for
+        a model with several sequence inputs a dict of each one's steps by input name (as many
+        steps each); the output it produces: aligned: [steps, out]; many-to-one: the running
+        prediction (None when not asked for); unaligned: None (call `end_input` or `decode`).
+        A model with several outputs gives a dict of them by output name."""
         output = self.step_full(values, emit=emit)
         return None if output is None else output.values
 
@@ -74,13 +79,14 @@ class Session(SessionBase):
         self._send(request)
         return session_output_from(self._receive()) if answered else None
 
-    def stream(self, steps: Iterable[StepValues]) -> Iterator[np.ndarray | None]:
+    def stream(self, steps: Iterable[StepValues]) -> Iterator[SessionValues | None]:
         """Feed steps one after another, yielding each one's output."""
         for values in steps:
             yield self.step(values)
 
-    def end_input(self) -> np.ndarray:
-        """Unaligned models: the input is complete; the decoded sequence [steps, out]."""
+    def end_input(self) -> SessionValues:
+        """Unaligned models: the input is complete; the decoded sequence [steps, out] (several
+        outputs: a dict of each one's whole sequence by output name)."""
         return decoded(self.decode())
 
     def decode(self) -> Iterator[SessionOutput]:
@@ -93,9 +99,10 @@ class Session(SessionBase):
             if output.last:
                 return
 
-    def reset(self) -> None:
-        """Forget every step fed so far; the session stays open."""
-        self._send(SessionProtocol.RESET)
+    def reset(self, static_inputs: StaticInputs | None = None) -> None:
+        """Forget every step fed so far; the session stays open. `static_inputs` replaces the
+        session's static inputs (all of them); None keeps them."""
+        self._send(self._protocol.reset(static_inputs))
         reset_done(self._receive())
 
     def close(self) -> None:
