@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 
 from seqserve_server.core.errors import Unsupported
-from seqserve_server.core.proof import Reference, probes, prove
+from seqserve_server.core.proof import Reference, prove
 from seqserve_server.core.runtime import ModelRuntime, _load_keras
 from seqserve_server.core.sessions import proven_program
 
@@ -44,7 +44,7 @@ def measure(path: Path) -> dict[str, float | str]:
     total = time.perf_counter() - start
     model = runtime.model
     fresh = Reference(lambda x: keras.ops.convert_to_numpy(model(x, training=False)))
-    proof = _seconds(lambda: prove(runtime.compute, probes(runtime.input_kind), fresh))
+    proof = _seconds(lambda: prove(runtime.compute, runtime.probes(), fresh))
     try:
         sessions = _seconds(lambda: proven_program(runtime))
     except Unsupported:

@@ -473,6 +473,49 @@ def several_in_out() -> keras.Model:
     return keras.Model({"seq": seq, "context": context}, [label, value])
 
 
+@_seeded
+def static_initial_state() -> keras.Model:
+    """A device's attributes set the recurrent state its readings start from (aligned)."""
+    steps = keras.Input((None, FEATURES), name="readings")
+    device = keras.Input((4,), name="device")
+    h = layers.Dense(6, activation="tanh")(device)
+    c = layers.Dense(6)(device)
+    y = layers.LSTM(6, return_sequences=True)(steps, initial_state=[h, c])
+    return keras.Model([steps, device], layers.Dense(2)(y))
+
+
+@_seeded
+def static_token_ids() -> keras.Model:
+    """A user's static ids (embedded, flattened) joined with a summary of their clicks."""
+    clicks = keras.Input((None, FEATURES), name="clicks")
+    user = keras.Input((2,), dtype="int32", name="user")
+    profile = layers.Flatten()(layers.Embedding(VOCAB, 3)(user))
+    joined = layers.Concatenate()([layers.GRU(6)(clicks), profile])
+    return keras.Model([clicks, user], layers.Dense(3, activation="softmax")(joined))
+
+
+@_seeded
+def static_per_step() -> keras.Model:
+    """A static vector repeated onto every step of a fixed-length sequence and concatenated
+    with it (RepeatVector), then tagged per step, with a second per-step head."""
+    steps = keras.Input((ENC_LEN, FEATURES), name="steps")
+    context = keras.Input((2,), name="context")
+    repeated = layers.RepeatVector(ENC_LEN)(layers.Dense(3)(context))
+    x = layers.LSTM(6, return_sequences=True)(layers.Concatenate()([steps, repeated]))
+    return keras.Model(
+        [steps, context], [layers.Dense(2, name="tag")(x), layers.Dense(1, name="level")(x)]
+    )
+
+
+@_seeded
+def static_broadcast_add() -> keras.Model:
+    """A static vector reshaped to one step ([batch, 1, features]) added to every step."""
+    steps = keras.Input((None, FEATURES), name="steps")
+    offset = keras.Input((FEATURES,), name="offset")
+    shifted = layers.Add()([steps, layers.Reshape((1, FEATURES))(offset)])
+    return keras.Model([steps, offset], layers.SimpleRNN(4)(shifted))
+
+
 ZOO: dict[str, tuple[Builder, str, int | None]] = {
     "lstm_aligned": (lstm_aligned, "many_to_many_aligned", None),
     "gru_aligned": (gru_aligned, "many_to_many_aligned", None),
@@ -520,6 +563,10 @@ ZOO.update(
         "tokens_and_numbers": (tokens_and_numbers, "many_to_many_aligned", None),
         "seq2seq_teacher_forcing": (seq2seq_teacher_forcing, "many_to_many_unaligned", None),
         "several_in_out": (several_in_out, "many_to_one", None),
+        "static_initial_state": (static_initial_state, "many_to_many_aligned", None),
+        "static_token_ids": (static_token_ids, "many_to_one", None),
+        "static_per_step": (static_per_step, "many_to_many_aligned", ENC_LEN),
+        "static_broadcast_add": (static_broadcast_add, "many_to_one", None),
     }
 )  # fmt: skip
 SEVERAL_OUTPUTS = {"two_heads", "two_heads_aligned", "several_in_out"}  # by name; no sessions

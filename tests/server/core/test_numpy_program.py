@@ -174,7 +174,7 @@ def test_a_numpy_program_that_differs_is_not_served(
             new_state, y = super().step(state, x)
             return new_state, y + np.float32(1e-3)
 
-    off = lambda base: OffByALittle(base.model, base.mode, base.graph, base.plan)  # noqa: E731
+    off = lambda base: OffByALittle(base.model, base.mode, base.graph, base.plan, base.signature)  # noqa: E731
     monkeypatch.setattr(core_sessions, "numpy_program", off)
     program = proven_program(runtime("lstm_aligned"))
     assert type(program) is IncrementalProgram

@@ -12,7 +12,7 @@ and are right. Folding the time axis into the batch computes the same per-row ma
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -28,24 +28,36 @@ class GraphError(ValueError):
 
 @dataclass
 class Graph:
-    """Topologically ordered nodes of a single-output functional graph; `input` is its only
-    input (None when `inputs`, in the model's order, are several)."""
+    """Topologically ordered nodes of a functional graph, its inputs and outputs in the model's
+    order."""
 
     nodes: list[Node]
-    input: Any  # KerasTensor
-    output: Any  # KerasTensor
-    inputs: list[Any] = field(default_factory=list)
+    inputs: list[Any]  # KerasTensors
+    outputs: list[Any]
+
+    @property
+    def input(self) -> Any:
+        """The only input (a graph of several has none)."""
+        return self.inputs[0] if len(self.inputs) == 1 else None
+
+    @property
+    def output(self) -> Any:
+        """The only output (a graph of several has none)."""
+        return self.outputs[0] if len(self.outputs) == 1 else None
 
 
-def graph_of(model: keras.Model, several_inputs: bool = False) -> Graph:
-    """The graph; one input only unless `several_inputs` (step programs need one)."""
+def graph_of(
+    model: keras.Model, several_inputs: bool = False, several_outputs: bool = False
+) -> Graph:
+    """The graph; one input and one output unless `several_inputs`/`several_outputs`."""
     fn = functional_graph(model)
     if fn is None:
         raise GraphError(f"{type(model).__name__} has no functional graph (subclassed model?)")
-    if (len(fn.inputs) != 1 and not several_inputs) or len(fn.outputs) != 1:
+    if (len(fn.inputs) != 1 and not several_inputs) or (
+        len(fn.outputs) != 1 and not several_outputs
+    ):
         raise GraphError("the graph has several inputs or outputs")
-    only = fn.inputs[0] if len(fn.inputs) == 1 else None
-    return Graph(nodes=fn.nodes, input=only, output=fn.outputs[0], inputs=list(fn.inputs))
+    return Graph(nodes=fn.nodes, inputs=list(fn.inputs), outputs=list(fn.outputs))
 
 
 def call_op(op: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:

@@ -24,6 +24,7 @@ from .modes import Mode
 from .observer import ModelObserver, ModelObservers
 from .repository import ModelRepository, ReadyModel
 from .sessions import STREAM_WINDOW
+from .signature import SINGLE_INPUT_NAME
 from .stepping.programs import StepProgram
 
 STREAM_CHUNK = 8  # inputs computed together per streamed part: first outputs leave early
@@ -130,13 +131,13 @@ class InferenceService:
         batch = runtime.validate(inputs)
         check_top_k(k, target.config.labels, "top_k")
         lengths = runtime.output_lengths(batch)
-        output_steps = runtime.signature.output_shape[0] if runtime.mode.gives_sequence else None
+        output_steps = runtime.signature.packed_shape[0] if runtime.mode.gives_sequence else None
         check_stream_messages(
             target.limits.max_stream_messages, runtime.mode, output_steps, lengths
         )
         program = self._step_programs(target)
         stepped = program is not None and program.mode is Mode.MANY_TO_MANY_ALIGNED
-        if stepped and program is not None and isinstance(batch, Batch):
+        if stepped and program is not None:
             async for part in self._stepped_parts(target, batch, program, k, deadline):
                 yield part
             return
@@ -150,23 +151,30 @@ class InferenceService:
     async def _stepped_parts(
         self,
         target: ReadyModel,
-        batch: Batch,
+        batch: Batch | NamedBatch,
         program: StepProgram,
         k: int,
         deadline: float | None,
     ) -> AsyncIterator[InferencePart]:
-        """Equal-length inputs stepped together; each window's outputs leave as computed."""
+        """Equal-length inputs stepped together (static inputs in their state); each window's
+        outputs leave as computed."""
         loop = asyncio.get_running_loop()
         executor = self._threads.executor(target.name, target.version)
         observer = self._observer_for(target.name)
-        items = batch.items()
-        for length, indices in _equal_length_groups(batch.item_lengths(), STREAM_CHUNK):
-            x = np.stack([items[i] for i in indices])
-            state = program.initial_state(len(indices))
-            for first in range(0, x.shape[1], STREAM_WINDOW):  # the steps there are, not `length`
+        signature = target.runtime.signature
+        named = batch.batches if isinstance(batch, NamedBatch) else {SINGLE_INPUT_NAME: batch}
+        items = {name: b.items() for name, b in named.items()}
+        lengths = named[signature.sequence_inputs[0].name].item_lengths()
+        for length, indices in _equal_length_groups(lengths, STREAM_CHUNK):
+            stacked = {name: np.stack([rows[i] for i in indices]) for name, rows in items.items()}
+            statics = {s.name: stacked[s.name] for s in signature.static_inputs}
+            xs = tuple(stacked[s.name] for s in signature.sequence_inputs)
+            state = program.initial_state(len(indices), statics)
+            for first in range(0, xs[0].shape[1], STREAM_WINDOW):  # the steps there are
                 if deadline is not None and deadline <= time.monotonic():
                     raise DeadlineExpired(f"the deadline passed while {target.name} streamed")
-                window = x[:, first : first + STREAM_WINDOW]
+                cut = tuple(x[:, first : first + STREAM_WINDOW] for x in xs)
+                window = cut if len(cut) > 1 else cut[0]
                 started = time.perf_counter()
                 state, y = await loop.run_in_executor(executor, program.step, state, window)
                 observer.batch_executed(len(indices), time.perf_counter() - started)

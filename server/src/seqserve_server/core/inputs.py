@@ -7,47 +7,16 @@ Numpy only: every refusal is an `InvalidInput` naming the field (`inputs.values.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from .batch import Batch, NamedBatch
 from .errors import InvalidInput
-from .proof import InputKind
+from .signature import InputSpec
 
 ACCEPTED_FLOATS = (np.float16, np.float32, np.float64)
 ACCEPTED_IDS = (np.int32, np.int64)
-SINGLE_INPUT_NAME = "input"  # what metadata and `named_inputs` call a single-input model's input
 Where = Callable[[tuple[np.intp, ...]], str]  # an index into the values -> a position for humans
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One input: shape without the batch axis (None: dynamic), dtype, whether it is a sequence
-    ([batch, time, ...]; token ids when it has no feature axis) and, for token ids, the
-    vocabulary (ids in [0, vocabulary); None when unchecked)."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: np.dtype
-    sequence: bool
-    vocabulary: int | None = None
-
-    @property
-    def tokens(self) -> bool:
-        return self.sequence and len(self.shape) == 1
-
-    @property
-    def features(self) -> int | None:
-        return None if self.tokens else self.shape[-1]
-
-    @property
-    def fixed_steps(self) -> int | None:
-        return self.shape[0] if self.sequence else None
-
-    @property
-    def kind(self) -> InputKind:
-        return InputKind(self.shape, self.dtype, self.sequence, self.vocabulary)
 
 
 def check_inputs(

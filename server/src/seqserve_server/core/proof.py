@@ -20,6 +20,7 @@ import numpy as np
 from . import reference_cache
 from .modes import Mode
 from .reference_cache import ModelReferences
+from .signature import InputKind, InputSpec
 from .stepping.programs import SessionSupport, StepProgram
 
 TOL = 1e-5
@@ -30,17 +31,6 @@ PROBE_SHAPES = ((1, 1), (1, 2), (1, 5), (1, 9), (3, 2), (3, 9))
 PROBE_BATCHES = (1, 3)  # vector models
 RUNNING_CHECK_MAX_LENGTH = 5  # many-to-one sessions: every running output checked up to here
 CHUNKS = (1, 3, 2, 4)  # session message sizes the step proof feeds, cycled
-
-
-@dataclass(frozen=True)
-class InputKind:
-    """What the probes must look like: shape without batch (None: any length), dtype, and for
-    token ids the vocabulary size."""
-
-    shape: tuple[int | None, ...]
-    dtype: np.dtype
-    takes_sequence: bool
-    vocabulary: int | None = None
 
 
 Values = np.ndarray | tuple[np.ndarray, ...]  # one input, or one array per input
@@ -190,10 +180,9 @@ def prove_program(
     chunkings: Sequence[Sequence[int]] = (CHUNKS,),
 ) -> None:
     """Feed every probe a chunk at a time (each chunking: session messages, stream windows) and
-    compare what the program emits with Keras on the same steps."""
+    compare what the program emits with Keras on the same steps. A model's static inputs are
+    given at the start, its sequence inputs fed together."""
     for probe in cases:
-        if isinstance(probe.x, tuple):
-            raise ProofFailed("step programs take models with one input")
         for sizes in chunkings:
             name = f"{probe.name} fed in chunks of {','.join(map(str, sizes))}"
             try:
@@ -205,20 +194,25 @@ def prove_program(
 
 
 def _prove_stepped(
-    program: StepProgram, x: np.ndarray, name: str, ref: Reference, sizes: Sequence[int]
+    program: StepProgram, x: Values, name: str, ref: Reference, sizes: Sequence[int]
 ) -> None:
     """A session's outputs after each chunk are the model's on the prefix fed so far (checked
     on every chunk of short probes, the last of long ones); an incremental aligned program's
     steps together are the model's on the whole sequence (what PredictStream sends)."""
-    total = x.shape[1]
-    state = program.initial_state(len(x))
+    specs = program.signature.inputs
+    arrays = x if isinstance(x, tuple) else (x,)
+    statics = {s.name: a for s, a in zip(specs, arrays, strict=True) if not s.sequence}
+    sequences = tuple(a for s, a in zip(specs, arrays, strict=True) if s.sequence)
+    total = sequences[0].shape[1]
+    state = program.initial_state(len(sequences[0]), statics)
     per_step: list[np.ndarray] = []
     for start, end in chunk_bounds(total, sizes):
-        state, y = program.step(state, x[:, start:end])
+        chunk = tuple(a[:, start:end] for a in sequences)
+        state, y = program.step(state, chunk if len(chunk) > 1 else chunk[0])
         if program.mode is Mode.MANY_TO_MANY_UNALIGNED or not _checks_running(program, total, end):
             per_step.append(y)
             continue
-        want = ref(x[:, :end])
+        want = ref(_prefix(specs, arrays, end))
         if program.mode is Mode.MANY_TO_MANY_ALIGNED:
             want = want[:, start:end]
         compare(f"{name}, output after {end} steps", y, want)
@@ -228,6 +222,12 @@ def _prove_stepped(
         compare(name, np.concatenate(per_step, axis=1), ref(x))
     elif program.mode is Mode.MANY_TO_MANY_UNALIGNED:
         compare(name, program.finish(state), ref(x))
+
+
+def _prefix(specs: Sequence[InputSpec], arrays: tuple[np.ndarray, ...], end: int) -> Values:
+    """The model's inputs with every sequence input cut to its first `end` steps."""
+    cut = tuple(a[:, :end] if s.sequence else a for s, a in zip(specs, arrays, strict=True))
+    return cut if len(cut) > 1 else cut[0]
 
 
 def _checks_running(program: StepProgram, total: int, end: int) -> bool:

@@ -98,7 +98,7 @@ def load_runtime(entry: VersionStatus) -> ModelRuntime:
     config = entry.config
     path = entry.path / MODEL_FILE
     runtime = ModelRuntime.load(path, config.mode, entry.limits.max_sequence_length)
-    width = runtime.signature.output_shape[-1]
+    width = runtime.signature.packed_shape[-1]
     if config.labels and runtime.signature.several_outputs:
         raise ModelLoadError("labels name the features of a single output; this model has several")
     if config.labels and len(config.labels) != width:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -27,9 +27,10 @@ import numpy as np
 from .batch import Batch, NamedBatch
 from .errors import ModelLoadError
 from .graph import GraphError, graph_of, run_graph
-from .inputs import SINGLE_INPUT_NAME, InputSpec, check_inputs
+from .inputs import check_inputs
 from .modes import Mode, reconcile_mode, resolve_mode, several_inputs_mode
 from .proof import Probe, ProofFailed, Reference, Values, probes, prove, several_probes
+from .signature import SINGLE_INPUT_NAME, SINGLE_OUTPUT_NAME, InputSpec, OutputSpec, Signature
 from .stepping.numpy_program import numpy_model
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -51,54 +52,6 @@ tf.get_logger().setLevel("ERROR")
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Signature:
-    """Shapes without the batch axis; None marks a dynamic axis. `tokens`: the input is a
-    sequence of integer ids ([steps], no feature axis); `vocabulary`: ids must lie in
-    [0, vocabulary) (the input_dim of the Embedding the ids feed), None when unchecked."""
-
-    input_shape: tuple[int | None, ...]
-    output_shape: tuple[int | None, ...]
-    input_dtype: np.dtype
-    output_dtype: np.dtype
-    tokens: bool = False
-    vocabulary: int | None = None
-    # Several outputs: their names and widths. They are computed packed along the feature axis
-    # (`output_shape` is the packed shape), so batching, the proof and streams see one array.
-    output_names: tuple[str, ...] = ()
-    output_widths: tuple[int, ...] = ()
-    # Several inputs: each one (`input_shape`/`input_dtype` then describe the first); whether
-    # the sequence inputs of one item must share one length (the model fails otherwise), and
-    # which input's length a sequence output has (None: fixed, or no sequence output).
-    inputs: tuple[InputSpec, ...] = ()
-    equal_lengths: bool = False
-    output_follows: str | None = None
-
-    @property
-    def several_outputs(self) -> bool:
-        return len(self.output_names) > 1
-
-    @property
-    def several_inputs(self) -> bool:
-        return len(self.inputs) > 1
-
-    def split(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        """Packed outputs (feature axis last) by output name."""
-        ends = np.cumsum(self.output_widths)[:-1]
-        return dict(zip(self.output_names, np.split(values, ends, axis=-1), strict=True))
-
-    @property
-    def features(self) -> int | None:
-        return None if self.tokens else self.input_shape[-1]
-
-    @property
-    def fixed_steps(self) -> int | None:
-        """The input length a fixed-length single-input sequence model requires, else None."""
-        if self.several_inputs:
-            return None
-        return self.input_shape[0] if len(self.input_shape) == (1 if self.tokens else 2) else None
-
-
 Compute = Callable[[Values], np.ndarray]
 
 
@@ -116,13 +69,6 @@ class ModelRuntime:
         self.mode = mode
         self.signature = signature
         self.max_sequence_length = max_sequence_length
-        self.input_specs = signature.inputs or (
-            InputSpec(
-                SINGLE_INPUT_NAME, signature.input_shape, signature.input_dtype,
-                mode.takes_sequence, signature.vocabulary,
-            ),
-        )  # fmt: skip
-        self.input_kind = self.input_specs[0].kind
         self.reference = Reference(lambda x: keras.ops.convert_to_numpy(self._call(*_arrays(x))))
         self.compute_path, self.proof = self._proven_path()
         self._small = self._proven_numpy()
@@ -133,34 +79,27 @@ class ModelRuntime:
     ) -> ModelRuntime:
         """Load with safe_mode (a Lambda layer can run any code), check, prove, warm up."""
         model = _load_keras(path)
-        signature = _signature(model)
+        outputs = _output_specs(model)
         if len(model.inputs) > 1:
-            signature, mode = _several_inputs(model, signature, stated_mode)
-            runtime = cls(model, mode, signature, max_sequence_length)
-            runtime.warm_up()
-            return runtime
-        vocabulary = _vocabulary(model, model.inputs[0])
-        mode = resolve_mode(
-            stated_mode, signature.input_shape, signature.output_shape,
-            _sequence_input(signature.input_shape, signature.input_dtype, vocabulary is not None),
-        )  # fmt: skip
-        if mode.takes_sequence and len(signature.input_shape) == 1:
-            signature = replace(signature, tokens=True, vocabulary=vocabulary)
+            signature, mode = _several_inputs(model, outputs, stated_mode)
+        else:
+            signature, mode = _one_input(model, outputs, stated_mode)
         runtime = cls(model, mode, signature, max_sequence_length)
         runtime.warm_up()
         return runtime
 
     # -- the proven compiled path ----------------------------------------------------------
 
-    def _cases(self) -> list[Probe]:
+    def probes(self) -> list[Probe]:
+        """The probe set every compiled path of this model is proven on (proof.py)."""
         sig = self.signature
         if sig.several_inputs:
             return several_probes([s.kind for s in sig.inputs], sig.equal_lengths)
-        return probes(self.input_kind)
+        return probes(sig.inputs[0].kind)
 
     def _proven_path(self) -> tuple[str, str]:
         """The first path of `PATHS` that matches Keras on every probe; its name and proof."""
-        cases = self._cases()
+        cases = self.probes()
         failures = []
         for name, build in PATHS:
             try:
@@ -192,7 +131,7 @@ class ModelRuntime:
             return None
         try:
             fn = numpy_model(self.model, self.mode)
-            prove(cast(Compute, fn), self._cases(), self.reference)
+            prove(cast(Compute, fn), self.probes(), self.reference)
         except Exception as exc:  # noqa: BLE001 - an optional fast path: any failure drops it
             log.info("no numpy path: %s", f"{type(exc).__name__}: {exc}"[:300])
             return None
@@ -217,13 +156,13 @@ class ModelRuntime:
         if len(xs) == 1:
             return xs[0]
         if isinstance(self.model.input, dict):
-            return {spec.name: x for spec, x in zip(self.input_specs, xs, strict=True)}
+            return {spec.name: x for spec, x in zip(self.signature.inputs, xs, strict=True)}
         return list(xs)
 
     def _specs(self, steps: tuple[int | None, ...] | None = None) -> list[tf.TensorSpec]:
         """One TensorSpec per input; `steps` makes dynamic time axes static."""
         out = []
-        for i, spec in enumerate(self.input_specs):
+        for i, spec in enumerate(self.signature.inputs):
             shape = list(spec.shape)
             if steps is not None and steps[i] is not None:
                 shape[0] = steps[i]
@@ -246,7 +185,7 @@ class ModelRuntime:
 
     def _per_length(self) -> Compute:
         """One function per input length (static time axes), least recently used dropped."""
-        dynamic = tuple(s.sequence and s.shape[0] is None for s in self.input_specs)
+        dynamic = tuple(s.sequence and s.shape[0] is None for s in self.signature.inputs)
         if not any(dynamic):
             raise ProofFailed("the time axis is already static")
         return _PerLength(self._call, self._specs, dynamic)
@@ -258,7 +197,7 @@ class ModelRuntime:
         limits; return them as the model's dtypes (inputs.py)."""
         sig = self.signature
         return check_inputs(
-            inputs, self.input_specs, sig.several_inputs, sig.equal_lengths,
+            inputs, sig.inputs, sig.several_inputs, sig.equal_lengths,
             self.max_sequence_length,
         )  # fmt: skip
 
@@ -268,7 +207,7 @@ class ModelRuntime:
         if isinstance(batch, Batch):
             takes = self.mode.takes_sequence
             return batch.item_lengths().tolist() if takes else [1] * batch.size
-        sequences = [s.name for s in self.input_specs if s.sequence]
+        sequences = [s.name for s in self.signature.sequence_inputs]
         name = self.signature.output_follows or (sequences[0] if sequences else None)
         if name is None:
             return [1] * batch.size
@@ -287,7 +226,7 @@ class ModelRuntime:
     def warm_up(self) -> float:
         """Trace and run once so that the first request does not pay for it; seconds taken."""
         start = time.perf_counter()
-        zeros = tuple(_zeros(spec, 2) for spec in self.input_specs)
+        zeros = tuple(_zeros(spec, 2) for spec in self.signature.inputs)
         self.compute(zeros if len(zeros) > 1 else zeros[0])
         self._fn(zeros if len(zeros) > 1 else zeros[0])
         return time.perf_counter() - start
@@ -363,19 +302,38 @@ def _load_keras(path: Path) -> keras.Model:
     return model
 
 
-def _signature(model: keras.Model) -> Signature:
-    inp, outs = model.inputs[0], list(model.outputs)
-    shapes = [tuple(out.shape[1:]) for out in outs]
-    dtypes = {np.dtype(keras.backend.standardize_dtype(out.dtype)) for out in outs}
-    signature = Signature(
-        input_shape=tuple(inp.shape[1:]),
-        output_shape=shapes[0],
-        input_dtype=np.dtype(keras.backend.standardize_dtype(inp.dtype)),
-        output_dtype=dtypes.pop(),
+def _output_specs(model: keras.Model) -> tuple[OutputSpec, ...]:
+    """Every output by name (a single one is `output`), checked servable (`_several_outputs`)."""
+    outs = list(model.outputs)
+    names = _output_names(model) if len(outs) > 1 else [SINGLE_OUTPUT_NAME]
+    specs = tuple(
+        OutputSpec(name, tuple(out.shape[1:]), np.dtype(keras.backend.standardize_dtype(out.dtype)))
+        for name, out in zip(names, outs, strict=True)
     )
-    if len(outs) == 1:
-        return signature
-    return _several_outputs(signature, _output_names(model), shapes, dtypes)
+    if len(specs) > 1:
+        _check_several_outputs(specs)
+    return specs
+
+
+def _one_input(
+    model: keras.Model, outputs: tuple[OutputSpec, ...], stated: Mode | None
+) -> tuple[Signature, Mode]:
+    """The input `input` and the mode (modes.py): a rank-1 integer input is a sequence of
+    token ids where it feeds an Embedding (or the stated mode says so)."""
+    tensor = model.inputs[0]
+    shape = tuple(tensor.shape[1:])
+    dtype = np.dtype(keras.backend.standardize_dtype(tensor.dtype))
+    vocabulary = _vocabulary(model, tensor)
+    signature = Signature((), outputs)
+    mode = resolve_mode(
+        stated, shape, signature.packed_shape,
+        _sequence_input(shape, dtype, vocabulary is not None),
+    )  # fmt: skip
+    tokens = mode.takes_sequence and len(shape) == 1
+    spec = InputSpec(
+        SINGLE_INPUT_NAME, shape, dtype, mode.takes_sequence, vocabulary if tokens else None
+    )
+    return replace(signature, inputs=(spec,)), mode
 
 
 def _output_names(model: keras.Model) -> list[str]:
@@ -388,29 +346,17 @@ def _output_names(model: keras.Model) -> list[str]:
     return [key_of[id(tensor)] for tensor in model.outputs]
 
 
-def _several_outputs(
-    signature: Signature,
-    names: list[str],
-    shapes: list[tuple[int | None, ...]],
-    other_dtypes: set[np.dtype],
-) -> Signature:
+def _check_several_outputs(specs: tuple[OutputSpec, ...]) -> None:
     """Outputs of one kind (all vectors, or all sequences of the input's steps) of one dtype are
     served packed; others are refused with the reason."""
-    leading = {shape[:-1] for shape in shapes}
-    widths = [shape[-1] for shape in shapes]
-    if len(leading) != 1 or other_dtypes or any(w is None for w in widths):
-        described = ", ".join(f"{n} {list(s)}" for n, s in zip(names, shapes, strict=True))
+    leading = {spec.shape[:-1] for spec in specs}
+    dtypes = {spec.dtype for spec in specs}
+    if len(leading) != 1 or len(dtypes) != 1 or any(s.shape[-1] is None for s in specs):
+        described = ", ".join(f"{s.name} {list(s.shape)}" for s in specs)
         raise ModelLoadError(
             "seqserve serves several outputs when they are all vectors or all sequences, of "
             f"one dtype and a fixed number of features; this model has {described}"
         )
-    packed = (*shapes[0][:-1], sum(w for w in widths if w is not None))
-    return replace(
-        signature,
-        output_shape=packed,
-        output_names=tuple(names),
-        output_widths=tuple(w for w in widths if w is not None),
-    )
 
 
 def _vocabulary(model: keras.Model, tensor: object) -> int | None:
@@ -449,30 +395,26 @@ LENGTH_PROBE_START = 3  # lengths 3, 4, ... tell which input an output's length 
 
 
 def _several_inputs(
-    model: keras.Model, signature: Signature, stated: Mode | None
+    model: keras.Model, outputs: tuple[OutputSpec, ...], stated: Mode | None
 ) -> tuple[Signature, Mode]:
     """Each input's spec, how the sequence inputs' lengths relate (one eager call on distinct
     lengths, a second on equal lengths when the first fails) and the mode (modes.py)."""
     specs = _input_specs(model)
-    lengths, outputs = _length_probe(model, specs)
-    out_seq = len(signature.output_shape) == 2
+    lengths, probed = _length_probe(model, specs)
+    out_rank = len(outputs[0].shape)
+    out_seq = out_rank == 2
     seq_lengths = [n for n in lengths if n is not None]
     follows, aligned = None, False
     if out_seq and seq_lengths:
-        steps = int(outputs.shape[1])
+        steps = int(probed.shape[1])
         named = [s.name for s, n in zip(specs, lengths, strict=True) if n == steps]
         follows = named[0] if named else None
         aligned = all(n == steps for n in seq_lengths)
-    inferred = several_inputs_mode(bool(seq_lengths), len(signature.output_shape), aligned)
+    inferred = several_inputs_mode(bool(seq_lengths), out_rank, aligned)
     described = ", ".join(f"{s.name} {_shape_text(s.shape)}" for s in specs)
     mode = reconcile_mode(stated, inferred, f"inputs {described}")
     equal = len(seq_lengths) > 1 and len(set(seq_lengths)) == 1
-    first = specs[0]
-    signature = replace(
-        signature, inputs=specs, equal_lengths=equal, output_follows=follows,
-        input_shape=first.shape, input_dtype=first.dtype,
-    )  # fmt: skip
-    return signature, mode
+    return Signature(specs, outputs, equal, follows), mode
 
 
 def _input_specs(model: keras.Model) -> tuple[InputSpec, ...]:
@@ -492,8 +434,18 @@ def _input_specs(model: keras.Model) -> tuple[InputSpec, ...]:
                 f"unsupported shape of input {name}: {_shape_text(shape)}; expected (features,) "
                 "for vectors, (steps, features) for sequences or (steps,) for token ids"
             )
-        specs.append(InputSpec(name, shape, dtype, sequence, vocabulary if sequence else None))
-    return tuple(specs)
+        specs.append(InputSpec(name, shape, dtype, sequence, vocabulary))
+    return _static_ids(tuple(specs))
+
+
+def _static_ids(specs: tuple[InputSpec, ...]) -> tuple[InputSpec, ...]:
+    """Fixed-length token ids beside a sequence input of any length are static ids (a user's
+    or a device's ids: one fixed set per item, not steps on the other input's time axis)."""
+    if not any(s.sequence and s.shape[0] is None for s in specs):
+        return specs
+    return tuple(
+        replace(s, sequence=False) if s.tokens and s.shape[0] is not None else s for s in specs
+    )
 
 
 def _length_probe(

@@ -27,16 +27,17 @@ from .errors import InvalidInput, LimitExceeded, ModelNotReady, Unsupported
 from .inputs import ACCEPTED_IDS, InputSpec, check_values
 from .modes import Mode
 from .observer import ModelObserver
-from .proof import CHUNKS, Probe, ProofFailed, Reference, probes, prove_program
+from .proof import CHUNKS, Probe, ProofFailed, Reference, prove_program
 from .repository import ModelRepository, ReadyModel, VersionStatus
 from .runtime import ModelRuntime
 from .stepping.analysis import Unsteppable
 from .stepping.numpy_program import numpy_program
-from .stepping.programs import SessionSupport, StepProgram, build_step_program
+from .stepping.programs import Chunk, SessionSupport, StepProgram, build_step_program, steps_in
 from .stepping.state import State
 
 log = logging.getLogger(__name__)
 
+Values = dict[str, np.ndarray]  # arrays by input name
 MAX_STEP_BATCH = 256  # sessions stacked into one step computation
 STREAM_WINDOW = 32  # steps per part when PredictStream steps a long sequence
 INLINE_MAX_STEPS = 16  # a light (numpy) program computes groups this small on the event loop
@@ -44,7 +45,8 @@ INLINE_MAX_STEPS = 16  # a light (numpy) program computes groups this small on t
 
 @dataclass
 class StepOutput:
-    """Outputs computed for a session: `values` [steps, ...] or a running vector [...]."""
+    """Outputs computed for a session: `values` [steps, ...] or a running vector [...]; several
+    outputs packed along the feature axis (the model's `Signature.split` names them)."""
 
     step: int
     values: np.ndarray
@@ -58,8 +60,8 @@ class StepRules:
     version's config and signature do not change under an open session)."""
 
     mode: Mode
-    features: int | None  # None: [steps] token ids
-    spec: InputSpec
+    sequences: tuple[InputSpec, ...]  # fed together, a few steps per message
+    statics: tuple[InputSpec, ...]  # given at open (and reset)
     per_message: int  # steps one message may carry (max_sequence_length)
     in_all: int  # steps since open or reset (0: unbounded)
 
@@ -68,12 +70,14 @@ class StepRules:
         """A message carries at most one sequence's limit of steps. An incremental session
         costs the same per step at any length and may run on (bounded by the config's own
         limit only); a recomputing one gets the model's limit in all."""
-        runtime = target.runtime
+        signature = target.runtime.signature
         per_message = target.limits.max_sequence_length
-        in_all = runtime.signature.fixed_steps or target.config.max_sequence_length
+        in_all = signature.fixed_steps or target.config.max_sequence_length
         if program.support is SessionSupport.RECOMPUTE:
             in_all = in_all or per_message
-        return cls(target.mode, program.n_features, runtime.input_specs[0], per_message, in_all)
+        return cls(
+            target.mode, signature.sequence_inputs, signature.static_inputs, per_message, in_all
+        )
 
 
 @dataclass
@@ -88,6 +92,7 @@ class OpenSession:
     rules: StepRules
     queue: _StepQueue  # the model version's, where its steps are computed
     observer: ModelObserver
+    statics: dict[str, np.ndarray] = field(default_factory=dict)  # checked, each [1, ...]
     steps: int = 0
     finished: bool = False
     ended: str = ""  # why the server ended it (its version was unloaded or replaced)
@@ -195,7 +200,10 @@ class SessionManager:
 
     # -- session life --------------------------------------------------------------------
 
-    def open(self, model: str, version: int = 0, k: int = 0) -> OpenSession:
+    def open(
+        self, model: str, version: int = 0, k: int = 0, statics: Values | None = None
+    ) -> OpenSession:
+        """A new session; `statics`: the model's static inputs by name (one item each)."""
         target = self.repository.resolve(model, version)
         key = (target.name, target.version)
         if key not in self._programs:
@@ -211,10 +219,12 @@ class SessionManager:
                 f"model {target.name!r} has {len(sessions)} open sessions, its limit is {limit}"
             )
         program = self._programs[key]
+        rules = StepRules.of(target, program)
+        checked = _check_statics(rules, statics or {}, "open.named_inputs")
         observer = self._observer_for(target.name)
         session = OpenSession(
-            uuid.uuid4().hex, target, program, k, program.initial_state(1),
-            StepRules.of(target, program), self._queues[key], observer,
+            uuid.uuid4().hex, target, program, k, program.initial_state(1, checked),
+            rules, self._queues[key], observer, checked,
         )  # fmt: skip
         sessions[session.id] = session
         observer.sessions_open(len(sessions))
@@ -226,23 +236,27 @@ class SessionManager:
         if sessions.pop(session.id, None) is not None:
             self._observer_for(session.target.name).sessions_open(len(sessions))
 
-    def reset(self, session: OpenSession) -> None:
+    def reset(self, session: OpenSession, statics: Values | None = None) -> None:
+        """Forget the steps fed; new static inputs replace the session's where given."""
         _check_open(session)
-        session.state = session.program.initial_state(1)
+        if statics:
+            session.statics = _check_statics(session.rules, statics, "reset.named_inputs")
+        session.state = session.program.initial_state(1, session.statics)
         session.steps = 0
         session.finished = False
 
-    async def step(self, session: OpenSession, values: np.ndarray) -> StepOutput | None:
-        """Feed new steps ([k, features]); the output the mode gives for them, if any: every
-        step's for aligned models, the running one for many-to-one models (where it is defined).
-        Whether a caller is sent it is the wire's rule (seqserve_api.session_protocol)."""
+    async def step(self, session: OpenSession, values: np.ndarray | Values) -> StepOutput | None:
+        """Feed new steps ([k, features] or [k] token ids; by name for several sequence inputs);
+        the output the mode gives for them, if any: every step's for aligned models, the
+        running one for many-to-one models (where it is defined). Whether a caller is sent it
+        is the wire's rule (seqserve_api.session_protocol)."""
         _check_open(session)
-        chunk = self._validate(session, values)
+        chunk, count = _validate(session, values)
         alone = len(self._open.get(session.target.name, ())) == 1
-        session.state, y = await session.queue.step(session.state, chunk[np.newaxis], alone)
+        session.state, y = await session.queue.step(session.state, chunk, alone)
         first = session.steps
-        session.steps += len(chunk)
-        session.observer.session_steps(len(chunk))
+        session.steps += count
+        session.observer.session_steps(count)
         mode = session.rules.mode
         if mode is Mode.MANY_TO_MANY_ALIGNED:
             return self._output(session, first, y[0])
@@ -267,31 +281,6 @@ class SessionManager:
         session.finished = True
         return self._output(session, 0, y[0], last=True)
 
-    def _validate(self, session: OpenSession, values: np.ndarray) -> np.ndarray:
-        """New steps of the session's one sequence: [steps, features] floats (one step may come
-        as [features]) or [steps] token ids. Their values get the runtime's check, the one that
-        Predict's inputs get; the session's own rules (length, end_input) follow."""
-        rules = session.rules
-        features = rules.features
-        if features is None:
-            values = values[np.newaxis] if values.ndim == 0 else values
-            layout_ok = values.ndim == 1
-        else:
-            values = values[np.newaxis] if values.ndim == 1 else values
-            layout_ok = values.ndim == 2 and values.shape[-1] == features
-            if layout_ok and values.dtype.type in ACCEPTED_IDS:  # SDKs send int lists as they are
-                values = values.astype(np.float32)
-        if not layout_ok:
-            expected = "[steps] token ids" if features is None else f"[steps, {features}]"
-            raise InvalidInput("steps.values.shape", expected, str(list(values.shape)))
-        if len(values) == 0:
-            raise InvalidInput("steps.values", "at least one step", "0 steps")
-        checked = check_values(rules.spec, values, "steps", _step_position)
-        if session.finished:
-            raise InvalidInput("steps", "a reset after end_input", "more steps")
-        _check_length(rules, session.steps, len(checked))
-        return checked
-
     def _output(
         self, session: OpenSession, step: int, values: np.ndarray, last: bool = False
     ) -> StepOutput:
@@ -302,8 +291,146 @@ class SessionManager:
         return StepOutput(step, values, ranked, last)
 
 
+def _validate(session: OpenSession, values: np.ndarray | Values) -> tuple[Chunk, int]:
+    """New steps of the session's sequence inputs, checked: the chunk the program takes
+    ([1, k, ...] per sequence input) and its step count k. Every input's values get the
+    runtime's check, the one Predict's inputs get; the session's own rules (equal step counts,
+    length, end_input) follow."""
+    rules = session.rules
+    named = _by_name(rules, values)
+    arrays, count, first = [], 0, ""
+    for spec in rules.sequences:
+        field = (
+            "steps.values"
+            if not isinstance(values, dict)
+            else _named("steps.named_values", spec.name)
+        )
+        steps = _steps_of(spec, named[spec.name], field)
+        if not first:
+            count, first = len(steps), field
+        elif len(steps) != count:
+            raise InvalidInput(field, f"{count} steps, as many as {first}", f"{len(steps)} steps")
+        arrays.append(steps[np.newaxis])
+    if session.finished:
+        raise InvalidInput("steps", "a reset after end_input", "more steps")
+    _check_length(rules, session.steps, count)
+    return (arrays[0] if len(arrays) == 1 else tuple(arrays)), count
+
+
+def _by_name(rules: StepRules, values: np.ndarray | Values) -> Values:
+    """The steps by sequence input: `values` (one sequence input) or `named_values`, with
+    every sequence input and no other."""
+    names = [s.name for s in rules.sequences]
+    if not isinstance(values, dict):
+        if len(names) > 1:
+            raise InvalidInput(
+                "steps.named_values", f"every sequence input by name ({', '.join(names)})",
+                "unnamed `values`",
+            )  # fmt: skip
+        return {names[0]: values}
+    statics = {s.name for s in rules.statics}
+    for name in values:
+        if name in statics:
+            raise InvalidInput(
+                _named("steps.named_values", name),
+                "sequence inputs only (a static input is given at open or reset, in named_inputs)",
+                "a static input",
+            )
+        if name not in names:
+            raise InvalidInput(
+                _named("steps.named_values", _shown(name)), f"only the inputs {', '.join(names)}",
+                f"an input named {_shown(name)!r}",
+            )  # fmt: skip
+    for name in names:
+        if name not in values:
+            got = ", ".join(sorted(values)) or "none"
+            raise InvalidInput(
+                _named("steps.named_values", name),
+                f"every sequence input: {', '.join(names)}", f"missing (got {got})",
+            )  # fmt: skip
+    return values
+
+
+def _steps_of(spec: InputSpec, values: np.ndarray, field: str) -> np.ndarray:
+    """One sequence input's new steps: [steps, features] floats (one step may come as
+    [features]) or [steps] token ids, values checked as Predict's are."""
+    if spec.tokens:
+        values = values[np.newaxis] if values.ndim == 0 else values
+        layout_ok = values.ndim == 1
+    else:
+        features = spec.features
+        values = values[np.newaxis] if values.ndim == 1 else values
+        layout_ok = values.ndim == 2 and values.shape[-1] == features
+        if layout_ok and values.dtype.type in ACCEPTED_IDS:  # SDKs send int lists as they are
+            values = values.astype(np.float32)
+    if not layout_ok:
+        expected = "[steps] token ids" if spec.tokens else f"[steps, {spec.features}]"
+        raise InvalidInput(f"{field}.shape", expected, str(list(values.shape)))
+    if len(values) == 0:
+        raise InvalidInput(field, "at least one step", "0 steps")
+    return check_values(spec, values, field.removesuffix(".values"), _step_position)
+
+
+def _check_statics(rules: StepRules, given: Values, field: str) -> dict[str, np.ndarray]:
+    """The session's static inputs: exactly the model's, each one item ([features...] or
+    [n] token ids; [1, ...] also), values checked as Predict's are; each [1, ...]."""
+    names = [s.name for s in rules.statics]
+    sequences = {s.name for s in rules.sequences}
+    for name in given:
+        if name in sequences:
+            raise InvalidInput(
+                _named(field, name), "static inputs only (a sequence input's steps come in "
+                "steps, its values or named_values)", "a sequence input",
+            )  # fmt: skip
+        if name not in names:
+            expected = (
+                f"only the inputs {', '.join(names)}"
+                if names
+                else "none (the model has no static input)"
+            )
+            raise InvalidInput(
+                _named(field, _shown(name)), expected, f"an input named {_shown(name)!r}"
+            )
+    checked = {}
+    for spec in rules.statics:
+        if spec.name not in given:
+            got = ", ".join(sorted(given)) or "none"
+            raise InvalidInput(
+                _named(field, spec.name), f"every static input: {', '.join(names)}",
+                f"missing (got {got})",
+            )  # fmt: skip
+        checked[spec.name] = _static_of(spec, given[spec.name], _named(field, spec.name))
+    return checked
+
+
+def _static_of(spec: InputSpec, values: np.ndarray, field: str) -> np.ndarray:
+    shape = tuple(int(d or 0) for d in spec.shape)
+    if values.shape == (1, *shape):
+        values = values[0]
+    if values.shape != shape:
+        raise InvalidInput(
+            f"{field}.shape", f"{list(shape)} (one item, no batch axis)", str(list(values.shape))
+        )
+    if values.dtype.type in ACCEPTED_IDS and not np.issubdtype(spec.dtype, np.integer):
+        values = values.astype(np.float32)  # SDKs send int lists as they are
+    return check_values(spec, values, field, _item_position)[np.newaxis]
+
+
+def _named(field: str, name: str) -> str:
+    return f'{field}["{name}"]'
+
+
+def _shown(name: str) -> str:
+    """A caller's name, bounded in what errors echo."""
+    return name if len(name) <= 64 else name[:64] + "..."
+
+
 def _step_position(at: tuple[np.intp, ...]) -> str:
     return f"step {int(at[0])}"
+
+
+def _item_position(at: tuple[np.intp, ...]) -> str:
+    return "[" + ", ".join(str(int(i)) for i in at) + "]"
 
 
 def _check_length(rules: StepRules, steps: int, added: int) -> None:
@@ -332,20 +459,10 @@ def _check_open(session: OpenSession) -> None:
 def proven_program(runtime: ModelRuntime) -> StepProgram:
     """The model's step program if it equals Keras on the probes, fed as sessions and streams
     feed it; else the recompute program (through the proven compute path) if that does."""
-    if runtime.signature.several_outputs:
-        raise Unsupported(
-            "sessions step models with one output; this one has several (Predict and "
-            "PredictStream serve them, by output name)"
-        )
-    if runtime.signature.several_inputs:
-        raise Unsupported(
-            "sessions step models with one input; this one has several (Predict and "
-            "PredictStream serve them, with named_inputs)"
-        )
-    model, mode = runtime.model, runtime.mode
-    cases = probes(runtime.input_kind)
+    model, mode, signature = runtime.model, runtime.mode, runtime.signature
     chunkings = (CHUNKS, (STREAM_WINDOW,))
-    program = build_step_program(model, mode, runtime.compute)
+    program = build_step_program(model, mode, runtime.compute, signature=signature)
+    cases = runtime.probes()
     try:
         prove_program(program, cases, runtime.reference, chunkings)
         return _in_numpy(program, cases, runtime.reference, chunkings)
@@ -353,7 +470,9 @@ def proven_program(runtime: ModelRuntime) -> StepProgram:
         if program.support is not SessionSupport.INCREMENTAL:
             raise Unsupported(f"the recompute step program differs: {exc}") from exc
         failure = exc
-    fallback = build_step_program(model, mode, runtime.compute, incremental=False)
+    fallback = build_step_program(
+        model, mode, runtime.compute, incremental=False, signature=signature
+    )
     try:
         prove_program(fallback, cases, runtime.reference, chunkings)
     except ProofFailed as exc:
@@ -382,14 +501,15 @@ def _in_numpy(
 @dataclass
 class _Pending:
     state: State
-    chunk: np.ndarray
+    chunk: Chunk
     future: asyncio.Future[tuple[State, np.ndarray]]
     queued: float = field(default_factory=time.perf_counter)
 
     @property
     def group(self) -> tuple:
         """Pending steps that can share one computation: equal chunk and state shapes."""
-        return (self.chunk.shape, *(v.shape for v in self.state.values()))
+        chunks = self.chunk if isinstance(self.chunk, tuple) else (self.chunk,)
+        return (*(c.shape for c in chunks), *(v.shape for v in self.state.values()))
 
 
 class _StepQueue:
@@ -404,13 +524,13 @@ class _StepQueue:
         self._task: asyncio.Task[None] | None = None  # a reference keeps the task alive
 
     async def step(
-        self, state: State, chunk: np.ndarray, alone: bool = False
+        self, state: State, chunk: Chunk, alone: bool = False
     ) -> tuple[State, np.ndarray]:
         """The chunk's new state and outputs. `alone`: the caller's is the model's only open
         session, so no other step could join this one's group: a light program's small step is
         then computed at once, without the queue's future, task and two loop iterations."""
         loop = asyncio.get_running_loop()
-        if alone and not self._running and self._light(chunk.shape[1]):
+        if alone and not self._running and self._light(steps_in(chunk)):
             return self._step_alone(loop, state, chunk)
         future: asyncio.Future[tuple[State, np.ndarray]] = loop.create_future()
         self._pending.append(_Pending(state, chunk, future))
@@ -448,13 +568,13 @@ class _StepQueue:
         event loop (tens of µs): cheaper than the hand-off to the compute thread, and too short
         to hold other callers up. This runs one loop iteration after the first step was queued,
         so the steps of sessions that arrived together are one group."""
-        return self._light(len(group) * group[0].chunk.shape[1])
+        return self._light(len(group) * steps_in(group[0].chunk))
 
     def _light(self, steps: int) -> bool:
         return self._program.light and steps <= INLINE_MAX_STEPS
 
     def _step_alone(
-        self, loop: asyncio.AbstractEventLoop, state: State, chunk: np.ndarray
+        self, loop: asyncio.AbstractEventLoop, state: State, chunk: Chunk
     ) -> tuple[State, np.ndarray]:
         """A lone session's step, at once (see `step`). Its metrics are taken when the loop is
         next free, once the caller's answer is on its way."""
@@ -506,8 +626,16 @@ class _StepQueue:
         start = time.perf_counter()
         program = self._program
         state = group[0].state if len(group) == 1 else program.stack([p.state for p in group])
-        chunk = group[0].chunk if len(group) == 1 else np.concatenate([p.chunk for p in group])
+        chunk = group[0].chunk if len(group) == 1 else _stack_chunks([p.chunk for p in group])
         new_state, y = program.step(state, chunk)
         self._observer.batch_executed(len(group), time.perf_counter() - start)
         states = [new_state] if len(group) == 1 else program.split(new_state)
         return [(s, y[i : i + 1]) for i, s in enumerate(states)]
+
+
+def _stack_chunks(chunks: list[Chunk]) -> Chunk:
+    """Chunks of sessions (one array, or one per sequence input) as one batch."""
+    first = chunks[0]
+    if not isinstance(first, tuple):
+        return np.concatenate(chunks)  # type: ignore[arg-type]
+    return tuple(np.concatenate(arrays) for arrays in zip(*chunks, strict=True))  # type: ignore[arg-type]

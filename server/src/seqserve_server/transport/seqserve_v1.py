@@ -122,12 +122,17 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             got = first.WhichOneof("kind") if first else "no message"
             raise InvalidInput("open", "a SessionOpen as the first message", str(got))
         opening = first.open
-        session = self.sessions.open(opening.model_name, opening.model_version, opening.top_k)
+        target = self.repository.resolve(opening.model_name, opening.model_version)
+        limits = msg.decode_limits(target.limits)
+        statics = msg.decode_named(opening.named_inputs, "open.named_inputs", limits)
+        session = self.sessions.open(
+            opening.model_name, opening.model_version, opening.top_k, statics
+        )
         try:
             yield msg.session_opened(session)
             rules = _Rules(
-                msg.mode_to_proto(session.mode), opening.emit_on_request,
-                msg.decode_limits(session.target.limits),
+                msg.mode_to_proto(session.mode), opening.emit_on_request, limits,
+                msg.output_split(session),
             )  # fmt: skip
             idle = _IdleTimeout(session.idle_timeout_s)
             try:
@@ -147,22 +152,25 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         if kind == "steps":
             return await self._step(session, rules, request.steps)
         if kind == "reset":
-            self.sessions.reset(session)
+            named = request.reset.named_inputs
+            self.sessions.reset(
+                session, msg.decode_named(named, "reset.named_inputs", rules.limits)
+            )
             return (pb.SessionResponse(reset=pb.SessionResetDone()),)
         if kind == "end_input":
-            return msg.decoded_steps(await self.sessions.finish(session))
+            return msg.decoded_steps(await self.sessions.finish(session), rules.split)
         raise InvalidInput("kind", "steps, reset or end_input after open", str(kind))
 
     async def _step(
         self, session: OpenSession, rules: _Rules, steps: pb.SessionSteps
     ) -> Sequence[pb.SessionResponse]:
-        values = msg.decode_steps(steps, rules.limits)
+        values = msg.decode_session_steps(steps, rules.limits)
         output = await self.sessions.step(session, values)
         if not steps_get_output(rules.mode, rules.emit_on_request, steps.emit):
             return ()
         if output is None:  # not defined yet (a fixed-length model before its length)
             return (msg.undefined_output(session.steps - 1),)
-        return (msg.session_output(output),)
+        return (msg.session_output(output, rules.split),)
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,7 @@ class _Rules:
     mode: pb.Mode.ValueType
     emit_on_request: bool
     limits: DecodeLimits
+    split: msg.Split | None  # a several-output model's: names its outputs
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -85,6 +85,36 @@ def decode_steps(message: pb.SessionSteps, limits: DecodeLimits) -> np.ndarray:
         if bound is not None and count <= bound and len(raw) == 4 * count:
             return np.frombuffer(raw, _LITTLE_FLOAT32).reshape(shape).astype(np.float32)
     return from_tensor(tensor, "steps.values", limits)
+
+
+def decode_named(
+    tensors: Mapping[str, pb.Tensor], field: str, limits: DecodeLimits
+) -> dict[str, np.ndarray]:
+    """A map of tensors (a session's static inputs, or several inputs' steps) by name, each
+    decoded within `limits`; together at most `limits.max_elements` numbers."""
+    total = sum(_count(t) for t in tensors.values())
+    if limits.max_elements is not None and total > limits.max_elements:
+        raise LimitExceeded(
+            f"{field}: expected at most {limits.max_elements} numbers in all "
+            f"(max_request_elements), got {total}"
+        )
+    return {
+        name: from_tensor(tensor, f'{field}["{name}"].values', limits)
+        for name, tensor in sorted(tensors.items())
+    }
+
+
+def decode_session_steps(
+    message: pb.SessionSteps, limits: DecodeLimits
+) -> np.ndarray | dict[str, np.ndarray]:
+    """A steps message's `values`, or its `named_values` by input name (one or the other)."""
+    if not message.named_values:
+        return decode_steps(message, limits)
+    if message.HasField("values"):
+        raise InvalidInput(
+            "steps.values", "unset when named_values is set (one or the other)", "both"
+        )
+    return decode_named(message.named_values, "steps.named_values", limits)
 
 
 def decode_limits(limits: RequestLimits) -> DecodeLimits:
@@ -179,15 +209,9 @@ def _spec(
 
 
 def _output_specs(runtime: ModelRuntime) -> list[pb.TensorSpec]:
-    """Every output by name: the one output ("output"), or each of several unpacked."""
-    sig, sequence = runtime.signature, runtime.mode.gives_sequence
-    if not sig.several_outputs:
-        return [_spec("output", sig.output_shape, sig.output_dtype, sequence)]
-    leading = sig.output_shape[:-1]
-    return [
-        _spec(name, (*leading, width), sig.output_dtype, sequence)
-        for name, width in zip(sig.output_names, sig.output_widths, strict=True)
-    ]
+    """Every output by name: the one output ("output"), or each of several."""
+    sequence = runtime.mode.gives_sequence
+    return [_spec(o.name, o.shape, o.dtype, sequence) for o in runtime.signature.outputs]
 
 
 def listing_to_proto(entries: list[ModelEntry]) -> pb.ListModelsResponse:
@@ -261,7 +285,7 @@ def metadata_to_proto(
     sig = runtime.signature
     response.mode = mode_to_proto(runtime.mode)
     response.inputs.extend(
-        _spec(s.name, s.shape, s.dtype, s.sequence, s.vocabulary) for s in runtime.input_specs
+        _spec(s.name, s.shape, s.dtype, s.sequence, s.vocabulary) for s in sig.inputs
     )
     if not sig.several_inputs:
         response.input.CopyFrom(response.inputs[0])
@@ -297,13 +321,17 @@ def session_opened(session: OpenSession) -> pb.SessionResponse:
     return pb.SessionResponse(opened=opened)
 
 
-def session_output(output: StepOutput) -> pb.SessionResponse:
+def session_output(output: StepOutput, split: Split | None = None) -> pb.SessionResponse:
     """Built in place, field by field: a message passed to a constructor is copied (~5x the
-    cost, per step of every session)."""
+    cost, per step of every session). `split`: a several-output model's, naming its outputs."""
     response = pb.SessionResponse()
     message = response.output
     message.step = output.step
-    write_tensor(message.values, output.values)
+    if split is None:
+        write_tensor(message.values, output.values)
+    else:
+        for name, values in split(output.values).items():
+            write_tensor(message.named_outputs[name], values)
     if output.top_k:
         message.top_k.extend(top_k_to_proto(t) for t in output.top_k)
     message.last = output.last
@@ -315,7 +343,7 @@ def undefined_output(step: int) -> pb.SessionResponse:
     return pb.SessionResponse(output=pb.SessionOutput(step=step))
 
 
-def decoded_steps(output: StepOutput) -> list[pb.SessionResponse]:
+def decoded_steps(output: StepOutput, split: Split | None = None) -> list[pb.SessionResponse]:
     """A decoded sequence streamed back one step per message, the last one marked."""
     count = len(output.values)
     return [
@@ -325,7 +353,14 @@ def decoded_steps(output: StepOutput) -> list[pb.SessionResponse]:
                 values=output.values[i : i + 1],
                 top_k=output.top_k[i : i + 1],
                 last=i == count - 1,
-            )
+            ),
+            split,
         )
         for i in range(count)
     ]
+
+
+def output_split(session: OpenSession) -> Split | None:
+    """How a session's outputs are named: None for a single output (`values`)."""
+    signature = session.target.runtime.signature
+    return signature.split if signature.several_outputs else None

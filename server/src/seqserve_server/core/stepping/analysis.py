@@ -1,8 +1,13 @@
 """Graph analysis: which nodes are step-aligned, how each is stepped, and the frontier.
 
-Nodes are visited in topological order. A node whose inputs are all static is static; one whose
-inputs are all aligned becomes a stepped op (ops.py) if it has an exact incremental form; any
-other node makes the graph unsteppable, and the reason is what the recompute fallback reports.
+Nodes are visited in topological order. The sequence inputs are aligned; static inputs (no time
+axis, given once per session) are read from the state. A node whose inputs are all static is
+static: "early" when it depends on static inputs and constants only (computed before the steps,
+so stepped ops can read it), else computed from the frontier after them. A node whose inputs are
+aligned becomes a stepped op (ops.py) if it has an exact incremental form; early static tensors
+may join it where that stays exact (a recurrent layer's initial state; a per-step op's operand
+that is the same at every step). Any other node makes the graph unsteppable, and the reason is
+what the recompute fallback reports.
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ import tensorflow as tf
 
 from ..graph import Graph
 from .keras_internals import Node, ops_call
-from .ops import CausalConv, PerStep, Recurrent, SeqOp, TailWindow, TimeDistributed
+from .ops import (
+    CausalConv,
+    PerStep,
+    PerStepWithStatic,
+    Recurrent,
+    SeqOp,
+    TailWindow,
+    TimeDistributed,
+)
 from .state import OpKeys
 
 
@@ -31,9 +44,11 @@ class Plan:
     (each static tensor read from the state: id -> function of the state)."""
 
     seq_ops: list[SeqOp] = field(default_factory=list)
+    early_nodes: list[Node] = field(default_factory=list)  # static inputs/constants only
     static_nodes: list[Node] = field(default_factory=list)
     frontier: dict[int, Callable[[dict], tf.Tensor]] = field(default_factory=dict)
     output_is_seq: bool = False
+    static_inputs: dict[int, str] = field(default_factory=dict)  # tensor id -> state key
     fixed_length: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -92,22 +107,38 @@ _ELEMENTWISE_OPS = frozenset(_ELEMENTWISE_NAMES.split())
 _REDUCE_OPS = frozenset(_REDUCE_NAMES.split())
 
 
-def analyse(graph: Graph) -> Plan:
-    """Classify every node of `graph`; raises `Unsteppable` naming the first node that is not."""
-    plan = Plan()
-    aligned: set[int] = {id(graph.input)}
-    static: set[int] = set()
+def analyse(graph: Graph, static_inputs: dict[int, str] | None = None) -> Plan:
+    """Classify every node of `graph`; raises `Unsteppable` naming the first node that is not.
+    `static_inputs`: the inputs without a time axis (tensor id -> their state key); every other
+    input of the graph is a sequence input."""
+    statics = dict(static_inputs or {})
+    plan = Plan(static_inputs=statics)
+    aligned: set[int] = {id(kt) for kt in graph.inputs if id(kt) not in statics}
+    early: set[int] = set(statics)
+    static: set[int] = set(statics)
+    made_by: dict[int, Node] = {}
     for i, node in enumerate(graph.nodes):
         ins = [id(kt) for kt in node.inputs]
+        outs = {id(kt) for kt in node.outputs}
         if all(t in static for t in ins):  # includes constant-only nodes
-            plan.static_nodes.append(node)
-            static.update(id(kt) for kt in node.outputs)
+            if all(t in early for t in ins):
+                plan.early_nodes.append(node)
+                early.update(outs)
+                made_by.update((t, node) for t in outs)
+            else:
+                plan.static_nodes.append(node)
+            static.update(outs)
             continue
-        if not all(t in aligned for t in ins):
+        joined = [kt for kt in node.inputs if id(kt) not in aligned]
+        if any(id(kt) not in early for kt in joined):
             raise Unsteppable(
                 f"{_describe(node.operation)} mixes step-aligned and whole-sequence tensors"
             )
-        op, stays_aligned = _stepped(node, OpKeys.of(i, node.operation.name), plan)
+        keys = OpKeys.of(i, node.operation.name)
+        if joined:
+            op, stays_aligned = _stepped_with_static(node, keys, joined, made_by)
+        else:
+            op, stays_aligned = _stepped(node, keys, plan)
         plan.seq_ops.append(op)
         kind = type(op).__name__
         plan.counts[kind] = plan.counts.get(kind, 0) + 1
@@ -116,8 +147,42 @@ def analyse(graph: Graph) -> Plan:
         for kt_id, read in op.frontier(stays_aligned).items():
             static.add(kt_id)
             plan.frontier[kt_id] = read
-    plan.output_is_seq = id(graph.output) in aligned
+    kinds = {id(kt) in aligned for kt in graph.outputs}
+    if len(kinds) > 1:
+        raise Unsteppable("some outputs are step-aligned and others are not")
+    plan.output_is_seq = kinds.pop()
     return plan
+
+
+def _stepped_with_static(
+    node: Node, keys: OpKeys, joined: list[Any], made_by: dict[int, Node]
+) -> tuple[SeqOp, bool]:
+    """A node on the aligned side that also reads early static tensors (`joined`): a recurrent
+    layer's initial state, or the operand of a per-step op that is the same at every step (no
+    time axis of its own, [batch, 1, ...], or a `RepeatVector` of a static tensor)."""
+    op = node.operation
+    if isinstance(op, _L.RNN):
+        if op.go_backwards:
+            raise Unsteppable(f"{_describe(op)} runs backwards (go_backwards=True)")
+        if node.mask is not None and any(kt is node.mask for kt in joined):
+            raise Unsteppable(f"{_describe(op)} takes a mask that is not step-aligned")
+        return Recurrent(node, keys, initial_state=True), bool(op.return_sequences)
+    if len(node.outputs) != 1 or not _is_per_step(node):
+        raise Unsteppable(
+            f"{_describe(op)} combines step-aligned tensors with a static one in a way that "
+            "has no exact incremental form"
+        )
+    repeated = []
+    for kt in joined:
+        maker = made_by.get(id(kt))
+        if maker is not None and isinstance(maker.operation, _L.RepeatVector):
+            repeated.append(id(kt))
+        elif len(kt.shape) < 3 or kt.shape[1] != 1:
+            raise Unsteppable(
+                f"{_describe(op)} reads a static tensor of shape {tuple(kt.shape)} that may "
+                "differ from step to step"
+            )
+    return PerStepWithStatic(node, keys, repeated), True
 
 
 def _stepped(node: Node, keys: OpKeys, plan: Plan) -> tuple[SeqOp, bool]:

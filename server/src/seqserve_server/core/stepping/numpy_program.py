@@ -25,10 +25,18 @@ import threadpoolctl
 
 from ..graph import Graph
 from ..modes import Mode
+from ..signature import Signature
 from .analysis import IDENTITY_AT_INFERENCE, Plan, Unsteppable
 from .keras_internals import Node, OpsCall, ops_call
 from .ops import CausalConv, PerStep, Recurrent, TimeDistributed
-from .programs import IncrementalProgram, StepProgram, initial_state_of, step_plan
+from .programs import (
+    Chunk,
+    IncrementalProgram,
+    StepProgram,
+    initial_state_of,
+    one_input_signature,
+    step_plan,
+)
 from .state import STEPS, State, batch_of
 
 Array = np.ndarray
@@ -400,9 +408,11 @@ class NumpyProgram(StepProgram):
     support = IncrementalProgram.support
     light = True
 
-    def __init__(self, model: keras.Model, mode: Mode, graph: Graph, plan: Plan) -> None:
-        super().__init__(model, mode)
-        _check_plan(plan, mode)
+    def __init__(
+        self, model: keras.Model, mode: Mode, graph: Graph, plan: Plan, signature: Signature
+    ) -> None:
+        super().__init__(model, mode, signature)
+        _check_plan(plan, mode, graph)
         self.reason = f"stepped exactly: {plan.summary}; computed in numpy"
         self._init = initial_state_of(plan)
         self._input = id(graph.input)
@@ -411,11 +421,11 @@ class NumpyProgram(StepProgram):
         self._static = [(node, node_fn(node)) for node in plan.static_nodes]
         self._frontier = plan.frontier
 
-    def initial_state(self, batch: int = 1) -> State:
-        return {k: np.repeat(v, batch, axis=0) for k, v in self._init.items()}
+    def _fresh(self) -> State:
+        return dict(self._init)
 
-    def step(self, state: State, x: np.ndarray) -> tuple[State, np.ndarray]:
-        x = self._as_input(x)
+    def step(self, state: State, chunk: Chunk) -> tuple[State, np.ndarray]:
+        (x,) = self._as_inputs(chunk)
         k = x.shape[1]
         new_state = dict(state)
         new_state[STEPS] = state[STEPS] + np.int32(k)
@@ -465,7 +475,9 @@ def _seq_form(op: Any) -> _PerStepForm | _RecurrentForm | _CausalConvForm:
     raise Unsteppable(f"{type(op).__name__} ops have no numpy form")
 
 
-def _check_plan(plan: Plan, mode: Mode) -> None:
+def _check_plan(plan: Plan, mode: Mode, graph: Graph) -> None:
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise Unsteppable("the numpy form steps models with one input and one output")
     if mode not in (Mode.MANY_TO_MANY_ALIGNED, Mode.MANY_TO_ONE):
         raise Unsteppable(f"mode '{mode.value}' has no numpy program")
     if plan.fixed_length is not None:
@@ -478,7 +490,7 @@ def numpy_program(base: StepProgram) -> StepProgram:
     if not isinstance(base, IncrementalProgram):
         raise Unsteppable("only incremental programs have a numpy form")
     _one_blas_thread()
-    return NumpyProgram(base.model, base.mode, base.graph, base.plan)
+    return NumpyProgram(base.model, base.mode, base.graph, base.plan, base.signature)
 
 
 def numpy_model(model: keras.Model, mode: Mode) -> Callable[[Array], Array]:
@@ -487,7 +499,7 @@ def numpy_model(model: keras.Model, mode: Mode) -> Callable[[Array], Array]:
     where the model has no numpy form. Unproven: the caller proves it before use."""
     graph, plan = step_plan(model, mode)
     _one_blas_thread()
-    program = NumpyProgram(model, mode, graph, plan)
+    program = NumpyProgram(model, mode, graph, plan, one_input_signature(model))
 
     def run(x: Array) -> Array:
         return program.step(program.initial_state(len(x)), x)[1]

@@ -13,7 +13,7 @@ from keras import tree
 
 from ..graph import call_op, run_node, time_distributed
 from .keras_internals import Node, call_takes_training
-from .state import OpKeys, State
+from .state import STEPS, OpKeys, State
 
 Values = dict[int, Any]  # KerasTensor id -> its value in the traced step
 
@@ -42,6 +42,29 @@ class PerStep(SeqOp):
     """Time-local layer: applying it to the new steps only is exact."""
 
 
+class PerStepWithStatic(SeqOp):
+    """A time-local op that also reads static tensors the same at every step: [batch, 1, ...]
+    ones broadcast over the new steps as they are; a `RepeatVector`'s output (`repeated`) is
+    its first step repeated for the new steps."""
+
+    def __init__(self, node: Node, keys: OpKeys, repeated: Sequence[int]) -> None:
+        super().__init__(node, keys)
+        self._repeated = list(repeated)
+        self._aligned = next(id(kt) for kt in node.inputs if id(kt) not in self._repeated)
+
+    def run(self, values: Values, state: dict, new_state: dict) -> None:
+        if not self._repeated:
+            run_node(self.node, values)
+            return
+        steps = tf.shape(values[self._aligned])[1]
+        local = dict(values)
+        for kt_id in self._repeated:
+            local[kt_id] = tf.repeat(values[kt_id][:, :1], steps, axis=1)
+        run_node(self.node, local)
+        for kt in self.node.outputs:
+            values[id(kt)] = local[id(kt)]
+
+
 class TimeDistributed(SeqOp):
     """TimeDistributed: the wrapped layer on all new steps folded into the batch axis (Keras'
     own dynamic-length path is wrong, see graph.py); the per-row math is identical."""
@@ -53,8 +76,11 @@ class TimeDistributed(SeqOp):
 class Recurrent(SeqOp):
     """Keras RNN layer run cell-by-cell from the carried cell states (mask-aware)."""
 
-    def __init__(self, node: Node, keys: OpKeys) -> None:
+    def __init__(self, node: Node, keys: OpKeys, initial_state: bool = False) -> None:
+        """`initial_state`: the layer is called with one (static tensors of the graph), which
+        replaces the carried cell states where no step was fed yet."""
         super().__init__(node, keys)
+        self._given_initial_state = initial_state
         layer = node.operation
         init = layer.get_initial_state(1)
         self._struct = init
@@ -72,11 +98,23 @@ class Recurrent(SeqOp):
         args, kwargs = self.node.fill_in(values)
         x, mask = args[0], kwargs.get("mask")
         states = [state[self.keys.cell_state(i)] for i in range(len(self._init))]
+        if self._given_initial_state:
+            states = self._initial_where_new(state, kwargs.get("initial_state"), states)
         seq, last, final = self._loop(layer, x, mask, states, state[self.keys.last_output])
         for i, s in enumerate(final):
             new_state[self.keys.cell_state(i)] = s
         new_state[self.keys.last_output] = last
         values[id(self.node.outputs[0])] = seq if layer.return_sequences else last
+
+    def _initial_where_new(self, state: dict, given: Any, carried: list) -> list:
+        """The call's initial state for sessions that fed no step yet, else the carried one."""
+        if given is None:
+            raise ValueError(f"RNN {self.node.operation.name!r} was called without initial_state")
+        fresh = tf.equal(state[STEPS], 0)[:, None]
+        return [
+            tf.where(fresh, tf.cast(g, c.dtype), c)
+            for g, c in zip(tree.flatten(given), carried, strict=True)
+        ]
 
     def frontier(self, aligned: bool) -> dict[int, Any]:
         """The last output (`return_sequences=False`) and, with `return_state`, the final cell

@@ -1,7 +1,8 @@
 """The state layout: what a session carries between steps, as named arrays with the batch first.
 
-Every key is built here. `STEPS` ("t", [B] int32: steps fed so far) is in every state; a
-recompute program adds `PREFIX` (the input fed so far); an incremental program adds, per stepped
+Every key is built here. `STEPS` ("t", [B] int32: steps fed so far) is in every state; a model
+with static inputs (no time axis) keeps each under `static_key(name)`; a recompute program adds
+each sequence input fed so far under `prefix_key(name)`; an incremental program adds, per stepped
 op, keys under the op's own prefix "<node index>.<layer name>" (see `OpKeys`). States of one
 program with equal shapes stack along the batch axis and split back exactly (pure data movement).
 """
@@ -17,7 +18,16 @@ import tensorflow as tf
 State = dict[str, np.ndarray]
 
 STEPS = "t"
-PREFIX = "x"
+
+
+def static_key(name: str) -> str:
+    """Where a static input (given once per session) is kept."""
+    return f"in/{name}"
+
+
+def prefix_key(name: str) -> str:
+    """Where a recompute program keeps a sequence input's steps fed so far."""
+    return f"x/{name}"
 
 
 @dataclass(frozen=True)

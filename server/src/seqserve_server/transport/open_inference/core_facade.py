@@ -119,9 +119,10 @@ class Part:
 
 @dataclass(frozen=True)
 class StepOutput:
-    """What a session gives for new steps: [steps, ...] or a running vector, and top-k."""
+    """What a session gives for new steps, by output name: [steps, ...] or a running vector;
+    and top-k."""
 
-    values: np.ndarray
+    named: dict[str, np.ndarray]
     top_k: list[TopK]
 
 
@@ -179,23 +180,14 @@ class Core:
     def _view(self, target: ReadyModel) -> ModelView:
         runtime = target.runtime
         sig, mode, config = runtime.signature, runtime.mode, target.config
-        if sig.several_outputs:
-            leading = sig.output_shape[:-1]
-            outputs = tuple(
-                TensorView(name, sig.output_dtype, (*leading, width))
-                for name, width in zip(sig.output_names, sig.output_widths, strict=True)
-            )
-        else:
-            outputs = (TensorView("output", sig.output_dtype, sig.output_shape),)
+        outputs = tuple(TensorView(o.name, o.dtype, o.shape) for o in sig.outputs)
         status = self._inference.repository.status(target.name, target.version)
         support, _ = self._sessions.support(status)
         return ModelView(
             name=target.name,
             version=target.version,
             mode=mode,
-            inputs=tuple(
-                TensorView(s.name, s.dtype, s.shape, s.sequence) for s in runtime.input_specs
-            ),
+            inputs=tuple(TensorView(s.name, s.dtype, s.shape, s.sequence) for s in sig.inputs),
             outputs=outputs,
             labels=tuple(config.labels),
             limits=target.limits,
@@ -225,28 +217,38 @@ class Core:
     ) -> AsyncIterator[Part]:
         """Outputs a few inputs (or, stepped, a window of steps) at a time, as computed."""
         target = self._inference.repository.resolve(model.name, model.version)
-        signature = target.runtime.signature
-        split = signature.split if signature.several_outputs else None
+        split = target.runtime.signature.split
         parts = self._inference.predict_stream(target, inputs, k, deadline)
         with _v2_fields():  # the core validates at the first part
             async for part in parts:
-                outputs = [split(o) if split else {model.outputs[0].name: o} for o in part.outputs]
+                outputs = [split(o) for o in part.outputs]
                 yield Part(part.indices, outputs, part.top_k, part.first_step, part.lengths)
 
     # -- sessions ------------------------------------------------------------------------
 
-    def open_sequence(self, name: str, version: int, k: int) -> SequenceHandle:
-        """A session that emits after every request (Triton's sequences answer every request)."""
-        session = self._sessions.open(name, version, k)
+    def open_sequence(
+        self, name: str, version: int, k: int, statics: dict[str, np.ndarray]
+    ) -> SequenceHandle:
+        """A session that emits after every request (Triton's sequences answer every request);
+        `statics`: the model's static inputs, one item each."""
+        with _v2_fields():
+            session = self._sessions.open(name, version, k, statics)
         return SequenceHandle(session, self._view(session.target), k)
 
-    async def step(self, handle: SequenceHandle, values: np.ndarray) -> StepOutput | None:
-        output = await self._sessions.step(handle.session, values)
-        return None if output is None else StepOutput(output.values, output.top_k)
+    async def step(self, handle: SequenceHandle, steps: dict[str, np.ndarray]) -> StepOutput | None:
+        """`steps`: each sequence input's new steps by name."""
+        session = handle.session
+        values = next(iter(steps.values())) if len(steps) == 1 else steps
+        with _v2_fields():
+            output = await self._sessions.step(session, values)
+        if output is None:
+            return None
+        return StepOutput(session.target.runtime.signature.split(output.values), output.top_k)
 
     async def finish(self, handle: SequenceHandle) -> StepOutput:
-        output = await self._sessions.finish(handle.session)
-        return StepOutput(output.values, output.top_k)
+        session = handle.session
+        output = await self._sessions.finish(session)
+        return StepOutput(session.target.runtime.signature.split(output.values), output.top_k)
 
     def close(self, handle: SequenceHandle) -> None:
         self._sessions.close(handle.session)
@@ -269,13 +271,17 @@ class Core:
 
 # The core names a request's fields as seqserve.v1 does (`named_inputs["x"].lengths[0]`); v2
 # callers sent the tensors `x` and `x_lengths`.
-_FIELD = re.compile(r'named_inputs\["([^"]*)"\](\.values(\.shape|\.dtype)?|\.lengths)?')
+_FIELD = re.compile(
+    r'(?:open\.|steps\.)?named_(?:inputs|values)\["([^"]*)"\](\.values(\.shape|\.dtype)?|\.shape|\.lengths)?'
+)
 
 
 def _v2_field(match: re.Match[str]) -> str:
     name, part, detail = match.group(1), match.group(2) or "", match.group(3) or ""
     if part == ".lengths":
         return name + "_lengths"
+    if part == ".shape":
+        return name + ".shape"
     return name + {".shape": ".shape", ".dtype": ".datatype"}.get(detail, "")
 
 

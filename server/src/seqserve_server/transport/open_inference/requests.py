@@ -8,7 +8,7 @@ input concatenated ([total_steps, ...], one axis fewer) the lengths split it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,9 +96,12 @@ class Inputs:
     lengths: np.ndarray | None  # from `<input>_lengths`
 
 
-def read_inputs(request: pb.ModelInferRequest, model: ModelView) -> dict[str, Inputs]:
+def read_inputs(
+    request: pb.ModelInferRequest, model: ModelView, needed: Sequence[str] | None = None
+) -> dict[str, Inputs]:
     """Every input of the model (and its lengths input), by name, from contents or raw
-    contents; a missing or unknown input is refused naming it."""
+    contents (`needed`: only these inputs, where a request carries some); a missing or unknown
+    input is refused naming it."""
     raws = list(request.raw_input_contents)
     if raws and len(raws) != len(request.inputs):
         raise InvalidInput(
@@ -118,15 +121,13 @@ def read_inputs(request: pb.ModelInferRequest, model: ModelView) -> dict[str, In
         if tensor.name in found:
             raise InvalidInput(f"{field}.name", "each input once", f"{tensor.name!r} again")
         found[tensor.name] = decode(tensor, raws[index] if raws else None, field, model.limits)
-    missing = [view.name for view in model.inputs if view.name not in found]
+    names = [view.name for view in model.inputs] if needed is None else list(needed)
+    missing = [name for name in names if name not in found]
     if missing:
-        expected = "every input: " + ", ".join(v.name for v in model.inputs)
+        expected = "every input: " + ", ".join(names)
         got = f"no {', '.join(map(repr, missing))} (got {', '.join(found) or 'none'})"
         raise InvalidInput("inputs", expected, got)
-    return {
-        view.name: Inputs(found[view.name], found.get(view.name + LENGTHS_SUFFIX))
-        for view in model.inputs
-    }
+    return {name: Inputs(found[name], found.get(name + LENGTHS_SUFFIX)) for name in names}
 
 
 def _accepted(model: ModelView) -> list[str]:

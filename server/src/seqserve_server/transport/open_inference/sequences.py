@@ -13,6 +13,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .core_facade import Core, NotOpen, SequenceHandle
 
 Key = tuple[str, int | str]
@@ -40,11 +42,14 @@ class Sequences:
         for key in [k for k, s in self._open.items() if s.expired(now)]:
             self._core.close(self._open.pop(key).handle)
 
-    def start(self, model: str, version: int, sequence: int | str, k: int) -> OpenSequence:
-        """A new session for the id; an open one of the same id is ended first (restarted)."""
+    def start(
+        self, model: str, version: int, sequence: int | str, k: int, statics: dict[str, np.ndarray]
+    ) -> OpenSequence:
+        """A new session for the id (`statics`: the model's static inputs); an open one of the
+        same id is ended first (restarted)."""
         self._sweep()
         self.end((model, sequence))
-        opened = OpenSequence(self._core.open_sequence(model, version, k))
+        opened = OpenSequence(self._core.open_sequence(model, version, k, statics))
         self._open[(model, sequence)] = opened
         return opened
 

@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 
 import grpc
+import numpy as np
 
 from seqserve.inference import grpc_service_pb2 as pb
 
 from ...metrics import ServerMetrics
 from ..instrumentation import observed
 from ..status import grpc_errors
-from .core_facade import Core, InvalidInput, Mode, ModelView, SequenceHandle
+from .core_facade import Core, InvalidInput, Mode, ModelView, SequenceHandle, TensorView
 from .describe import config, metadata, repository_index
 from .errors import stream_error
 from .requests import (
@@ -32,6 +33,7 @@ from .requests import (
     SEQUENCE_START,
     STREAM_STEPS,
     TOP_K,
+    Inputs,
     Unparsed,
     bool_parameter,
     int_parameter,
@@ -318,13 +320,18 @@ class OpenInferenceServicer:
         """Feed a request's steps ([1, steps, ...]) to its sequence's session."""
         name, end = request.model_name, bool_parameter(request, SEQUENCE_END)
         if bool_parameter(request, SEQUENCE_START):
-            opened = self.sequences.start(name, number, sequence, int_parameter(request, TOP_K))
+            model = self.core.model(name, number)
+            inputs = read_inputs(request, model)
+            statics = {v.name: inputs[v.name].values for v in model.inputs if not v.sequence}
+            k = int_parameter(request, TOP_K)
+            opened = self.sequences.start(name, number, sequence, k, statics)
         else:
             opened = self.sequences.get(name, sequence)
+            inputs = _later_inputs(request, opened.handle.model)
         started = time.perf_counter()
         try:
             async with opened.lock:
-                response = await self._feed(request, opened.handle, end)
+                response = await self._feed(request, opened.handle, end, inputs)
             self._record(opened.handle.model, True, started, 1)
             return response
         except Exception:
@@ -335,33 +342,59 @@ class OpenInferenceServicer:
                 self.sequences.end((name, sequence))
 
     async def _feed(
-        self, request: pb.ModelInferRequest, handle: SequenceHandle, end: bool
+        self,
+        request: pb.ModelInferRequest,
+        handle: SequenceHandle,
+        end: bool,
+        inputs: dict[str, Inputs],
     ) -> pb.ModelInferResponse:
+        """Each sequence input's new steps ([1, steps, ...]) to the sequence's session."""
         model = handle.model
         wanted = requested(request, model, handle.k)
         if wanted.rank > handle.k:
             got = f"{wanted.rank} (the sequence started with top_k {handle.k})"
             raise InvalidInput("outputs", f"at most top_k {handle.k} classes", got)
-        values = read_inputs(request, model)[model.input.name]
-        if values.lengths is not None or values.values.ndim < 1 or len(values.values) != 1:
-            got = f"shape {list(values.values.shape)}"
-            raise InvalidInput(model.input.name, "[1, steps, ...]: one sequence's new steps", got)
-        steps = values.values[0]
+        steps = {
+            view.name: _new_steps(inputs[view.name], view) for view in model.inputs if view.sequence
+        }
         output = None
-        if len(steps):
+        first = next(iter(steps))
+        if len(steps[first]):
             output = await self.core.step(handle, steps)
         elif not end:
-            raise InvalidInput(model.input.name, "at least one step", "0 steps")
+            raise InvalidInput(first, "at least one step", "0 steps")
         if end and model.mode is Mode.MANY_TO_MANY_UNALIGNED:
             output = await self.core.finish(handle)
         response = header(request, model, model.version)
         if output is None:
             return response
-        return step(response, {model.outputs[0].name: output.values}, output.top_k, wanted)
+        return step(response, output.named, output.top_k, wanted)
 
     def _record(self, model: ModelView, ok: bool, started: float, inputs: int) -> None:
         seconds = time.perf_counter() - started
         self.statistics.record(model.name, model.version, ok, seconds, inputs)
+
+
+def _later_inputs(request: pb.ModelInferRequest, model: ModelView) -> dict[str, Inputs]:
+    """A sequence's later request: its sequence inputs' new steps; static inputs came with
+    sequence_start and are kept."""
+    sequences = [view.name for view in model.inputs if view.sequence]
+    for tensor in request.inputs:
+        if any(view.name == tensor.name and not view.sequence for view in model.inputs):
+            raise InvalidInput(
+                tensor.name, "on the sequence_start request only (a static input, kept for the "
+                "whole sequence)", "on a later request",
+            )  # fmt: skip
+    return read_inputs(request, model, sequences)
+
+
+def _new_steps(inputs: Inputs, view: TensorView) -> np.ndarray:
+    """One sequence input's new steps from its [1, steps, ...] tensor."""
+    values = inputs.values
+    if inputs.lengths is not None or values.ndim < 1 or len(values) != 1:
+        got = f"shape {list(values.shape)}"
+        raise InvalidInput(view.name, "[1, steps, ...]: one sequence's new steps", got)
+    return values[0]
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
