@@ -26,13 +26,14 @@ from hypothesis.extra import numpy as hnp
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.tensors import encode_inputs
-from seqserve_client import AsyncSeqServeClient, SeqServeClient, SeqServeError
-from seqserve_client.errors import FailedPreconditionError, InvalidInputError
+from seqserve_client import AsyncSeqServeClient, ModelMetadata, SeqServeClient, SeqServeError
+from seqserve_client.errors import InvalidInputError
 from tests.support.model_zoo import (
     EQUAL_LENGTHS,
     FEATURES,
     SEVERAL_INPUTS,
     SEVERAL_OUTPUTS,
+    SEVERAL_SESSIONS,
     STEPPER_CASES,
     VOCAB,
     ZOO,
@@ -158,6 +159,7 @@ def several_item(name: str, model: keras.Model, rng: np.random.Generator) -> dic
     for input_name, tensor in zip(input_names(model), _ordered_inputs(model), strict=True):
         n = shared if name in EQUAL_LENGTHS else int(rng.integers(1, MAX_LENGTH + 1))
         shape = tuple(tensor.shape[1:])
+        n = shape[0] or n  # a fixed length (or fixed count of static ids)
         if "int" in str(tensor.dtype):
             item[input_name] = rng.integers(0, VOCAB, size=n).astype(np.int32)
         elif len(shape) == 1:
@@ -276,12 +278,122 @@ def test_readme_several_outputs_example_runs(zoo: SeqServeClient) -> None:
     assert scope["names"] == ["label", "value"]
 
 
-def test_sessions_refuse_several_outputs_with_the_reason(zoo: SeqServeClient) -> None:
-    meta = zoo.metadata("two_heads")
-    assert meta.session_support == "session_unsupported"
-    assert "several" in meta.session_reason
-    with pytest.raises(FailedPreconditionError), zoo.session("two_heads") as session:
-        session.step(np.zeros((2, 3), np.float32))
+def _split_item(meta: ModelMetadata, item: Item) -> tuple[dict, dict]:
+    """A several-input item as a session takes it: static inputs (at open), sequences (steps)."""
+    named = item if isinstance(item, dict) else {"input": item}
+    sequence = {s.name: s.sequence for s in meta.inputs}
+    statics = {k: v for k, v in named.items() if not sequence[k]}
+    return statics, {k: v for k, v in named.items() if sequence[k]}
+
+
+def _cut(item: Item, sequences: dict, end: int) -> Item:
+    """The item with every sequence input cut to its first `end` steps."""
+    if not isinstance(item, dict):
+        return item[:end]
+    return {k: v[:end] if k in sequences else v for k, v in item.items()}
+
+
+def _check_session_output(
+    got: object, model: keras.Model, item: Item, start: int, end: int, fixed: int | None
+) -> None:
+    """A session's answer after steps [start, end): Keras on the prefix, by output name
+    (aligned: the new steps; many-to-one: the running output, defined at a fixed length only)."""
+    if fixed is not None and end != fixed:
+        return
+    want = _keras_by_name(model, item)
+    by_name = got if isinstance(got, dict) else {"": got}
+    assert set(by_name) == set(want), (set(by_name), set(want))
+    aligned = next(iter(want.values())).ndim == 2
+    for name, ref in want.items():
+        expected = ref[start:end] if aligned else ref
+        np.testing.assert_allclose(by_name[name], expected, atol=TOL, rtol=TOL)
+
+
+CHUNKS = (1, 3, 2, 4, 1, 5)
+
+
+@pytest.mark.parametrize("name", SEVERAL_SESSIONS)
+def test_sessions_of_several_inputs_and_outputs_equal_keras(
+    name: str, zoo: SeqServeClient, eager: functools._lru_cache_wrapper
+) -> None:
+    """Static inputs at open, sequence inputs stepped together, every output by name: after each
+    message, Keras on the prefix fed so far; then a reset with new static inputs, again."""
+    model, meta = eager(name), zoo.metadata(name)
+    assert meta.session_support in ("session_incremental", "session_recompute"), meta
+    fixed = ZOO[name][2]
+    rng = np.random.default_rng(_seed(name) + 2)
+    first, second = (_inputs(name, model, rng)[0] for _ in range(2))
+    statics, _ = _split_item(meta, first)
+    with zoo.session(name, static_inputs=statics or None) as session:
+        for item in (first, second):
+            statics, sequences = _split_item(meta, item)
+            if item is second:
+                session.reset(static_inputs=statics or None)
+            total, start = len(next(iter(sequences.values()))), 0
+            for size in CHUNKS * 3:
+                end = min(total, start + size)
+                if start >= end:
+                    break
+                steps = {k: v[start:end] for k, v in sequences.items()}
+                got = session.step(steps if len(steps) > 1 else next(iter(steps.values())))
+                prefix = _cut(item, sequences, end)
+                _check_session_output(got, model, prefix, start, end, fixed)
+                start = end
+
+
+def test_asyncio_sessions_of_several_inputs_and_outputs(
+    zoo_server: ServerProcess, eager: functools._lru_cache_wrapper
+) -> None:
+    """The asyncio twin: static inputs at open, steps by name, outputs by name."""
+    rng = np.random.default_rng(11)
+    model = eager("several_in_out")
+    seq = rng.normal(size=(5, FEATURES)).astype(np.float32)
+    context = rng.normal(size=3).astype(np.float32)
+
+    async def run() -> list:
+        async with (
+            AsyncSeqServeClient(zoo_server.target) as c,
+            c.session("several_in_out", static_inputs={"context": context}) as s,
+        ):
+            return [await s.step(seq[i : i + 1]) for i in range(len(seq))]
+
+    for end, got in enumerate(asyncio.run(run()), start=1):
+        _check_session_output(got, model, {"seq": seq[:end], "context": context}, 0, end, None)
+
+
+def _session_error(
+    zoo: SeqServeClient, name: str, statics: dict | None, steps: object
+) -> SeqServeError:
+    with pytest.raises(SeqServeError) as caught, zoo.session(name, static_inputs=statics) as s:
+        s.step(steps)
+    return caught.value
+
+
+# (model, static inputs at open, steps, field, words the message must contain)
+BAD_SESSION = {
+    "missing static input": ("several_in_out", None, np.ones((1, FEATURES)), 'open.named_inputs["context"]', "every static input: context"),
+    "unknown static input": ("several_in_out", {"context": np.ones(3), "other": np.ones(3)}, np.ones((1, FEATURES)), 'open.named_inputs["other"]', "only the inputs context"),
+    "static input of a model without": ("lstm_aligned", {"x": np.ones(3)}, np.ones((1, 5)), 'open.named_inputs["x"]', "no static input"),
+    "static input of the wrong shape": ("several_in_out", {"context": np.ones(4)}, np.ones((1, FEATURES)), 'open.named_inputs["context"].shape', "[3]"),
+    "sequence input given as static": ("several_in_out", {"context": np.ones(3), "seq": np.ones(3)}, np.ones((1, FEATURES)), 'open.named_inputs["seq"]', "static inputs only"),
+    "unequal step counts": ("two_aligned_sequences", None, {"a": np.ones((2, FEATURES)), "b": np.ones((3, 2))}, 'steps.named_values["b"]', "2 steps"),
+    "missing sequence input": ("two_aligned_sequences", None, {"a": np.ones((2, FEATURES))}, 'steps.named_values["b"]', "every sequence input: a, b"),
+    "unnamed steps of two sequences": ("two_aligned_sequences", None, np.ones((2, FEATURES)), "steps.named_values", "a, b"),
+    "static input sent with steps": ("several_in_out", {"context": np.ones(3)}, {"seq": np.ones((1, FEATURES)), "context": np.ones((1, 3))}, 'steps.named_values["context"]', "given at open"),
+    "static ids out of vocabulary": ("static_token_ids", {"user": np.array([1, VOCAB])}, np.ones((1, FEATURES)), 'open.named_inputs["user"].values', f"[0, {VOCAB})"),
+    "nan static input": ("several_in_out", {"context": np.array([1.0, np.nan, 0.0])}, np.ones((1, FEATURES)), 'open.named_inputs["context"].values', "finite"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_SESSION))
+def test_bad_session_inputs_are_invalid_argument(zoo: SeqServeClient, case: str) -> None:
+    """Each refusal names the field; the server keeps serving sessions after it."""
+    name, statics, steps, field, words = BAD_SESSION[case]
+    error = _session_error(zoo, name, statics, steps)
+    assert error.code == INVALID, error
+    assert error.field == field and words in str(error), error
+    with zoo.session("two_heads") as session:
+        assert set(session.step(np.zeros((2, FEATURES), np.float32))) == {"label", "value"}
 
 
 def test_time_distributed_head_runs_the_graph_path(zoo: SeqServeClient) -> None:
@@ -396,7 +508,9 @@ def _seq2seq_items(rng: np.random.Generator, pairs: list[tuple[int, int]]) -> li
     ]
 
 
-def test_metadata_lists_every_input_and_refuses_sessions(zoo: SeqServeClient) -> None:
+def test_metadata_lists_every_input_and_refuses_sessions_of_two_time_axes(
+    zoo: SeqServeClient,
+) -> None:
     meta = zoo.metadata("seq2seq_teacher_forcing")
     assert meta.mode == "many_to_many_unaligned"
     assert [(s.name, s.shape, s.sequence) for s in meta.inputs] == [
@@ -404,7 +518,8 @@ def test_metadata_lists_every_input_and_refuses_sessions(zoo: SeqServeClient) ->
         ("decoder", (-1, -1, 2), True),
     ]
     assert meta.input.name == ""  # no single-input view
-    assert meta.session_support == "session_unsupported" and "several" in meta.session_reason
+    assert meta.session_support == "session_unsupported"
+    assert "may differ in length" in meta.session_reason
     mixed = zoo.metadata("several_in_out")
     assert {s.name: s.sequence for s in mixed.inputs} == {"seq": True, "context": False}
     assert [s.name for s in mixed.outputs] == ["label", "value"]
@@ -414,9 +529,10 @@ def test_metadata_lists_every_input_and_refuses_sessions(zoo: SeqServeClient) ->
         ("ids", "int32", VOCAB),
         ("level", "float32", 0),
     ]
-    with pytest.raises(SeqServeError) as caught, zoo.session("two_aligned_sequences") as s:
-        s.step(np.zeros((2, FEATURES), np.float32))
+    with pytest.raises(SeqServeError) as caught, zoo.session("seq2seq_teacher_forcing") as s:
+        s.step({"encoder": np.zeros((2, FEATURES)), "decoder": np.zeros((2, 2))})
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no single step order" in str(caught.value)
 
 
 def test_seq2seq_inputs_of_their_own_lengths(

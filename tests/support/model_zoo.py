@@ -569,13 +569,17 @@ ZOO.update(
         "static_broadcast_add": (static_broadcast_add, "many_to_one", None),
     }
 )  # fmt: skip
-SEVERAL_OUTPUTS = {"two_heads", "two_heads_aligned", "several_in_out"}  # by name; no sessions
-# Several inputs (served with named_inputs; no sessions): sequence inputs that must share one
-# length per item; the others take lengths of their own.
+SEVERAL_OUTPUTS = {"two_heads", "two_heads_aligned", "several_in_out", "static_per_step"}
+# Several inputs (served with named_inputs): sequence inputs that must share one length per item
+# (EQUAL_LENGTHS); the others take lengths of their own.
 SEVERAL_INPUTS = {
     "sequence_and_static", "two_aligned_sequences", "tokens_and_numbers",
-    "seq2seq_teacher_forcing", "several_in_out",
+    "seq2seq_teacher_forcing", "several_in_out", "static_initial_state", "static_token_ids",
+    "static_per_step", "static_broadcast_add",
 }  # fmt: skip
+# Sessions of several inputs or outputs: static inputs at open, sequence inputs stepped together.
+# (seq2seq_teacher_forcing's inputs are on two time axes: no session.)
+SEVERAL_SESSIONS = sorted((SEVERAL_INPUTS | SEVERAL_OUTPUTS) - {"seq2seq_teacher_forcing"})
 EQUAL_LENGTHS = {"two_aligned_sequences", "tokens_and_numbers"}
 
 
