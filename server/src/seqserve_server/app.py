@@ -217,14 +217,26 @@ def authorization(settings: Settings, metrics: ServerMetrics) -> list[Wrap]:
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """Message sizes, streams per connection, and keepalive: the SDK pings every 30 s during
-    long sessions (allowed from 10 s on); the server pings idle callers to find dead ones."""
+    """Message sizes, streams per connection, and keepalive (gRPC core's channel argument
+    names, `grpc/impl/channel_arg_names.h`: gRPC ignores a name it does not know).
+
+    Callers may ping every `--min-ping-interval-s` (10 s) on a quiet connection, calls open or
+    not: the SDK pings every 30 s during long sessions. A ping sooner than that is a strike,
+    and the third strike closes the connection with GOAWAY `too_many_pings` (gRPC's own limit
+    would be one ping per 5 minutes with a call open, per 2 hours without). The server pings
+    quiet callers every `--keepalive-time-s` to find dead ones."""
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(settings.min_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", 2),  # gRPC's default, stated: 0 would allow any rate
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.keepalive_time_ms", _ms(settings.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", _ms(settings.keepalive_timeout_s)),
         ("grpc.so_reuseport", int(settings.reuse_port)),
     ]
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)

@@ -70,6 +70,19 @@ class Settings(BaseSettings):
     max_streams_per_connection: int = Field(
         256, ge=1, description="concurrent calls on one HTTP/2 connection (more wait)"
     )
+    # Keepalive (README "Limits", "Server settings"): the SDK pings every 30 s while a call is open.
+    min_ping_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="callers may ping a quiet connection every N s; a third faster ping "
+        "closes it (GOAWAY too_many_pings)",
+    )
+    keepalive_time_s: float = Field(
+        60.0, gt=0, description="ping a caller after N s of quiet, with or without calls open"
+    )
+    keepalive_timeout_s: float = Field(
+        20.0, gt=0, description="close a connection whose ping goes unanswered for N s"
+    )
     grace_period_s: float = Field(10.0, ge=0, description="time to finish in-flight work on stop")
     repository_poll_s: float = Field(
         0.0, ge=0, description="re-read the model repository every N s for changes (0: off)"
