@@ -1,6 +1,8 @@
 """Models with several inputs and outputs over the Open Inference Protocol, through stock
 `tritonclient` 2.73: every input by its name (ragged through `<input>_lengths`), every output by
 its name; answers equal seqserve.v1's and Keras' (`model(x, training=False)`, one item at a time).
+Triton sequences of these models: every input on the `sequence_start` request (static inputs
+[1, ...]), each sequence input's new steps after it, every output by name in each response.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ from tritonclient.utils import InferenceServerException
 
 from seqserve.inference import grpc_service_pb2 as pb
 from seqserve_client import SeqServeClient
-from tests.support.model_zoo import save_zoo
+from tests.support.model_zoo import VOCAB, ZOO, save_zoo
 from tests.support.reference import loader
 from tests.support.server_process import ServerProcess, served, v2_client
 
 MODELS = ("sequence_and_static", "seq2seq_teacher_forcing", "several_in_out", "two_heads")
+# Several inputs or outputs, with sessions: Triton sequences over them.
+SEQUENCE_MODELS = (
+    "two_heads", "two_heads_aligned", "sequence_and_static", "two_aligned_sequences",
+    "tokens_and_numbers", "several_in_out", "static_initial_state", "static_token_ids",
+    "static_per_step", "static_broadcast_add",
+)  # fmt: skip
 TOL = 1e-5
 EXACT = 1e-6  # v2 and v1 run the same compiled path
 
@@ -32,7 +40,7 @@ Item = dict[str, np.ndarray]  # one item: an array per input name
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_zoo(tmp_path_factory.mktemp("named"), MODELS)
+    return save_zoo(tmp_path_factory.mktemp("named"), dict.fromkeys(MODELS + SEQUENCE_MODELS))
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +66,11 @@ def eager(root: Path) -> Callable[..., keras.Model]:
     return loader(root)
 
 
+DATATYPES = {np.dtype("float32"): "FP32", np.dtype("int32"): "INT32", np.dtype("int64"): "INT64"}
+
+
 def _tensor(name: str, x: np.ndarray) -> triton.InferInput:
-    kind = {np.dtype("float32"): "FP32", np.dtype("int64"): "INT64"}[x.dtype]
-    tensor = triton.InferInput(name, list(x.shape), kind)
+    tensor = triton.InferInput(name, list(x.shape), DATATYPES[x.dtype])
     tensor.set_data_from_numpy(x)
     return tensor
 
@@ -314,13 +324,220 @@ def test_typed_contents_equal_raw_contents(
     np.testing.assert_array_equal(typed, raw.as_numpy("output"))
 
 
-def test_sequences_refuse_several_inputs_with_the_reason(
+# -- Triton sequences over several inputs and outputs ---------------------------------------------
+
+
+def _sequence_item(
+    v2: triton.InferenceServerClient, name: str, rng: np.random.Generator
+) -> tuple[Item, set[str]]:
+    """One item of every input (sequence inputs sum(CHUNKS) steps long, or the model's fixed
+    length) in the datatypes of the model's metadata; and which inputs are sequences (those
+    with a `<input>_lengths` input)."""
+    tensors = v2.get_model_metadata(name).inputs
+    names = {t.name for t in tensors}
+    sequences = {n for n in names if n + "_lengths" in names}
+    lengths = {n + "_lengths" for n in sequences}
+    steps = ZOO[name][2] or sum(CHUNKS)
+    item = {}
+    for tensor in tensors:
+        if tensor.name in lengths:
+            continue
+        shape = [steps if d == -1 else d for d in tensor.shape[1:]]
+        if tensor.datatype == "INT32":
+            item[tensor.name] = rng.integers(1, VOCAB, size=shape).astype(np.int32)
+        else:
+            item[tensor.name] = rng.normal(size=shape).astype(np.float32)
+    return item, sequences
+
+
+CHUNKS = (1, 3, 2)  # steps per request; a fixed-length model gets the rest in a last one
+
+
+def _chunks(name: str) -> list[tuple[int, int]]:
+    """(start, end) of each request's steps."""
+    sizes = list(CHUNKS)
+    fixed = ZOO[name][2]
+    if fixed is not None:
+        sizes.append(fixed - sum(sizes))
+    ends = np.cumsum(sizes).tolist()
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+def _sequence_requests(
+    name: str, item: Item, sequences: set[str], sequence: int | str
+) -> list[dict[str, Any]]:
+    """tritonclient's keyword arguments for each request of one sequence: every input on the
+    start request (static ones as [1, ...]), the sequence inputs' new steps ([1, steps, ...])
+    after it."""
+    chunks = _chunks(name)
+    requests = []
+    for i, (start, end) in enumerate(chunks):
+        inputs = [_tensor(n, item[n][np.newaxis, start:end]) for n in item if n in sequences]
+        if i == 0:
+            inputs += [_tensor(n, item[n][np.newaxis]) for n in item if n not in sequences]
+        requests.append(
+            {
+                "model_name": name,
+                "inputs": inputs,
+                "sequence_id": sequence,
+                "sequence_start": i == 0,
+                "sequence_end": i == len(chunks) - 1,
+            }
+        )
+    return requests
+
+
+def _prefix(item: Item, sequences: set[str], end: int) -> Item:
+    return {n: (x[:end] if n in sequences else x) for n, x in item.items()}
+
+
+def _check_sequence(
+    name: str,
+    item: Item,
+    sequences: set[str],
+    results: list[triton.InferResult],
+    outputs: list[str],
+    model: keras.Model,
+) -> None:
+    """Each response, every output by name, against Keras on the prefix fed so far: an aligned
+    model's new steps, a many-to-one model's running output. Keras runs a fixed-length model at
+    its full length only: an aligned one's steps (causal) are compared with that run's."""
+    _, mode, fixed = ZOO[name]
+    chunks = _chunks(name)
+    assert len(results) == len(chunks)
+    for result, (start, end) in zip(results, chunks, strict=True):
+        assert {o.name for o in result.get_response().outputs} >= set(outputs), name
+        if fixed is not None and end != fixed and mode != "many_to_many_aligned":
+            continue
+        want = _keras(model, _prefix(item, sequences, fixed or end), outputs)
+        for output in outputs:
+            got = result.as_numpy(output)
+            assert got is not None and got.shape[0] == 1, (name, output, got)
+            expected = want[output][start:end] if mode == "many_to_many_aligned" else want[output]
+            np.testing.assert_allclose(
+                got[0], expected, rtol=TOL, atol=TOL, err_msg=f"{name}.{output}, steps {end}"
+            )
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_sequence_through_infer_equals_keras_on_each_prefix(
+    v2: triton.InferenceServerClient, eager: Callable[..., keras.Model], name: str
+) -> None:
+    """ModelInfer with sequence_id: static inputs on the start request only, then each
+    sequence input's new steps; every response carries every output by name."""
+    item, sequences = _sequence_item(v2, name, np.random.default_rng(len(name) + 100))
+    assert sequences, name
+    sequence = 7000 + SEQUENCE_MODELS.index(name)
+    results = [v2.infer(**r) for r in _sequence_requests(name, item, sequences, sequence)]
+    _check_sequence(name, item, sequences, results, _outputs(v2, name), eager(name))
+
+
+def _stream(server: ServerProcess, requests: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+    """The requests on one ModelStreamInfer stream; every answer, in arrival order."""
+    answers: queue.Queue = queue.Queue()
+    with triton.InferenceServerClient(server.target) as client:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for index, request in enumerate(requests):
+            client.async_stream_infer(**request, request_id=str(index))
+        got = [answers.get(timeout=60) for _ in requests]
+        client.stop_stream()
+    return got
+
+
+def test_sequence_through_a_stream_equals_keras(
+    v2: triton.InferenceServerClient, server: ServerProcess, eager: Callable[..., keras.Model]
+) -> None:
+    """ModelStreamInfer: the requests of one sequence (static inputs first, then steps)
+    answered in order, every output by name."""
+    name = "static_initial_state"
+    item, sequences = _sequence_item(v2, name, np.random.default_rng(21))
+    answers = _stream(server, _sequence_requests(name, item, sequences, "device-21"))
+    assert [error for _, error in answers] == [None] * len(answers)
+    results = [result for result, _ in answers]
+    assert [r.get_response().id for r in results] == [str(i) for i in range(len(results))]
+    _check_sequence(name, item, sequences, results, _outputs(v2, name), eager(name))
+
+
+def _refused(call: Callable[[], Any], code: str = "StatusCode.INVALID_ARGUMENT") -> str:
+    with pytest.raises(InferenceServerException) as caught:
+        call()
+    assert caught.value.status() == code, caught.value.message()
+    return str(caught.value.message())
+
+
+def test_sequence_start_needs_every_static_input(v2: triton.InferenceServerClient) -> None:
+    steps = _tensor("steps", np.ones((1, 2, 3), np.float32))
+    message = _refused(
+        lambda: v2.infer("sequence_and_static", [steps], sequence_id=81, sequence_start=True)
+    )
+    assert message.startswith("inputs:") and "'static'" in message, message
+    shape = _tensor("static", np.ones((1, 5), np.float32))
+    message = _refused(
+        lambda: v2.infer("sequence_and_static", [steps, shape], sequence_id=81, sequence_start=True)
+    )
+    assert message.startswith("static.shape:"), message
+
+
+def test_a_static_input_on_a_later_request_is_refused_and_the_sequence_goes_on(
+    v2: triton.InferenceServerClient, eager: Callable[..., keras.Model]
+) -> None:
+    name = "sequence_and_static"
+    item, sequences = _sequence_item(v2, name, np.random.default_rng(82))
+    first, *rest = _sequence_requests(name, item, sequences, 82)
+    results = [v2.infer(**first)]
+    again = {**rest[0], "inputs": [*rest[0]["inputs"], _tensor("static", item["static"][None])]}
+    message = _refused(lambda: v2.infer(**again))
+    assert message.startswith("static:") and "sequence_start request only" in message, message
+    results += [v2.infer(**r) for r in rest]  # the refused request fed nothing
+    _check_sequence(name, item, sequences, results, _outputs(v2, name), eager(name))
+
+
+def test_sequence_inputs_need_equal_step_counts(v2: triton.InferenceServerClient) -> None:
+    a = _tensor("a", np.ones((1, 2, 3), np.float32))
+    b = _tensor("b", np.ones((1, 3, 2), np.float32))
+    name = "two_aligned_sequences"
+    message = _refused(lambda: v2.infer(name, [a, b], sequence_id=83, sequence_start=True))
+    assert message.startswith("b:") and "2 steps" in message and "3 steps" in message, message
+    b = _tensor("b", np.ones((1, 2, 2), np.float32))
+    v2.infer(name, [a, b], sequence_id=83, sequence_start=True)
+    short = _tensor("a", np.ones((1, 1, 3), np.float32))
+    message = _refused(lambda: v2.infer(name, [short, b], sequence_id=83))
+    assert message.startswith("b:") and "1 steps" in message, message
+    missing = _refused(lambda: v2.infer(name, [a], sequence_id=83))
+    assert missing.startswith("inputs:") and "'b'" in missing, missing
+    v2.infer(name, [a, b], sequence_id=83, sequence_end=True)
+
+
+def test_unknown_inputs_in_a_sequence_are_named(v2: triton.InferenceServerClient) -> None:
+    name = "several_in_out"
+    seq = _tensor("seq", np.ones((1, 2, 3), np.float32))
+    context = _tensor("context", np.ones((1, 3), np.float32))
+    stray = _tensor("weather", np.ones((1, 3), np.float32))
+    message = _refused(
+        lambda: v2.infer(name, [seq, context, stray], sequence_id=84, sequence_start=True)
+    )
+    assert message.startswith("inputs[2].name:") and "'weather'" in message, message
+    v2.infer(name, [seq, context], sequence_id=84, sequence_start=True)
+    message = _refused(lambda: v2.infer(name, [stray, seq], sequence_id=84))
+    assert "'seq'" in message and "'seq_lengths'" in message, message
+    assert message.startswith("inputs[0].name:") and "'weather'" in message, message
+    v2.infer(name, [seq], sequence_id=84, sequence_end=True)
+
+
+def test_sequences_refuse_inputs_of_different_lengths_with_the_reason(
     v2: triton.InferenceServerClient,
 ) -> None:
-    inputs = _v2_inputs(
-        _rng_items(np.random.default_rng(6), CASES["several_in_out"])[:1], set(), False
+    """seq2seq_teacher_forcing's encoder and decoder have time axes of their own: no step order
+    to feed them in; Predict serves it."""
+    encoder = _tensor("encoder", np.ones((1, 3, 3), np.float32))
+    decoder = _tensor("decoder", np.ones((1, 3, 2), np.float32))
+    message = _refused(
+        lambda: v2.infer(
+            "seq2seq_teacher_forcing", [encoder, decoder], sequence_id=85, sequence_start=True
+        ),
+        "StatusCode.FAILED_PRECONDITION",
     )
-    with pytest.raises(InferenceServerException) as caught:
-        v2.infer("several_in_out", inputs, sequence_id=3, sequence_start=True)
-    assert caught.value.status() == "StatusCode.FAILED_PRECONDITION"
-    assert "several" in str(caught.value.message())
+    assert "differ in length" in message and "encoder, decoder" in message, message
+    config = v2.get_model_config("seq2seq_teacher_forcing").config
+    assert config.parameters["session_support"].string_value == "unsupported"
+    assert not config.HasField("sequence_batching")
