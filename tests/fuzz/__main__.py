@@ -1,5 +1,7 @@
-"""`python -m tests.fuzz [--cases N] [--seed S] [--repository DIR]`: start a real server on
-127.0.0.1 (ephemeral port) serving DIR, fuzz it, print the summary; exit 1 on any problem.
+"""`python -m tests.fuzz [--cases N] [--seed S] [--repository DIR] [--zoo NAMES]`: start a real
+server on 127.0.0.1 (ephemeral port) serving DIR and the zoo models NAMES (comma-separated, by
+default run.ZOO_MODELS: several inputs and outputs; `--zoo ''` for DIR alone), fuzz it, print the
+summary; exit 1 on any problem.
 
 `--replay SEED:INDEX` prints one case (its RPC, tags and messages as text) instead, to read a
 finding; the summary names each finding by its SEED:INDEX.
@@ -9,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -25,11 +30,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--valid-callers", type=int, default=2)
     parser.add_argument("--time-limit-s", type=float, default=1800.0)
     parser.add_argument("--repository", type=Path, default=Path("models"))
+    parser.add_argument("--zoo", default=None, help="zoo models served beside the repository's")
     parser.add_argument("--replay", help="SEED:INDEX: print that case and exit")
     parser.add_argument("server_args", nargs="*", help="extra `seqserve serve` flags (after --)")
     args = parser.parse_args(argv)
-    if args.replay:
-        return _replay(args.replay, args.repository, args.server_args)
+    from .run import ZOO_MODELS
+
+    zoo = ZOO_MODELS if args.zoo is None else tuple(n for n in args.zoo.split(",") if n)
+    with _repository(args.repository, zoo) as repository:
+        if args.replay:
+            return _replay(args.replay, repository, args.server_args)
+        return _fuzz(args, repository, zoo)
+
+
+@contextlib.contextmanager
+def _repository(repository: Path, zoo: tuple[str, ...]) -> Iterator[Path]:
+    """`repository`, or (with zoo models) a temporary one holding its models and theirs."""
+    from .run import with_zoo
+
+    if not zoo:
+        yield repository
+        return
+    with tempfile.TemporaryDirectory(prefix="fuzz-repository-") as root:
+        yield with_zoo(repository, zoo, Path(root))
+
+
+def _fuzz(args: argparse.Namespace, repository: Path, zoo: tuple[str, ...]) -> int:
     from tests.support.server_process import start_server
 
     from .run import FuzzConfig, fuzz
@@ -38,12 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         cases=args.cases, seed=args.seed, concurrency=args.concurrency,
         valid_callers=args.valid_callers, time_limit_s=args.time_limit_s,
     )  # fmt: skip
-    server = start_server(args.repository, *args.server_args)
-    print(f"fuzzing {server.target} (pid {server.process.pid}) serving {args.repository}")
+    server = start_server(repository, *args.server_args)
+    served = f"{args.repository}" + (f" and the zoo's {', '.join(zoo)}" if zoo else "")
+    print(f"fuzzing {server.target} (pid {server.process.pid}) serving {served}")
     try:
-        report = asyncio.run(
-            fuzz(server.target, server.process.pid, args.repository, config, log=True)
-        )
+        report = asyncio.run(fuzz(server.target, server.process.pid, repository, config, log=True))
     finally:
         server.stop()
     print(report.summary())

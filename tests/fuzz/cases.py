@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from google.protobuf.message import DecodeError, Message
@@ -308,20 +309,27 @@ def predict_request(r: random.Random, targets: list[Target], tags: list[str]) ->
     target = r.choice(targets)
     rng = np.random.default_rng(r.getrandbits(32))
     request = pb.PredictRequest(
-        model_name=target.name, inputs=valid_batch(target, rng, r),
+        model_name=target.name,
         top_k=r.randint(0, target.labels) if target.labels and r.random() < 0.3 else 0,
-    )  # fmt: skip
+    )
+    if target.named:
+        for name, x in target.valid_named(rng, r.choice([1, 1, 2, 3])).items():
+            request.named_inputs[name].values.CopyFrom(to_tensor(x))
+    else:
+        request.inputs.CopyFrom(valid_batch(target, rng, r))
     if r.random() < 0.1:
         tags.append("valid")
         return request
     for _ in range(_count(r)):
         roll = r.random()
+        # a model with several inputs: one of its named batches
+        batch = r.choice(list(request.named_inputs.values()) or [request.inputs])
         if roll < 0.5:
-            mutate_tensor(request.inputs.values, r, tags)
+            mutate_tensor(batch.values, r, tags)
             continue
         if roll < 0.7:
             mutation = r.choice(BATCH_MUTATIONS)
-            mutation(request.inputs, r)
+            mutation(batch, r)
             tags.append(mutation.__name__[2:])
         elif roll < 0.8:
             request.top_k = r.choice(TOP_KS)
@@ -333,7 +341,8 @@ def predict_request(r: random.Random, targets: list[Target], tags: list[str]) ->
             request.model_version = r.choice(VERSIONS)
             tags.append("model_version")
         elif roll < 0.97:
-            tags.append("named_inputs_" + named_inputs(request, r))
+            how = several_inputs(request, target, r) if target.named else named_inputs(request, r)
+            tags.append("named_inputs_" + how)
         else:
             request.ClearField("inputs")
             tags.append("no_inputs")
@@ -355,31 +364,64 @@ def named_inputs(request: pb.PredictRequest, r: random.Random) -> str:
     return how
 
 
+def several_inputs(request: pb.PredictRequest, target: Target, r: random.Random) -> str:
+    """A several-input model's named batches made wrong: one missing, an unknown one beside
+    them, one with fewer items, one in `inputs` as well, or all in `inputs`; which one."""
+    named = request.named_inputs
+    how = r.choice(["missing", "unknown", "fewer", "both", "unnamed"])
+    name = r.choice(sorted(named)) if named else "input"
+    if how == "missing" and named:
+        del named[name]
+    elif how == "unknown":
+        named[r.choice(NAMES)].CopyFrom(named[name] if named else pb.Batch())
+    elif how == "fewer" and named:
+        values = named[name].values
+        if values.shape and values.shape[0] > 1:
+            count = len(values.raw) // values.shape[0]
+            values.shape[0] -= 1
+            values.raw = values.raw[: count * values.shape[0]]
+        else:
+            values.shape[0:0] = [2]  # an item axis more: 2 items where the others have 1
+            values.raw += values.raw
+    elif how in ("both", "unnamed") and named:
+        request.inputs.CopyFrom(named[name])
+        if how == "unnamed":
+            request.ClearField("named_inputs")
+    return how
+
+
 # -- sessions ---------------------------------------------------------------------------------
 
 
 def session_messages(
     r: random.Random, targets: list[Target], tags: list[str]
 ) -> list[pb.SessionRequest]:
-    """Open (valid or not, or missing), then steps, resets and end_input in any order."""
+    """Open (valid or not, or missing; static inputs in `named_inputs`), then steps (in
+    `values` or `named_values`), resets (new static inputs or none) and end_input in any
+    order."""
     with_sessions = [t for t in targets if t.sessions]
     target = r.choice(with_sessions if with_sessions and r.random() < 0.85 else targets)
     rng = np.random.default_rng(r.getrandbits(32))
     messages: list[pb.SessionRequest] = []
     if r.random() < 0.9:
-        messages.append(_session_open(target, r, tags))
+        messages.append(_session_open(target, r, rng, tags))
     else:
         tags.append("no_open")
     for _ in range(r.choice([0, 1, 2, 3, 5, 8])):
         kind = r.choices(
-            ["steps", "bad_steps", "huge_steps", "reset", "end_input", "empty", "open"],
-            [40, 20, 3, 10, 10, 4, 4],
-        )[0]
+            ["steps", "bad_steps", "named_steps", "huge_steps", "reset", "end_input", "empty",
+             "open"],
+            [40, 20, 12, 3, 10, 10, 4, 4],
+        )[0]  # fmt: skip
         messages.append(_session_event(kind, target, r, rng, tags))
     return messages
 
 
-def _session_open(target: Target, r: random.Random, tags: list[str]) -> pb.SessionRequest:
+def _session_open(
+    target: Target, r: random.Random, rng: np.random.Generator, tags: list[str]
+) -> pb.SessionRequest:
+    """An open: a model's static inputs in `named_inputs` (valid mostly, else made wrong); now
+    and then static inputs for a model that has none."""
     opening = pb.SessionOpen(model_name=target.name, emit_on_request=r.random() < 0.3)
     roll = r.random()
     if roll < 0.1:
@@ -391,14 +433,137 @@ def _session_open(target: Target, r: random.Random, tags: list[str]) -> pb.Sessi
     elif roll < 0.25:
         opening.top_k = r.choice(TOP_KS)
         tags.append("open.top_k")
+    if target.statics or r.random() < 0.1:
+        valid = r.random() < (0.7 if target.statics else 0.0)
+        _fill(opening.named_inputs, named_statics(target, r, rng, tags, "open", valid))
     return pb.SessionRequest(open=opening)
+
+
+def _fill(field: Any, tensors: dict[str, pb.Tensor]) -> None:
+    for name, tensor in tensors.items():
+        field[name].CopyFrom(tensor)
+
+
+STATIC_FAULTS = ["missing", "unknown", "sequence", "shape", "batch", "dtype", "nonfinite",
+                 "ids", "huge", "tensor", "empty"]  # fmt: skip
+
+
+def named_statics(
+    target: Target,
+    r: random.Random,
+    rng: np.random.Generator,
+    tags: list[str],
+    where: str,
+    valid: bool,
+) -> dict[str, pb.Tensor]:
+    """The model's static inputs by name (SessionOpen/SessionReset `named_inputs`): valid (each
+    one item, with a batch axis of 1 or without), or one fault made (tagged `where`.fault)."""
+    arrays = target.valid_statics(rng)
+    if r.random() < 0.3:
+        arrays = {n: x[np.newaxis] for n, x in arrays.items()}  # [1, ...] is accepted too
+    # (a model without static inputs: only faults that add one)
+    faults = STATIC_FAULTS if arrays else ["unknown", "sequence"]
+    fault = "valid" if valid else r.choice(faults)
+    tags.append(f"{where}.named_inputs.{fault}")
+    name = r.choice(sorted(arrays)) if arrays else None
+    if fault == "missing" and name:
+        del arrays[name]
+    elif fault == "unknown":
+        arrays[r.choice([*NAMES, "input", "static"])] = target.valid_steps(rng, 1)
+    elif fault == "sequence":  # the sequence inputs sent as static ones (or the only input)
+        for spec in target.sequences:
+            arrays[spec.name] = spec.item(rng, 3)
+        if not target.sequences:
+            arrays[_single_name(target)] = target.valid_steps(rng, 3)
+    elif fault == "shape" and name:
+        x = arrays[name]
+        arrays[name] = np.resize(x, (*x.shape[:-1], x.shape[-1] + r.choice([-1, 1, 5])))
+    elif fault == "batch" and name:  # two items where one is due, or an axis more
+        x = arrays[name]
+        arrays[name] = np.stack([x, x]) if r.random() < 0.5 else x[np.newaxis, np.newaxis]
+    elif fault == "dtype" and name:
+        arrays[name] = arrays[name].astype(r.choice([np.float64, np.float16, np.int64, np.int32]))
+    elif fault == "nonfinite" and name:
+        x = arrays[name].astype(np.float32)
+        x.reshape(-1)[r.randrange(x.size)] = r.choice(NONFINITE)
+        arrays[name] = x
+    elif fault == "ids" and name:  # ids outside the vocabulary (or negative)
+        x = arrays[name].astype(np.int32)
+        x.reshape(-1)[r.randrange(x.size)] = r.choice([-1, INT32_MIN, INT32_MAX, 10**6])
+        arrays[name] = x
+    elif fault == "empty":
+        arrays = {}
+    tensors = {n: to_tensor(x) for n, x in arrays.items()}
+    if fault == "huge" and name:
+        r.choice([m_dim_huge, m_shape_wraps, m_rank_huge, m_long])(tensors[name], r)
+    elif fault == "tensor" and name:
+        mutate_tensor(tensors[name], r, tags)
+    return tensors
+
+
+STEP_FAULTS = ["unequal", "unknown", "both", "static", "empty", "missing", "unnamed", "tensor",
+               "huge"]  # fmt: skip
+
+
+def named_steps(
+    target: Target, r: random.Random, rng: np.random.Generator, tags: list[str], valid: bool
+) -> pb.SessionSteps:
+    """New steps in `named_values` (every sequence input's by name; a model with one input
+    takes it under its name): valid, or one fault made (tagged steps.named_values.fault)."""
+    count = r.choice([1, 1, 2, 3])
+    if target.named:
+        arrays = target.valid_named_steps(rng, count)
+    else:
+        arrays = {_single_name(target): target.valid_steps(rng, count)}
+    fault = "valid" if valid else r.choice(STEP_FAULTS)
+    tags.append(f"steps.named_values.{fault}")
+    steps = pb.SessionSteps(emit=r.random() < 0.5)
+    name = r.choice(sorted(arrays)) if arrays else None
+    if fault == "unequal" and name:
+        x = arrays[name]
+        arrays[name] = np.concatenate([x, x[:1]]) if r.random() < 0.5 or len(x) < 2 else x[:-1]
+    elif fault == "unknown":
+        arrays[r.choice([*NAMES, "static", "values"])] = target.valid_steps(rng, count)
+    elif fault == "both" and name:
+        steps.values.CopyFrom(to_tensor(arrays[name]))
+    elif fault == "static":  # a static input among the steps
+        statics = target.valid_statics(rng) or {"context": np.ones(3, np.float32)}
+        extra = r.choice(sorted(statics))
+        arrays[extra] = statics[extra] if r.random() < 0.5 else np.stack([statics[extra]] * count)
+    elif fault == "empty":
+        arrays = {}
+    elif fault == "missing" and name:
+        del arrays[name]
+    elif fault == "unnamed" and name:  # `values` alone (one of several inputs' steps)
+        steps.values.CopyFrom(to_tensor(arrays[name]))
+        arrays = {}
+    tensors = {n: to_tensor(x) for n, x in arrays.items()}
+    if fault == "tensor" and name and name in tensors:
+        mutate_tensor(tensors[name], r, tags)
+    elif fault == "huge" and name and name in tensors:
+        r.choice([m_dim_huge, m_shape_wraps, m_long])(tensors[name], r)
+    _fill(steps.named_values, tensors)
+    return steps
+
+
+def _single_name(target: Target) -> str:
+    return target.inputs[0].name if target.inputs else "input"
 
 
 def _session_event(
     kind: str, target: Target, r: random.Random, rng: np.random.Generator, tags: list[str]
 ) -> pb.SessionRequest:
     if kind == "reset":
-        return pb.SessionRequest(reset=pb.SessionReset())
+        reset = pb.SessionReset()
+        if (target.statics and r.random() < 0.6) or r.random() < 0.05:
+            valid = bool(target.statics) and r.random() < 0.5
+            _fill(reset.named_inputs, named_statics(target, r, rng, tags, "reset", valid))
+        return pb.SessionRequest(reset=reset)
+    if kind == "named_steps":
+        return pb.SessionRequest(steps=named_steps(target, r, rng, tags, valid=False))
+    if target.named and kind in ("steps", "bad_steps"):
+        valid = kind == "steps" or r.random() < 0.3
+        return pb.SessionRequest(steps=named_steps(target, r, rng, tags, valid))
     if kind == "end_input":
         return pb.SessionRequest(end_input=pb.SessionEndInput())
     if kind == "empty":
@@ -406,8 +571,14 @@ def _session_event(
         return pb.SessionRequest()
     if kind == "open":
         tags.append("open_again")
-        return _session_open(target, r, tags)
+        return _session_open(target, r, rng, tags)
     steps = r.choice([1, 1, 2, 3]) if kind != "huge_steps" else r.choice([1000, 20_000])
+    if target.named:  # huge steps of every sequence input
+        message = pb.SessionRequest(steps=pb.SessionSteps())
+        named = target.valid_named_steps(rng, steps)
+        _fill(message.steps.named_values, {n: to_tensor(x) for n, x in named.items()})
+        tags.append("huge_steps")
+        return message
     x = target.valid_steps(rng, steps)
     message = pb.SessionRequest(steps=pb.SessionSteps(values=to_tensor(x), emit=r.random() < 0.5))
     if kind == "bad_steps":

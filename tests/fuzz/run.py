@@ -22,10 +22,27 @@ from .cases import Case, make_case
 from .targets import Target, discover
 
 FORBIDDEN = ("INTERNAL", "UNKNOWN")
+# Zoo models (tests/support/model_zoo.py) `python -m tests.fuzz` serves beside the repository's:
+# several inputs (static ones, two sequence inputs on one time axis, static token ids, inputs of
+# different lengths that refuse sessions) and several outputs, for the fields that name them.
+ZOO_MODELS = (
+    "several_in_out", "static_initial_state", "two_aligned_sequences", "static_token_ids",
+    "seq2seq_teacher_forcing",
+)  # fmt: skip
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
 ]
+
+
+def with_zoo(repository: Path, zoo: tuple[str, ...], root: Path) -> Path:
+    """A repository at `root`: the models of `repository` (linked) and the `zoo` models saved."""
+    from tests.support.model_zoo import save_zoo
+
+    for model in repository.iterdir():
+        if model.is_dir() and any(v.is_dir() and v.name.isdigit() for v in model.iterdir()):
+            (root / model.name).symlink_to(model.resolve(), target_is_directory=True)
+    return save_zoo(root, zoo)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The project's own fuzzer, a few hundred seeded cases over every RPC against the session's server
-(the full 10,000 run is `make fuzz`): no INTERNAL/UNKNOWN from any request, the server
-alive, valid traffic beside the cases 100% OK and equal to Keras, RSS bounded."""
+and against a server of the zoo's several-input and several-output models (the full 10,000 run
+is `make fuzz`): no INTERNAL/UNKNOWN from any request, the server alive, valid traffic beside
+the cases 100% OK and equal to Keras, RSS bounded."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import grpc
 import pytest
 
 from tests.fuzz.cases import RPC_WEIGHTS, SEQSERVE, Case
-from tests.fuzz.run import FuzzConfig, execute, fuzz
-from tests.support.server_process import ServerProcess
+from tests.fuzz.run import ZOO_MODELS, FuzzConfig, execute, fuzz
+from tests.support.model_zoo import save_zoo
+from tests.support.server_process import ServerProcess, served
 
 
 def test_fuzz_every_rpc(server: ServerProcess, repository: Path) -> None:
@@ -21,6 +23,24 @@ def test_fuzz_every_rpc(server: ServerProcess, repository: Path) -> None:
     print(report.summary())
     assert set(report.codes) == set(RPC_WEIGHTS), "every RPC was fuzzed"
     assert not report.problems(), "\n".join(report.problems())
+
+
+@pytest.fixture(scope="module")
+def zoo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_zoo(tmp_path_factory.mktemp("fuzz_zoo"), ZOO_MODELS)
+
+
+def test_fuzz_several_inputs_and_outputs(zoo_repository: Path) -> None:
+    """The zoo models `python -m tests.fuzz` adds: static inputs at open and reset
+    (`named_inputs`), several sequence inputs' steps (`named_values`), several outputs, a
+    model that refuses sessions; valid traffic on them (sessions too) equal to Keras."""
+    config = FuzzConfig(cases=300, seed=20261207, rss_growth_limit=0.10)
+    with served(zoo_repository) as server:
+        report = asyncio.run(fuzz(server.target, server.process.pid, zoo_repository, config))
+    print(report.summary())
+    assert not report.problems(), "\n".join(report.problems())
+    assert report.valid.ok["Session"], "valid sessions of several-input models ran"
+    assert report.codes["Session"]["OK"] and report.codes["Session"]["INVALID_ARGUMENT"]
 
 
 @pytest.mark.parametrize(
