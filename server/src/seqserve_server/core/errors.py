@@ -46,6 +46,30 @@ class NotOpen(InvalidInput):
     reason = "NOT_OPEN"
 
 
+RESUME_TOKEN_FIELD = "open.resume"
+
+
+class BadResumeToken(InvalidInput):
+    """A resume token this service cannot read: empty, truncated, too long, not a token, sealed
+    under a key it does not hold, tampered with or forged. Nothing is opened; the message says
+    why and never echoes the token."""
+
+    reason = "RESUME_TOKEN_INVALID"
+
+    def __init__(self, got: str, message: str) -> None:
+        super().__init__(RESUME_TOKEN_FIELD, "a resume token sealed by this service", got, message)
+
+
+class ResumeTokenRefused(InvalidInput):
+    """An authentic resume token that does not apply here or now: expired, sealed for another
+    caller, or for another model, version, model file or step program."""
+
+    reason = "RESUME_TOKEN_REFUSED"
+
+    def __init__(self, expected: str, got: str, message: str) -> None:
+        super().__init__(RESUME_TOKEN_FIELD, expected, got, message)
+
+
 class ModelNotFound(SeqServeError):
     """No model (or no such version of it) is in the repository."""
 

@@ -57,7 +57,7 @@ class ReferenceCache:
     def for_model(self, model_file: Path) -> ModelReferences:
         digest = hashlib.sha256()
         digest.update(self.environment().encode())
-        digest.update(_file_sha256(model_file).encode())
+        digest.update(file_sha256(model_file).encode())
         return ModelReferences(self, self.directory / digest.hexdigest()[:40])
 
     def environment(self) -> str:
@@ -159,7 +159,9 @@ def _check(model_key: str, key: str, output: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 (hex) of a file, read a MiB at a time: what names a model file's content
+    (here, and in the resume tokens that bind a session to it)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -24,6 +24,7 @@ ERROR_DOMAIN = "seqserve"
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.NotOpen, grpc.StatusCode.FAILED_PRECONDITION),  # before its base, InvalidInput
+    (errors.ResumeTokenRefused, grpc.StatusCode.FAILED_PRECONDITION),  # likewise
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (TensorTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TensorError, grpc.StatusCode.INVALID_ARGUMENT),
