@@ -35,6 +35,7 @@ from .results import (
     Outputs,
     Predicted,
     Prediction,
+    Rankings,
     SessionInfo,
     SessionOutput,
     SessionValues,
@@ -52,7 +53,7 @@ StepValues = Steps | Mapping[str, Steps]
 # A session's static inputs (no time axis) by name, one item each (no batch axis): a vector
 # [features...] or token ids [n].
 StaticInputs = Mapping[str, np.ndarray | Sequence[float] | Sequence[int]]
-TopK = list[list[tuple[str, float]]]  # per output vector, the k best (label, score) pairs
+TopK = Rankings  # per output vector, the k best (label, score) pairs; by name for several
 R = TypeVar("R")
 
 
@@ -182,7 +183,7 @@ def _write_static(field: MutableMapping[str, pb.Tensor], inputs: StaticInputs | 
 
 def prediction_from(response: pb.PredictResponse) -> Prediction:
     """Outputs as numpy; a dict of them by name for a model with several outputs."""
-    ranked = [top_k_pairs(t) for t in response.top_k]
+    ranked = rankings(response.top_k, response.named_top_k)
     outputs: Predicted
     if response.named_outputs:
         outputs = {name: _output_from(o) for name, o in sorted(response.named_outputs.items())}
@@ -209,7 +210,16 @@ def _outputs_of(response: pb.PredictResponse) -> Predicted:
 
 
 def _top_k_of(response: pb.PredictResponse) -> TopK:
-    return [top_k_pairs(t) for t in response.top_k]
+    return rankings(response.top_k, response.named_top_k)
+
+
+def rankings(single: Iterable[pb.TopK], named: Mapping[str, pb.TopKList]) -> Rankings:
+    """A single output's rankings, or several outputs' by output name (sorted)."""
+    if named:
+        return {
+            name: [top_k_pairs(t) for t in ranked.top_k] for name, ranked in sorted(named.items())
+        }
+    return [top_k_pairs(t) for t in single]
 
 
 def stream_part_from(part: pb.PredictStreamResponse) -> StreamPart:
@@ -233,7 +243,9 @@ def top_k_pairs(ranked: pb.TopK) -> list[tuple[str, float]]:
 
 def _spec_from(spec: pb.TensorSpec) -> TensorSpec:
     dtype = pb.DataType.Name(spec.dtype).lower()
-    return TensorSpec(spec.name, dtype, tuple(spec.shape), spec.sequence, spec.vocabulary)
+    return TensorSpec(
+        spec.name, dtype, tuple(spec.shape), spec.sequence, spec.vocabulary, tuple(spec.labels)
+    )
 
 
 def _versions_of(response: pb.LoadModelResponse | pb.UnloadModelResponse) -> list[ModelStatus]:
@@ -354,7 +366,7 @@ def session_output_from(response: pb.SessionResponse) -> SessionOutput:
         }
     elif out.HasField("values"):
         values = from_tensor(out.values)
-    return SessionOutput(out.step, values, [top_k_pairs(t) for t in out.top_k], out.last)
+    return SessionOutput(out.step, values, rankings(out.top_k, out.named_top_k), out.last)
 
 
 def reset_done(response: pb.SessionResponse) -> None:

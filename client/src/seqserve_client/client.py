@@ -58,7 +58,8 @@ class SeqServeClient(ClientBase):
         version: int = 0,
         timeout: float | None = None,
     ) -> TopK:
-        """The k best (label, score) pairs per output vector, for models with labels."""
+        """The k best (label, score) pairs per output vector, for models with labels; for a
+        model with several outputs, a dict of them by labelled output name."""
         return self._unary(calls.classify(model, inputs, top_k, version), timeout)
 
     def predict_full(

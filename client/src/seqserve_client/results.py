@@ -20,6 +20,12 @@ class TensorSpec:
     shape: tuple[int, ...]  # -1: any size
     sequence: bool = False  # [batch, time, ...] rather than [batch, ...]
     vocabulary: int = 0  # token ids: each in [0, vocabulary); 0 for other inputs
+    labels: tuple[str, ...] = ()  # a classification output's labels (feature index -> label)
+
+
+Ranking = list[list[tuple[str, float]]]  # per output vector (or step), the k best (label, score)
+# A single output's rankings, or (several outputs) each labelled output's by name
+Rankings = Ranking | dict[str, Ranking]
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ class Prediction:
     # [batch, ...] when every output has the same shape, else a list; by name (a dict) for a
     # model with several outputs
     outputs: Predicted
-    top_k: list[list[tuple[str, float]]] = field(default_factory=list)
+    top_k: Rankings = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class SessionOutput:
 
     step: int  # index of the first step in `values` since open or reset
     values: SessionValues | None
-    top_k: list[list[tuple[str, float]]] = field(default_factory=list)
+    top_k: Rankings = field(default_factory=list)
     last: bool = False
 
 

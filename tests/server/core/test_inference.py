@@ -38,9 +38,9 @@ def test_predict_vectors_equal_keras_with_top_k(
     want = keras_model("iris_like")(x, training=False).numpy()
     assert (result.model, result.version, result.mode) == ("iris_like", 1, Mode.ONE_TO_ONE)
     np.testing.assert_allclose(result.outputs.values, want, atol=TOLERANCE)
-    assert result.top_k is not None and len(result.top_k) == 5
+    assert result.top_k is not None and len(result.top_k["output"]) == 5
     best = want.argmax(-1)
-    assert [t.labels[0] for t in result.top_k] == [["a", "b", "c"][i] for i in best]
+    assert [t.labels[0] for t in result.top_k["output"]] == [["a", "b", "c"][i] for i in best]
     assert result.named is None
 
 

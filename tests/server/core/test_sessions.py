@@ -63,7 +63,7 @@ def test_many_to_one_session_gives_the_running_output_and_resets(
             assert output is not None and output.step == seen - 1
             want = model(x[None, :seen], training=False)[0]
             np.testing.assert_allclose(output.values, want, atol=TOLERANCE)
-            assert output.top_k[0].indices == list(np.argsort(-np.asarray(want))[:2])
+            assert output.top_k["output"][0].indices == list(np.argsort(-np.asarray(want))[:2])
         sessions.reset(session)
         assert session.steps == 0
         again = await sessions.step(session, x[:2])

@@ -49,7 +49,7 @@ def test_inputs_decode_dense_and_ragged_within_limits() -> None:
 
 def test_vector_results_with_top_k() -> None:
     values = np.array([[0.1, 0.7, 0.2]], np.float32)
-    ranked = [TopK(["b", "c"], [0.7, 0.2], [1, 2])]
+    ranked = {"output": [TopK(["b", "c"], [0.7, 0.2], [1, 2])]}
     response = msg.result_to_proto(InferenceResult("m", 3, Mode.ONE_TO_ONE, Batch(values), ranked))
     assert (response.model_name, response.model_version, response.mode) == ("m", 3, pb.ONE_TO_ONE)
     np.testing.assert_array_equal(from_tensor(response.vectors.values), values)
@@ -127,7 +127,7 @@ def test_metadata_of_a_ready_and_of_a_failed_version(repo: ModelRepository) -> N
 
 def test_session_messages() -> None:
     values = np.arange(6, dtype=np.float32).reshape(3, 2)
-    ranked = [TopK(["x"], [float(i)], [0]) for i in range(3)]
+    ranked = {"output": [TopK(["x"], [float(i)], [0]) for i in range(3)]}
     one = msg.session_output(StepOutput(7, values, ranked)).output
     assert one.step == 7 and not one.last and len(one.top_k) == 3
     np.testing.assert_array_equal(from_tensor(one.values), values)
@@ -156,7 +156,7 @@ def test_session_messages() -> None:
 def test_session_output_equals_the_codec(values: np.ndarray) -> None:
     """Built in place, the output is byte for byte the message the codec's tensor gives."""
     ranked = [TopK(["x"], [1.0], [0])] if values.ndim == 2 else []
-    output = StepOutput(5, values, ranked, last=True)
+    output = StepOutput(5, values, {"output": ranked} if ranked else {}, last=True)
     want = pb.SessionResponse(
         output=pb.SessionOutput(
             step=5, values=to_tensor(values), top_k=[msg.top_k_to_proto(t) for t in ranked],

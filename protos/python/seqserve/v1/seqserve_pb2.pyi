@@ -220,6 +220,7 @@ class TensorSpec(_message.Message):
     SHAPE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     VOCABULARY_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     dtype: Global___DataType.ValueType
     sequence: _builtins.bool
@@ -230,6 +231,10 @@ class TensorSpec(_message.Message):
     """
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Outputs that are classifications: their labels (feature index -> label), from the config."""
+
     def __init__(
         self,
         *,
@@ -238,10 +243,11 @@ class TensorSpec(_message.Message):
         shape: _abc.Iterable[_builtins.int] | None = ...,
         sequence: _builtins.bool = ...,
         vocabulary: _builtins.int = ...,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "name", b"name", "sequence", b"sequence", "shape", b"shape", "vocabulary", b"vocabulary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "labels", b"labels", "name", b"name", "sequence", b"sequence", "shape", b"shape", "vocabulary", b"vocabulary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -274,6 +280,28 @@ class TopK(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TopK: _TypeAlias = TopK  # noqa: Y015
+
+@_typing.final
+class TopKList(_message.Message):
+    """The k best labels of each of an output's vectors (or steps), in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOP_K_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def top_k(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopK]: ...
+    def __init__(
+        self,
+        *,
+        top_k: _abc.Iterable[Global___TopK] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["top_k", b"top_k"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopKList: _TypeAlias = TopKList  # noqa: Y015
 
 @_typing.final
 class PredictRequest(_message.Message):
@@ -420,6 +448,27 @@ class PredictResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class NamedTopKEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___TopKList: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___TopKList | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
@@ -427,6 +476,7 @@ class PredictResponse(_message.Message):
     SEQUENCES_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     NAMED_OUTPUTS_FIELD_NUMBER: _builtins.int
+    NAMED_TOP_K_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
     mode: Global___Mode.ValueType
@@ -444,6 +494,12 @@ class PredictResponse(_message.Message):
     def named_outputs(self) -> _containers.MessageMap[_builtins.str, Global___Output]:
         """Models with several outputs: every output by name (`vectors`/`sequences` are then unset)."""
 
+    @_builtins.property
+    def named_top_k(self) -> _containers.MessageMap[_builtins.str, Global___TopKList]:
+        """Models with several outputs, top_k > 0: each labelled output's top-k by name (`top_k` is
+        then empty); k is capped at each output's label count.
+        """
+
     def __init__(
         self,
         *,
@@ -454,10 +510,11 @@ class PredictResponse(_message.Message):
         sequences: Global___SequenceOutput | None = ...,
         top_k: _abc.Iterable[Global___TopK] | None = ...,
         named_outputs: _abc.Mapping[_builtins.str, Global___Output] | None = ...,
+        named_top_k: _abc.Mapping[_builtins.str, Global___TopKList] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "sequences", b"sequences", "vectors", b"vectors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "model_name", b"model_name", "model_version", b"model_version", "named_outputs", b"named_outputs", "output", b"output", "sequences", b"sequences", "top_k", b"top_k", "vectors", b"vectors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "model_name", b"model_name", "model_version", b"model_version", "named_outputs", b"named_outputs", "named_top_k", b"named_top_k", "output", b"output", "sequences", b"sequences", "top_k", b"top_k", "vectors", b"vectors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_output: _TypeAlias = _typing.Literal["vectors", "sequences"]  # noqa: Y015
     _WhichOneofArgType_output: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
@@ -526,7 +583,9 @@ class PredictStreamResponse(_message.Message):
         """[features...]"""
 
     @_builtins.property
-    def top_k(self) -> Global___TopK: ...
+    def top_k(self) -> Global___TopK:
+        """the output's top-k, where `output_name` has labels"""
+
     def __init__(
         self,
         *,
@@ -1051,11 +1110,33 @@ class SessionOutput(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class NamedTopKEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___TopKList: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___TopKList | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STEP_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
     NAMED_OUTPUTS_FIELD_NUMBER: _builtins.int
+    NAMED_TOP_K_FIELD_NUMBER: _builtins.int
     step: _builtins.int
     """index of the first output step in `values` since the last reset"""
     last: _builtins.bool
@@ -1072,6 +1153,10 @@ class SessionOutput(_message.Message):
         (`values` is then unset).
         """
 
+    @_builtins.property
+    def named_top_k(self) -> _containers.MessageMap[_builtins.str, Global___TopKList]:
+        """Models with several outputs, top_k > 0: each labelled output's top-k by name."""
+
     def __init__(
         self,
         *,
@@ -1080,10 +1165,11 @@ class SessionOutput(_message.Message):
         top_k: _abc.Iterable[Global___TopK] | None = ...,
         last: _builtins.bool = ...,
         named_outputs: _abc.Mapping[_builtins.str, Global___Tensor] | None = ...,
+        named_top_k: _abc.Mapping[_builtins.str, Global___TopKList] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last", b"last", "named_outputs", b"named_outputs", "step", b"step", "top_k", b"top_k", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last", b"last", "named_outputs", b"named_outputs", "named_top_k", b"named_top_k", "step", b"step", "top_k", b"top_k", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .batch import Batch, NamedBatch
 from .batching import DynamicBatcher, Values
-from .classification import TopK, check_top_k, top_k
+from .classification import Ranked, check_top_k, rank
 from .compute_threads import ModelThreads
 from .errors import DeadlineExpired
 from .limits import check_stream_messages
@@ -41,7 +41,7 @@ class InferenceResult:
     version: int
     mode: Mode
     outputs: Batch  # one vector or one sequence per input, in request order
-    top_k: list[TopK] | None = None
+    top_k: Ranked | None = None  # by labelled output: one entry per vector (or step), in order
     named: dict[str, Batch] | None = None  # models with several outputs: `outputs` by name
 
 
@@ -52,7 +52,7 @@ class InferencePart:
 
     indices: list[int]
     outputs: list[np.ndarray]
-    top_k: list[list[TopK]] | None = None
+    top_k: list[Ranked] | None = None  # per input, by labelled output
     first_step: int = 0
     lengths: list[int] | None = None
 
@@ -113,9 +113,9 @@ class InferenceService:
         """`deadline`: `time.monotonic()` seconds after which the work is dropped unrun."""
         runtime = target.runtime
         batch = runtime.validate(inputs)
-        check_top_k(k, target.config.labels, "top_k")
+        check_top_k(k, target.labels, "top_k")
         outputs = await self._run(target, batch, deadline)
-        ranked = _rank(outputs.values, target.config.labels, k) if k else None
+        ranked = _rank(target, outputs.values, k) if k else None
         named = None
         if runtime.signature.several_outputs:
             split = runtime.signature.split(outputs.values)
@@ -129,7 +129,7 @@ class InferenceService:
         incremental step program of an aligned model, long sequences a window at a time."""
         runtime = target.runtime
         batch = runtime.validate(inputs)
-        check_top_k(k, target.config.labels, "top_k")
+        check_top_k(k, target.labels, "top_k")
         lengths = runtime.output_lengths(batch)
         output_steps = runtime.signature.packed_shape[0] if runtime.mode.gives_sequence else None
         check_stream_messages(
@@ -145,7 +145,7 @@ class InferenceService:
         for start in range(0, len(items), STREAM_CHUNK):
             chunk = _chunk(batch, items[start : start + STREAM_CHUNK])
             outputs = (await self._run(target, chunk, deadline)).items()
-            ranked = [_rank(o, target.config.labels, k) for o in outputs] if k else None
+            ranked = [_rank(target, o, k) for o in outputs] if k else None
             yield InferencePart(list(range(start, start + len(outputs))), outputs, ranked)
 
     async def _stepped_parts(
@@ -179,7 +179,7 @@ class InferenceService:
                 state, y = await loop.run_in_executor(executor, program.step, state, window)
                 observer.batch_executed(len(indices), time.perf_counter() - started)
                 outputs = list(y)
-                ranked = [_rank(o, target.config.labels, k) for o in outputs] if k else None
+                ranked = [_rank(target, o, k) for o in outputs] if k else None
                 yield InferencePart(indices, outputs, ranked, first, [length] * len(indices))
 
     async def _run(
@@ -223,5 +223,6 @@ def _equal_length_groups(lengths: np.ndarray, size: int) -> list[tuple[int, list
     ]
 
 
-def _rank(values: np.ndarray, labels: list[str], k: int) -> list[TopK]:
-    return top_k(values.reshape(-1, values.shape[-1]), labels, k)
+def _rank(target: ReadyModel, values: np.ndarray, k: int) -> Ranked:
+    """Packed outputs' top-k by labelled output."""
+    return rank(target.runtime.signature.split(values), target.labels, k)

@@ -49,7 +49,9 @@ class ModelConfig(BaseModel):
 
     description: str = ""
     mode: Mode | None = None
-    labels: list[str] = Field(default_factory=list)
+    # A classifier's labels (feature index -> label); a model with several outputs names each
+    # labelled output's: {output name: [labels]}.
+    labels: list[str] | dict[str, list[str]] = Field(default_factory=list)
     max_batch_size: int = Field(default=64, ge=1)
     # Request limits; 0: the server's default (its --max-sequence-length etc.).
     max_sequence_length: int = Field(default=0, ge=0)

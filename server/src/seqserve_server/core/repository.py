@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .classification import Labels, output_labels
 from .errors import ModelLoadError, ModelNotFound, ModelNotReady, without_paths
 from .limits import RequestLimits
 from .model_config import ModelConfig, find_config, read_config, selected_versions
@@ -45,6 +46,7 @@ class ReadyModel:
     config: ModelConfig
     limits: RequestLimits
     runtime: ModelRuntime
+    labels: Labels = field(default_factory=dict)  # by output name (classification.py)
 
     @property
     def mode(self) -> Mode:
@@ -94,16 +96,17 @@ class ModelEntry:
 Loader = Callable[[VersionStatus], ModelRuntime]
 
 
+def _labels(config: ModelConfig, runtime: ModelRuntime) -> Labels:
+    """The config's labels by output name, or the load fails saying why."""
+    try:
+        return output_labels(config.labels, runtime.signature.outputs)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
 def load_runtime(entry: VersionStatus) -> ModelRuntime:
-    config = entry.config
     path = entry.path / MODEL_FILE
-    runtime = ModelRuntime.load(path, config.mode, entry.limits.max_sequence_length)
-    width = runtime.signature.packed_shape[-1]
-    if config.labels and runtime.signature.several_outputs:
-        raise ModelLoadError("labels name the features of a single output; this model has several")
-    if config.labels and len(config.labels) != width:
-        raise ModelLoadError(f"config names {len(config.labels)} labels for {width} outputs")
-    return runtime
+    return ModelRuntime.load(path, entry.config.mode, entry.limits.max_sequence_length)
 
 
 class ModelRepository:
@@ -180,6 +183,7 @@ class ModelRepository:
         try:
             with stored_references(self._references, version.path / MODEL_FILE):
                 runtime = self._loader(version)
+            labels = _labels(version.config, runtime)
         except Exception as exc:  # noqa: BLE001 - tracing or warming one model can raise anything
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
             version.transition(ModelState.FAILED, without_paths(reason))
@@ -187,7 +191,7 @@ class ModelRepository:
         else:
             version.transition(ModelState.READY)
             version.ready = ReadyModel(
-                version.name, version.version, version.config, version.limits, runtime
+                version.name, version.version, version.config, version.limits, runtime, labels
             )
         version.load_seconds = time.perf_counter() - start
         self._observer.model_loaded(

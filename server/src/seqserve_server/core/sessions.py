@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .classification import TopK, check_top_k, top_k
+from .classification import Ranked, check_top_k, rank
 from .compute_threads import ModelThreads
 from .errors import InvalidInput, LimitExceeded, ModelNotReady, Unsupported
 from .inputs import ACCEPTED_IDS, InputSpec, check_values
@@ -50,7 +50,7 @@ class StepOutput:
 
     step: int
     values: np.ndarray
-    top_k: list[TopK] = field(default_factory=list)
+    top_k: Ranked = field(default_factory=dict)  # by labelled output, a ranking per row
     last: bool = False
 
 
@@ -211,7 +211,7 @@ class SessionManager:
                 f"model {target.name!r} version {target.version} does not support sessions: "
                 f"{self._unsupported.get(key, 'not ready')}"
             )
-        check_top_k(k, target.config.labels, "open.top_k")
+        check_top_k(k, target.labels, "open.top_k")
         sessions = self._open.setdefault(target.name, {})
         limit = target.config.max_sessions
         if len(sessions) >= limit:
@@ -284,10 +284,10 @@ class SessionManager:
     def _output(
         self, session: OpenSession, step: int, values: np.ndarray, last: bool = False
     ) -> StepOutput:
-        ranked = []
+        ranked: Ranked = {}
         if session.k:
-            rows = values.reshape(-1, values.shape[-1])
-            ranked = top_k(rows, session.target.config.labels, session.k)
+            split = session.target.runtime.signature.split(values)
+            ranked = rank(split, session.target.labels, session.k)
         return StepOutput(step, values, ranked, last)
 
 

@@ -6,12 +6,13 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
+from google.protobuf.internal.containers import MessageMap, RepeatedCompositeFieldContainer
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve_api.tensors import DecodeLimits, from_batch, from_tensor, to_tensor, write_tensor
 
 from ..core.batch import Batch
-from ..core.classification import TopK
+from ..core.classification import Ranked, TopK
 from ..core.errors import InvalidInput, LimitExceeded
 from ..core.inference import InferencePart, InferenceResult, Inputs
 from ..core.limits import RequestLimits
@@ -19,6 +20,7 @@ from ..core.modes import Mode
 from ..core.repository import ModelEntry, ModelState, ReadyModel, VersionStatus
 from ..core.runtime import ModelRuntime
 from ..core.sessions import OpenSession, StepOutput
+from ..core.signature import SINGLE_OUTPUT_NAME
 from ..core.stepping.programs import SessionSupport
 
 _DTYPES = {
@@ -132,13 +134,24 @@ def top_k_to_proto(ranked: TopK) -> pb.TopK:
     return pb.TopK(labels=ranked.labels, scores=ranked.scores, indices=ranked.indices)
 
 
+def _write_top_k(
+    ranked: Ranked,
+    single: RepeatedCompositeFieldContainer[pb.TopK],
+    named: MessageMap[str, pb.TopKList],
+    several: bool,
+) -> None:
+    """A single output's rankings into `single`; several outputs' into `named` by name."""
+    for name, rows in ranked.items():
+        (named[name].top_k if several else single).extend(top_k_to_proto(t) for t in rows)
+
+
 def result_to_proto(result: InferenceResult) -> pb.PredictResponse:
     response = pb.PredictResponse(
-        model_name=result.model,
-        model_version=result.version,
-        mode=mode_to_proto(result.mode),
-        top_k=[top_k_to_proto(t) for t in result.top_k or []],
+        model_name=result.model, model_version=result.version, mode=mode_to_proto(result.mode)
     )
+    if result.top_k:
+        several = result.named is not None
+        _write_top_k(result.top_k, response.top_k, response.named_top_k, several)
     if result.named is None:
         _output_to_proto(result.outputs, result.mode, response)
         return response
@@ -187,8 +200,9 @@ def stream_messages(target: ReadyModel, part: InferencePart) -> Iterator[pb.Pred
                     values=to_tensor(values), output_name=name,
                 )  # fmt: skip
                 message.MergeFrom(header)
-                if ranked:
-                    message.top_k.CopyFrom(top_k_to_proto(ranked[row_number]))
+                best = ranked.get(name or SINGLE_OUTPUT_NAME) if ranked else None
+                if best:
+                    message.top_k.CopyFrom(top_k_to_proto(best[row_number]))
                 yield message
 
 
@@ -208,10 +222,15 @@ def _spec(
     )
 
 
-def _output_specs(runtime: ModelRuntime) -> list[pb.TensorSpec]:
-    """Every output by name: the one output ("output"), or each of several."""
-    sequence = runtime.mode.gives_sequence
-    return [_spec(o.name, o.shape, o.dtype, sequence) for o in runtime.signature.outputs]
+def _output_specs(ready: ReadyModel) -> list[pb.TensorSpec]:
+    """Every output by name (the one output is "output"), with its labels where it has some."""
+    sequence = ready.mode.gives_sequence
+    specs = []
+    for o in ready.runtime.signature.outputs:
+        spec = _spec(o.name, o.shape, o.dtype, sequence)
+        spec.labels.extend(ready.labels.get(o.name, []))
+        specs.append(spec)
+    return specs
 
 
 def listing_to_proto(entries: list[ModelEntry]) -> pb.ListModelsResponse:
@@ -256,14 +275,14 @@ def metadata_to_proto(
     open_sessions: int,
     max_message_bytes: int,
 ) -> pb.GetModelMetadataResponse:
-    config = version.config
-    runtime = version.ready.runtime if version.ready else None
+    config, ready = version.config, version.ready
+    runtime = ready.runtime if ready else None
     fixed = runtime.signature.fixed_steps if runtime else None
     response = pb.GetModelMetadataResponse(
         name=entry.name,
         version=version.version,
         versions=sorted(entry.versions),
-        labels=config.labels,
+        labels=config.labels if isinstance(config.labels, list) else [],
         description=config.description,
         max_sequence_length=fixed or version.limits.max_sequence_length,
         max_batch_size=config.max_batch_size,
@@ -279,9 +298,10 @@ def metadata_to_proto(
         max_message_bytes=max_message_bytes,
         max_stream_messages=version.limits.max_stream_messages,
     )
-    if runtime is None:
+    if ready is None:
         response.mode = mode_to_proto(config.mode)
         return response
+    runtime = ready.runtime
     sig = runtime.signature
     response.mode = mode_to_proto(runtime.mode)
     response.inputs.extend(
@@ -289,7 +309,7 @@ def metadata_to_proto(
     )
     if not sig.several_inputs:
         response.input.CopyFrom(response.inputs[0])
-    outputs = _output_specs(runtime)
+    outputs = _output_specs(ready)
     response.outputs.extend(outputs)
     if not sig.several_outputs:
         response.output.CopyFrom(outputs[0])
@@ -333,7 +353,7 @@ def session_output(output: StepOutput, split: Split | None = None) -> pb.Session
         for name, values in split(output.values).items():
             write_tensor(message.named_outputs[name], values)
     if output.top_k:
-        message.top_k.extend(top_k_to_proto(t) for t in output.top_k)
+        _write_top_k(output.top_k, message.top_k, message.named_top_k, split is not None)
     message.last = output.last
     return response
 
@@ -351,7 +371,7 @@ def decoded_steps(output: StepOutput, split: Split | None = None) -> list[pb.Ses
             StepOutput(
                 step=i,
                 values=output.values[i : i + 1],
-                top_k=output.top_k[i : i + 1],
+                top_k={name: rows[i : i + 1] for name, rows in output.top_k.items()},
                 last=i == count - 1,
             ),
             split,

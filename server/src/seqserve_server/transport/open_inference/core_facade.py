@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...core.batch import Batch
-from ...core.classification import TopK
+from ...core.classification import Labels, Ranked, TopK
 from ...core.errors import (
     InvalidInput,
     LimitExceeded,
@@ -41,6 +41,7 @@ __all__ = [
     "NotOpen",
     "Outputs",
     "Part",
+    "Ranked",
     "RequestLimits",
     "SeqServeError",
     "SequenceHandle",
@@ -71,7 +72,7 @@ class ModelView:
     mode: Mode
     inputs: tuple[TensorView, ...]  # in the model's order
     outputs: tuple[TensorView, ...]
-    labels: tuple[str, ...]
+    labels: Labels  # by output name: the classification outputs
     limits: RequestLimits
     max_batch_size: int
     max_queue_delay_ms: float
@@ -103,7 +104,7 @@ class Outputs:
 
     version: int
     named: dict[str, Batch]
-    top_k: list[TopK] | None
+    top_k: Ranked | None
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class Part:
 
     indices: list[int]
     outputs: list[dict[str, np.ndarray]]
-    top_k: list[list[TopK]] | None
+    top_k: list[Ranked] | None
     first_step: int
     lengths: list[int] | None
 
@@ -123,7 +124,7 @@ class StepOutput:
     and top-k."""
 
     named: dict[str, np.ndarray]
-    top_k: list[TopK]
+    top_k: Ranked
 
 
 @dataclass
@@ -189,7 +190,7 @@ class Core:
             mode=mode,
             inputs=tuple(TensorView(s.name, s.dtype, s.shape, s.sequence) for s in sig.inputs),
             outputs=outputs,
-            labels=tuple(config.labels),
+            labels=target.labels,
             limits=target.limits,
             max_batch_size=config.max_batch_size,
             max_queue_delay_ms=config.max_queue_delay_ms,

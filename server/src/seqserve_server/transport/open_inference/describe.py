@@ -91,7 +91,7 @@ def config(model: ModelView) -> mc.ModelConfig:
         batching.preferred_batch_size.append(model.max_batch_size)
     params = {
         "mode": model.mode.value,
-        "labels": json.dumps(list(model.labels)),
+        "labels": json.dumps(_labels(model)),
         "session_support": model.session_support,
         "compute_path": model.compute_path,
         "max_sequence_length": str(model.limits.max_sequence_length),
@@ -114,3 +114,11 @@ def repository_index(versions: list[VersionState], ready_only: bool) -> pb.Repos
             reason=v.reason,
         )
     return index
+
+
+def _labels(model: ModelView) -> list[str] | dict[str, list[str]]:
+    """A single output's labels as a list (as before several outputs had labels), else by
+    output name."""
+    if len(model.outputs) == 1:
+        return list(model.labels.get(model.outputs[0].name, []))
+    return model.labels

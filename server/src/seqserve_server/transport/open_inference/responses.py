@@ -17,7 +17,7 @@ import numpy as np
 
 from seqserve.inference import grpc_service_pb2 as pb
 
-from .core_facade import InvalidInput, ModelView, Outputs, TopK
+from .core_facade import InvalidInput, ModelView, Outputs, Ranked, TopK
 from .requests import parameter
 from .tensors import encode, encode_strings
 
@@ -74,14 +74,13 @@ def _class_count(count: object, index: int, name: str, model: ModelView) -> int:
     field_name = f"outputs[{index}].parameters['{CLASSIFICATION}']"
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise InvalidInput(field_name, "a class count of 1 or more", repr(count))
-    if not model.labels or name != model.outputs[0].name:
+    labels = model.labels.get(name)
+    if not labels:
         raise InvalidInput(
             field_name, "none: this output has no labels in the model's config", str(count)
         )
-    if count > len(model.labels):
-        raise InvalidInput(
-            field_name, f"at most {len(model.labels)} (the model's labels)", str(count)
-        )
+    if count > len(labels):
+        raise InvalidInput(field_name, f"at most {len(labels)} (the output's labels)", str(count))
     return count
 
 
@@ -104,7 +103,7 @@ def prediction(
 def step(
     response: pb.ModelInferResponse,
     values: dict[str, np.ndarray],
-    ranked: Sequence[TopK] | None,
+    ranked: Ranked | None,
     wanted: Wanted,
 ) -> pb.ModelInferResponse:
     """One streamed part or session output: each output with a batch axis of 1."""
@@ -119,17 +118,20 @@ def step(
 def _add(
     response: pb.ModelInferResponse,
     tensors: dict[str, np.ndarray],
-    ranked: Sequence[TopK] | None,
+    ranked: Ranked | None,
     wanted: Wanted,
 ) -> None:
+    """The wanted outputs; Triton's classification of an output from its own ranking; the
+    `top_k_*` outputs from the first labelled output's."""
     for name in wanted.names:
-        if name in wanted.classes and ranked:
-            rows = [_classes(t, wanted.classes[name]) for t in ranked]
+        if name in wanted.classes and ranked and name in ranked:
+            rows = [_classes(t, wanted.classes[name]) for t in ranked[name]]
             encode_strings(name, rows, response)
         elif name in tensors:
             encode(name, tensors[name], response)
         elif name in TOP_K_OUTPUTS and ranked:
-            _add_top_k(response, name, [_first(t, wanted.top_k) for t in ranked])
+            first = next(iter(ranked.values()))
+            _add_top_k(response, name, [_first(t, wanted.top_k) for t in first])
 
 
 def _first(ranked: TopK, k: int) -> TopK:

@@ -299,7 +299,7 @@ class OpenInferenceServicer:
                     response = step(
                         header(request, model, model.version),
                         values,
-                        ranked[row : row + 1] if ranked else None,
+                        {n: r[row : row + 1] for n, r in ranked.items()} if ranked else None,
                         wanted,
                     )
                     number = part.first_step + row
