@@ -872,6 +872,8 @@ class SessionOpen(_message.Message):
     EMIT_ON_REQUEST_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     NAMED_INPUTS_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_EVERY_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
     emit_on_request: _builtins.bool
@@ -879,6 +881,17 @@ class SessionOpen(_message.Message):
     messages with `emit` set.
     """
     top_k: _builtins.int
+    resume: _builtins.bytes
+    """Continue a session from a token (a `checkpoint` or `handoff` of it, from any replica that
+    shares the session key): its model version, state, settings and static inputs; the fields
+    above but model_name (which must match) are then ignored. Refused with INVALID_ARGUMENT
+    (not a token, tampered, unknown key) or FAILED_PRECONDITION (expired, another caller's,
+    another model version or file) saying why.
+    """
+    checkpoint_every: _builtins.int
+    """Send a `checkpoint` after every steps message that brings the steps fed since the last
+    checkpoint (or open, resume, reset) to this many or more; 0: only when asked.
+    """
     @_builtins.property
     def named_inputs(self) -> _containers.MessageMap[_builtins.str, Global___Tensor]:
         """Models with inputs that have no time axis (a static vector [features...], static token ids
@@ -895,14 +908,33 @@ class SessionOpen(_message.Message):
         emit_on_request: _builtins.bool = ...,
         top_k: _builtins.int = ...,
         named_inputs: _abc.Mapping[_builtins.str, Global___Tensor] | None = ...,
+        resume: _builtins.bytes = ...,
+        checkpoint_every: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["emit_on_request", b"emit_on_request", "model_name", b"model_name", "model_version", b"model_version", "named_inputs", b"named_inputs", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_every", b"checkpoint_every", "emit_on_request", b"emit_on_request", "model_name", b"model_name", "model_version", b"model_version", "named_inputs", b"named_inputs", "resume", b"resume", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionOpen: _TypeAlias = SessionOpen  # noqa: Y015
+
+@_typing.final
+class SessionCheckpointRequest(_message.Message):
+    """Ask for a `checkpoint` now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionCheckpointRequest: _TypeAlias = SessionCheckpointRequest  # noqa: Y015
 
 @_typing.final
 class SessionSteps(_message.Message):
@@ -1028,6 +1060,7 @@ class SessionRequest(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
     END_INPUT_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def open(self) -> Global___SessionOpen: ...
     @_builtins.property
@@ -1036,6 +1069,8 @@ class SessionRequest(_message.Message):
     def reset(self) -> Global___SessionReset: ...
     @_builtins.property
     def end_input(self) -> Global___SessionEndInput: ...
+    @_builtins.property
+    def checkpoint(self) -> Global___SessionCheckpointRequest: ...
     def __init__(
         self,
         *,
@@ -1043,12 +1078,13 @@ class SessionRequest(_message.Message):
         steps: Global___SessionSteps | None = ...,
         reset: Global___SessionReset | None = ...,
         end_input: Global___SessionEndInput | None = ...,
+        checkpoint: Global___SessionCheckpointRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_input", b"end_input", "kind", b"kind", "open", b"open", "reset", b"reset", "steps", b"steps"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "end_input", b"end_input", "kind", b"kind", "open", b"open", "reset", b"reset", "steps", b"steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_input", b"end_input", "kind", b"kind", "open", b"open", "reset", b"reset", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "end_input", b"end_input", "kind", b"kind", "open", b"open", "reset", b"reset", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["open", "steps", "reset", "end_input"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["open", "steps", "reset", "end_input", "checkpoint"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -1063,11 +1099,20 @@ class SessionOpened(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     SESSION_SUPPORT_FIELD_NUMBER: _builtins.int
+    RESUMABLE_FIELD_NUMBER: _builtins.int
+    RESUMED_AT_STEP_FIELD_NUMBER: _builtins.int
+    RESUMED_AT_MESSAGE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     model_name: _builtins.str
     model_version: _builtins.int
     mode: Global___Mode.ValueType
     session_support: Global___SessionSupport.ValueType
+    resumable: _builtins.bool
+    """the server seals checkpoints (it has a session key)"""
+    resumed_at_step: _builtins.int
+    """resumed: steps fed since open or reset that the token held"""
+    resumed_at_message: _builtins.int
+    """resumed: the token's `messages`"""
     def __init__(
         self,
         *,
@@ -1076,14 +1121,52 @@ class SessionOpened(_message.Message):
         model_version: _builtins.int = ...,
         mode: Global___Mode.ValueType = ...,
         session_support: Global___SessionSupport.ValueType = ...,
+        resumable: _builtins.bool = ...,
+        resumed_at_step: _builtins.int = ...,
+        resumed_at_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "model_name", b"model_name", "model_version", b"model_version", "session_id", b"session_id", "session_support", b"session_support"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "model_name", b"model_name", "model_version", b"model_version", "resumable", b"resumable", "resumed_at_message", b"resumed_at_message", "resumed_at_step", b"resumed_at_step", "session_id", b"session_id", "session_support", b"session_support"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionOpened: _TypeAlias = SessionOpened  # noqa: Y015
+
+@_typing.final
+class SessionCheckpoint(_message.Message):
+    """A session's state sealed for any replica sharing the session key (SessionOpen.resume)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _builtins.int
+    token: _builtins.bytes
+    steps: _builtins.int
+    """steps fed since open or reset that it holds"""
+    messages: _builtins.int
+    """`steps` and `reset` messages the session processed since it was first opened (across
+    resumes) when it was sealed: a caller resends those after it to continue exactly.
+    """
+    expires_unix_ms: _builtins.int
+    """it opens until then (--session-token-ttl-s)"""
+    def __init__(
+        self,
+        *,
+        token: _builtins.bytes = ...,
+        steps: _builtins.int = ...,
+        messages: _builtins.int = ...,
+        expires_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_unix_ms", b"expires_unix_ms", "messages", b"messages", "steps", b"steps", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionCheckpoint: _TypeAlias = SessionCheckpoint  # noqa: Y015
 
 @_typing.final
 class SessionOutput(_message.Message):
@@ -1197,24 +1280,39 @@ class SessionResponse(_message.Message):
     OPENED_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def opened(self) -> Global___SessionOpened: ...
     @_builtins.property
     def output(self) -> Global___SessionOutput: ...
     @_builtins.property
     def reset(self) -> Global___SessionResetDone: ...
+    @_builtins.property
+    def checkpoint(self) -> Global___SessionCheckpoint:
+        """after `checkpoint_every` steps, or when asked"""
+
+    @_builtins.property
+    def handoff(self) -> Global___SessionCheckpoint:
+        """The server is stopping (drain, scale-in, its version unloaded): the session's last state,
+        sent instead of an answer; the call then ends with UNAVAILABLE ("session moved"). Resume
+        it elsewhere (SessionOpen.resume) and resend the messages after its `messages`.
+        """
+
     def __init__(
         self,
         *,
         opened: Global___SessionOpened | None = ...,
         output: Global___SessionOutput | None = ...,
         reset: Global___SessionResetDone | None = ...,
+        checkpoint: Global___SessionCheckpoint | None = ...,
+        handoff: Global___SessionCheckpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "opened", b"opened", "output", b"output", "reset", b"reset"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "handoff", b"handoff", "kind", b"kind", "opened", b"opened", "output", b"output", "reset", b"reset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "opened", b"opened", "output", b"output", "reset", b"reset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "handoff", b"handoff", "kind", b"kind", "opened", b"opened", "output", b"output", "reset", b"reset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["opened", "output", "reset"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["opened", "output", "reset", "checkpoint", "handoff"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
