@@ -22,6 +22,7 @@ from .core.management import ModelManager
 from .core.observer import ModelObservers
 from .core.reference_cache import ReferenceCache
 from .core.repository import ModelRepository, ModelState, VersionStatus
+from .core.resumption import Resumption
 from .core.runtime import configure_tensorflow
 from .core.sessions import SessionManager
 from .metrics import ServerMetrics
@@ -62,7 +63,9 @@ class App:
             if settings.proof_cache_dir else None,
         )  # fmt: skip
         observers = ModelObservers(self.metrics)
-        self.sessions = SessionManager(self.repository, self.threads, observers)
+        self.sessions = SessionManager(
+            self.repository, self.threads, observers, resumption(settings)
+        )
         self.inference = InferenceService(
             self.repository, self.threads, observers, self.sessions.incremental_program,
             settings.inline_compute_ms / 1000,
@@ -184,6 +187,9 @@ class App:
         if self._poller is not None:
             self._poller.cancel()
         await self.health.enter_graceful_shutdown()
+        moved = self.sessions.hand_off_all("the server is stopping")
+        if moved:
+            log.info("handing off %d open sessions to other replicas", moved)
         if not await self.drain.settle(grace):
             log.warning("grace period over: cancelling %d calls in flight", self.drain.in_flight)
         held = self.drain.held
@@ -197,6 +203,16 @@ class App:
         self.inference.close()
         self.threads.shutdown()
         self.loader.shutdown(wait=False, cancel_futures=True)
+
+
+def resumption(settings: Settings) -> Resumption | None:
+    """Resumable sessions (core/resumption.py) when a session key file is given. A bad key
+    file stops the start: a replica that cannot open its peers' tokens must not serve."""
+    if settings.session_key_file is None:
+        return None
+    return Resumption.from_file(
+        settings.session_key_file, settings.session_token_ttl_s, settings.max_message_bytes
+    )
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -99,6 +99,15 @@ class Settings(BaseSettings):
         None, description="tokens file (YAML): every call but health needs a token it lists"
     )
     reflection: bool = Field(True, description="serve gRPC reflection (open without a token)")
+    # Resumable sessions (README "Resumable sessions"): a key every replica shares.
+    session_key_file: Path | None = Field(
+        None,
+        description="session keys (one per line, 64 hex characters; the first seals, all "
+        "open): sessions checkpoint and hand off to other replicas (off without)",
+    )
+    session_token_ttl_s: float = Field(
+        3600.0, gt=0, description="a session checkpoint (resume token) opens for N s"
+    )
     metrics_host: str | None = Field(None, description="address of /metrics (default: --host)")
     metrics_tls_cert: Path | None = Field(None, description="serve /metrics over TLS (PEM)")
     metrics_tls_key: Path | None = Field(None, description="private key of --metrics-tls-cert")

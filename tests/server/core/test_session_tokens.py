@@ -497,7 +497,7 @@ def test_keys_are_32_bytes() -> None:
 
 def _header(**changes: Any) -> dict[str, Any]:
     header = {"payload": 1, "model": "aligned", "version": 2, "digest": "ab" * 32,
-              "layout": "cd" * 32, "steps": 1, "top_k": 0, "emit": False, "finished": False,
+              "layout": "cd" * 32, "steps": 1, "messages": 1, "top_k": 0, "emit": False, "finished": False,
               "caller": "alice", "created": NOW, "arrays": [["t", "int32", [1]]]}  # fmt: skip
     return header | changes
 

@@ -113,6 +113,13 @@ class Overloaded(SeqServeError):
     reason = "OVERLOADED"
 
 
+class SessionMoved(SeqServeError):
+    """The server handed the session off (it is stopping, or its version leaves): the caller
+    resumes it elsewhere from the handoff token it was sent."""
+
+    reason = "SESSION_MOVED"
+
+
 class DeadlineExpired(SeqServeError):
     """The caller's deadline passed before the work could run."""
 

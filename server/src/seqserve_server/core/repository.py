@@ -22,7 +22,7 @@ from .limits import RequestLimits
 from .model_config import ModelConfig, find_config, read_config, selected_versions
 from .modes import Mode
 from .observer import NullObserver, Observer
-from .reference_cache import ReferenceCache, stored_references
+from .reference_cache import ReferenceCache, file_sha256, stored_references
 from .runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class ReadyModel:
     limits: RequestLimits
     runtime: ModelRuntime
     labels: Labels = field(default_factory=dict)  # by output name (classification.py)
+    digest: str = ""  # SHA-256 of the model file: what a resume token is bound to
 
     @property
     def mode(self) -> Mode:
@@ -184,6 +185,7 @@ class ModelRepository:
             with stored_references(self._references, version.path / MODEL_FILE):
                 runtime = self._loader(version)
             labels = _labels(version.config, runtime)
+            digest = file_sha256(version.path / MODEL_FILE)
         except Exception as exc:  # noqa: BLE001 - tracing or warming one model can raise anything
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
             version.transition(ModelState.FAILED, without_paths(reason))
@@ -191,8 +193,9 @@ class ModelRepository:
         else:
             version.transition(ModelState.READY)
             version.ready = ReadyModel(
-                version.name, version.version, version.config, version.limits, runtime, labels
-            )
+                version.name, version.version, version.config, version.limits, runtime, labels,
+                digest,
+            )  # fmt: skip
         version.load_seconds = time.perf_counter() - start
         self._observer.model_loaded(
             version.name, version.version, version.state.value, version.load_seconds

@@ -38,7 +38,8 @@ Plaintext: one byte, 0 (raw) or 1 (zlib, used only where it is shorter), then th
                    else: their sizes must add up to exactly the bytes left
 
     {"payload": 1, "model": str, "version": int, "digest": str, "layout": str, "steps": int,
-     "top_k": int, "emit": bool, "finished": bool, "caller": str, "created": float,
+     "messages": int, "top_k": int, "emit": bool, "finished": bool, "caller": str,
+     "created": float,
      "arrays": [[key, dtype, shape], ...]}      dtype: bool int32 int64 float16 float32 float64
 
 Decoding (after authentication) accepts exactly these fields and dtypes, batch-1 shapes of rank
@@ -118,8 +119,8 @@ _DTYPES = {
     for name in ("bool", "int32", "int64", "float16", "float32", "float64")
 }
 _FIELDS = frozenset(
-    ("payload", "model", "version", "digest", "layout", "steps", "top_k", "emit", "finished",
-     "caller", "created", "arrays")
+    ("payload", "model", "version", "digest", "layout", "steps", "messages", "top_k", "emit",
+     "finished", "caller", "created", "arrays")
 )  # fmt: skip
 
 # stepping/state.py `prefix_key(name)`: a recompute program's steps fed so far, whose time axis
@@ -142,6 +143,7 @@ class SessionSnapshot:
     finished: bool
     caller: str  # the auth token's name, "" when auth is off
     created: float  # unix time, seconds
+    messages: int = 0  # steps and reset messages processed since first opened (across resumes)
 
 
 def state_layout(state: Mapping[str, np.ndarray], support: str) -> str:
@@ -351,6 +353,7 @@ def _encode(snapshot: SessionSnapshot) -> tuple[bytes, int]:
         "digest": snapshot.model_digest,
         "layout": snapshot.layout,
         "steps": _as_int(snapshot.steps),
+        "messages": _as_int(snapshot.messages),
         "top_k": _as_int(snapshot.top_k),
         "emit": snapshot.emit_on_request,
         "finished": snapshot.finished,
@@ -454,6 +457,7 @@ def _parse(body: bytes) -> tuple[dict[str, Any], list[_Entry], memoryview]:
         "model_digest": _field(header, "digest", str),
         "layout": _field(header, "layout", str),
         "steps": _count(header, "steps"),
+        "messages": _count(header, "messages"),
         "top_k": _count(header, "top_k"),
         "emit_on_request": _field(header, "emit", bool),
         "finished": _field(header, "finished", bool),

@@ -23,21 +23,34 @@ import numpy as np
 
 from .classification import Ranked, check_top_k, rank
 from .compute_threads import ModelThreads
-from .errors import InvalidInput, LimitExceeded, ModelNotReady, Unsupported
+from .errors import (
+    InvalidInput,
+    LimitExceeded,
+    ModelNotFound,
+    ModelNotReady,
+    ResumeTokenRefused,
+    Unsupported,
+)
 from .inputs import ACCEPTED_IDS, InputSpec, check_values
 from .modes import Mode
 from .observer import ModelObserver
 from .proof import CHUNKS, Probe, ProofFailed, Reference, prove_program
 from .repository import ModelRepository, ReadyModel, VersionStatus
+from .resumption import Checkpoint, Resumption
 from .runtime import ModelRuntime
+from .session_tokens import SessionSnapshot, check_binding, state_layout
 from .stepping.analysis import Unsteppable
 from .stepping.numpy_program import numpy_program
 from .stepping.programs import Chunk, SessionSupport, StepProgram, build_step_program, steps_in
-from .stepping.state import State
+from .stepping.state import State, static_key
 
 log = logging.getLogger(__name__)
 
 Values = dict[str, np.ndarray]  # arrays by input name
+STATIC_PREFIX = static_key("")
+RESUMPTION_OFF = (
+    "sessions are not resumable on this server: it was started without --session-key-file"
+)
 MAX_STEP_BATCH = 256  # sessions stacked into one step computation
 STREAM_WINDOW = 32  # steps per part when PredictStream steps a long sequence
 INLINE_MAX_STEPS = 16  # a light (numpy) program computes groups this small on the event loop
@@ -93,9 +106,14 @@ class OpenSession:
     queue: _StepQueue  # the model version's, where its steps are computed
     observer: ModelObserver
     statics: dict[str, np.ndarray] = field(default_factory=dict)  # checked, each [1, ...]
+    emit_on_request: bool = False  # a wire setting, kept to travel in checkpoints
     steps: int = 0
+    messages: int = 0  # steps and reset messages processed since first opened (across resumes)
     finished: bool = False
     ended: str = ""  # why the server ended it (its version was unloaded or replaced)
+    moving: str = ""  # why the server hands it off to another replica (resumable sessions)
+    # Set by the transport: wakes the call to hand the session off (`SessionManager.hand_off`).
+    interrupt: Callable[[], None] | None = None
 
     @property
     def mode(self) -> Mode:
@@ -116,8 +134,11 @@ class SessionManager:
         repository: ModelRepository,
         threads: ModelThreads,
         observers: Callable[[str], ModelObserver],
+        resumption: Resumption | None = None,
     ) -> None:
         self.repository = repository
+        self.resumption = resumption
+        self._layouts: dict[tuple[str, int], str] = {}
         self._threads = threads
         self._observer_for = observers
         self._programs: dict[tuple[str, int], StepProgram] = {}
@@ -155,6 +176,7 @@ class SessionManager:
         program = built
         self._unsupported.pop(key, None)
         self._programs[key] = program
+        self._layouts[key] = state_layout(program.initial_state(1), program.support)
         support = program.support.value
         self._observer_for(version.name).compute_path(version.version, "session", support)
         executor = self._threads.executor(version.name, version.version)
@@ -176,6 +198,7 @@ class SessionManager:
         for session in ended:
             session.ended = why
             sessions.pop(session.id, None)
+            self._hand_off(session, why)
         if ended:
             self._observer_for(model).sessions_open(len(sessions))
         return len(ended)
@@ -200,31 +223,118 @@ class SessionManager:
 
     # -- session life --------------------------------------------------------------------
 
+    @property
+    def resumable(self) -> bool:
+        """Sessions can be checkpointed and continued elsewhere (a session key is set)."""
+        return self.resumption is not None
+
     def open(
-        self, model: str, version: int = 0, k: int = 0, statics: Values | None = None
+        self,
+        model: str,
+        version: int = 0,
+        k: int = 0,
+        statics: Values | None = None,
+        emit_on_request: bool = False,
     ) -> OpenSession:
         """A new session; `statics`: the model's static inputs by name (one item each)."""
         target = self.repository.resolve(model, version)
+        program = self._program(target)
+        check_top_k(k, target.labels, "open.top_k")
+        rules = StepRules.of(target, program)
+        checked = _check_statics(rules, statics or {}, "open.named_inputs")
+        state = program.initial_state(1, checked)
+        return self._admit(target, program, k, state, checked, emit_on_request)
+
+    def resume(self, token: bytes, model: str, caller: str = "") -> OpenSession:
+        """The session a checkpoint token holds, continued here: refused (FAILED_PRECONDITION
+        or INVALID_ARGUMENT, saying why) when it is not authentic, expired, another caller's,
+        or for a model version, file or step program this server does not serve."""
+        if self.resumption is None:
+            raise Unsupported(RESUMPTION_OFF)
+        snapshot = self.resumption.open(token, caller)
+        try:
+            target = self.repository.resolve(snapshot.model, snapshot.version)
+        except (ModelNotFound, ModelNotReady) as exc:
+            raise ResumeTokenRefused(
+                "a model version this server serves",
+                f"version {snapshot.version} of {snapshot.model!r}",
+                f"resume token is for version {snapshot.version} of {snapshot.model!r}, which "
+                f"this server does not serve ({exc.message})",
+            ) from exc
+        program = self._program(target)
+        layout = self._layouts[(target.name, target.version)]
+        check_binding(snapshot, model, target.version, target.digest, layout)
+        statics = {
+            key.removeprefix(STATIC_PREFIX): value
+            for key, value in snapshot.state.items()
+            if key.startswith(STATIC_PREFIX)
+        }
+        session = self._admit(
+            target, program, snapshot.top_k, snapshot.state, statics, snapshot.emit_on_request
+        )
+        session.steps, session.messages = snapshot.steps, snapshot.messages
+        session.finished = snapshot.finished
+        return session
+
+    def checkpoint(self, session: OpenSession, caller: str = "") -> Checkpoint:
+        """The session's state sealed for any replica sharing the key."""
+        if self.resumption is None:
+            raise Unsupported(RESUMPTION_OFF)
+        target = session.target
+        snapshot = SessionSnapshot(
+            target.name, target.version, target.digest,
+            self._layouts[(target.name, target.version)], session.state, session.steps,
+            session.k, session.emit_on_request, session.finished, caller, time.time(),
+            session.messages,
+        )  # fmt: skip
+        return self.resumption.seal(snapshot)
+
+    def hand_off_all(self, why: str) -> int:
+        """Ask every open session's call to hand it off (resumable sessions; others go on until
+        the server stops): how many were asked."""
+        asked = 0
+        for sessions in self._open.values():
+            for session in sessions.values():
+                asked += self._hand_off(session, why)
+        return asked
+
+    def _hand_off(self, session: OpenSession, why: str) -> int:
+        if self.resumption is None or session.interrupt is None or session.moving:
+            return 0
+        session.moving = why
+        session.interrupt()
+        return 1
+
+    def _program(self, target: ReadyModel) -> StepProgram:
         key = (target.name, target.version)
         if key not in self._programs:
             raise Unsupported(
                 f"model {target.name!r} version {target.version} does not support sessions: "
                 f"{self._unsupported.get(key, 'not ready')}"
             )
-        check_top_k(k, target.labels, "open.top_k")
+        return self._programs[key]
+
+    def _admit(
+        self,
+        target: ReadyModel,
+        program: StepProgram,
+        k: int,
+        state: State,
+        statics: dict[str, np.ndarray],
+        emit_on_request: bool,
+    ) -> OpenSession:
+        """A session counted under the model's `max_sessions`."""
         sessions = self._open.setdefault(target.name, {})
         limit = target.config.max_sessions
         if len(sessions) >= limit:
             raise LimitExceeded(
                 f"model {target.name!r} has {len(sessions)} open sessions, its limit is {limit}"
             )
-        program = self._programs[key]
-        rules = StepRules.of(target, program)
-        checked = _check_statics(rules, statics or {}, "open.named_inputs")
         observer = self._observer_for(target.name)
+        key = (target.name, target.version)
         session = OpenSession(
-            uuid.uuid4().hex, target, program, k, program.initial_state(1, checked),
-            rules, self._queues[key], observer, checked,
+            uuid.uuid4().hex, target, program, k, state, StepRules.of(target, program),
+            self._queues[key], observer, statics, emit_on_request,
         )  # fmt: skip
         sessions[session.id] = session
         observer.sessions_open(len(sessions))
@@ -242,6 +352,7 @@ class SessionManager:
         if statics:
             session.statics = _check_statics(session.rules, statics, "reset.named_inputs")
         session.state = session.program.initial_state(1, session.statics)
+        session.messages += 1
         session.steps = 0
         session.finished = False
 
@@ -256,6 +367,7 @@ class SessionManager:
         session.state, y = await session.queue.step(session.state, chunk, alone)
         first = session.steps
         session.steps += count
+        session.messages += 1
         session.observer.session_steps(count)
         mode = session.rules.mode
         if mode is Mode.MANY_TO_MANY_ALIGNED:

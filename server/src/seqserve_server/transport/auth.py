@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -59,6 +60,10 @@ def model_named(message: Any) -> str | None:
         if isinstance(value, str):
             return value
     return None  # none named (a listing), or a message that did not parse (refused later)
+
+
+# The caller's token name for the servicer (a resume token is bound to it); "" without auth.
+CALLER: ContextVar[str] = ContextVar("seqserve_caller", default="")
 
 
 def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
@@ -112,6 +117,7 @@ class _Check:
         assert grant is not None
         if self.scope not in grant.scopes:
             await self._deny(context, grant, f"token {grant.name!r} lacks the {self.scope!r} scope")
+        CALLER.set(grant.name)
         return grant
 
     async def message(self, context: grpc.aio.ServicerContext, grant: Grant, message: Any) -> None:

@@ -14,12 +14,13 @@ from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.session_protocol import steps_get_output
 from seqserve_api.tensors import DecodeLimits
 
-from ..core.errors import DeadlineExpired, InvalidInput
+from ..core.errors import DeadlineExpired, InvalidInput, SessionMoved
 from ..core.inference import InferenceService
 from ..core.management import ModelManager
 from ..core.sessions import OpenSession, SessionManager
 from ..metrics import ServerMetrics
 from . import v1_messages as msg
+from .auth import CALLER
 from .instrumentation import observed
 from .status import grpc_errors
 
@@ -91,6 +92,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             reason,
             self.sessions.open_count(version.name),
             self.max_message_bytes,
+            self.sessions.resumable,
         )
 
     @observed
@@ -121,28 +123,49 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         if first is None or first.WhichOneof("kind") != "open":
             got = first.WhichOneof("kind") if first else "no message"
             raise InvalidInput("open", "a SessionOpen as the first message", str(got))
-        opening = first.open
-        target = self.repository.resolve(opening.model_name, opening.model_version)
-        limits = msg.decode_limits(target.limits)
-        statics = msg.decode_named(opening.named_inputs, "open.named_inputs", limits)
-        session = self.sessions.open(
-            opening.model_name, opening.model_version, opening.top_k, statics
-        )
+        opening, caller = first.open, CALLER.get()
+        session = self._open(opening, caller)
         try:
-            yield msg.session_opened(session)
+            yield msg.session_opened(session, self.sessions.resumable, bool(opening.resume))
             rules = _Rules(
-                msg.mode_to_proto(session.mode), opening.emit_on_request, limits,
-                msg.output_split(session),
+                msg.mode_to_proto(session.mode), session.emit_on_request,
+                msg.decode_limits(session.target.limits), msg.output_split(session), caller,
+                _Checkpoints(opening.checkpoint_every, session.steps),
             )  # fmt: skip
             idle = _IdleTimeout(session.idle_timeout_s)
+            session.interrupt = idle.interrupt
             try:
                 while (request := await idle.next(stream)) is not None:
                     for response in await self._handle(session, rules, request):
                         yield response
+            except _Interrupted:
+                yield self._handoff(session, caller)
+                raise SessionMoved(
+                    f"session moved: {session.moving}; resume it on another replica from the "
+                    "handoff token it was sent (SessionOpen.resume)"
+                ) from None
             finally:
                 idle.cancel()
         finally:
             self.sessions.close(session)
+
+    def _open(self, opening: pb.SessionOpen, caller: str) -> OpenSession:
+        """A new session, or (`resume`) the one a checkpoint token holds."""
+        if opening.resume:
+            return self.sessions.resume(opening.resume, opening.model_name, caller)
+        target = self.repository.resolve(opening.model_name, opening.model_version)
+        limits = msg.decode_limits(target.limits)
+        statics = msg.decode_named(opening.named_inputs, "open.named_inputs", limits)
+        return self.sessions.open(
+            opening.model_name, opening.model_version, opening.top_k, statics,
+            opening.emit_on_request,
+        )  # fmt: skip
+
+    def _handoff(self, session: OpenSession, caller: str) -> pb.SessionResponse:
+        """The session's last state, for the caller to resume elsewhere."""
+        return pb.SessionResponse(
+            handoff=msg.checkpoint_to_proto(self.sessions.checkpoint(session, caller))
+        )
 
     async def _handle(
         self, session: OpenSession, rules: _Rules, request: pb.SessionRequest
@@ -153,24 +176,36 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             return await self._step(session, rules, request.steps)
         if kind == "reset":
             named = request.reset.named_inputs
-            self.sessions.reset(
-                session, msg.decode_named(named, "reset.named_inputs", rules.limits)
-            )
+            statics = msg.decode_named(named, "reset.named_inputs", rules.limits)
+            self.sessions.reset(session, statics)
+            rules.checkpoints.last = 0
             return (pb.SessionResponse(reset=pb.SessionResetDone()),)
+        if kind == "checkpoint":
+            return (self._checkpoint(session, rules),)
         if kind == "end_input":
             return msg.decoded_steps(await self.sessions.finish(session), rules.split)
-        raise InvalidInput("kind", "steps, reset or end_input after open", str(kind))
+        raise InvalidInput("kind", "steps, reset, end_input or checkpoint after open", str(kind))
+
+    def _checkpoint(self, session: OpenSession, rules: _Rules) -> pb.SessionResponse:
+        rules.checkpoints.last = session.steps
+        checkpoint = self.sessions.checkpoint(session, rules.caller)
+        return pb.SessionResponse(checkpoint=msg.checkpoint_to_proto(checkpoint))
 
     async def _step(
         self, session: OpenSession, rules: _Rules, steps: pb.SessionSteps
     ) -> Sequence[pb.SessionResponse]:
         values = msg.decode_session_steps(steps, rules.limits)
         output = await self.sessions.step(session, values)
+        answers: tuple[pb.SessionResponse, ...] = ()
         if not steps_get_output(rules.mode, rules.emit_on_request, steps.emit):
-            return ()
-        if output is None:  # not defined yet (a fixed-length model before its length)
-            return (msg.undefined_output(session.steps - 1),)
-        return (msg.session_output(output, rules.split),)
+            pass
+        elif output is None:  # not defined yet (a fixed-length model before its length)
+            answers = (msg.undefined_output(session.steps - 1),)
+        else:
+            answers = (msg.session_output(output, rules.split),)
+        if rules.checkpoints.due(session.steps):
+            answers += (self._checkpoint(session, rules),)
+        return answers
 
 
 @dataclass(frozen=True)
@@ -181,12 +216,30 @@ class _Rules:
     emit_on_request: bool
     limits: DecodeLimits
     split: msg.Split | None  # a several-output model's: names its outputs
+    caller: str  # the token's name (auth on), what checkpoints are bound to
+    checkpoints: _Checkpoints
+
+
+@dataclass
+class _Checkpoints:
+    """`checkpoint_every`: a checkpoint follows the steps message that brings the steps fed
+    since the last one (or open, resume, reset) to `every` or more."""
+
+    every: int
+    last: int  # session steps at the last checkpoint
+
+    def due(self, steps: int) -> bool:
+        return bool(self.every) and steps - self.last >= self.every
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     """The caller's deadline on the core's clock (time.monotonic)."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+class _Interrupted(Exception):
+    """The server asked the session's call to hand it off (see `_IdleTimeout.interrupt`)."""
 
 
 class _IdleTimeout:
@@ -201,21 +254,37 @@ class _IdleTimeout:
         self._task = asyncio.current_task()
         self._waiting_since: float | None = None
         self._expired = False
+        self._interrupted = False
         self._timer = self._loop.call_later(seconds, self._check)
 
     async def next(self, stream: AsyncIterator[pb.SessionRequest]) -> pb.SessionRequest | None:
-        """The next message, None when the caller closed, DeadlineExpired when it went idle."""
+        """The next message, None when the caller closed, DeadlineExpired when it went idle,
+        `_Interrupted` when the server hands the session off (`interrupt`)."""
+        if self._interrupted:
+            raise _Interrupted
         self._waiting_since = self._loop.time()
         try:
             return await anext(stream, None)
         except asyncio.CancelledError:
-            if self._expired and self._task is not None and self._task.uncancel() == 0:
+            ours = self._expired or self._interrupted
+            if ours and self._task is not None and self._task.uncancel() == 0:
+                if self._interrupted:
+                    raise _Interrupted from None
                 raise DeadlineExpired(
                     f"session closed: no message for {self.seconds:g} s (the model's idle timeout)"
                 ) from None
             raise
         finally:
             self._waiting_since = None
+
+    def interrupt(self) -> None:
+        """Wake the call to hand its session off: at once while it waits for the caller's next
+        message, else when it next would (the message in hand is answered first)."""
+        if self._interrupted:
+            return
+        self._interrupted = True
+        if self._waiting_since is not None and self._task is not None:
+            self._task.cancel()
 
     def cancel(self) -> None:
         self._timer.cancel()

@@ -32,6 +32,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Overloaded, grpc.StatusCode.UNAVAILABLE),
+    (errors.SessionMoved, grpc.StatusCode.UNAVAILABLE),
     (errors.DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 

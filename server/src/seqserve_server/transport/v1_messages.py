@@ -18,7 +18,7 @@ from ..core.inference import InferencePart, InferenceResult, Inputs
 from ..core.limits import RequestLimits
 from ..core.modes import Mode
 from ..core.repository import ModelEntry, ModelState, ReadyModel, VersionStatus
-from ..core.runtime import ModelRuntime
+from ..core.resumption import Checkpoint
 from ..core.sessions import OpenSession, StepOutput
 from ..core.signature import SINGLE_OUTPUT_NAME
 from ..core.stepping.programs import SessionSupport
@@ -274,6 +274,7 @@ def metadata_to_proto(
     session_reason: str,
     open_sessions: int,
     max_message_bytes: int,
+    resumable: bool = False,
 ) -> pb.GetModelMetadataResponse:
     config, ready = version.config, version.ready
     runtime = ready.runtime if ready else None
@@ -297,6 +298,7 @@ def metadata_to_proto(
         max_inputs_per_request=version.limits.max_inputs_per_request,
         max_message_bytes=max_message_bytes,
         max_stream_messages=version.limits.max_stream_messages,
+        resumable_sessions=resumable and session_support != pb.SESSION_UNSUPPORTED,
     )
     if ready is None:
         response.mode = mode_to_proto(config.mode)
@@ -330,15 +332,28 @@ def support_to_proto(support: SessionSupport) -> pb.SessionSupport.ValueType:
     return _SUPPORT[support]
 
 
-def session_opened(session: OpenSession) -> pb.SessionResponse:
+def session_opened(session: OpenSession, resumable: bool, resumed: bool) -> pb.SessionResponse:
     opened = pb.SessionOpened(
         session_id=session.id,
         model_name=session.target.name,
         model_version=session.target.version,
         mode=mode_to_proto(session.mode),
         session_support=support_to_proto(session.support),
+        resumable=resumable,
     )
+    if resumed:
+        opened.resumed_at_step = session.steps
+        opened.resumed_at_message = session.messages
     return pb.SessionResponse(opened=opened)
+
+
+def checkpoint_to_proto(checkpoint: Checkpoint) -> pb.SessionCheckpoint:
+    return pb.SessionCheckpoint(
+        token=checkpoint.token,
+        steps=checkpoint.steps,
+        messages=checkpoint.messages,
+        expires_unix_ms=_unix_ms(checkpoint.expires),
+    )
 
 
 def session_output(output: StepOutput, split: Split | None = None) -> pb.SessionResponse:
