@@ -880,6 +880,7 @@ class SessionOpen(_message.Message):
     NAMED_INPUTS_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
     CHECKPOINT_EVERY_FIELD_NUMBER: _builtins.int
+    RESUME_SESSION_ID_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
     emit_on_request: _builtins.bool
@@ -897,6 +898,11 @@ class SessionOpen(_message.Message):
     checkpoint_every: _builtins.int
     """Send a `checkpoint` after every steps message that brings the steps fed since the last
     checkpoint (or open, resume, reset) to this many or more; 0: only when asked.
+    """
+    resume_session_id: _builtins.str
+    """Continue a session this or another replica handed off to the shared session store (a
+    server started with --session-store) under its `session_id` (SessionOpened.session_id):
+    for callers that keep no token. As `resume`, with the stored token.
     """
     @_builtins.property
     def named_inputs(self) -> _containers.MessageMap[_builtins.str, Global___Tensor]:
@@ -916,10 +922,11 @@ class SessionOpen(_message.Message):
         named_inputs: _abc.Mapping[_builtins.str, Global___Tensor] | None = ...,
         resume: _builtins.bytes = ...,
         checkpoint_every: _builtins.int = ...,
+        resume_session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_every", b"checkpoint_every", "emit_on_request", b"emit_on_request", "model_name", b"model_name", "model_version", b"model_version", "named_inputs", b"named_inputs", "resume", b"resume", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_every", b"checkpoint_every", "emit_on_request", b"emit_on_request", "model_name", b"model_name", "model_version", b"model_version", "named_inputs", b"named_inputs", "resume", b"resume", "resume_session_id", b"resume_session_id", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
