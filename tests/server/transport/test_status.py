@@ -35,6 +35,7 @@ CASES: list[tuple[Exception, grpc.StatusCode, str]] = [
         "LIMIT_EXCEEDED",
     ),
     (errors.Overloaded("queue full"), grpc.StatusCode.UNAVAILABLE, "OVERLOADED"),
+    (errors.SessionMoved("session moved"), grpc.StatusCode.UNAVAILABLE, "SESSION_MOVED"),
     (errors.DeadlineExpired("too late"), grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXPIRED"),
     (
         TensorTooLarge("inputs.values", "at most 8 values", "9"),
