@@ -72,12 +72,14 @@ def measure(stub: pb_grpc.SeqServeStub, name: str, rounds: int) -> dict[str, flo
     if meta.session_support == pb.SESSION_UNSUPPORTED or len(meta.inputs) != 1:
         return None
     step, answers = _step(meta), _answers(meta)
-    fixed = meta.max_sequence_length if meta.inputs[0].shape[1] != -1 else 0
+    cap = meta.max_sequence_length or 10**9  # steps a session takes since open or reset
     plain = Session(stub, pb.SessionOpen(model_name=name))
     resumable = Session(stub, pb.SessionOpen(model_name=name, checkpoint_every=CHECKPOINT_EVERY))
-    for session in (plain, resumable):
-        for _ in range(min(10, fixed or 10)):
+    fed = {"plain": 0, "resumable": 0}
+    for label, session in (("plain", plain), ("resumable", resumable)):
+        for _ in range(min(CHECKPOINT_EVERY - 1, cap)):
             session.ask(step, answers)
+            fed[label] += 1
     sizes, seal = [], []
     for _ in range(20):
         start = time.perf_counter()
@@ -85,24 +87,30 @@ def measure(stub: pb_grpc.SeqServeStub, name: str, rounds: int) -> dict[str, flo
         seal.append(time.perf_counter() - start)
         sizes.append(len(answer.checkpoint.token))
     times: dict[str, list[float]] = {"plain": [], "resumable": []}
-    if not fixed:  # a fixed-length model takes its length only: no long step loop
-        since = 0
-        for _ in range(rounds):
-            for label, session in (("plain", plain), ("resumable", resumable)):
-                for _ in range(BLOCK):
-                    due = label == "resumable" and since + 1 >= CHECKPOINT_EVERY
-                    start = time.perf_counter()
-                    session.ask(step, answers + (1 if due else 0))
-                    times[label].append(time.perf_counter() - start)
-                    if label == "resumable":
-                        since = 0 if due else since + 1
+    since = 0  # resumable: steps since its last checkpoint
+    for _ in range(rounds):
+        for label, session in (("plain", plain), ("resumable", resumable)):
+            for _ in range(BLOCK):
+                if fed[label] == cap:  # the model's length: start again (not timed)
+                    session.ask(pb.SessionRequest(reset=pb.SessionReset()), 1)
+                    fed[label] = 0
+                    since = 0 if label == "resumable" else since
+                due = label == "resumable" and since + 1 >= CHECKPOINT_EVERY
+                start = time.perf_counter()
+                session.ask(step, answers + (1 if due else 0))
+                times[label].append(time.perf_counter() - start)
+                fed[label] += 1
+                if label == "resumable":
+                    since = 0 if due else since + 1
     plain.close()
     resumable.close()
     result = {"token_bytes": statistics.median(sizes), "checkpoint_ms": _ms(seal)}
-    if times["plain"]:
-        result["plain_ms"] = _ms(times["plain"])
-        result["resumable_ms"] = _ms(times["resumable"])
-        result["ratio"] = result["resumable_ms"] / result["plain_ms"]
+    result["answered"] = answers
+    result["plain_ms"] = _ms(times["plain"])
+    result["resumable_ms"] = _ms(times["resumable"])
+    result["resumable_mean_ms"] = 1000 * statistics.fmean(times["resumable"])
+    result["plain_mean_ms"] = 1000 * statistics.fmean(times["plain"])
+    result["ratio"] = result["resumable_mean_ms"] / result["plain_mean_ms"]
     return result
 
 
@@ -134,19 +142,26 @@ def main() -> None:
 def _table(rows: dict[str, dict[str, float]], rounds: int) -> str:
     lines = [
         f"`python -m bench.checkpoint_cost --rounds {rounds}` ({time.strftime('%Y-%m-%d %H:%M')}, "
-        f"one caller; single-step round trips, medians of {rounds} alternating blocks of "
-        f"{BLOCK}; resumable: checkpoint_every {CHECKPOINT_EVERY}; goal <= {GOAL}x plain)",
+        f"one caller; single-step round trips over {rounds} alternating blocks of {BLOCK}; "
+        f"resumable: checkpoint_every {CHECKPOINT_EVERY}, the checkpoints in its mean; goal: "
+        f"<= {GOAL}x plain)",
         "",
-        "| model | token bytes | checkpoint round trip | step plain | step resumable | ratio |",
+        "| model | token bytes | checkpoint round trip | step plain (median / mean) "
+        "| step resumable (median / mean) | ratio of means |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows.items():
-        step = (
-            f"{r['plain_ms']:.2f} ms | {r['resumable_ms']:.2f} ms | {r['ratio']:.2f}x"
-            if "ratio" in r
-            else "- | - | - (fixed length)"
+        if not r["answered"]:
+            lines.append(
+                f"| {name} | {r['token_bytes']:,.0f} | {r['checkpoint_ms']:.2f} ms | - | - "
+                "| - (steps get no answer: unaligned) |"
+            )
+            continue
+        lines.append(
+            f"| {name} | {r['token_bytes']:,.0f} | {r['checkpoint_ms']:.2f} ms "
+            f"| {r['plain_ms']:.2f} / {r['plain_mean_ms']:.2f} ms "
+            f"| {r['resumable_ms']:.2f} / {r['resumable_mean_ms']:.2f} ms | {r['ratio']:.2f}x |"
         )
-        lines.append(f"| {name} | {r['token_bytes']:,.0f} | {r['checkpoint_ms']:.2f} ms | {step} |")
     return "\n".join(lines)
 
 
