@@ -107,6 +107,7 @@ class OpenSession:
     observer: ModelObserver
     statics: dict[str, np.ndarray] = field(default_factory=dict)  # checked, each [1, ...]
     emit_on_request: bool = False  # a wire setting, kept to travel in checkpoints
+    layout: str = ""  # its step program's state layout (what a checkpoint is bound to)
     steps: int = 0
     messages: int = 0  # steps and reset messages processed since first opened (across resumes)
     finished: bool = False
@@ -192,6 +193,7 @@ class SessionManager:
         key = (model, version)
         self._programs.pop(key, None)
         self._queues.pop(key, None)
+        self._layouts.pop(key, None)
         self._unsupported.pop(key, None)
         sessions = self._open.get(model, {})
         ended = [s for s in sessions.values() if s.target.version == version]
@@ -283,7 +285,7 @@ class SessionManager:
         target = session.target
         snapshot = SessionSnapshot(
             target.name, target.version, target.digest,
-            self._layouts[(target.name, target.version)], session.state, session.steps,
+            session.layout, session.state, session.steps,
             session.k, session.emit_on_request, session.finished, caller, time.time(),
             session.messages,
         )  # fmt: skip
@@ -334,7 +336,7 @@ class SessionManager:
         key = (target.name, target.version)
         session = OpenSession(
             uuid.uuid4().hex, target, program, k, state, StepRules.of(target, program),
-            self._queues[key], observer, statics, emit_on_request,
+            self._queues[key], observer, statics, emit_on_request, self._layouts[key],
         )  # fmt: skip
         sessions[session.id] = session
         observer.sessions_open(len(sessions))
