@@ -20,11 +20,14 @@ $(STAMP): protos/pyproject.toml client/pyproject.toml server/pyproject.toml
 serve: $(STAMP)
 	$(BIN)/seqserve serve --model-repository models --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
-# What the tests use beside Python: Debian's Prometheus (and its promtool), which they start
-# themselves, and the Compose plugin for `docker compose config -q` (no engine needed).
+# What the tests use beside Python: Debian's Prometheus (and its promtool) and redis-server (the
+# shared session store), which they start themselves, and the Compose plugin for
+# `docker compose config -q` (no engine needed).
 test-tools:
 	@command -v promtool >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v redis-server >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 	@bash deploy/install_compose.sh >/dev/null || echo "compose plugin unavailable: its tests skip"
 
 test: $(STAMP) test-tools

@@ -24,8 +24,10 @@ from .core.reference_cache import ReferenceCache
 from .core.repository import ModelRepository, ModelState, VersionStatus
 from .core.resumption import Resumption
 from .core.runtime import configure_tensorflow
+from .core.session_store import SharedSessions, StoreUnavailable
 from .core.sessions import SessionManager
 from .metrics import ServerMetrics
+from .redis_store import RedisStore
 from .transport import open_inference
 from .transport.auth import Authorize
 from .transport.auth_tokens import TokensFile
@@ -66,6 +68,14 @@ class App:
         self.sessions = SessionManager(
             self.repository, self.threads, observers, resumption(settings)
         )
+        # Sessions that outlive this replica (README "Shared session store"); settings checked
+        # that a key file comes with it.
+        self.store = RedisStore(settings.session_store) if settings.session_store else None
+        self.shared = (
+            SharedSessions(self.store, self.sessions, settings.session_store_write)
+            if self.store is not None
+            else None
+        )
         self.inference = InferenceService(
             self.repository, self.threads, observers, self.sessions.incremental_program,
             settings.inline_compute_ms / 1000,
@@ -87,6 +97,7 @@ class App:
         )
         self.port = 0
         self.metrics_port = 0
+        self.open_inference: open_inference.OpenInferenceServicer | None = None
 
     async def start(self) -> None:
         """Load every model first: a load balancer must not reach a replica still loading."""
@@ -98,18 +109,18 @@ class App:
                 self.settings.metrics_tls_key,
             )
         await self._load_models()
+        await self._check_store()
         await self.start_transport()
 
     async def start_transport(self) -> None:
         """Register the services and open the port (after `_load_models`)."""
         servicer = SeqServeServicer(
             self.inference, self.sessions, self.metrics, self.settings.max_message_bytes,
-            self.manager,
+            self.manager, self.shared,
         )  # fmt: skip
         pb_grpc.add_SeqServeServicer_to_server(servicer, self.services)
-        v2 = open_inference.OpenInferenceServicer(
-            open_inference.Core(self.inference, self.sessions, self.manager), self.metrics
-        )
+        core = open_inference.Core(self.inference, self.sessions, self.manager, self.shared)
+        v2 = self.open_inference = open_inference.OpenInferenceServicer(core, self.metrics)
         open_inference.add_to_server(v2, self.services)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.services)
         names = (
@@ -161,6 +172,19 @@ class App:
         if failed:
             log.warning("serving without models that failed to load: %s", ", ".join(failed))
 
+    async def _check_store(self) -> None:
+        """Say whether the shared session store answers. One that does not is no reason not to
+        serve (sessions still work here; moving them waits until it answers)."""
+        if self.store is None:
+            return
+        mode = self.settings.session_store_write
+        try:
+            await self.store.ping()
+        except StoreUnavailable:
+            log.warning("session store %s does not answer (yet)", self.store.description)
+            return
+        log.info("session store %s (sequences written %s)", self.store.description, mode)
+
     def _sessions(self, version: VersionStatus) -> None:
         """Build, prove and install a loaded version's session program (on a loading thread):
         health says SERVING only once every version has its program or the reason it has none."""
@@ -190,7 +214,8 @@ class App:
         moved = self.sessions.hand_off_all("the server is stopping")
         if moved:
             log.info("handing off %d open sessions to other replicas", moved)
-        if not await self.drain.settle(grace):
+        await self._hand_off_sequences(grace)
+        if not await self.drain.settle(max(0.0, grace - (time.monotonic() - began))):
             log.warning("grace period over: cancelling %d calls in flight", self.drain.in_flight)
         held = self.drain.held
         # What runs past the grace period is cancelled; held calls get a moment to be refused.
@@ -200,9 +225,26 @@ class App:
         await self.drain.release()
         await stopping
         log.info("stopped in %.2f s, %d held calls refused", time.monotonic() - began, held)
+        if self.store is not None:
+            await self.store.close()
         self.inference.close()
         self.threads.shutdown()
         self.loader.shutdown(wait=False, cancel_futures=True)
+
+    async def _hand_off_sequences(self, grace: float) -> None:
+        """With a shared session store: every open Triton sequence written there (within the
+        grace period), for another replica to continue."""
+        if self.open_inference is None or self.shared is None:
+            return
+        sequences = self.open_inference.sequences
+        try:
+            async with asyncio.timeout(grace):
+                written = await sequences.hand_off_all("the server is stopping")
+        except TimeoutError:
+            log.warning("grace period over before every sequence was written to the store")
+            return
+        if written:
+            log.info("%d open sequences written to the session store", written)
 
 
 def resumption(settings: Settings) -> Resumption | None:

@@ -11,6 +11,9 @@ from seqserve_api import MAX_MESSAGE_BYTES
 
 from .core.limits import RequestLimits
 from .core.reference_cache import default_dir
+from .core.session_store import WriteMode
+
+STORE_SCHEMES = ("redis", "rediss", "unix")  # what redis_store.py connects to
 
 _LIMITS = RequestLimits()
 
@@ -108,6 +111,18 @@ class Settings(BaseSettings):
     session_token_ttl_s: float = Field(
         3600.0, gt=0, description="a session checkpoint (resume token) opens for N s"
     )
+    # Sessions that outlive their replica (README "Shared session store"): needs the key above.
+    session_store: str | None = Field(
+        None,
+        description="shared session store, redis://[:password@]host:6379/0 (rediss:// for TLS): "
+        "a stopping replica writes its open Triton sequences and v1 sessions there, any replica "
+        "continues them (off without)",
+    )
+    session_store_write: WriteMode = Field(
+        WriteMode.ON_DRAIN,
+        description="when Triton sequences are written to the store: on-drain (when the replica "
+        "stops) or every-step (after each request too: they survive a crash, one write per step)",
+    )
     metrics_host: str | None = Field(None, description="address of /metrics (default: --host)")
     metrics_tls_cert: Path | None = Field(None, description="serve /metrics over TLS (PEM)")
     metrics_tls_key: Path | None = Field(None, description="private key of --metrics-tls-cert")
@@ -122,4 +137,15 @@ class Settings(BaseSettings):
                 )
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.session_store is not None:
+            if self.session_key_file is None:
+                raise ValueError(
+                    "--session-store needs --session-key-file: the store holds sessions sealed "
+                    "under the key every replica shares"
+                )
+            scheme, separator, _ = self.session_store.partition("://")
+            if not separator or scheme not in STORE_SCHEMES:
+                raise ValueError(  # the value is not echoed: it may hold a password
+                    "--session-store: expected a redis://, rediss:// or unix:// URL"
+                )
         return self

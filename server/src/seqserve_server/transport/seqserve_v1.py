@@ -17,6 +17,7 @@ from seqserve_api.tensors import DecodeLimits
 from ..core.errors import DeadlineExpired, InvalidInput, SessionMoved
 from ..core.inference import InferenceService
 from ..core.management import ModelManager
+from ..core.session_store import SharedSessions, session_key, store_off
 from ..core.sessions import OpenSession, SessionManager
 from ..metrics import ServerMetrics
 from . import v1_messages as msg
@@ -35,7 +36,9 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         metrics: ServerMetrics,
         max_message_bytes: int,
         manager: ModelManager,
+        shared: SharedSessions | None = None,
     ) -> None:
+        self.shared = shared  # the shared session store (core/session_store.py), if any
         self.repository = inference.repository
         self.inference = inference
         self.sessions = sessions
@@ -124,9 +127,10 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             got = first.WhichOneof("kind") if first else "no message"
             raise InvalidInput("open", "a SessionOpen as the first message", str(got))
         opening, caller = first.open, CALLER.get()
-        session = self._open(opening, caller)
+        session = await self._open(opening, caller)
         try:
-            yield msg.session_opened(session, self.sessions.resumable, bool(opening.resume))
+            resumed = bool(opening.resume or opening.resume_session_id)
+            yield msg.session_opened(session, self.sessions.resumable, resumed)
             rules = _Rules(
                 msg.mode_to_proto(session.mode), session.emit_on_request,
                 msg.decode_limits(session.target.limits), msg.output_split(session), caller,
@@ -139,7 +143,7 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
                     for response in await self._handle(session, rules, request):
                         yield response
             except _Interrupted:
-                yield self._handoff(session, caller)
+                yield await self._handoff(session, caller)
                 raise SessionMoved(
                     f"session moved: {session.moving}; resume it on another replica from the "
                     "handoff token it was sent (SessionOpen.resume)"
@@ -149,8 +153,15 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
         finally:
             self.sessions.close(session)
 
-    def _open(self, opening: pb.SessionOpen, caller: str) -> OpenSession:
-        """A new session, or (`resume`) the one a checkpoint token holds."""
+    async def _open(self, opening: pb.SessionOpen, caller: str) -> OpenSession:
+        """A new session, or (`resume`) the one a checkpoint token holds, or
+        (`resume_session_id`) the one handed off to the shared session store."""
+        if opening.resume_session_id:
+            if self.shared is None:
+                raise store_off()
+            return await self.shared.resume_session(
+                opening.resume_session_id, opening.model_name, caller
+            )
         if opening.resume:
             return self.sessions.resume(opening.resume, opening.model_name, caller)
         target = self.repository.resolve(opening.model_name, opening.model_version)
@@ -161,11 +172,13 @@ class SeqServeServicer(pb_grpc.SeqServeServicer):
             opening.emit_on_request,
         )  # fmt: skip
 
-    def _handoff(self, session: OpenSession, caller: str) -> pb.SessionResponse:
-        """The session's last state, for the caller to resume elsewhere."""
-        return pb.SessionResponse(
-            handoff=msg.checkpoint_to_proto(self.sessions.checkpoint(session, caller))
-        )
+    async def _handoff(self, session: OpenSession, caller: str) -> pb.SessionResponse:
+        """The session's last state, for the caller to resume elsewhere (and, with a shared
+        session store, in it under the session's id: SessionOpen.resume_session_id)."""
+        checkpoint = self.sessions.checkpoint(session, caller)
+        if self.shared is not None:
+            await self.shared.keep(session_key(session.id), checkpoint.token)
+        return pb.SessionResponse(handoff=msg.checkpoint_to_proto(checkpoint))
 
     async def _handle(
         self, session: OpenSession, rules: _Rules, request: pb.SessionRequest

@@ -16,11 +16,14 @@ import numpy as np
 from ...core.batch import Batch
 from ...core.classification import Labels, Ranked, TopK
 from ...core.errors import (
+    BadResumeToken,
     InvalidInput,
     LimitExceeded,
     ModelNotFound,
     NotOpen,
+    ResumeTokenRefused,
     SeqServeError,
+    SessionMoved,
     Unsupported,
 )
 from ...core.inference import InferenceService
@@ -28,6 +31,7 @@ from ...core.limits import RequestLimits
 from ...core.management import ModelManager
 from ...core.modes import Mode
 from ...core.repository import ModelState, ReadyModel
+from ...core.session_store import SharedSessions, StoreUnavailable, sequence_key
 from ...core.sessions import OpenSession, SessionManager
 
 __all__ = [
@@ -45,7 +49,9 @@ __all__ = [
     "RequestLimits",
     "SeqServeError",
     "SequenceHandle",
+    "SessionMoved",
     "StepOutput",
+    "StoreUnavailable",
     "TensorView",
     "TopK",
     "Unsupported",
@@ -142,10 +148,12 @@ class Core:
         inference: InferenceService,
         sessions: SessionManager,
         manager: ModelManager | None = None,
+        shared: SharedSessions | None = None,
     ) -> None:
         self._inference = inference
         self._sessions = sessions
         self._manager = manager
+        self._shared = shared
 
     # -- repository ----------------------------------------------------------------------
 
@@ -253,6 +261,63 @@ class Core:
 
     def close(self, handle: SequenceHandle) -> None:
         self._sessions.close(handle.session)
+
+    # -- sequences in the shared session store (core/session_store.py) ----------------------
+
+    @property
+    def stores_sequences(self) -> bool:
+        """A shared session store is set: sequences move between replicas through it."""
+        return self._shared is not None
+
+    @property
+    def stores_every_step(self) -> bool:
+        """Sequences are written after each request (`--session-store-write every-step`)."""
+        return self._shared is not None and self._shared.every_step
+
+    async def store_sequence(
+        self,
+        name: str,
+        sequence: int | str,
+        handle: SequenceHandle,
+        caller: str,
+        replacing: bytes | None = None,
+    ) -> bytes | None:
+        """Seal the sequence's session into the store: the token written, None when `replacing`
+        was given and another replica has written since (this copy is stale)."""
+        shared = self._store()
+        return await shared.put(sequence_key(name, sequence), handle.session, caller, replacing)
+
+    async def take_sequence(
+        self, name: str, sequence: int | str, caller: str
+    ) -> tuple[SequenceHandle, bytes] | None:
+        """The sequence from the store, resumed here (None: not there) and its token. Written
+        on drain only, the token is removed once taken; written every step, it stays (the next
+        write replaces it only where it is still this one). A stored state that does not apply
+        here is refused with the resume refusal's code and reason."""
+        shared = self._store()
+        key = sequence_key(name, sequence)
+        try:
+            taken = await shared.take(key, name, caller, keep=shared.every_step)
+        except (ResumeTokenRefused, BadResumeToken) as exc:
+            exc.field = "parameters['sequence_id']"
+            exc.message = f"sequence {sequence!r} in the shared session store: {exc.message}"
+            exc.args = (exc.message,)
+            raise
+        if taken is None:
+            return None
+        session, token = taken
+        return SequenceHandle(session, self._view(session.target), session.k), token
+
+    async def unstore_sequence(
+        self, name: str, sequence: int | str, holding: bytes | None = None
+    ) -> bool:
+        """Remove the sequence's stored state (with `holding`: only where it is that token)."""
+        return await self._store().delete(sequence_key(name, sequence), holding)
+
+    def _store(self) -> SharedSessions:
+        if self._shared is None:
+            raise Unsupported("this server was started without --session-store")
+        return self._shared
 
     # -- model management (RepositoryModelLoad / RepositoryModelUnload) -----------------------
 

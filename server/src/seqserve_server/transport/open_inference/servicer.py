@@ -22,6 +22,7 @@ import numpy as np
 from seqserve.inference import grpc_service_pb2 as pb
 
 from ...metrics import ServerMetrics
+from ..auth import CALLER
 from ..instrumentation import observed
 from ..status import grpc_errors
 from .core_facade import Core, InvalidInput, Mode, ModelView, SequenceHandle, TensorView
@@ -317,29 +318,41 @@ class OpenInferenceServicer:
     async def _sequence_step(
         self, request: pb.ModelInferRequest, number: int, sequence: int | str
     ) -> pb.ModelInferResponse:
-        """Feed a request's steps ([1, steps, ...]) to its sequence's session."""
+        """Feed a request's steps ([1, steps, ...]) to its sequence's session (taken from the
+        shared session store first where this replica does not hold it: sequences.py)."""
         name, end = request.model_name, bool_parameter(request, SEQUENCE_END)
+        key, caller = (name, sequence), CALLER.get()
+        inputs: dict[str, Inputs] | None = None
         if bool_parameter(request, SEQUENCE_START):
             model = self.core.model(name, number)
             inputs = read_inputs(request, model)
             statics = {v.name: inputs[v.name].values for v in model.inputs if not v.sequence}
             k = int_parameter(request, TOP_K)
-            opened = self.sequences.start(name, number, sequence, k, statics)
+            opened = self.sequences.start(name, number, sequence, k, statics, caller)
         else:
             opened = self.sequences.get(name, sequence)
-            inputs = _later_inputs(request, opened.handle.model)
         started = time.perf_counter()
+        handle: SequenceHandle | None = None
         try:
-            async with opened.lock:
-                response = await self._feed(request, opened.handle, end, inputs)
-            self._record(opened.handle.model, True, started, 1)
+            async with opened.lock:  # taken before any wait: requests go in arrival order
+                handle = await self.sequences.ready(key, opened, caller)
+                if inputs is None:
+                    inputs = _later_inputs(request, handle.model)
+                fed = False
+                try:
+                    response = await self._feed(request, handle, end, inputs)
+                    fed = True
+                finally:
+                    await self.sequences.written(key, opened, end, fed)
+            self._record(handle.model, True, started, 1)
             return response
         except Exception:
-            self._record(opened.handle.model, False, started, 0)
+            if handle is not None:
+                self._record(handle.model, False, started, 0)
             raise
         finally:
             if end:
-                self.sequences.end((name, sequence))
+                self.sequences.end(key, opened)
 
     async def _feed(
         self,
