@@ -64,7 +64,7 @@ SOAK_ARGS ?= --duration-s 600 --callers 64
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
-# Dev certificates and a dev token for the compose stack, in deploy/certs/ (gitignored).
+# Dev certificates, a dev token and a session key for the compose stack, in deploy/certs/ (gitignored).
 certs: $(STAMP)
 	$(BIN)/python deploy/make_certs.py
 

@@ -3,8 +3,10 @@
 As a program it writes, into deploy/certs/: a CA (ca.crt), a server certificate for localhost,
 127.0.0.1 and the compose service names (server.crt/.key: the replicas and the load balancer), a
 client certificate (client.crt/.key), tokens.yaml with one token's SHA-256 (the token itself is
-printed once and stored nowhere) and grafana-admin-password (Grafana's admin password, also
-printed). Existing files are kept unless --force is given.
+printed once and stored nowhere), grafana-admin-password (Grafana's admin password, also
+printed) and session.keys (the session key every replica shares: resume tokens and the shared
+session store). Existing files are kept unless --force is given; a missing session.keys is
+added to an existing directory.
 As a module (`from deploy.make_certs import Authority`), the security tests make fresh CAs and
 certificates with the same code every run. For development only: a real deployment brings its
 own CA and tokens.
@@ -26,6 +28,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from seqserve_server.core.session_tokens import SessionKeys
 
 ROOT = Path(__file__).resolve().parents[1]
 # "seqserve" is the nginx upstream name: the name the LB verifies the replicas against.
@@ -138,6 +142,17 @@ def write_tokens(path: Path, grants: list[Grant]) -> None:
     path.chmod(0o644)
 
 
+def write_session_keys(path: Path) -> None:
+    """A session key file with one new key (`--session-key-file`): every replica mounts the same
+    one, so any of them opens the tokens the others seal."""
+    path.write_text(
+        "# seqserve session keys (dev): the first seals, every one opens. To rotate, put a new\n"
+        "# key first and keep this one until its tokens expired.\n"
+        f"{SessionKeys.generate_line()}\n"
+    )
+    path.chmod(0o644)  # the containers' user reads it (another uid than the host's): dev only
+
+
 def write_password(path: Path) -> str:
     password = secrets.token_urlsafe(18)
     path.write_text(password)
@@ -153,13 +168,17 @@ def main() -> int:
     out: Path = args.out
     if (out / "ca.crt").exists() and not args.force:
         print(f"{out} already has certificates; --force replaces them (and the token)")
+        if not (out / "session.keys").exists():
+            write_session_keys(out / "session.keys")
+            print(f"wrote session.keys to {out}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
     write_certs(out)
     dev = Grant("dev")  # every model, every scope
     write_tokens(out / "tokens.yaml", [dev])
     password = write_password(out / "grafana-admin-password")
-    print(f"wrote dev certificates, tokens.yaml and grafana-admin-password to {out}")
+    write_session_keys(out / "session.keys")
+    print(f"wrote dev certificates, tokens.yaml, grafana-admin-password and session.keys to {out}")
     print(f"dev token (shown once, only its SHA-256 is stored): {dev.token}")
     print(f"Grafana: user admin, password {password}")
     return 0

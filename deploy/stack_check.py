@@ -43,7 +43,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from deploy.make_certs import Grant, write_certs, write_password, write_tokens
+from deploy.make_certs import (
+    Grant,
+    write_certs,
+    write_password,
+    write_session_keys,
+    write_tokens,
+)
 from seqserve_client import PermissionDeniedError, SeqServeClient, UnauthenticatedError
 from tests.support.bundled import TOLERANCE, example_input
 from tests.support.reference import loader
@@ -91,6 +97,7 @@ def prepare(certs: Path, secrets_file: Path) -> None:
     grants = [Grant("stack"), Grant("iris-only", models=(MODEL,), scopes=("infer",))]
     write_tokens(certs / "tokens.yaml", grants)
     write_password(certs / "grafana-admin-password")
+    write_session_keys(certs / "session.keys")
     secrets_file.write_text(json.dumps({g.name: g.token for g in grants}))
     secrets_file.chmod(0o600)
     print(f"certificates and tokens {[g.name for g in grants]} in {certs}")

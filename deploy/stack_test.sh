@@ -101,7 +101,7 @@ log "engine: $(docker info --format '{{.ServerVersion}}'), $(docker compose vers
 # --- 3. images ---------------------------------------------------------------------------------
 log "stand-in images (built once, then cached)"
 deploy/images/build.sh 2>&1 | grep -v -e DEPRECATED -e 'legacy builder' -e buildx -e '^ *$' || true
-docker image inspect python:3.11-slim nginx:1.27 prom/prometheus:v2.53.0 >/dev/null
+docker image inspect python:3.11-slim nginx:1.27 prom/prometheus:v2.53.0 redis:7.2 >/dev/null
 log "wheelhouse"
 deploy/build_wheelhouse.sh 2>&1 | grep -v '^WARNING: Location' || true
 ls deploy/.wheelhouse/project/seqserve_server-*.whl >/dev/null

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build local stand-ins for the images docker-compose.yml names but this machine cannot pull
-# (no image registry): python:3.11-slim (debootstrap, deploy/build_base_image.sh), nginx and
-# prom/prometheus (Debian's packages). Grafana has no Debian package: it stays in the `grafana`
+# (no image registry): python:3.11-slim (debootstrap, deploy/build_base_image.sh), nginx,
+# prom/prometheus and redis (Debian's packages). Grafana has no Debian package: it stays in the `grafana`
 # compose profile and needs the real image.
 #
 # The image builds need no network: the .debs are downloaded on the host (apt, resolved against the
@@ -13,6 +13,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 
 NGINX_IMAGE="${NGINX_IMAGE:-nginx:1.27}"
 PROMETHEUS_IMAGE="${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}"
+REDIS_IMAGE="${REDIS_IMAGE:-redis:7.2}"
 
 "$here/../build_base_image.sh"
 
@@ -41,3 +42,4 @@ standin() { # standin DIR TAG PACKAGE...
 if ! compgen -G "/var/lib/apt/lists/*Packages*" >/dev/null; then apt-get update -qq; fi
 standin nginx "$NGINX_IMAGE" nginx curl
 standin prometheus "$PROMETHEUS_IMAGE" prometheus wget
+standin redis "$REDIS_IMAGE" redis-server

@@ -76,7 +76,7 @@ def test_compose_config_is_valid(profile: str | None) -> None:
     result = _compose(*args, "config", "-q")
     assert result.returncode == 0, result.stderr
     resolved = json.loads(_compose(*args, "config", "--format", "json").stdout)
-    expected = {"seqserve-1", "seqserve-2", "lb", "prometheus"} | (
+    expected = {"seqserve-1", "seqserve-2", "lb", "prometheus", "redis"} | (
         {"grafana"} if profile else set()
     )
     assert set(resolved["services"]) == expected
@@ -84,7 +84,7 @@ def test_compose_config_is_valid(profile: str | None) -> None:
 
 def test_compose_services_health_and_order() -> None:
     services = compose_file()["services"]
-    for name in [*REPLICAS, "lb", "prometheus", "grafana"]:
+    for name in [*REPLICAS, "lb", "prometheus", "grafana", "redis"]:
         assert "healthcheck" in services[name], f"{name} has no healthcheck"
     for name in REPLICAS:
         svc = services[name]
@@ -148,6 +148,29 @@ def test_prometheus_and_grafana_admin_are_closed() -> None:
     assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
     secret = compose_file()["secrets"]["grafana_admin_password"]
     assert secret["file"] == "${SEQSERVE_CERTS_DIR:-./deploy/certs}/grafana-admin-password"
+
+
+def test_replicas_share_a_session_key_and_a_store_on_the_compose_network() -> None:
+    """Sessions outlive their replica: every replica reads the session key from the read-only
+    /certs mount (`make certs` writes session.keys) and writes to the `redis` service, which
+    starts first, persists nothing and publishes no port."""
+    services = compose_file()["services"]
+    for name in REPLICAS:
+        env = services[name]["environment"]
+        assert env["SEQSERVE_SESSION_KEY_FILE"] == "/certs/session.keys"
+        assert env["SEQSERVE_SESSION_STORE"] == "redis://redis:6379/0"
+        assert env["SEQSERVE_SESSION_STORE_WRITE"] == "${SEQSERVE_SESSION_STORE_WRITE:-on-drain}"
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert CERTS_MOUNT in services[name]["volumes"]
+    redis = services["redis"]
+    assert "ports" not in redis and redis["expose"] == ["6379"]
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert options["--save"] == "" and options["--appendonly"] == "no", "nothing persisted"
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert redis["user"] != "root"
 
 
 # --- load balancer ----------------------------------------------------------------------------

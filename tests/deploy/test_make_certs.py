@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 from cryptography import x509
 
+from seqserve_server.core.session_tokens import SessionKeys
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "make_certs.py"
 
@@ -40,6 +42,16 @@ def test_make_certs_writes_what_compose_mounts(tmp_path: Path) -> None:
     assert entry["sha256"] == hashlib.sha256(token.encode()).hexdigest()
     assert token not in (tmp_path / "tokens.yaml").read_text()
     assert (tmp_path / "grafana-admin-password").read_text()
+    assert len(SessionKeys.from_file(tmp_path / "session.keys").key_ids) == 1
+
+
+def test_make_certs_adds_a_missing_session_key_to_existing_certificates(tmp_path: Path) -> None:
+    run(tmp_path)
+    (tmp_path / "session.keys").unlink()
+    first = (tmp_path / "ca.crt").read_bytes()
+    run(tmp_path)
+    assert (tmp_path / "ca.crt").read_bytes() == first
+    SessionKeys.from_file(tmp_path / "session.keys")
 
 
 def test_make_certs_keeps_existing_files_unless_forced(tmp_path: Path) -> None:
