@@ -9,6 +9,7 @@ server (the same compiled path computes both: bit-equal) and with eager Keras (1
 from __future__ import annotations
 
 import functools
+import hashlib
 import queue
 import secrets
 import signal
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 import redis
 import tritonclient.grpc as triton
+import yaml
 from tritonclient.utils import InferenceServerException
 
 from seqserve.v1 import seqserve_pb2 as pb
@@ -251,6 +253,7 @@ def test_a_stopping_replica_leaves_its_sequences_and_sessions_to_another(
         for model in MODELS:
             _check(model, got[model], want[model], eager, xs[model])
         assert not peek.exists("seqserve:seq:lstm_aligned:101"), "taken: no second copy"
+        assert replica.output().count("sequence 101 of 'lstm_aligned' continued") == 1
         ended = _failure(
             lambda: _infer(client, _request("lstm_aligned", chunks["lstm_aligned"], 3, 101))
         )
@@ -307,6 +310,52 @@ def _checkpoint(target: str, model: str) -> bytes:
     token = call.receive().checkpoint.token
     call.close()
     return token
+
+
+def test_a_stored_sequence_continues_only_for_its_caller(
+    root: Path, key_file: Path, store: str, peek: redis.Redis, tmp_path: Path
+) -> None:
+    """With tokens (auth), a stored sequence is bound to the caller that started it: another
+    caller is refused (FAILED_PRECONDITION) and cannot destroy it; its own caller continues."""
+    tokens = tmp_path / "tokens.yaml"
+    grants = {"alice": "tok-alice", "bob": "tok-bob"}
+    entries = [
+        {"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(), "models": ["*"],
+         "scopes": ["infer", "read"]}
+        for name, token in grants.items()
+    ]  # fmt: skip
+    tokens.write_text(yaml.safe_dump({"tokens": entries}))
+    model, chunks = "lstm_aligned", _chunks(_x(21))
+    args = [*_args(key_file, store), "--auth-tokens-file", str(tokens)]
+    as_alice = {"headers": {"authorization": "Bearer tok-alice"}}
+    as_bob = {"headers": {"authorization": "Bearer tok-bob"}}
+    with served(root, *args) as b:
+        with v2_client(b.target) as client:
+            want = [
+                client.infer(**_request(model, chunks, i, 809), **as_alice).as_numpy("output")[0]
+                for i in range(len(chunks))
+            ]
+        a = start_server(root, *args)
+        try:
+            with v2_client(a.target) as client:
+                got = [
+                    client.infer(**_request(model, chunks, i, 808), **as_alice).as_numpy("output")[
+                        0
+                    ]
+                    for i in range(2)
+                ]
+        finally:
+            assert a.stop() == 0
+        with v2_client(b.target) as client:
+            refused = _failure(lambda: client.infer(**_request(model, chunks, 2, 808), **as_bob))
+            assert refused.status() == "StatusCode.FAILED_PRECONDITION", refused.message()
+            assert "another caller" in refused.message() and "alice" not in refused.message()
+            assert peek.exists("seqserve:seq:lstm_aligned:808"), "another caller cannot take it"
+            for i in range(2, len(chunks)):
+                result = client.infer(**_request(model, chunks, i, 808), **as_alice)
+                got.append(result.as_numpy("output")[0])
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
 
 
 # -- written every step --------------------------------------------------------------------------
