@@ -16,7 +16,11 @@ SHA-256; the tokens go to FILE, outside the directory the containers mount.
    it) by the replica that does not hold it (the per-call balancer spreads it);
 4. both replicas served Predict calls and whole sequences (each replica's own /metrics: its
    ModelInfer count is a multiple of the calls per sequence);
-5. Prometheus scrapes both replicas.
+5. Prometheus scrapes both replicas;
+6. sessions outlive their replica: a sequence (with the header) half sent, the replica holding it
+   stopped (`docker compose stop`: it writes the sequence to the shared session store), the rest
+   sent through the LB reaches the other replica, which continues it from the store (equal to
+   Predict on the whole sequence); the stopped replica is started again (`up --wait`).
 Exit status 0 when every check passes; the reason otherwise. Run from the repository root as
 `python -m deploy.stack_check`.
 """
@@ -376,7 +380,57 @@ def check(args: argparse.Namespace) -> None:
     )
     at_least = sum(b[(MODEL, "Predict")] for b in before.values()) + args.calls
     check_prometheus(args.prometheus, at_least, args.prometheus_wait)
+    with (
+        SeqServeClient(args.lb, tls=True, root_certificates=ca, token=token, timeout=30) as v1,
+        triton.InferenceServerClient(
+            args.lb, ssl=True, root_certificates=str(args.certs / "ca.crt")
+        ) as v2,
+    ):
+        check_failover(v2, v1, compose, token, snapshot)
     print("stack check passed")
+
+
+def check_failover(
+    v2: triton.InferenceServerClient, v1: SeqServeClient, compose: list[str], token: str,
+    snapshot: Callable[[], dict[str, Counter]],
+) -> None:  # fmt: skip
+    """A sequence continues on the other replica after the one holding it stops (the shared
+    session store); the stopped replica comes back afterwards."""
+    sequence = 515151
+    x = example_input(SEQUENCE_MODEL, np.random.default_rng(9))[0]
+    chunks = np.array_split(x, 6)
+    before = snapshot()
+    outputs = []
+    for i, chunk in enumerate(chunks[:3]):
+        result = v2.infer(SEQUENCE_MODEL, [tensor(chunk[None])], sequence_id=sequence,
+                          sequence_start=i == 0, headers=headers(token, sequence),
+                          client_timeout=30)  # fmt: skip
+        outputs.append(result.as_numpy("output")[0])
+    after = snapshot()
+    holder = next(r for r in REPLICAS if after[r] != before[r])
+    subprocess.run([*compose, "stop", holder], capture_output=True, timeout=120, check=True)
+    for i, chunk in enumerate(chunks[3:], start=3):
+        deadline = time.monotonic() + 60
+        while True:  # the balancer finds the stopped replica gone after a refused connection
+            try:
+                result = v2.infer(SEQUENCE_MODEL, [tensor(chunk[None])], sequence_id=sequence,
+                                  sequence_end=i == len(chunks) - 1,
+                                  headers=headers(token, sequence), client_timeout=30)  # fmt: skip
+                break
+            except InferenceServerException as e:
+                if e.status() != "StatusCode.UNAVAILABLE" or time.monotonic() > deadline:
+                    fail(f"sequence {sequence} after {holder} stopped: {e}")
+                time.sleep(0.5)
+        outputs.append(result.as_numpy("output")[0])
+    want = v1.predict(SEQUENCE_MODEL, x[None])[0]
+    got = np.concatenate(outputs)
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=TOLERANCE):
+        fail(f"sequence {sequence} continued after {holder} stopped differs from Predict")
+    print(f"sequence {sequence}: {holder} stopped after 3 of {len(chunks)} calls, the other "
+          "replica continued it from the shared session store (equal to Predict)")  # fmt: skip
+    subprocess.run([*compose, "up", "-d", "--wait", "--wait-timeout", "300", holder],
+                   capture_output=True, timeout=360, check=True)  # fmt: skip
+    print(f"{holder} started again")
 
 
 def main() -> None:

@@ -2,13 +2,14 @@
 # End-to-end test of the compose stack on this machine (`make stack-test`):
 #   install what is missing (apt: docker.io iptables debootstrap ca-certificates; compose plugin),
 #   start dockerd if none runs (and stop only that one at the end), build the stand-in images once
-#   (python:3.11-slim, nginx, prom/prometheus), the wheelhouse and the server image, make this run's
+#   (python:3.11-slim, nginx, prom/prometheus, redis), the wheelhouse and the server image, make this run's
 #   own certificates and tokens (deploy/.stack-logs/certs, SEQSERVE_CERTS_DIR; deploy/certs is left
 #   alone), `docker compose up` without Grafana, then deploy/stack_check.py: every container
 #   read-only without capabilities; plaintext, no token, an unknown token and a token without the
 #   model refused; N Predict calls over TLS with a token through the load balancer (equal to Keras);
 #   S interleaved Triton sequences routed by the seqserve-sequence-id header (each equal to Predict
-#   on the whole sequence); both replicas served; Prometheus scraped both. Then
+#   on the whole sequence); both replicas served; Prometheus scraped both; a sequence continues on
+#   the other replica (through the shared session store, redis) after the one holding it stops. Then
 #   `docker compose down -v` (always). STACK_TEST_SCALE=1 also measures 2 replicas vs 1
 #   (deploy/stack_scale.py; table in deploy/.stack-logs/scale.md).
 # Everything listens on 127.0.0.1 only (free ports picked at start); traffic stays on this machine.
