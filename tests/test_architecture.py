@@ -37,8 +37,9 @@ class Rule:
 
 
 RULES = [
-    Rule("core imports no transport, protobuf or metrics library", "seqserve_server", "core",
-         (*GRPC_AND_PROTOBUF, "seqserve_api", "seqserve_client", "prometheus_client",
+    Rule("core imports no transport, protobuf, metrics or store client library",
+         "seqserve_server", "core",
+         (*GRPC_AND_PROTOBUF, "seqserve_api", "seqserve_client", "prometheus_client", "redis",
           *SERVER_OUTSIDE_CORE)),
     Rule("transport imports the core, never the SDK", "seqserve_server", "transport",
          ("seqserve_client",)),
