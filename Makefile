@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8500
 METRICS_PORT ?= 8502
 
-.PHONY: venv serve test test-tools lint proto models bench fuzz soak stack-test certs clean
+.PHONY: venv serve test test-tools nginx-tool rolling-update lint proto models bench fuzz soak stack-test certs clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,17 @@ test-tools:
 	@command -v redis-server >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 	@bash deploy/install_compose.sh >/dev/null || echo "compose plugin unavailable: its tests skip"
+
+# The balancer the rolling-update test puts in front of its replicas (as the compose `lb`).
+nginx-tool:
+	@command -v nginx >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null; }
+
+# A rolling update (every replica SIGTERM'd and started again) and a crash (SIGKILL) under 100
+# resumable SDK sessions and Triton sequences, through nginx; prints the figures and appends
+# them to bench/results/rolling_update.md (slow suite, ~5 minutes).
+rolling-update: $(STAMP) test-tools nginx-tool
+	$(BIN)/pytest -m slow -s tests/server/test_rolling_update.py
 
 test: $(STAMP) test-tools
 	$(BIN)/ruff check .
