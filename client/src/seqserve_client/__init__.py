@@ -14,7 +14,10 @@ from .errors import (
     ModelNotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    ResumptionUnavailable,
     SeqServeError,
+    SessionLost,
+    SessionMoved,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -27,6 +30,7 @@ from .results import (
     StreamPart,
     TensorSpec,
 )
+from .resumption import Reconnect
 from .session import Session
 
 __all__ = [
@@ -41,11 +45,15 @@ __all__ = [
     "ModelStatus",
     "PermissionDeniedError",
     "Prediction",
+    "Reconnect",
     "ResourceExhaustedError",
+    "ResumptionUnavailable",
     "SeqServeClient",
     "SeqServeError",
     "Session",
     "SessionInfo",
+    "SessionLost",
+    "SessionMoved",
     "SessionOutput",
     "StreamPart",
     "TensorSpec",

@@ -28,7 +28,14 @@ from seqserve_api.tensors import (
     write_tensor,
 )
 
-from .errors import SeqServeError, from_rpc_error
+from .errors import (
+    ResumptionUnavailable,
+    SeqServeError,
+    SessionLost,
+    SessionMoved,
+    UnavailableError,
+    from_rpc_error,
+)
 from .results import (
     ModelMetadata,
     ModelStatus,
@@ -41,6 +48,16 @@ from .results import (
     SessionValues,
     StreamPart,
     TensorSpec,
+)
+from .resumption import (
+    DEFAULT_CHECKPOINT_EVERY,
+    REFUSALS,
+    Ended,
+    Next,
+    Reconnect,
+    Replay,
+    lost_connection,
+    step_count,
 )
 
 DEFAULT_TIMEOUT_S = 30.0  # a client's deadline per call unless told otherwise
@@ -309,11 +326,13 @@ def _serving(response: health_pb2.HealthCheckResponse) -> bool:
 
 class SessionProtocol:
     """One session's side of the Session stream, without I/O: the message each session method
-    sends, whether the server answers it (the rule of seqserve_api.session_protocol), and what
-    the answers mean. `Session` and `AsyncSession` only move these messages."""
+    sends, whether the server answers it (the rule of seqserve_api.session_protocol), what the
+    answers mean, and for a resumable session when and how to resume (resumption.py).
+    `Session` and `AsyncSession` only move these messages."""
 
     END_INPUT = pb.SessionRequest(end_input=pb.SessionEndInput())
     RESET = reset_request()  # keeping the session's static inputs
+    CHECKPOINT = pb.SessionRequest(checkpoint=pb.SessionCheckpointRequest())
 
     def __init__(
         self,
@@ -322,31 +341,192 @@ class SessionProtocol:
         emit_on_request: bool,
         top_k: int,
         static_inputs: StaticInputs | None = None,
+        *,
+        resumable: bool = False,
+        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+        resume: bytes | None = None,
+        reconnect: Reconnect | None = None,
     ) -> None:
         self.opening = open_request(model, version, emit_on_request, top_k, static_inputs)
+        if resumable:
+            if checkpoint_every < 1:
+                raise ValueError(
+                    "checkpoint_every: at least 1 step (it bounds the messages a resumable "
+                    f"session keeps to replay), got {checkpoint_every}"
+                )
+            self.opening.open.checkpoint_every = checkpoint_every
+        if resume is not None:
+            self.opening.open.resume = resume
         self.emit_on_request = emit_on_request
-        self.opened: pb.SessionOpened | None = None  # the server's answer to `opening`
+        self.resumable = resumable
+        self.replay = Replay(checkpoint_every, resumable, reconnect or Reconnect())
+        self.opened: pb.SessionOpened | None = None  # the server's answer to the last open
+        self.version = 0  # the version the session first opened on
         self.ended = False  # the server ended the call, and the caller has been told why
 
-    def open(self, response: pb.SessionResponse) -> SessionInfo:
-        """Read the answer to `opening`."""
-        self.opened = _reply(response, "opened")
+    def open(self, response: pb.SessionResponse | Ended) -> SessionInfo:
+        """Read the answer to `opening` (or how its call ended): a session asked to be
+        resumable must be (ResumptionUnavailable); one opened from a token continues at the
+        token's message."""
+        if isinstance(response, Ended):
+            self.ended = True
+            raise ended_error(response.error)
+        opened = _reply(response, "opened")
+        if self.resumable and not opened.resumable:
+            self.ended = True
+            raise ResumptionUnavailable(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the server cannot resume sessions of {opened.model_name!r}: it has no session "
+                "key (--session-key-file); open the session without resumable=True",
+            )
+        self.opened, self.version = opened, opened.model_version
+        if self.opening.open.resume:
+            self.replay.start(
+                self.opening.open.resume, opened.resumed_at_message, opened.resumed_at_step
+            )
         return self.info
 
     @property
     def info(self) -> SessionInfo:
         o = self._opened()
         support = pb.SessionSupport.Name(o.session_support).lower()
-        return SessionInfo(o.session_id, o.model_name, o.model_version, mode_name(o.mode), support)
+        return SessionInfo(
+            o.session_id,
+            o.model_name,
+            o.model_version,
+            mode_name(o.mode),
+            support,
+            o.resumable,
+            o.resumed_at_step,
+            o.resumed_at_message,
+        )
 
     def steps(self, values: StepValues, emit: bool) -> tuple[pb.SessionRequest, bool]:
         """The message that sends these steps, and whether the server answers it."""
         answered = steps_get_output(self._opened().mode, self.emit_on_request, emit)
-        return steps_request(values, emit), answered
+        request = steps_request(values, emit)
+        self.replay.sent(request, answered, step_count(request.steps))
+        return request, answered
 
     def reset(self, static_inputs: StaticInputs | None) -> pb.SessionRequest:
         """The message that restarts the session (answered by `reset`, see `reset_done`)."""
-        return self.RESET if not static_inputs else reset_request(static_inputs)
+        request = self.RESET if not static_inputs else reset_request(static_inputs)
+        self.replay.sent(request, True, 0)
+        return request
+
+    def end_input(self) -> pb.SessionRequest:
+        """The message that ends the input (answered by the decoded parts, the last `last`)."""
+        self.replay.begin(self.END_INPUT)
+        return self.END_INPUT
+
+    def checkpoint(self) -> pb.SessionRequest:
+        """The message that asks for a checkpoint now (answered by one, see
+        `checkpoint_token`)."""
+        if not self._opened().resumable:
+            raise ResumptionUnavailable(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the server seals no checkpoints: it has no session key (--session-key-file)",
+            )
+        self.replay.begin(self.CHECKPOINT)
+        return self.CHECKPOINT
+
+    def over_bound(self) -> bool:
+        """A resumable session keeps more messages than a call may leave: the call asks for a
+        checkpoint (`checkpoint`) before it returns."""
+        return self.replay.over_bound()
+
+    def receive(self, response: pb.SessionResponse | Ended) -> pb.SessionResponse | Next:
+        """What a response (or the call's end) means for the call waiting on it: its answer,
+        another read (a checkpoint kept, or an answer the caller already has), or, for a
+        resumable session, a reconnection. Raises what ends the session."""
+        replay = self.replay
+        if isinstance(response, Ended):
+            if self.resumable and lost_connection(response.error):
+                replay.failure = response.error or session_error("the server ended the session")
+                return Next.RECONNECT
+            self.ended = True
+            raise ended_error(response.error)
+        kind = response.WhichOneof("kind")
+        if kind in ("checkpoint", "handoff"):
+            checkpoint = getattr(response, kind)
+            try:
+                replay.checkpointed(checkpoint)
+            except ValueError as exc:
+                self.ended = True
+                raise session_error(str(exc)) from None
+            if kind == "checkpoint":
+                return response if replay.answers_checkpoint(checkpoint) else Next.READ
+            moved = f"session moved: the server handed it off at message {checkpoint.messages}"
+            if self.resumable:
+                replay.failure = UnavailableError(grpc.StatusCode.UNAVAILABLE, moved)
+                return Next.RECONNECT
+            self.ended = True
+            raise SessionMoved(moved, checkpoint.token, checkpoint.messages, checkpoint.steps)
+        return response if replay.delivers(response) else Next.READ
+
+    # -- resuming -------------------------------------------------------------------------
+
+    def reconnect_delay(self) -> float:
+        """Seconds to wait before reconnecting; SessionLost once the attempts are spent."""
+        try:
+            return self.replay.next_delay()
+        except SessionLost:
+            self.ended = True
+            raise
+
+    def reopening(self) -> pb.SessionRequest:
+        """The open that continues the session: from the newest token, else (no checkpoint
+        yet) the first open again on the version it opened, to replay from message 0."""
+        token = self.replay.token
+        if token is None:
+            request = pb.SessionRequest()
+            request.CopyFrom(self.opening)
+            request.open.model_version = self.version
+            return request
+        return pb.SessionRequest(
+            open=pb.SessionOpen(
+                model_name=self.opening.open.model_name,
+                resume=token,
+                checkpoint_every=self.opening.open.checkpoint_every,
+            )
+        )
+
+    def reopened(self, response: pb.SessionResponse | Ended) -> list[pb.SessionRequest] | None:
+        """Read the answer to `reopening`: the messages to send again, or None when this
+        attempt failed the way a connection fails (try again). Raises SessionLost when the
+        session cannot be continued."""
+        replay = self.replay
+        try:
+            if isinstance(response, Ended):
+                if lost_connection(response.error):
+                    replay.failure = response.error or session_error("the server ended the call")
+                    return None
+                error = ended_error(response.error)
+                why = "the resume token was refused" if error.code in REFUSALS else "reopening"
+                raise replay.lost(why, error)
+            kind = response.WhichOneof("kind")
+            if kind != "opened":
+                raise replay.lost("reopening", session_error(f"`{kind}` answered the open"))
+            opened, first = response.opened, self._opened()
+            if not opened.resumable:
+                why = "the replica that took the session over has no session key"
+                raise replay.lost(why, session_error("resumable is false"))
+            if (opened.mode, opened.model_version) != (first.mode, self.version):
+                got = f"{mode_name(opened.mode)} version {opened.model_version}"
+                raise replay.lost("reopening", session_error(f"the replica opened {got}"))
+            requests = replay.replay_from(opened.resumed_at_message)
+        except SessionLost:
+            self.ended = True
+            raise
+        self.opened = opened
+        return requests
+
+    def closing(self, error: SeqServeError | None) -> SeqServeError | None:
+        """The error `close()` raises for how the call ended: none when it ended OK or was
+        cancelled, nor for a resumable session whose connection was lost (nothing is owed)."""
+        if error is None or error.code == grpc.StatusCode.CANCELLED:
+            return None
+        return None if self.resumable and lost_connection(error) else error
 
     def _opened(self) -> pb.SessionOpened:
         if self.opened is None:
@@ -399,12 +579,20 @@ def decoded(outputs: Iterable[SessionOutput]) -> SessionValues:
     return {n: np.concatenate([values[n] for values in named if n in values]) for n in names}
 
 
-def ended_error(failure: grpc.RpcError | None) -> SeqServeError:
+def ended_error(failure: grpc.RpcError | SeqServeError | None) -> SeqServeError:
     """What a session's caller gets when the call ended while an answer was due: the call's
     error, or for a call that ended OK, a broken protocol."""
     if failure is None:
         return session_error("the server ended the session")
+    if isinstance(failure, SeqServeError):
+        return failure
     return from_rpc_error(failure)
+
+
+def checkpoint_token(response: pb.SessionResponse) -> bytes:
+    """The token of the checkpoint that answers a checkpoint request."""
+    token: bytes = _reply(response, "checkpoint").token
+    return token
 
 
 def session_error(message: str) -> SeqServeError:

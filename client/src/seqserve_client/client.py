@@ -16,6 +16,7 @@ from . import calls
 from .calls import Call, Inputs, StaticInputs, TopK
 from .errors import from_rpc_error
 from .results import ModelMetadata, ModelStatus, Predicted, Prediction, StreamPart
+from .resumption import DEFAULT_CHECKPOINT_EVERY, Reconnect
 from .session import Session
 from .twins import ClientBase
 
@@ -103,12 +104,38 @@ class SeqServeClient(ClientBase):
         top_k: int = 0,
         static_inputs: StaticInputs | None = None,
         timeout: float | None = None,
+        resumable: bool = False,
+        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+        resume: bytes | None = None,
+        reconnect: Reconnect | None = None,
     ) -> Session:
         """Open a stateful streaming session (`Session.open`: here, before it returns).
         `static_inputs`: a model's inputs without a time axis by name, one item each (a vector
         [features...] or token ids [n]), given once here. Its deadline is `timeout`, none by
-        default: sessions live long."""
-        protocol = calls.SessionProtocol(model, version, emit_on_request, top_k, static_inputs)
+        default: sessions live long.
+
+        Resumable (`resumable=True`, README "Resumable sessions"): the server checkpoints the
+        session every `checkpoint_every` steps; on a handoff (a replica stopping) or a lost
+        connection the session resumes from its newest checkpoint on whichever replica the
+        target reaches, sends again the messages the checkpoint lacks and delivers every output
+        once, in order: the caller sees nothing. It keeps the messages since its newest
+        checkpoint to do so: at most `checkpoint_every` between calls (it asks for a checkpoint
+        itself when unanswered messages pile up past that). A server without a session key
+        raises ResumptionUnavailable at open; a session that cannot be continued (token
+        refused, `reconnect`'s attempts spent) raises SessionLost. `resume`: open from a token
+        of `checkpoint()` or of a SessionMoved (the same `emit_on_request` as the session it
+        came from) and send again the messages from `info.resumed_at_message` on."""
+        protocol = calls.SessionProtocol(
+            model,
+            version,
+            emit_on_request,
+            top_k,
+            static_inputs,
+            resumable=resumable,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            reconnect=reconnect,
+        )
         return Session(self._rpcs["Session"], protocol, timeout).open()
 
     # -- repository ----------------------------------------------------------------------

@@ -118,3 +118,57 @@ def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
             detail.Unpack(info)
             return info
     return None
+
+
+class ResumptionUnavailable(FailedPreconditionError):
+    """A resumable session (`resumable=True`, or `checkpoint()`) was asked of a server that
+    cannot seal checkpoints: it has no session key (`--session-key-file`)."""
+
+
+class SessionMoved(UnavailableError):
+    """UNAVAILABLE: the server stopped (drain, scale-in, its version unloaded) and handed the
+    session off. A session opened without `resumable=True` stops here; `token` continues it on
+    any replica sharing the session key (`client.session(model, resume=token)`) once the steps
+    and reset messages from index `messages` on (counted from the session's first open) are sent
+    again. `steps`: the steps since open or reset that the token holds."""
+
+    def __init__(self, message: str, token: bytes, messages: int, steps: int) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, message)
+        self.token = token
+        self.messages = messages
+        self.steps = steps
+
+
+class SessionLost(SeqServeError):
+    """A resumable session could not be continued: its resume token was refused (expired,
+    another caller's, its model version or file gone: `code` FAILED_PRECONDITION or
+    INVALID_ARGUMENT, the server's words in the message), reconnecting failed every attempt
+    (`code` UNAVAILABLE), or the replica that took it over could not continue it. `cause` is the
+    last failure. `messages`: the steps and reset messages whose calls completed (the caller
+    holds every answer to them); `last_step`: the index, since open or the last reset, of the
+    last step those fed (-1: none). `token` (None before the first checkpoint) and
+    `token_messages`: the newest checkpoint held, to try again later with
+    `client.session(model, resume=token)` and the messages from index `token_messages` on."""
+
+    def __init__(
+        self,
+        cause: SeqServeError,
+        why: str,
+        messages: int,
+        last_step: int,
+        token: bytes | None,
+        token_messages: int,
+        attempts: int,
+    ) -> None:
+        message = (
+            f"session lost after {messages} steps/reset messages (last step delivered: "
+            f"{last_step}, since open or reset): {why}: {cause.code.name}: {cause.message}"
+        )
+        super().__init__(cause.code, message, cause.reason, cause.field, cause.expected, cause.got)
+        self.cause = cause
+        self.why = why
+        self.messages = messages
+        self.last_step = last_step
+        self.token = token
+        self.token_messages = token_messages
+        self.attempts = attempts

@@ -53,11 +53,17 @@ class StreamPart:
 
 @dataclass(frozen=True)
 class SessionInfo:
+    """The open session: on a resumed one, the replica's (each resumption opens anew)."""
+
     session_id: str
     model: str
     version: int
     mode: str
     session_support: str
+    resumable: bool = False  # the server seals checkpoints (it has a session key)
+    resumed_at_step: int = 0  # opened from a token: the steps since open or reset it holds
+    # ... and its `messages`: send again the steps and reset messages from this index on
+    resumed_at_message: int = 0
 
 
 @dataclass(frozen=True)

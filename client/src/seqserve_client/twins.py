@@ -4,6 +4,7 @@ do no I/O. Written once here so the twins differ only in how they wait.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, TypeVar
@@ -72,14 +73,15 @@ class SessionBase:
     """One session over a bidirectional stream; one caller (or task) drives it.
 
     The constructor does no I/O; `open()` starts the call and waits until the server has opened
-    the session. Its deadline, if any, covers the whole session.
+    the session. Its deadline, if any, covers the whole session, resumptions included.
     """
 
     def __init__(self, rpc: Callable[..., Any], protocol: SessionProtocol, timeout: float | None):
         self._rpc = rpc
         self._protocol = protocol
         self._timeout = timeout
-        self._call: Any = None  # the gRPC call, from `open()` on
+        self._expires: float | None = None  # the session's deadline (time.monotonic())
+        self._call: Any = None  # the gRPC call, from `open()` on (a new one per resumption)
 
     @property
     def info(self) -> SessionInfo:
@@ -97,6 +99,15 @@ class SessionBase:
         """End the session at once, without waiting for the server."""
         if self._call is not None:
             self._call.cancel()
+
+    def _call_timeout(self) -> float | None:
+        """A new call's timeout: what is left of the session's (none: no deadline)."""
+        if self._timeout is None:
+            return None
+        now = time.monotonic()
+        if self._expires is None:
+            self._expires = now + self._timeout
+        return self._expires - now
 
 
 def mirrors(sync: Callable[..., Any]) -> Callable[[F], F]:
