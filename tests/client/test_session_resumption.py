@@ -92,6 +92,7 @@ class Fault:
     open_error: tuple[grpc.StatusCode, str] | None = None
     ok_end: bool = False
     decode_parts: int | None = None  # lost after this many parts of an end_input's answer
+    slow_reader: bool = False  # asyncio: the status came before the caller read what preceded
     lost_code: grpc.StatusCode = UNAVAILABLE
     lost_details: str = "Socket closed"
 
@@ -311,7 +312,10 @@ class AsyncCall:
 
     async def read(self) -> Any:
         if self.responses:
-            return self.responses.popleft()
+            response = self.responses.popleft()
+            if not self.responses and self.status is not None:
+                self._done()  # an OK status is delivered once every message was read
+            return response
         if self.status is None or self.status[0] == grpc.StatusCode.OK:
             return grpc.aio.EOF  # (a test would hang on a real call: nothing is due)
         raise status_error(*self.status)
@@ -322,10 +326,19 @@ class AsyncCall:
 
     def _end(self, code: grpc.StatusCode, details: str) -> None:
         self.status = (code, details)
+        if code != grpc.StatusCode.OK and self.replica.fault.slow_reader:
+            self.responses.clear()  # grpc.aio: what was not read is gone once the call ends
+        if not self.responses:
+            self._done()
+
+    def _done(self) -> None:
         for callback in self.callbacks:
             callback(self)
 
     async def code(self) -> grpc.StatusCode:
+        if self.status is None or self.status[0] == grpc.StatusCode.OK:
+            # gRPC delivers an OK status once every message was read: a real call would hang
+            assert not self.responses, "waiting for an OK status with messages unread"
         return self.status[0] if self.status else grpc.StatusCode.OK
 
     async def details(self) -> str:
@@ -471,6 +484,18 @@ def test_a_handoff_mid_stream_resumes_on_the_next_replica(twin: str) -> None:
     resent = cluster.calls()[1][1:]
     assert kinds(resent) == ["steps"] * 5  # messages 9 to 13, each once
     np.testing.assert_array_equal(from_tensor(resent[0].steps.values), ALIGNED_SCRIPT[9][1])
+
+
+def test_an_asyncio_session_that_never_read_the_handoff_resumes_from_its_last_checkpoint() -> None:
+    """grpc.aio drops what a call has not read once its status arrives: the handoff (and the
+    checkpoint after message 8) with it. The session resumes from the checkpoint it read last
+    (after message 5), sends more again, and gives the same outputs."""
+    fault = Fault(handoff_at=9, slow_reader=True)
+    _, cluster = check_same_as_uninterrupted(
+        "asyncio", pb.MANY_TO_MANY_ALIGNED, ALIGNED_SCRIPT, [fault], checkpoint_every=4
+    )
+    assert state_of(opens(cluster)[1].resume).messages == 6
+    assert kinds(cluster.calls()[1][1:]) == ["steps"] * 8  # messages 6 to 13
 
 
 @TWINS
@@ -817,6 +842,7 @@ faults = st.lists(
         st.builds(Fault, lose_after=st.integers(1, 15), ok_end=st.booleans()),
         st.builds(Fault, handoff_at=st.integers(0, 25)),
         st.builds(Fault, decode_parts=st.integers(0, 2)),
+        st.builds(Fault, lose_after=st.integers(2, 15), slow_reader=st.just(True)),
         st.just(Fault(open_error=(UNAVAILABLE, "connection refused"))),
     ),
     max_size=3,
