@@ -62,9 +62,10 @@ class Reconnect:
     delivered; the first at once, the next after `backoff_s`, doubling (`multiplier`) up to
     `max_backoff_s`, each delay scaled by a random factor in [1 - jitter, 1] so that the sessions
     of one replica do not all come back at the same instant. The defaults wait 0, ~0.1, ~0.2,
-    ~0.4, ~0.8 s (1.5 s at most in all) while the channel reconnects (100 ms backoff)."""
+    ~0.4, ~0.8, ~1.6, then ~2 s (11 s at most in all): through a load balancer a reopen may reach
+    the replica that is still draining (the server's grace period is 10 s by default)."""
 
-    attempts: int = 5
+    attempts: int = 10
     backoff_s: float = 0.1
     multiplier: float = 2.0
     max_backoff_s: float = 2.0
