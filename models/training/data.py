@@ -23,6 +23,7 @@ HELD_OUT_FRACTION = 0.2  # co2: last 20% of time is never trained on
 CO2_CONTEXT = 52  # weeks of history the 13-week forecasters read
 CO2_HORIZON = 13  # weeks ahead they forecast
 SEASON = 52  # weeks per (approximate) year, for the seasonal-naive baselines
+CO2_INTERVAL_CONTEXT = 104  # weeks co2_interval reads before each held-out week it is scored on
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,21 @@ def next_week_eval_window(warmup: int = 104) -> tuple[np.ndarray, np.ndarray, in
     y = s.ppm[start + 1 :]
     first_scored = warmup - 1  # x[first_scored] is the last training week; its target is held-out
     return x, y, first_scored
+
+
+# --- co2_interval: the next week (point and interval) after a window of weeks ---------------
+
+
+def next_week_windows(context: int = CO2_INTERVAL_CONTEXT) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out windows: (inputs (m, context, 1), next-week targets (m,)) in raw ppm.
+
+    One window per held-out week (every target lies in the last 20%); a window holds the
+    `context` weeks before its target, so the first ones reach back into training weeks.
+    """
+    s = co2_series()
+    ends = np.arange(s.split, len(s.ppm))  # target indices
+    x = np.stack([s.ppm[t - context : t] for t in ends])
+    return x[..., None], s.ppm[ends]
 
 
 # --- 13-week forecasters: windows of 52 weeks -> next 13 weeks ------------------------------

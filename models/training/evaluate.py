@@ -21,6 +21,8 @@ GENERATOR_MIN_AGREEMENT = 0.95
 NEXT_WEEK_MAX_RATIO = 0.80
 FORECAST_MAX_RATIO = 0.75
 WORD_LANGUAGE_MIN_ACCURACY = 0.75
+INTERVAL_MAX_RATIO = 0.80  # co2_interval: point MAE <= this x persistence's MAE
+INTERVAL_COVERAGE = (0.7, 0.9)  # ... and its 80% interval covers this share of held-out weeks
 
 
 @dataclass
@@ -133,6 +135,36 @@ def co2_forecast(model: keras.Model) -> Evaluation:
         f"rmse <= {FORECAST_MAX_RATIO} x best of persistence, seasonal naive, seasonal naive "
         "with drift",
         score <= FORECAST_MAX_RATIO * baselines[best], extra,
+    )  # fmt: skip
+
+
+def co2_interval(model: keras.Model) -> Evaluation:
+    """MAE (ppm) of the next-week point forecast at every held-out week, and the empirical
+    coverage of the 80% interval there; the model reads the 104 weeks before each target."""
+    x, y = data.next_week_windows()
+    out = {k: keras.ops.convert_to_numpy(v) for k, v in model(x, training=False).items()}
+    point, lower, upper = out["forecast"][:, 0], out["interval"][:, 0], out["interval"][:, 1]
+    score = float(np.mean(np.abs(point - y)))
+    base = float(np.mean(np.abs(x[:, -1, 0] - y)))
+    coverage = float(np.mean((lower <= y) & (y <= upper)))
+    low, high = INTERVAL_COVERAGE
+    extra = {
+        "ratio_to_baseline": score / base,
+        "interval_coverage": coverage,
+        "below_lower": float(np.mean(y < lower)),
+        "above_upper": float(np.mean(y > upper)),
+        "interval_mean_width_ppm": float(np.mean(upper - lower)),
+        "rmse_ppm": data.rmse(point, y),
+        "rmse_ppm_persistence": data.rmse(x[:, -1, 0], y),
+    }
+    return Evaluation(
+        "mae_ppm", score, "persistence (next week = this week)", base,
+        f"each of the {len(y)} held-out weeks (last 20%, 1993-04-03 onward) as a target, the "
+        f"model reading the {x.shape[1]} weeks before it (the first windows reach into training "
+        "weeks)",
+        f"mae <= {INTERVAL_MAX_RATIO} x persistence and 80% interval coverage in "
+        f"[{low}, {high}]",
+        score <= INTERVAL_MAX_RATIO * base and low <= coverage <= high, extra,
     )  # fmt: skip
 
 

@@ -22,8 +22,17 @@ def test_every_bundled_model_is_ready(bundled: SeqServeClient) -> None:
 def test_served_equals_in_process(bundled: SeqServeClient, name: str) -> None:
     x = example_input(name, np.random.default_rng(0))
     model = keras.saving.load_model(MODELS / name / "1" / "model.keras", safe_mode=True)
-    expected = model(x, training=False).numpy()
-    np.testing.assert_allclose(bundled.predict(name, x), expected, rtol=1e-5, atol=TOLERANCE)
+    assert_close(bundled.predict(name, x), model(x, training=False))
+
+
+def assert_close(got: object, want: object) -> None:
+    """Equal within the tolerance; several outputs are dicts by output name on both sides."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want)
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=TOLERANCE)
+        return
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=TOLERANCE)
 
 
 @pytest.mark.parametrize("name", SESSION_MODELS)
@@ -39,8 +48,11 @@ def test_bundled_sessions_equal_predict(bundled: SeqServeClient, name: str) -> N
     if meta.mode == "many_to_one":
         ends = np.cumsum([len(c) for c in chunks])
         expected = bundled.predict(name, [x[:end] for end in ends])
-        for got, want in zip(outputs, expected, strict=True):
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=TOLERANCE)
+        for i, got in enumerate(outputs):
+            if isinstance(expected, dict):  # several outputs: the i-th row of each
+                assert_close(got, {key: value[i] for key, value in expected.items()})
+            else:
+                assert_close(got, expected[i])
         return
     got = np.concatenate(outputs)
     np.testing.assert_allclose(got, bundled.predict(name, x[None])[0], rtol=1e-5, atol=TOLERANCE)
@@ -66,3 +78,19 @@ def test_word_language_takes_ragged_words(bundled: SeqServeClient) -> None:
     embedding = next(x for x in model.layers if isinstance(x, keras.layers.Embedding))
     assert metadata.input.vocabulary == embedding.input_dim  # clients learn the id range
     assert metadata.input.dtype == "int32" and metadata.input.sequence
+
+
+def test_two_headed_co2_interval_answers_by_output_name(bundled: SeqServeClient) -> None:
+    """Metadata names both heads with their widths; Predict answers a dict by those names
+    (its session: test_bundled_sessions_equal_predict)."""
+    meta = bundled.metadata("co2_interval")
+    assert [(s.name, s.shape) for s in meta.outputs] == [
+        ("forecast", (-1, 1)),
+        ("interval", (-1, 2)),
+    ]
+    assert meta.session_support == "session_incremental"
+    out = bundled.predict("co2_interval", example_input("co2_interval", np.random.default_rng(2)))
+    assert isinstance(out, dict) and {k: v.shape for k, v in out.items()} == {
+        "forecast": (3, 1),
+        "interval": (3, 2),
+    }

@@ -10,6 +10,7 @@ from functools import cache
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 import yaml
 
@@ -25,6 +26,7 @@ NAMES = [
     "co2_forecast_13w",
     "co2_forecast_13w_cropped",
     "word_language",
+    "co2_interval",
 ]
 MODES = {  # mode -> (input rank, output rank) including the batch axis and a feature axis
     "one_to_one": (2, 2),
@@ -43,6 +45,7 @@ SCORERS = {
     "co2_forecast_13w": lambda: evaluate.co2_forecast(load("co2_forecast_13w")),
     "co2_forecast_13w_cropped": lambda: evaluate.co2_forecast(load("co2_forecast_13w_cropped")),
     "word_language": lambda: evaluate.word_language(load("word_language")),
+    "co2_interval": lambda: evaluate.co2_interval(load("co2_interval")),
 }
 
 
@@ -77,15 +80,16 @@ def test_model_file_is_small_and_documented(name: str) -> None:
 def test_config_mode_matches_shapes(name: str) -> None:
     cfg, model = config(name), load(name)
     assert cfg["mode"] in MODES
-    in_shape, out_shape = tuple(model.input.shape), tuple(model.output.shape)
+    in_shape = tuple(model.input.shape)
     token_ids = "int" in str(model.input.dtype)  # [batch, time] ids: no feature axis
-    assert (len(in_shape) + token_ids, len(out_shape)) == MODES[cfg["mode"]]
-    if cfg["mode"] == "many_to_many_aligned":
-        assert in_shape[1] == out_shape[1]  # same (possibly dynamic) time axis
-    if cfg["mode"] == "many_to_many_unaligned":
-        assert in_shape[1] != out_shape[1]
+    for out_shape in (tuple(out.shape) for out in model.outputs):  # every head fits the mode
+        assert (len(in_shape) + token_ids, len(out_shape)) == MODES[cfg["mode"]]
+        if cfg["mode"] == "many_to_many_aligned":
+            assert in_shape[1] == out_shape[1]  # same (possibly dynamic) time axis
+        if cfg["mode"] == "many_to_many_unaligned":
+            assert in_shape[1] != out_shape[1]
     if "labels" in cfg:
-        assert len(cfg["labels"]) == out_shape[-1]
+        assert len(model.outputs) == 1 and len(cfg["labels"]) == model.outputs[0].shape[-1]
 
 
 def test_digit_classifier_accepts_partial_sequences() -> None:
@@ -128,3 +132,32 @@ def test_word_language_beats_majority_class_by_far() -> None:
     result = score("word_language")
     assert result.score > 5 * result.baseline
     assert result.extra["accuracy_char_1_5_gram_naive_bayes"] > result.baseline  # baseline is real
+
+
+def test_co2_interval_has_two_named_float32_vector_heads() -> None:
+    """`forecast` [batch, 1] and `interval` [batch, 2] by name (the names the server serves),
+    float32, any number of weeks; the interval's bounds are ordered on held-out windows."""
+    model = load("co2_interval")
+    assert isinstance(model.output, dict)
+    assert {k: tuple(v.shape) for k, v in model.output.items()} == {
+        "forecast": (None, 1),
+        "interval": (None, 2),
+    }
+    assert {str(v.dtype) for v in model.output.values()} == {"float32"}
+    assert tuple(model.input.shape) == (None, None, 1)
+    x, _ = data.next_week_windows()
+    out = model(x, training=False)
+    interval = keras.ops.convert_to_numpy(out["interval"])
+    assert np.all(interval[:, 0] <= interval[:, 1])
+    short = keras.ops.convert_to_numpy(model(x[:3, -60:], training=False)["forecast"])
+    assert short.shape == (3, 1) and np.all(np.isfinite(short))
+
+
+def test_co2_interval_card_records_the_coverage() -> None:
+    result = score("co2_interval")
+    recorded = card("co2_interval")[0]["evaluation"]["extra"]
+    assert recorded["interval_coverage"] == pytest.approx(
+        result.extra["interval_coverage"], abs=1e-3
+    )
+    low, high = evaluate.INTERVAL_COVERAGE
+    assert low <= result.extra["interval_coverage"] <= high

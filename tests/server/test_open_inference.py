@@ -118,11 +118,16 @@ def test_metadata_and_config_say_what_v1_says(
     main = metadata.inputs[0]
     assert main.name == "input" and list(main.shape) == list(ours.input.shape)
     assert main.datatype == {"float32": "FP32", "int32": "INT32"}[ours.input.dtype]
-    assert list(metadata.outputs[0].shape) == list(ours.output.shape)
+    shapes = {out.name: list(out.shape) for out in metadata.outputs}
+    assert all(shapes[out.name] == list(out.shape) for out in ours.outputs)  # one, or several
     config = v2.get_model_config(name).config
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert params["mode"] == ours.mode
-    assert json.loads(params["labels"]) == list(ours.labels)
+    if len(ours.outputs) == 1:
+        assert json.loads(params["labels"]) == list(ours.labels)
+    else:  # labels by output name, for the labelled outputs only
+        labelled = {out.name: list(out.labels) for out in ours.outputs if out.labels}
+        assert json.loads(params["labels"]) == labelled
     assert list(config.input[0].dims) == list(ours.input.shape[1:])
     sessions = ours.session_support != "session_unsupported"
     assert config.HasField("sequence_batching") == sessions
@@ -147,8 +152,13 @@ def test_infer_equals_v1_and_keras(
 ) -> None:
     x = example_input(name, np.random.default_rng(0))
     result = v2.infer(name, [_input(x)])
+    served = v1.predict(name, x)
+    if isinstance(served, dict):  # several outputs (co2_interval): each by its name
+        for key, want in served.items():
+            np.testing.assert_allclose(result.as_numpy(key), want, rtol=EXACT, atol=EXACT)
+        return  # test_bundled_models checks them against Keras
     got = result.as_numpy("output")
-    np.testing.assert_allclose(got, v1.predict(name, x), rtol=EXACT, atol=EXACT)
+    np.testing.assert_allclose(got, served, rtol=EXACT, atol=EXACT)
     if name in KERAS_CHEAP:  # the others: test_bundled_models checks v1 against Keras
         model = keras.saving.load_model(MODELS / name / "1" / "model.keras", safe_mode=True)
         expected = model(x, training=False).numpy()
@@ -272,14 +282,28 @@ def _sequence_requests(name: str, chunks: list[np.ndarray], sequence: int) -> li
 
 
 def _check_sequence(name: str, v1: SeqServeClient, x: np.ndarray, outputs: list[Any]) -> None:
-    mode = v1.metadata(name).mode
-    if mode == "many_to_one":
-        np.testing.assert_allclose(
-            outputs[-1][0], v1.predict(name, x[None])[0], rtol=1e-5, atol=TOLERANCE
-        )
+    """Each output (a dict by output name for several outputs) against v1 Predict."""
+    expected = v1.predict(name, x[None])
+    if isinstance(expected, dict):
+        for key, want in expected.items():
+            _check_sequence_output(name, v1, [o[key] for o in outputs], want)
         return
-    got = np.concatenate([o[0] for o in outputs if o is not None])
-    np.testing.assert_allclose(got, v1.predict(name, x[None])[0], rtol=1e-5, atol=TOLERANCE)
+    _check_sequence_output(name, v1, outputs, expected)
+
+
+def _check_sequence_output(name: str, v1: SeqServeClient, got: list[Any], want: Any) -> None:
+    if v1.metadata(name).mode == "many_to_one":
+        np.testing.assert_allclose(got[-1][0], want[0], rtol=1e-5, atol=TOLERANCE)
+        return
+    steps = np.concatenate([o[0] for o in got if o is not None])
+    np.testing.assert_allclose(steps, want[0], rtol=1e-5, atol=TOLERANCE)
+
+
+def _outputs(result: Any, names: list[str]) -> Any:
+    """A result's one output, or a dict of its several outputs by name."""
+    if names == ["output"]:
+        return result.as_numpy("output")
+    return {key: result.as_numpy(key) for key in names}
 
 
 @pytest.mark.parametrize("name", SESSION_MODELS)
@@ -288,8 +312,9 @@ def test_sequence_through_infer_equals_predict(
 ) -> None:
     x = example_input(name, np.random.default_rng(6))[0]
     chunks = np.array_split(x, [1, 4, 6, len(x) - 1])
+    names = [out.name for out in v1.metadata(name).outputs]
     outputs = [
-        v2.infer(**request).as_numpy("output")
+        _outputs(v2.infer(**request), names)
         for request in _sequence_requests(name, chunks, 1000 + NAMES.index(name))
     ]
     _check_sequence(name, v1, x, outputs)

@@ -148,9 +148,7 @@ def cluster(nginx: str, repository: Path, tmp: Path) -> Iterator[tuple[str, list
         for replica in replicas:
             replica.start()
         port = free_port()
-        servers = "\n".join(
-            f"        server 127.0.0.1:{r.port} max_fails=0;" for r in replicas
-        )
+        servers = "\n".join(f"        server 127.0.0.1:{r.port} max_fails=0;" for r in replicas)
         (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, servers=servers, port=port))
         lb = subprocess.Popen([nginx, "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"])
         try:

@@ -15,6 +15,7 @@ SESSION_MODELS = [  # the bundled models that support sessions
     "word_language",
     "co2_forecast_13w",
     "co2_forecast_13w_cropped",
+    "co2_interval",
 ]
 
 
@@ -30,6 +31,6 @@ def example_input(name: str, rng: np.random.Generator) -> np.ndarray:
         ids = rng.integers(1, 60, size=(4, 9), dtype=np.int32)
         ids[1, 5:] = ids[2, 3:] = 0
         return ids
-    weeks = {"co2_next_week": 80}.get(name, 52)
+    weeks = {"co2_next_week": 80, "co2_interval": 80}.get(name, 52)
     trend = 340 + 0.03 * np.arange(weeks) + 3 * np.sin(np.arange(weeks) * 2 * np.pi / 52)
     return (trend + rng.normal(0, 0.3, size=(3, weeks)))[..., None].astype(np.float32)
