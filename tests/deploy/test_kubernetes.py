@@ -12,6 +12,7 @@ run here on temporary directories.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,12 @@ import referencing
 import yaml
 from kubernetes_validate import utils as kv
 
-from deploy.make_certs import Authority
+from deploy.make_certs import Authority, write_session_keys
 from seqserve_server.config import Settings
+from seqserve_server.core.session_store import WriteMode
+from seqserve_server.core.session_tokens import SessionKeys
 from seqserve_server.metrics import ServerMetrics
+from tests.support import redis_server
 from tests.support.server_process import served
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,19 +52,43 @@ VERSIONS = ["1.29", "1.31", "1.33", "1.35"]
 SEQUENCE_HEADER = "seqserve-sequence-id"  # shared with the compose balancer (deploy/nginx)
 CRD_KINDS = {"ServiceMonitor", "ServingRuntime", "InferenceService"}
 K8S_DEFS = "https://kubernetes.io/api/_definitions.json"
+# The dev overlay's session key: the file `make certs` writes (gitignored), outside the overlay,
+# so that overlay renders with kustomize's load restrictor off.
+DEV_SESSION_KEYS = ROOT / "deploy" / "certs" / "session.keys"
+READS_OUTSIDE = {"overlays/dev"}
 
 
 # --- rendering --------------------------------------------------------------------------------
 
 
 @cache
+def dev_session_keys() -> str:
+    """A session key file as `make certs` writes it (deploy/certs/ may not exist here)."""
+    with tempfile.TemporaryDirectory() as directory:
+        write_session_keys(Path(directory) / "session.keys")
+        return (Path(directory) / "session.keys").read_text()
+
+
+@cache
 def render(kustomization: str) -> tuple[dict[str, Any], ...]:
+    """`kubectl kustomize`; an overlay that reads deploy/certs/ is rendered from a copy of
+    deploy/ (kubernetes, grafana) with dev_session_keys() there, not from the working tree."""
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed (it renders the kustomizations)")
-    result = subprocess.run(
-        ["kubectl", "kustomize", str(K8S / kustomization)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as directory:
+        k8s, flags = K8S, []
+        if kustomization in READS_OUTSIDE:
+            deploy = Path(directory) / "deploy"
+            for part in ("kubernetes", "grafana"):
+                shutil.copytree(ROOT / "deploy" / part, deploy / part)
+            keys = deploy / DEV_SESSION_KEYS.relative_to(ROOT / "deploy")
+            keys.parent.mkdir()
+            keys.write_text(dev_session_keys())
+            k8s, flags = deploy / "kubernetes", ["--load-restrictor", "LoadRestrictionsNone"]
+        result = subprocess.run(
+            ["kubectl", "kustomize", *flags, str(k8s / kustomization)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
@@ -184,12 +213,22 @@ def test_server_pod_matches_the_server_and_the_image(kustomization: str) -> None
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == ports["metrics"]
     assert annotations["prometheus.io/scrape"] == "true"
-    # Every SEQSERVE_* variable is a flag of `seqserve serve`, with a value it accepts.
+    # Every SEQSERVE_* variable, in any container and however it gets its value, is a flag of
+    # `seqserve serve`; the server's, with a value it accepts.
+    names = {
+        e["name"].removeprefix("SEQSERVE_").lower()
+        for c in pod["containers"] + pod["initContainers"]
+        for e in c.get("env", [])
+        if e["name"].startswith("SEQSERVE_")
+    }
+    assert names <= set(Settings.model_fields), names - set(Settings.model_fields)
     flags = {
         k.removeprefix("SEQSERVE_").lower(): v for k, v in env.items() if k.startswith("SEQSERVE_")
     }
-    assert set(flags) <= set(Settings.model_fields), set(flags) - set(Settings.model_fields)
     Settings(**flags)  # type: ignore[arg-type]
+    # ... and no Service injects one (docker-link variables: seqserve-metrics would set
+    # SEQSERVE_METRICS_PORT=tcp://...).
+    assert pod["enableServiceLinks"] is False
     # Probes: the standard gRPC health service on the gRPC port (or, behind TLS, the image's
     # health check, which reads SEQSERVE_PORT).
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -199,9 +238,12 @@ def test_server_pod_matches_the_server_and_the_image(kustomization: str) -> None
         else:
             assert spec["exec"]["command"][-1] == "/usr/local/lib/seqserve/healthcheck.py"
             assert "SEQSERVE_TLS_CERT" in env and "HEALTHCHECK_TLS_CA" in env
-    # Draining (SEQSERVE_GRACE_PERIOD_S after the preStop pause) ends before SIGKILL.
+    # Draining (SEQSERVE_GRACE_PERIOD_S after the preStop pause; the handoffs and the store
+    # writes happen within it) ends before SIGKILL, with at least compose's margin
+    # (stop_grace_period 20 s for a grace period of 10 s).
     pause = int(server["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert pod["terminationGracePeriodSeconds"] > pause + float(env["SEQSERVE_GRACE_PERIOD_S"])
+    drain = pause + float(env["SEQSERVE_GRACE_PERIOD_S"])
+    assert pod["terminationGracePeriodSeconds"] >= drain + 10
     # The Dockerfile's user, no privileges, a read-only root with a writable /tmp.
     uid = int(re.search(r"--uid (\d+)", (ROOT / "Dockerfile").read_text())[1])  # type: ignore[index]
     assert pod["securityContext"]["runAsUser"] == uid and pod["securityContext"]["runAsNonRoot"]
@@ -219,7 +261,8 @@ def test_server_pod_matches_the_server_and_the_image(kustomization: str) -> None
     assert mounts[env["SEQSERVE_MODEL_REPOSITORY"]] == "model-repository"
     # Every file the server is pointed at lies in a mounted volume (Secrets in production).
     for name in ("SEQSERVE_TLS_CERT", "SEQSERVE_TLS_KEY", "SEQSERVE_TLS_CLIENT_CA",
-                 "SEQSERVE_AUTH_TOKENS_FILE", "HEALTHCHECK_TLS_CA", "HEALTHCHECK_TLS_CERT"):  # fmt: skip
+                 "SEQSERVE_AUTH_TOKENS_FILE", "SEQSERVE_SESSION_KEY_FILE", "HEALTHCHECK_TLS_CA",
+                 "HEALTHCHECK_TLS_CERT"):  # fmt: skip
         if name in env:
             directory = str(Path(env[name]).parent)
             assert "secret" in volumes[mounts[directory]], name
@@ -294,6 +337,183 @@ def test_metrics_reach_prometheus_the_adapter_and_the_autoscaler(kustomization: 
     dashboard = one(kustomization, "ConfigMap", "seqserve-grafana-dashboard")
     assert dashboard["data"]["seqserve.json"] == DASHBOARD.read_text()
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+# --- sessions that outlive their replica: the session store and the session key ---------------
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SESSION_KEYS_SECRET = "seqserve-session-keys"
+
+
+def compose_default(value: str) -> str:
+    """`${NAME:-default}` -> default (compose's own default for a variable)."""
+    match = re.fullmatch(r"\$\{\w+:-([^}]*)\}", value)
+    return match[1] if match else value
+
+
+def hardened(deployment: dict[str, Any]) -> None:
+    """The pod rules every Deployment here follows (the restricted Pod Security Standard)."""
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for c in pod["containers"]:
+        context = c["securityContext"]
+        assert context["readOnlyRootFilesystem"] and not context["allowPrivilegeEscalation"]
+        assert context["runAsNonRoot"] and context["capabilities"] == {"drop": ["ALL"]}
+        assert c["resources"]["requests"] and c["resources"]["limits"]
+        for mount in c["volumeMounts"]:
+            assert "emptyDir" in volumes[mount["name"]] or mount.get("readOnly"), mount
+
+
+@pytest.mark.parametrize("kustomization", SERVER_OVERLAYS)
+def test_every_deployment_is_hardened(kustomization: str) -> None:
+    deployments = objects(kustomization, "Deployment")
+    assert {d["metadata"]["name"] for d in deployments} == {
+        "seqserve", "seqserve-envoy", "seqserve-redis"
+    }  # fmt: skip
+    for deployment in deployments:
+        hardened(deployment)
+
+
+@pytest.mark.parametrize("kustomization", SERVER_OVERLAYS)
+def test_session_store_runs_like_the_compose_one_and_only_seqserve_reaches_it(
+    kustomization: str,
+) -> None:
+    redis = one(kustomization, "Deployment", "seqserve-redis")
+    service = one(kustomization, "Service", "seqserve-redis")
+    server = one(kustomization, "Deployment", "seqserve")
+    balancer = one(kustomization, "Deployment", "seqserve-envoy")
+    compose = COMPOSE["services"]["redis"]
+    # One store (never two behind the Service, even during an update), compose's image and
+    # command: nothing persisted, bounded memory without eviction, its files on an emptyDir.
+    assert redis["spec"]["replicas"] == 1 and redis["spec"]["strategy"] == {"type": "Recreate"}
+    assert selects(redis["spec"]["selector"]["matchLabels"], pod_labels(redis))
+    store = container(redis, "redis")
+    assert store["image"] == compose_default(compose["image"]) == "redis:7.2"
+    assert store["args"] == compose["command"]
+    args = dict(zip(store["args"][1::2], store["args"][2::2], strict=True))
+    assert args["--save"] == "" and args["--appendonly"] == "no"
+    assert args["--maxmemory-policy"] == "noeviction"
+    maxmemory = int(args["--maxmemory"].removesuffix("mb")) * 2**20
+    limit = store["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi") and maxmemory < int(limit.removesuffix("Mi")) * 2**20
+    hardened(redis)
+    pod = redis["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in store["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts[args["--dir"]]]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert store[probe]["exec"]["command"] == ["redis-cli", "ping"]
+        assert compose["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    ports = {p["name"]: p["containerPort"] for p in store["ports"]}
+    assert ports == {"redis": 6379}
+    # The Service reaches the store's pod and no other.
+    assert service["spec"]["type"] == "ClusterIP"
+    assert selects(service["spec"]["selector"], pod_labels(redis))
+    for other in (server, balancer):
+        assert not selects(service["spec"]["selector"], pod_labels(other))
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == 6379 and port["targetPort"] == "redis"
+    # NetworkPolicy: 6379 from the seqserve server pods only (not the balancer, not the world).
+    policy = one(kustomization, "NetworkPolicy", "seqserve-redis")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(redis))
+    for other in (server, balancer):
+        assert not selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(other))
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}  # this namespace only
+    assert selects(peer["podSelector"]["matchLabels"], pod_labels(server))
+    assert not selects(peer["podSelector"]["matchLabels"], pod_labels(balancer))
+    # No other policy selects the store's pod (one that did would widen who reaches it).
+    assert [
+        p["metadata"]["name"]
+        for p in objects(kustomization, "NetworkPolicy")
+        if selects(p["spec"]["podSelector"]["matchLabels"], pod_labels(redis))
+    ] == ["seqserve-redis"]
+
+
+@pytest.mark.parametrize("kustomization", SERVER_OVERLAYS)
+def test_server_reaches_the_store_and_reads_the_shared_session_key(kustomization: str) -> None:
+    deployment = one(kustomization, "Deployment", "seqserve")
+    pod = deployment["spec"]["template"]["spec"]
+    server = container(deployment, "seqserve")
+    env = env_of(server)
+    settings = Settings(
+        session_key_file=env["SEQSERVE_SESSION_KEY_FILE"],  # type: ignore[arg-type]
+        session_store=env["SEQSERVE_SESSION_STORE"],
+        session_store_write=env["SEQSERVE_SESSION_STORE_WRITE"],  # type: ignore[arg-type]
+    )
+    # The store URL names the redis Service and its port (same namespace: the short name).
+    service = one(kustomization, "Service", "seqserve-redis")
+    match = re.fullmatch(r"redis://([\w.-]+):(\d+)/(\d+)", settings.session_store or "")
+    assert match, settings.session_store
+    assert match[1] == service["metadata"]["name"]
+    assert int(match[2]) in {p["port"] for p in service["spec"]["ports"]}
+    # Written on drain, as compose does by default.
+    compose = COMPOSE["x-seqserve"]["environment"]
+    assert settings.session_store_write == WriteMode(
+        compose_default(compose["SEQSERVE_SESSION_STORE_WRITE"])
+    )
+    # The key file: key `session.keys` of the Secret every replica mounts read-only.
+    key_file = Path(env["SEQSERVE_SESSION_KEY_FILE"])
+    (mount,) = [m for m in server["volumeMounts"] if m["mountPath"] == str(key_file.parent)]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]
+    assert secret["items"] == [{"key": "session.keys", "path": key_file.name}]
+    assert "optional" not in secret  # no key, no start: a replica without it cannot resume
+    assert secret["defaultMode"] & 0o007 == 0  # not world-readable
+    generated = [
+        o for o in objects(kustomization, "Secret") if o["metadata"]["name"] == secret["secretName"]
+    ]
+    if kustomization == "overlays/dev":
+        # Generated from the file `make certs` writes (hashed name: a new key rolls the pods).
+        (generated_secret,) = generated
+        assert secret["secretName"].startswith(SESSION_KEYS_SECRET + "-")
+        text = base64.b64decode(generated_secret["data"]["session.keys"]).decode()
+        assert text == dev_session_keys()
+        assert dev_session_keys_source() == DEV_SESSION_KEYS
+    else:
+        # Created beforehand (overlays/production lists it with the others).
+        assert secret["secretName"] == SESSION_KEYS_SECRET and not generated
+        if kustomization == "overlays/production":
+            text = (K8S / kustomization / "kustomization.yaml").read_text()
+            assert f"#   {SESSION_KEYS_SECRET} session.keys:" in text
+
+
+def dev_session_keys_source() -> Path:
+    """The file the dev overlay's secretGenerator reads, resolved from the overlay."""
+    overlay = K8S / "overlays" / "dev"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    (generator,) = kustomization["secretGenerator"]
+    assert generator["name"] == SESSION_KEYS_SECRET
+    (source,) = generator["files"]
+    key, _, path = source.partition("=")
+    assert key == "session.keys"
+    return (overlay / path).resolve()
+
+
+def test_dev_session_key_opens_and_compose_mounts_the_same_file(tmp_path: Path) -> None:
+    """The dev overlay's Secret holds a key file the server accepts, from the file compose
+    mounts (deploy/certs/session.keys, from `make certs`)."""
+    secret = next(
+        o
+        for o in objects("overlays/dev", "Secret")
+        if o["metadata"]["name"].startswith(SESSION_KEYS_SECRET)
+    )
+    (tmp_path / "session.keys").write_bytes(base64.b64decode(secret["data"]["session.keys"]))
+    assert len(SessionKeys.from_file(tmp_path / "session.keys").key_ids) == 1
+    compose = COMPOSE["x-seqserve"]
+    (volume,) = compose["volumes"]
+    source, target, mode = volume.rsplit(":", 2)
+    assert mode == "ro" and compose_default(source) == "./deploy/certs"
+    assert (ROOT / compose_default(source)).resolve() / "session.keys" == DEV_SESSION_KEYS
+    key_file = compose["environment"]["SEQSERVE_SESSION_KEY_FILE"]
+    assert key_file == f"{target}/{DEV_SESSION_KEYS.name}"
 
 
 def envoy_files(kustomization: str) -> dict[str, Any]:
@@ -590,6 +810,7 @@ set -eu
 mount --make-rprivate /
 mount -o remount,bind,ro /
 mount --bind -o ro "$MODELS" /mnt
+mount --bind -o ro "$KEYS" /srv
 mount -t tmpfs -o size=256m,mode=1777 tmpfs /tmp
 exec setpriv --inh-caps=-all --bounding-set=-all --no-new-privs env -i "$@"
 """
@@ -599,10 +820,13 @@ exec setpriv --inh-caps=-all --bounding-set=-all --no-new-privs env -i "$@"
 def test_server_runs_on_a_read_only_root_like_the_pod(tmp_path: Path) -> None:
     """The Deployment's environment on a read-only root with only /tmp writable (an in-memory
     tmpfs, like the pod's emptyDir) and no capabilities: the server loads, proves and serves
-    its models. A private mount namespace stands in for the container (root and unshare
-    needed); the uid stays 0 here because the venv's Python lives under /root."""
+    its models, with its session key (read-only, like the Secret's mount) and a session store.
+    A private mount namespace stands in for the container (root and unshare needed); the uid
+    stays 0 here because the venv's Python lives under /root."""
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("setpriv") is None:
         pytest.skip("needs root, unshare and setpriv (a private mount namespace)")
+    if not redis_server.available():
+        pytest.skip(redis_server.MISSING)
     server = container(one("base", "Deployment", "seqserve"), "seqserve")
     writable = {m["mountPath"] for m in server["volumeMounts"] if not m.get("readOnly")}
     assert writable == {"/tmp"}
@@ -610,14 +834,23 @@ def test_server_runs_on_a_read_only_root_like_the_pod(tmp_path: Path) -> None:
     for name in ("iris_classifier", "co2_next_week"):
         shutil.copytree(ROOT / "models" / name, models / name)
     env = {**env_of(server), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    keys = tmp_path / "session-keys"
+    keys.mkdir()
+    (keys / "session.keys").write_text(dev_session_keys())
     env |= {"SEQSERVE_HOST": "127.0.0.1", "SEQSERVE_PORT": "0", "SEQSERVE_METRICS_PORT": "0",
-            "SEQSERVE_MODEL_REPOSITORY": "/mnt"}  # fmt: skip
+            "SEQSERVE_MODEL_REPOSITORY": "/mnt", "SEQSERVE_SESSION_KEY_FILE": "/srv/session.keys"}  # fmt: skip
     command = [sys.executable, "-m", "seqserve_server.cli", "serve"]
+    with redis_server.redis_server() as store:
+        env["SEQSERVE_SESSION_STORE"] = store
+        run_like_the_pod(command, env, models, keys)
+
+
+def run_like_the_pod(command: list[str], env: dict[str, str], models: Path, keys: Path) -> None:
     process = subprocess.Popen(
         ["unshare", "--mount", "--fork", "--kill-child=SIGKILL", "sh", "-c", ROOT_FS_SCRIPT,
          "pod", *(f"{k}={v}" for k, v in env.items()), *command],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "MODELS": str(models)},
+        env={**os.environ, "MODELS": str(models), "KEYS": str(keys)},
     )  # fmt: skip
     try:
         assert process.stdout is not None
@@ -631,6 +864,8 @@ def test_server_runs_on_a_read_only_root_like_the_pod(tmp_path: Path) -> None:
         probe = health(int(match[1]), {})
         assert probe.returncode == 0 and probe.stdout.strip() == "SERVING", probe.stderr
         assert "model co2_next_week version 1 ready" in "".join(log)
+        write = env["SEQSERVE_SESSION_STORE_WRITE"]
+        assert f"(sequences written {write})" in "".join(log), "".join(log)
     finally:
         # unshare ignores SIGTERM while it waits: stop the server itself (its only child).
         child = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
