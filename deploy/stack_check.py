@@ -20,7 +20,11 @@ SHA-256; the tokens go to FILE, outside the directory the containers mount.
 6. sessions outlive their replica: a sequence (with the header) half sent, the replica holding it
    stopped (`docker compose stop`: it writes the sequence to the shared session store), the rest
    sent through the LB reaches the other replica, which continues it from the store (equal to
-   Predict on the whole sequence); the stopped replica is started again (`up --wait`).
+   Predict on the whole sequence); the stopped replica is started again (`up --wait`);
+7. a rolling restart under live sessions: resumable SDK sessions (`resumable=True`, TLS, token)
+   step co2_next_week through the LB while each replica in turn is stopped (SIGTERM: it hands
+   its sessions off) and started again (`up --wait`): no session fails, and each one's outputs
+   equal Predict on its whole sequence (nothing missing, duplicated or wrong).
 Exit status 0 when every check passes; the reason otherwise. Run from the repository root as
 `python -m deploy.stack_check`.
 """
@@ -32,6 +36,7 @@ import json
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -387,6 +392,7 @@ def check(args: argparse.Namespace) -> None:
         ) as v2,
     ):
         check_failover(v2, v1, compose, token, snapshot)
+        check_rolling_restart(args.lb, ca, token, compose, v1, args.live_sessions)
     print("stack check passed")
 
 
@@ -433,6 +439,67 @@ def check_failover(
     print(f"{holder} started again")
 
 
+class LiveSession(threading.Thread):
+    """One resumable SDK session stepping a week at a time until told to stop."""
+
+    def __init__(self, lb: str, ca: bytes, token: str, number: int, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.client = SeqServeClient(lb, tls=True, root_certificates=ca, token=token, timeout=60)
+        self.rng, self.stop = np.random.default_rng(number), stop
+        self.weeks: list[np.ndarray] = []
+        self.outputs: list[np.ndarray] = []
+        self.error = ""
+
+    def run(self) -> None:
+        try:
+            with self.client, self.client.session(SEQUENCE_MODEL, resumable=True) as session:
+                level = 340.0
+                while not self.stop.is_set() or len(self.weeks) < 20:
+                    level += float(self.rng.normal(0.03, 0.3))
+                    week = np.array([[level]], np.float32)
+                    out = session.step(week)
+                    self.weeks.append(week)
+                    self.outputs.append(np.asarray(out))
+                    time.sleep(0.05)
+        except Exception as exc:  # noqa: BLE001 - reported per session
+            self.error = f"{type(exc).__name__}: {exc}"[:300]
+
+
+def check_rolling_restart(
+    lb: str, ca: bytes, token: str, compose: list[str], v1: SeqServeClient, count: int
+) -> None:
+    """Live resumable sessions through the LB while each replica in turn stops (its sessions
+    handed off) and starts again: none fails, each equals Predict on its whole sequence."""
+    stop = threading.Event()
+    sessions = [LiveSession(lb, ca, token, 700 + i, stop) for i in range(count)]
+    for session in sessions:
+        session.start()
+    time.sleep(3)
+    started = time.monotonic()
+    for replica in REPLICAS:
+        subprocess.run([*compose, "stop", replica], capture_output=True, timeout=120, check=True)
+        subprocess.run([*compose, "up", "-d", "--wait", "--wait-timeout", "300", replica],
+                       capture_output=True, timeout=360, check=True)  # fmt: skip
+    took = time.monotonic() - started
+    time.sleep(3)
+    stop.set()
+    for session in sessions:
+        session.join(120)
+    failed = [s.error or "still running" for s in sessions if s.error or s.is_alive()]
+    if failed:
+        fail(f"{len(failed)} of {count} live sessions failed across the restarts: {failed[:3]}")
+    for number, session in enumerate(sessions):
+        want = v1.predict(SEQUENCE_MODEL, np.concatenate(session.weeks)[None])[0]
+        got = np.concatenate(session.outputs)
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=TOLERANCE):
+            fail(f"live session {number} differs from Predict on its whole sequence")
+    steps = sum(len(s.weeks) for s in sessions)
+    print(
+        f"rolling restart under {count} live resumable sessions ({steps} steps): each replica "
+        f"stopped and started again in {took:.0f} s; 0 failed, 0 wrong (equal to Predict)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="command", required=True)
@@ -449,6 +516,7 @@ def main() -> None:
     run.add_argument("--calls", type=int, default=50)
     run.add_argument("--sequences", type=int, default=40)
     run.add_argument("--prometheus-wait", type=float, default=60.0)
+    run.add_argument("--live-sessions", type=int, default=20)
     args = ap.parse_args()
     if args.command == "prepare":
         prepare(args.certs, args.secrets)

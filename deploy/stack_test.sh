@@ -9,7 +9,8 @@
 #   model refused; N Predict calls over TLS with a token through the load balancer (equal to Keras);
 #   S interleaved Triton sequences routed by the seqserve-sequence-id header (each equal to Predict
 #   on the whole sequence); both replicas served; Prometheus scraped both; a sequence continues on
-#   the other replica (through the shared session store, redis) after the one holding it stops. Then
+#   the other replica (through the shared session store, redis) after the one holding it stops;
+#   20 resumable SDK sessions live through a rolling restart of both replicas. Then
 #   `docker compose down -v` (always). STACK_TEST_SCALE=1 also measures 2 replicas vs 1
 #   (deploy/stack_scale.py; table in deploy/.stack-logs/scale.md).
 # Everything listens on 127.0.0.1 only (free ports picked at start); traffic stays on this machine.

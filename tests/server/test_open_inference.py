@@ -330,6 +330,26 @@ def test_sequence_through_a_stream_equals_predict(
     _check_sequence("co2_next_week", v1, x, [r.as_numpy("output") for r, _ in answers])
 
 
+def test_a_sequence_request_sent_again_with_its_id_is_answered_again(
+    v2: triton.InferenceServerClient, v1: SeqServeClient
+) -> None:
+    """A retry (the same request, the same id) after a lost answer is not applied twice; the
+    same id with other content, or no id, is a new request. (Without a session store an ended
+    sequence is gone: its last request's retry is tested in test_session_store.py.)"""
+    x = example_input("co2_next_week", np.random.default_rng(17))[0]
+    chunks = np.array_split(x, [3, 10, 20, 30])
+    requests = _sequence_requests("co2_next_week", chunks, "retried-17")
+    ids = ["a", "b", "b", "", "c"]  # chunk 2 reuses chunk 1's id; chunk 3 has none
+    outputs = []
+    for request, request_id in zip(requests, ids, strict=True):
+        first = v2.infer(**request, request_id=request_id).as_numpy("output")
+        if request_id and not request["sequence_end"]:
+            again = v2.infer(**request, request_id=request_id).as_numpy("output")
+            np.testing.assert_array_equal(again, first)
+        outputs.append(first)
+    _check_sequence("co2_next_week", v1, x, outputs)
+
+
 def test_sequence_must_be_started(v2: triton.InferenceServerClient) -> None:
     x = example_input("co2_next_week", np.random.default_rng(8))[0]
     with pytest.raises(InferenceServerException) as caught:

@@ -3,8 +3,9 @@
 Two replicas share a session key and a Redis session store (`every-step`), behind nginx
 configured as the compose stack's `lb` (round robin per call; Triton sequences by a consistent
 hash of `seqserve-sequence-id`; the next replica when one cannot be reached). While 100
-resumable SDK sessions (asyncio) and Triton sequences (`tritonclient`, retrying what a replica
-refuses UNAVAILABLE, as a caller without a token does) step continuously:
+resumable SDK sessions (asyncio) and Triton sequences (`tritonclient`, each request with an
+id, retrying what a replica refuses UNAVAILABLE, as a caller without a token does) step
+continuously:
 
 - rolling update: every replica in turn gets SIGTERM and is started again on its port;
 - crash: one replica gets SIGKILL and is started again.
@@ -117,6 +118,8 @@ class Stream:
     outputs: list[np.ndarray] = field(default_factory=list)
     seconds: list[tuple[float, float]] = field(default_factory=list)  # (start, end) per step
     error: str = ""
+    resumes: int = 0  # SDK: resumptions; Triton: requests sent again
+    replayed: int = 0  # SDK: steps the SDK sent again after resuming
 
 
 @pytest.fixture(scope="module")
@@ -167,14 +170,17 @@ async def _session(
     rng = np.random.default_rng(number)
     features = (await client.metadata(MODEL)).inputs[0].shape[-1]
     async with client.session(MODEL, resumable=True) as session:
-        while not done.is_set() and len(stream.inputs) < MAX_STEPS:
-            x = rng.normal(scale=0.5, size=(1, features)).astype(np.float32)
-            start = time.monotonic()
-            y = await asyncio.wait_for(session.step(x), STEP_TIMEOUT_S)
-            stream.seconds.append((start, time.monotonic()))
-            stream.inputs.append(x)
-            stream.outputs.append(np.asarray(y))
-            await asyncio.sleep(STEP_PAUSE_S * (0.5 + rng.random()))
+        try:
+            while not done.is_set() and len(stream.inputs) < MAX_STEPS:
+                x = rng.normal(scale=0.5, size=(1, features)).astype(np.float32)
+                start = time.monotonic()
+                y = await asyncio.wait_for(session.step(x), STEP_TIMEOUT_S)
+                stream.seconds.append((start, time.monotonic()))
+                stream.inputs.append(x)
+                stream.outputs.append(np.asarray(y))
+                await asyncio.sleep(STEP_PAUSE_S * (0.5 + rng.random()))
+        finally:
+            stream.resumes, stream.replayed = session.resumes, session.steps_replayed
 
 
 def _sequence(target: str, number: int, done: threading.Event, stream: Stream) -> None:
@@ -198,11 +204,13 @@ def _sequence(target: str, number: int, done: threading.Event, stream: Stream) -
                     result = client.infer(
                         MODEL, [request], sequence_id=sequence_id,
                         sequence_start=not stream.inputs, headers=headers,
+                        request_id=f"{sequence_id}-{len(stream.inputs)}",  # a retry: same id
                     )  # fmt: skip
                     break
                 except InferenceServerException as exc:
                     if "UNAVAILABLE" not in str(exc.status()) or attempt == 39:
                         raise
+                    stream.resumes += 1
                     time.sleep(0.1 + 0.05 * attempt)
             stream.seconds.append((start, time.monotonic()))
             stream.inputs.append(x[0])
@@ -286,6 +294,9 @@ def _figures(name: str, model: keras.Model, sessions: list[Stream], sequences: l
         "sequences wrong": _wrong(model, [s for s in sequences if not s.error]),
         "step p50 / p99 (ms)": _percentiles(others),
         "crossing step p50 / p99 (ms)": _percentiles(crossed),
+        "SDK resumes / steps replayed": f"{sum(s.resumes for s in sessions)} / "
+        f"{sum(s.replayed for s in sessions)}",
+        "Triton requests sent again": sum(s.resumes for s in sequences),
         "errors": sorted({s.error for s in sessions + sequences if s.error})[:3],
     }
 

@@ -400,6 +400,46 @@ def test_every_step_writes_survive_a_crash_and_a_stale_copy_steps_aside(
         assert not peek.exists(key), "sequence_end removes it"
 
 
+def test_a_retried_request_is_answered_again_not_applied_twice(
+    root: Path, key_file: Path, store: str, peek: redis.Redis, eager: Any
+) -> None:
+    """Every-step writes, requests with ids: a request a replica applied and wrote, whose answer
+    the caller never got (the replica died, or the answer was lost), is sent again to another
+    replica: answered again from the stored state (bit-equal), not applied twice, nothing
+    written. One id with other content is a new request. The sequence's last request stays
+    answerable for a while after sequence_end; anything else of that id is not open."""
+    model, sequence, key = "lstm_aligned", 5151, "seqserve:seq:lstm_aligned:5151"
+    x = _x(12)
+    chunks = _chunks(x)
+    args = _args(key_file, store, "every-step")
+
+    def request(i: int, request_id: str = "") -> dict[str, Any]:
+        return _request(model, chunks, i, sequence) | {"request_id": request_id or f"step-{i}"}
+
+    with served(root, *args) as b:
+        want = _uninterrupted(b.target, model, chunks, 79)
+        a = start_server(root, *args)
+        try:
+            with v2_client(a.target) as on_a, v2_client(b.target) as on_b:
+                got = [_infer(on_a, request(i)) for i in range(3)]
+                written = peek.get(key)
+                for target in (on_b, on_b, on_a):  # b takes it from the store; a still holds it
+                    np.testing.assert_array_equal(_infer(target, request(2)), got[2])
+                assert peek.get(key) == written, "a retry writes nothing"
+                got.append(_infer(on_b, request(3, request_id="step-2")))  # reused id, new content
+                got += [_infer(on_b, request(i)) for i in range(4, 7)]  # 6 ends it
+                assert 0 < peek.ttl(key) <= 300, "the last answer stays a while, not a token's life"
+            _kill(a)
+            with v2_client(b.target) as on_b:
+                np.testing.assert_array_equal(_infer(on_b, request(6)), got[6])
+                other = _failure(lambda: _infer(on_b, request(5)))
+                assert other.status() == "StatusCode.FAILED_PRECONDITION", other.message()
+                assert "ended with sequence_end" in other.message()
+        finally:
+            a.stop()
+        _check(model, got, want, eager, x)
+
+
 # -- without a store -----------------------------------------------------------------------------
 
 

@@ -143,6 +143,8 @@ class Replay:
         self.failure: SeqServeError | None = None  # what ended the last call
         self.completed = 0  # steps and reset messages whose calls completed
         self.last_step = -1  # since open or reset, of the steps those fed
+        self.resumes = 0  # times the session was resumed on a new call
+        self.steps_replayed = 0  # steps sent again after those resumptions
 
     def start(self, token: bytes, messages: int, steps: int) -> None:
         """The session was opened from `token` (resumed at `messages`, holding `steps`): the
@@ -247,6 +249,8 @@ class Replay:
         while self.kept and self.kept[0].index < start:
             self.kept.popleft()
         replayed = list(self.kept)
+        self.resumes += 1
+        self.steps_replayed += sum(e.steps for e in replayed)
         self.skip = sum(e.answered for e in replayed) - (self.awaiting is not None)
         decoding = self.pending is not None and self.pending.WhichOneof("kind") == "end_input"
         self.drop_parts = self.parts if decoding else 0  # (a finished decode's count: none)

@@ -92,6 +92,17 @@ class SessionBase:
         return self._protocol.info.mode
 
     @property
+    def resumes(self) -> int:
+        """Times a resumable session was resumed on a new call (a handoff, a lost connection)."""
+        return self._protocol.replay.resumes
+
+    @property
+    def steps_replayed(self) -> int:
+        """Steps sent again to the server after those resumptions (each output still reached
+        the caller once)."""
+        return self._protocol.replay.steps_replayed
+
+    @property
     def emit_on_request(self) -> bool:
         return self._protocol.emit_on_request
 

@@ -129,6 +129,26 @@ def test_a_realistic_state_round_trips_bit_equal() -> None:
     _assert_same(_open(keys, keys.seal(sent)), sent)
 
 
+def test_the_last_request_and_its_answer_round_trip_in_payload_2() -> None:
+    """A session that remembers a request carries it and its (opaque) answer; one that does
+    not is written as payload 1, which servers that read only payload 1 still open."""
+    keys = SessionKeys([KEY_A])
+    sent = _snapshot(request="ab" * 32, reply=b"\0answer\xff" * 50)
+    _assert_same(_open(keys, keys.seal(sent)), sent)
+    header = _header_of(keys.seal(sent))
+    assert header["payload"] == 2 and header["reply"] == len(sent.reply)
+    assert _header_of(keys.seal(_snapshot()))["payload"] == 1
+    applied_without_answer = _snapshot(request="cd" * 32)  # its answer was too large to keep
+    _assert_same(_open(keys, keys.seal(applied_without_answer)), applied_without_answer)
+
+
+def _header_of(token: bytes) -> dict[str, Any]:
+    body = tokens._unpack(_plaintext(token), BOUND)
+    (length,) = tokens._LENGTH.unpack_from(body)
+    header: dict[str, Any] = json.loads(body[tokens._LENGTH.size : tokens._LENGTH.size + length])
+    return header
+
+
 def test_tokens_of_one_state_differ_and_each_opens() -> None:
     keys = SessionKeys([KEY_A])
     first, second = keys.seal(_snapshot()), keys.seal(_snapshot())
@@ -533,7 +553,13 @@ def test_a_hand_built_body_opens() -> None:
         (_header(arrays=[["", "int32", [1]]]), b"\0" * 4, "key is not"),
         (_header(arrays=[["t", "int32"]]), b"\0" * 4, r"not \[key, dtype, shape\]"),
         (_header(arrays={"t": "int32"}), b"\0" * 4, "arrays is not a list"),
-        (_header(payload=2), b"\0" * 4, "payload version 2"),
+        (_header(payload=3), b"\0" * 4, "payload version 3"),
+        (_header(payload=2), b"\0" * 4, r"fields \['reply', 'request'\] missing"),
+        (_header(payload=1, request="r", reply=0), b"\0" * 4, r"fields \['reply', 'request'\]"),
+        (_header(payload=2, request="r", reply=5), b"\0" * 4, "a reply of 5 bytes in 4"),
+        (_header(payload=2, request="r", reply=-1), b"\0" * 4, "reply is negative"),
+        (_header(payload=2, request=7, reply=0), b"\0" * 4, "request is not a str"),
+        (_header(payload=2, request="r" * 129, reply=0), b"\0" * 4, "longer than 128"),
         (_header(path="/srv/models"), b"\0" * 4, r"fields \['path'\]"),
         ({k: v for k, v in _header().items() if k != "caller"}, b"\0" * 4, "caller"),
         (_header(version=True), b"\0" * 4, "version is not a int"),

@@ -37,6 +37,7 @@ CASES: list[tuple[Exception, grpc.StatusCode, str]] = [
     (errors.Overloaded("queue full"), grpc.StatusCode.UNAVAILABLE, "OVERLOADED"),
     (errors.SessionMoved("session moved"), grpc.StatusCode.UNAVAILABLE, "SESSION_MOVED"),
     (errors.DeadlineExpired("too late"), grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXPIRED"),
+    (errors.AlreadyApplied("applied"), grpc.StatusCode.ALREADY_EXISTS, "ALREADY_APPLIED"),
     (
         TensorTooLarge("inputs.values", "at most 8 values", "9"),
         grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -70,6 +70,13 @@ class ResumeTokenRefused(InvalidInput):
         super().__init__(RESUME_TOKEN_FIELD, expected, got, message)
 
 
+class AlreadyApplied(SeqServeError):
+    """A retried request was applied to its session before, and its answer was too large to
+    keep: answering it again is impossible, applying it again would be wrong."""
+
+    reason = "ALREADY_APPLIED"
+
+
 class ModelNotFound(SeqServeError):
     """No model (or no such version of it) is in the repository."""
 

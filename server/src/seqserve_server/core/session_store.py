@@ -108,13 +108,19 @@ class SharedSessions:
         return self.write is WriteMode.EVERY_STEP
 
     async def put(
-        self, key: str, session: OpenSession, caller: str, replacing: bytes | None = None
+        self,
+        key: str,
+        session: OpenSession,
+        caller: str,
+        replacing: bytes | None = None,
+        ttl_s: float | None = None,
     ) -> bytes | None:
-        """Seal the session (bound to `caller`) and store it under `key`: the token stored, or
-        None where `replacing` was given and the key holds another token (another replica
-        continued the session from the store: this copy is stale)."""
+        """Seal the session (bound to `caller`) and store it under `key` (for the token's life,
+        or `ttl_s` if shorter): the token stored, or None where `replacing` was given and the
+        key holds another token (another replica continued the session: this copy is stale)."""
         token = self.sessions.checkpoint(session, caller).token
-        if await self.store.put(key, token, self.ttl_s, replacing):
+        kept = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
+        if await self.store.put(key, token, kept, replacing):
             return token
         return None
 

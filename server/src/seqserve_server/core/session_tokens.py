@@ -42,6 +42,11 @@ Plaintext: one byte, 0 (raw) or 1 (zlib, used only where it is shorter), then th
      "created": float,
      "arrays": [[key, dtype, shape], ...]}      dtype: bool int32 int64 float16 float32 float64
 
+Payload 2 (written only where the session remembers a request; payload 1 otherwise, so servers
+that read only payload 1 still open every other token) adds two fields: "request" (str, at most
+`MAX_REQUEST_CHARS`: the transport's name for the last request applied) and "reply" (int: the
+byte count of the answer given to it, opaque to the core, which follows the arrays' bytes).
+
 Decoding (after authentication) accepts exactly these fields and dtypes, batch-1 shapes of rank
 1 to `MAX_RANK`, and checks every shape against the bytes left before allocating anything:
 nothing is unpickled or evaluated.
@@ -99,6 +104,7 @@ __all__ = [
 MAGIC = b"SQRT"
 FORMAT = 1
 PAYLOAD = 1  # the body's layout, in its header
+PAYLOAD_WITH_REPLY = 2  # ... and the last request applied with its answer
 KEY_BYTES = 32  # AES-256
 KEY_ID_BYTES = 4
 NONCE_BYTES = 12
@@ -122,6 +128,8 @@ _FIELDS = frozenset(
     ("payload", "model", "version", "digest", "layout", "steps", "messages", "top_k", "emit",
      "finished", "caller", "created", "arrays")
 )  # fmt: skip
+_PAYLOAD_FIELDS = {PAYLOAD: _FIELDS, PAYLOAD_WITH_REPLY: _FIELDS | {"request", "reply"}}
+MAX_REQUEST_CHARS = 128
 
 # stepping/state.py `prefix_key(name)`: a recompute program's steps fed so far, whose time axis
 # (axis 1) grows; state.py imports TensorFlow, which this module does not need.
@@ -144,6 +152,8 @@ class SessionSnapshot:
     caller: str  # the auth token's name, "" when auth is off
     created: float  # unix time, seconds
     messages: int = 0  # steps and reset messages processed since first opened (across resumes)
+    request: str = ""  # the last request applied, as the transport names it ("": none kept)
+    reply: bytes = b""  # the answer it was given (the transport's bytes; b"": not kept)
 
 
 def state_layout(state: Mapping[str, np.ndarray], support: str) -> str:
@@ -361,6 +371,9 @@ def _encode(snapshot: SessionSnapshot) -> tuple[bytes, int]:
         "created": float(snapshot.created),
         "arrays": [],
     }
+    if snapshot.request or snapshot.reply:
+        header |= {"payload": PAYLOAD_WITH_REPLY, "request": snapshot.request}
+        header["reply"] = len(snapshot.reply)
     blobs = []
     for key in sorted(snapshot.state):
         array = np.asarray(snapshot.state[key])
@@ -368,7 +381,7 @@ def _encode(snapshot: SessionSnapshot) -> tuple[bytes, int]:
             raise ValueError(f"state {key!r}: dtype {array.dtype} is not one a token carries")
         header["arrays"].append([key, array.dtype.name, [int(d) for d in array.shape]])
         blobs.append(np.ascontiguousarray(array, _DTYPES[array.dtype.name]).tobytes())
-    body = _body(header, blobs)
+    body = _body(header, [*blobs, bytes(snapshot.reply)])
     try:  # what decoding accepts, so that every sealed token opens
         _parse(body)
     except _Malformed as exc:
@@ -427,7 +440,9 @@ def _unpack(plaintext: bytes, max_body: int) -> bytes:
 
 def _read_body(body: bytes) -> SessionSnapshot:
     fields, entries, data = _parse(body)
-    return SessionSnapshot(**fields, state=_arrays(entries, data))
+    arrays_end = sum(size for *_, size in entries)
+    reply = bytes(data[arrays_end:])
+    return SessionSnapshot(**fields, state=_arrays(entries, data), reply=reply)
 
 
 _Entry = tuple[str, "np.dtype[Any]", tuple[int, ...], int]  # key, dtype, shape, bytes
@@ -447,10 +462,12 @@ def _parse(body: bytes) -> tuple[dict[str, Any], list[_Entry], memoryview]:
         raise _Malformed("the header is not JSON") from None
     if not isinstance(header, dict):
         raise _Malformed("the header is not an object")
-    if header.get("payload") != PAYLOAD:
-        raise _Malformed(f"payload version {header.get('payload')!r}, not {PAYLOAD}")
-    if set(header) != _FIELDS:
-        raise _Malformed(f"fields {sorted(set(header) ^ _FIELDS)} missing or unknown")
+    payload = header.get("payload")
+    expected = _PAYLOAD_FIELDS.get(payload) if type(payload) is int else None
+    if expected is None:
+        raise _Malformed(f"payload version {payload!r}, not one of {sorted(_PAYLOAD_FIELDS)}")
+    if set(header) != expected:
+        raise _Malformed(f"fields {sorted(set(header) ^ expected)} missing or unknown")
     fields = {
         "model": _field(header, "model", str),
         "version": _count(header, "version"),
@@ -465,7 +482,15 @@ def _parse(body: bytes) -> tuple[dict[str, Any], list[_Entry], memoryview]:
         "created": _created(header["created"]),
     }
     data = memoryview(body)[_LENGTH.size + length :]
-    return fields, _table(header["arrays"], len(data)), data
+    reply = 0
+    if payload == PAYLOAD_WITH_REPLY:
+        fields["request"] = _field(header, "request", str)
+        if len(fields["request"]) > MAX_REQUEST_CHARS:
+            raise _Malformed(f"request is longer than {MAX_REQUEST_CHARS} characters")
+        reply = _count(header, "reply")
+        if reply > len(data):
+            raise _Malformed(f"a reply of {reply} bytes in {len(data)}")
+    return fields, _table(header["arrays"], len(data) - reply), data
 
 
 def _field(header: Mapping[str, Any], name: str, kind: type) -> Any:

@@ -24,6 +24,7 @@ import numpy as np
 from .classification import Ranked, check_top_k, rank
 from .compute_threads import ModelThreads
 from .errors import (
+    AlreadyApplied,
     InvalidInput,
     LimitExceeded,
     ModelNotFound,
@@ -93,6 +94,9 @@ class StepRules:
         )
 
 
+MAX_KEPT_REPLY_BYTES = 1 << 20  # a larger answer is not kept: its retry is refused, not reapplied
+
+
 @dataclass
 class OpenSession:
     """One caller's session on a model: its recurrent state and the steps fed since open/reset."""
@@ -111,6 +115,11 @@ class OpenSession:
     steps: int = 0
     messages: int = 0  # steps and reset messages processed since first opened (across resumes)
     finished: bool = False
+    # The last request applied, as its transport names it, and the answer it was given (bytes
+    # the transport made): they travel in checkpoints, so a request retried after its answer
+    # was lost, here or on another replica, is answered again instead of applied twice.
+    request: str = ""
+    reply: bytes = b""
     ended: str = ""  # why the server ended it (its version was unloaded or replaced)
     moving: str = ""  # why the server hands it off to another replica (resumable sessions)
     # Set by the transport: wakes the call to hand the session off (`SessionManager.hand_off`).
@@ -276,6 +285,7 @@ class SessionManager:
         )
         session.steps, session.messages = snapshot.steps, snapshot.messages
         session.finished = snapshot.finished
+        session.request, session.reply = snapshot.request, snapshot.reply
         return session
 
     def checkpoint(self, session: OpenSession, caller: str = "") -> Checkpoint:
@@ -287,7 +297,7 @@ class SessionManager:
             target.name, target.version, target.digest,
             session.layout, session.state, session.steps,
             session.k, session.emit_on_request, session.finished, caller, time.time(),
-            session.messages,
+            session.messages, session.request, session.reply,
         )  # fmt: skip
         return self.resumption.seal(snapshot)
 
@@ -347,6 +357,26 @@ class SessionManager:
         sessions = self._open.get(session.target.name, {})
         if sessions.pop(session.id, None) is not None:
             self._observer_for(session.target.name).sessions_open(len(sessions))
+
+    @staticmethod
+    def replayed(session: OpenSession, request: str) -> bytes | None:
+        """The answer the session gave `request` when it last applied it (a retry), or None (a
+        new request; "" names none). `AlreadyApplied` where its answer was too large to keep."""
+        if not request or request != session.request:
+            return None
+        if not session.reply:
+            raise AlreadyApplied(
+                "this request was applied to its sequence before (a retry), and its answer was "
+                f"larger than the {MAX_KEPT_REPLY_BYTES} bytes kept to answer a retry"
+            )
+        return session.reply
+
+    @staticmethod
+    def remember(session: OpenSession, request: str, reply: bytes) -> None:
+        """The request just applied (named by its transport; "" for one that cannot be told
+        from a retry) and its answer, kept until the next one: checkpoints carry them."""
+        session.request = request
+        session.reply = reply if request and len(reply) <= MAX_KEPT_REPLY_BYTES else b""
 
     def reset(self, session: OpenSession, statics: Values | None = None) -> None:
         """Forget the steps fed; new static inputs replace the session's where given."""

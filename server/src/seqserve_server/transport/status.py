@@ -34,6 +34,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.Overloaded, grpc.StatusCode.UNAVAILABLE),
     (errors.SessionMoved, grpc.StatusCode.UNAVAILABLE),
     (errors.DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.AlreadyApplied, grpc.StatusCode.ALREADY_EXISTS),
 ]
 
 

@@ -262,6 +262,18 @@ class Core:
     def close(self, handle: SequenceHandle) -> None:
         self._sessions.close(handle.session)
 
+    def replayed(self, handle: SequenceHandle, request: str) -> bytes | None:
+        """The answer the sequence gave this request before (a retry), or None (new)."""
+        return self._sessions.replayed(handle.session, request)
+
+    def remember(self, handle: SequenceHandle, request: str, reply: bytes) -> None:
+        """The request just applied and its answer: stored with the sequence's state."""
+        self._sessions.remember(handle.session, request, reply)
+
+    def last_request(self, handle: SequenceHandle) -> str:
+        """The name `remember` last gave the sequence's request ("": none kept)."""
+        return handle.session.request
+
     # -- sequences in the shared session store (core/session_store.py) ----------------------
 
     @property
@@ -281,11 +293,13 @@ class Core:
         handle: SequenceHandle,
         caller: str,
         replacing: bytes | None = None,
+        ttl_s: float | None = None,
     ) -> bytes | None:
-        """Seal the sequence's session into the store: the token written, None when `replacing`
-        was given and another replica has written since (this copy is stale)."""
+        """Seal the sequence's session into the store (kept at most `ttl_s`): the token written,
+        None when `replacing` was given and another replica has written since (stale copy)."""
         shared = self._store()
-        return await shared.put(sequence_key(name, sequence), handle.session, caller, replacing)
+        key = sequence_key(name, sequence)
+        return await shared.put(key, handle.session, caller, replacing, ttl_s)
 
     async def take_sequence(
         self, name: str, sequence: int | str, caller: str

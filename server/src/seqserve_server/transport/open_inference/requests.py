@@ -8,6 +8,7 @@ input concatenated ([total_steps, ...], one axis fewer) the lengths split it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,16 @@ TOP_K = "top_k"
 STREAM_STEPS = "stream_steps"
 SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
 Param = bool | int | float | str
+
+
+def retry_key(request: pb.ModelInferRequest) -> str:
+    """What tells a sequence request's retry from a new request: a digest of the whole request
+    (its `id` and content), or "" for a request without an id (no retry can be told from it).
+    An id alone is not enough: a caller may send one id with every request."""
+    if not request.id:
+        return ""
+    content = request.SerializeToString(deterministic=True)
+    return hashlib.sha256(b"seqserve sequence request\0" + content).hexdigest()
 
 
 @dataclass(frozen=True)

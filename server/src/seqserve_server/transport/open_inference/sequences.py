@@ -16,6 +16,14 @@ loses nothing answered; a replica whose write finds another replica's token ther
 continued the sequence from the store) drops its stale copy and answers UNAVAILABLE, and the
 resent request continues from the store. A sequence started here clears what the store held
 under its id (a restarted id must not continue an older sequence).
+
+Exactly once: a request with an `id` is remembered with its answer in the sequence's state
+(requests.py `retry_key`: the id and the content), so when a replica applied it, wrote the new
+state and died before answering, or the answer was lost on the way, the caller's retry (the
+same request) is answered again from the state instead of applied twice. The last request of a
+sequence (`sequence_end`) leaves its answer in the store for `ENDED_KEPT_S` (every-step writes)
+for the same reason; any other request of that id is refused as not open. Requests without an
+id cannot be told from a retry: a retry after a crash may apply them twice.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from .core_facade import Core, NotOpen, SequenceHandle, SessionMoved, StoreUnava
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int | str]  # (model, sequence id)
+ENDED = "ended/"  # the remembered request ended its sequence
+ENDED_KEPT_S = 300.0  # how long an ended sequence's last answer stays in the store for a retry
 
 
 @dataclass
@@ -133,22 +143,44 @@ class Sequences:
         log.info("sequence %r of %r continued from the shared session store", sequence, model)
         return handle
 
+    def replayed(
+        self, key: Key, opened: OpenSequence, handle: SequenceHandle, retry: str
+    ) -> bytes | None:
+        """The answer kept for a retried request, or None for a new one; a sequence that
+        ended (its last answer kept for a retry) is closed and refused to anything else."""
+        if not self._core.last_request(handle).startswith(ENDED):
+            return self._core.replayed(handle, retry)
+        self._forget(key, opened)
+        reply = self._core.replayed(handle, ENDED + retry) if retry else None
+        if reply is None:
+            raise _not_open(key[0], key[1], " (it ended with sequence_end)")
+        return reply
+
+    def remember(self, handle: SequenceHandle, retry: str, end: bool, reply: bytes) -> None:
+        """The request just applied and its answer, kept in the sequence's state."""
+        self._core.remember(handle, ENDED + retry if end and retry else retry, reply)
+
     async def written(self, key: Key, opened: OpenSequence, end: bool, fed: bool) -> None:
         """Every-step writes, under the sequence's lock after a request: the new state to the
-        store (before the answer leaves), or at the sequence's end its removal. A write that
-        finds another replica's state there drops this copy (SessionMoved: send it again)."""
+        store (before the answer leaves), or at the sequence's end its removal (or its last
+        answer, kept `ENDED_KEPT_S` for a retry). A write that finds another replica's state
+        there drops this copy (SessionMoved: send it again)."""
         handle = opened.handle
         if not self._core.stores_every_step or handle is None or opened.gone:
             return
         try:
-            if end:
-                await self._core.unstore_sequence(*key, holding=opened.stored)
-                return
-            if not (fed or opened.fresh):
+            if end and not (fed and self._core.last_request(handle).startswith(ENDED)):
+                current = await self._core.unstore_sequence(*key, holding=opened.stored)
+                stale = not current and opened.stored is not None
+                token = None if stale else opened.stored
+            elif fed or opened.fresh:
+                ttl_s = ENDED_KEPT_S if end else None
+                token = await self._core.store_sequence(
+                    *key, handle, opened.caller, replacing=opened.stored, ttl_s=ttl_s
+                )
+                stale = token is None
+            else:
                 return  # nothing changed
-            token = await self._core.store_sequence(
-                *key, handle, opened.caller, replacing=opened.stored
-            )
         except StoreUnavailable:
             # The step is done and answered; the store catches up at the next write (which then
             # replaces whatever is there: the reply of this one may have been lost).
@@ -156,7 +188,7 @@ class Sequences:
             opened.stored = None
             return
         opened.fresh = False
-        if token is None:
+        if stale:
             opened.gone = (
                 f"sequence {key[1]!r} moved: another replica continued it from the shared "
                 "session store; send the request again"

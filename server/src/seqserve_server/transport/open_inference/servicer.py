@@ -39,6 +39,7 @@ from .requests import (
     bool_parameter,
     int_parameter,
     read_inputs,
+    retry_key,
     sequence_id,
     to_batches,
     version_number,
@@ -336,14 +337,20 @@ class OpenInferenceServicer:
         try:
             async with opened.lock:  # taken before any wait: requests go in arrival order
                 handle = await self.sequences.ready(key, opened, caller)
-                if inputs is None:
-                    inputs = _later_inputs(request, handle.model)
-                fed = False
-                try:
-                    response = await self._feed(request, handle, end, inputs)
-                    fed = True
-                finally:
-                    await self.sequences.written(key, opened, end, fed)
+                retry = retry_key(request)
+                reply = self.sequences.replayed(key, opened, handle, retry)
+                if reply is not None:  # applied before, its answer lost: answer it again
+                    response = pb.ModelInferResponse.FromString(reply)
+                else:
+                    if inputs is None:
+                        inputs = _later_inputs(request, handle.model)
+                    fed = False
+                    try:
+                        response = await self._feed(request, handle, end, inputs)
+                        self.sequences.remember(handle, retry, end, response.SerializeToString())
+                        fed = True
+                    finally:
+                        await self.sequences.written(key, opened, end, fed)
             self._record(handle.model, True, started, 1)
             return response
         except Exception:
