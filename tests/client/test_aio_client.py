@@ -70,7 +70,7 @@ def test_async_session_reports_the_servers_error_not_a_write_failure(server) -> 
     delivers the server's status at all, only Core's: the SDK then can only report Core's, so
     one such session of ten is tolerated, nothing else."""
     bad = pb.SessionRequest(
-        steps=pb.SessionSteps(values=pb.Tensor(dtype=6, shape=[1, FEATURES], raw=b"\0" * 12))
+        steps=pb.SessionSteps(values=pb.Tensor(dtype=7, shape=[1, FEATURES], raw=b"\0" * 12))
     )
     step = np.ones((1, FEATURES), np.float32)
 
@@ -92,7 +92,7 @@ def test_async_session_reports_the_servers_error_not_a_write_failure(server) -> 
     for other in (e for e in errors if e not in servers):  # grpc.aio lost the server's status
         assert other.code == grpc.StatusCode.INTERNAL and other.message == CORE_WRITE_FAILURE
     for error in servers:
-        assert error.field == "steps.values.dtype" and error.got.startswith("6"), error
+        assert error.field == "steps.values.dtype" and error.got.startswith("7"), error
         assert error.expected
 
 

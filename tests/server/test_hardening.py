@@ -209,7 +209,7 @@ def session_error(stub: pb_grpc.SeqServeStub, *messages: pb.SessionRequest) -> g
 def test_session_steps_with_unknown_dtype_or_overflowing_shape(
     stub: pb_grpc.SeqServeStub,
 ) -> None:
-    bad_dtype = pb.Tensor(dtype=6, shape=[1, FEATURES], raw=b"\0" * 12)
+    bad_dtype = pb.Tensor(dtype=7, shape=[1, FEATURES], raw=b"\0" * 12)
     error = session_error(stub, pb.SessionRequest(steps=pb.SessionSteps(values=bad_dtype)))
     assert error.code() == INVALID and error.details().startswith("steps.values.dtype")
     wraps = pb.Tensor(dtype=pb.FLOAT32, shape=[3, 6148914691236517206], raw=b"\0" * 8)

@@ -31,6 +31,10 @@ class _DataTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataType.Val
     FLOAT16: _DataType.ValueType  # 3
     INT32: _DataType.ValueType  # 4
     INT64: _DataType.ValueType  # 5
+    STRING: _DataType.ValueType  # 6
+    """UTF-8 text, one string per element (whole texts [batch], or token strings per step laid
+    out like token ids). Carried in `Tensor.string_values`, never in `raw`.
+    """
 
 class DataType(_DataType, metaclass=_DataTypeEnumTypeWrapper):
     """---------------------------------------------------------------------------------------------
@@ -44,6 +48,10 @@ FLOAT64: DataType.ValueType  # 2
 FLOAT16: DataType.ValueType  # 3
 INT32: DataType.ValueType  # 4
 INT64: DataType.ValueType  # 5
+STRING: DataType.ValueType  # 6
+"""UTF-8 text, one string per element (whole texts [batch], or token strings per step laid
+out like token ids). Carried in `Tensor.string_values`, never in `raw`.
+"""
 Global___DataType: _TypeAlias = DataType  # noqa: Y015
 
 class _Mode:
@@ -145,8 +153,36 @@ class FloatValues(_message.Message):
 Global___FloatValues: _TypeAlias = FloatValues  # noqa: Y015
 
 @_typing.final
+class StringValues(_message.Message):
+    """The elements of a STRING tensor in C order, one per element: exactly the product of the
+    shape of them. Each is UTF-8 text; it travels as bytes so that invalid UTF-8 is refused by
+    the server naming the element, rather than failing to parse the whole message. The server
+    bounds each element's bytes and their total (max_string_bytes, max_request_string_bytes).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StringValues: _TypeAlias = StringValues  # noqa: Y015
+
+@_typing.final
 class Tensor(_message.Message):
-    """A dense tensor. `raw` is the fast path: little-endian bytes in C order."""
+    """A dense tensor. `raw` is the fast path: little-endian bytes in C order. STRING tensors carry
+    `string_values` (and numeric ones never do).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -154,12 +190,15 @@ class Tensor(_message.Message):
     SHAPE_FIELD_NUMBER: _builtins.int
     RAW_FIELD_NUMBER: _builtins.int
     FLOAT_VALUES_FIELD_NUMBER: _builtins.int
+    STRING_VALUES_FIELD_NUMBER: _builtins.int
     dtype: Global___DataType.ValueType
     raw: _builtins.bytes
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
     def float_values(self) -> Global___FloatValues: ...
+    @_builtins.property
+    def string_values(self) -> Global___StringValues: ...
     def __init__(
         self,
         *,
@@ -167,12 +206,13 @@ class Tensor(_message.Message):
         shape: _abc.Iterable[_builtins.int] | None = ...,
         raw: _builtins.bytes = ...,
         float_values: Global___FloatValues | None = ...,
+        string_values: Global___StringValues | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "float_values", b"float_values", "raw", b"raw"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "float_values", b"float_values", "raw", b"raw", "string_values", b"string_values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dtype", b"dtype", "float_values", b"float_values", "raw", b"raw", "shape", b"shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dtype", b"dtype", "float_values", b"float_values", "raw", b"raw", "shape", b"shape", "string_values", b"string_values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["raw", "float_values"]  # noqa: Y015
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["raw", "float_values", "string_values"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
 
