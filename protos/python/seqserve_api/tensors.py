@@ -1,7 +1,9 @@
 """numpy <-> seqserve.v1 tensors, shared by the client SDK and the server.
 
 Arrays travel as raw little-endian bytes with shape and dtype (the fast path); packed floats are
-accepted for callers without numpy.
+accepted for callers without numpy. Text travels as STRING tensors: one UTF-8 element per value in
+`string_values`, decoded to an object array of `bytes` (the server checks the UTF-8; `as_text`
+gives `str`), each element and their total bounded before the array is built.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import numpy as np
 
 from seqserve.v1 import seqserve_pb2 as pb
 
+from . import MAX_MESSAGE_BYTES
+
 _TO_NUMPY: dict[pb.DataType.ValueType, np.dtype] = {
     pb.FLOAT32: np.dtype("<f4"),
     pb.FLOAT64: np.dtype("<f8"),
@@ -26,6 +30,12 @@ _TO_PROTO = {dt.newbyteorder("="): code for code, dt in _TO_NUMPY.items()}
 _KNOWN_CODES = frozenset(pb.DataType.values())
 MAX_RANK = 64  # numpy's own limit: a deeper shape cannot even be built
 INT64_MAX = 2**63 - 1
+STRING_DTYPE = np.dtype(object)  # what a STRING tensor decodes to: elements are `bytes`
+STRING_KINDS = "OUS"  # numpy kinds encoded as STRING: objects (str/bytes), str_, bytes_
+# The server's defaults (--max-string-bytes, --max-request-string-bytes): one text or token of
+# at most 64 KiB, and at most a message's worth of text in one request.
+DEFAULT_MAX_STRING_BYTES = 64 * 1024
+DEFAULT_MAX_REQUEST_STRING_BYTES = MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,17 @@ class DecodeLimits:
 
     max_elements: int | None = None  # values in the tensor; also bounds every single axis
     max_items: int | None = None  # inputs (sequences or vectors) in a batch
+    max_string_bytes: int | None = None  # UTF-8 bytes of one STRING element
+    max_string_total_bytes: int | None = None  # UTF-8 bytes of a STRING tensor's elements
+
+
+def string_bounds(limits: object) -> tuple[int, int]:
+    """A server's per-element and per-request string bounds from its request limits
+    (`max_string_bytes`, `max_request_string_bytes`), the defaults where they state none: the
+    limits object belongs to the server's core, which may not carry them yet."""
+    per_element = getattr(limits, "max_string_bytes", None) or DEFAULT_MAX_STRING_BYTES
+    total = getattr(limits, "max_request_string_bytes", None) or DEFAULT_MAX_REQUEST_STRING_BYTES
+    return int(per_element), int(total)
 
 
 class TensorError(ValueError):
@@ -66,11 +87,14 @@ def write_tensor(tensor: pb.Tensor, array: np.ndarray) -> None:
     array = np.asarray(array)
     if array.dtype == _LITTLE_FLOAT32:
         code = pb.FLOAT32
+    elif array.dtype.kind in STRING_KINDS:
+        write_strings(tensor, array)
+        return
     else:
         found = _TO_PROTO.get(array.dtype.newbyteorder("="))
         if found is None:
             supported = ", ".join(str(d) for d in _TO_NUMPY.values())
-            raise TensorError("values", f"one of {supported}", str(array.dtype))
+            raise TensorError("values", f"one of {supported}, or text", str(array.dtype))
         code = found
         array = array.astype(_TO_NUMPY[code], copy=False)
     tensor.dtype = code
@@ -78,14 +102,55 @@ def write_tensor(tensor: pb.Tensor, array: np.ndarray) -> None:
     tensor.raw = array.tobytes()  # C order, whatever the array's strides
 
 
+def write_strings(tensor: pb.Tensor, array: np.ndarray, field: str = "values") -> None:
+    """A text array (str_, bytes_, or objects that are str or bytes) as a STRING tensor."""
+    tensor.dtype = pb.STRING
+    tensor.shape.extend(array.shape)
+    tensor.string_values.values.extend(string_elements(array, field))
+
+
+def string_elements(array: np.ndarray, field: str = "values") -> list[bytes]:
+    """Each element of a text array as UTF-8 bytes, in C order (`bytes` kept as they are).
+    numpy's bytes_ and str_ drop trailing NULs: an object array keeps them."""
+    items = np.asarray(array).ravel(order="C").tolist()
+    out: list[bytes] = []
+    for index, item in enumerate(items):
+        if isinstance(item, bytes):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(_utf8(item, field, index))
+        else:
+            got = f"{type(item).__name__} at element {index}"
+            raise TensorError(field, "text: str or bytes elements", got)
+    return out
+
+
+def _utf8(text: str, field: str, index: int) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates have no UTF-8
+        raise TensorError(
+            field, "text that UTF-8 encodes", f"{exc.reason} at element {index}"
+        ) from None
+
+
 def from_tensor(
     tensor: pb.Tensor, field: str = "values", limits: DecodeLimits | None = None
 ) -> np.ndarray:
     """The array a message carries; shape, dtype and size are checked (in Python integers, which
     cannot wrap around) before any buffer is allocated."""
-    shape = _checked_shape(tensor, field, limits or DecodeLimits())
+    limits = limits or DecodeLimits()
+    shape = _checked_shape(tensor, field, limits)
     count = math.prod(shape)
-    if tensor.WhichOneof("data") == "float_values":
+    data = tensor.WhichOneof("data")
+    if tensor.dtype == pb.STRING:
+        return _strings_from(tensor, data, shape, field, limits)
+    if data == "string_values":
+        raise TensorError(
+            f"{field}.string_values", "no text unless dtype is STRING",
+            f"text for dtype {_dtype_name(tensor.dtype)}",
+        )  # fmt: skip
+    if data == "float_values":
         values = tensor.float_values.values
         if len(values) != count:
             raise TensorError(
@@ -98,6 +163,67 @@ def from_tensor(
         names = ", ".join(pb.DataType.Name(c) for c in _TO_NUMPY)
         raise TensorError(f"{field}.dtype", f"one of {names}", _dtype_name(tensor.dtype))
     return from_raw(tensor.raw, dtype, shape, f"{field}.raw")
+
+
+def _strings_from(
+    tensor: pb.Tensor, data: str | None, shape: tuple[int, ...], field: str, limits: DecodeLimits
+) -> np.ndarray:
+    """A STRING tensor's elements as an object array of `bytes`, counted and bounded first."""
+    if data in ("raw", "float_values"):
+        raise TensorError(f"{field}.{data}", "string_values for dtype STRING", data)
+    return strings_array(tensor.string_values.values, shape, f"{field}.string_values", limits)
+
+
+def strings_array(
+    values: Sequence[bytes], shape: tuple[int, ...], field: str, limits: DecodeLimits
+) -> np.ndarray:
+    """`values` (one per element, C order) as an object array of `shape`: the count (read
+    without touching the elements) must match, and every element and their total lie within
+    `limits` (shared with the v2 adapter)."""
+    count = math.prod(shape)
+    if len(values) != count:
+        raise TensorError(
+            field, f"{count} values for shape {_shape_text(shape)}", f"{len(values)} values"
+        )
+    items = list(values)
+    check_string_sizes(items, field, limits)
+    array = np.empty(count, dtype=STRING_DTYPE)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def check_string_sizes(items: Sequence[bytes], field: str, limits: DecodeLimits) -> None:
+    """Each element within max_string_bytes (a malformed input: TensorError) and all of them
+    within max_string_total_bytes (a quota: TensorTooLarge)."""
+    sizes = [len(item) for item in items]
+    bound = limits.max_string_bytes
+    if bound is not None and sizes and max(sizes) > bound:
+        index = next(i for i, n in enumerate(sizes) if n > bound)
+        got = f"{sizes[index]} bytes at element {index}"
+        raise TensorError(field, f"at most {bound} bytes per element (max_string_bytes)", got)
+    check_string_total(sum(sizes), field, limits)
+
+
+def check_string_total(total: int, field: str, limits: DecodeLimits) -> None:
+    bound = limits.max_string_total_bytes
+    if bound is not None and total > bound:
+        raise TensorTooLarge(
+            field, f"at most {bound} bytes of text (max_request_string_bytes)", f"{total} bytes"
+        )
+
+
+def as_text(array: np.ndarray, field: str = "values") -> np.ndarray:
+    """A decoded STRING array (object array of `bytes`) as an object array of `str`; an
+    element that is not UTF-8 is refused naming it."""
+    flat = array.ravel().tolist()
+    out = np.empty(len(flat), dtype=STRING_DTYPE)
+    for index, item in enumerate(flat):
+        try:
+            out[index] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+        except UnicodeDecodeError as exc:
+            got = f"{exc.reason} at byte {exc.start} of element {index}"
+            raise TensorError(field, "UTF-8 text", got) from None
+    return out.reshape(array.shape)
 
 
 def from_raw(
@@ -157,7 +283,11 @@ def to_batch(values: np.ndarray, lengths: Sequence[int] | None = None) -> pb.Bat
     return pb.Batch(values=to_tensor(values), lengths=list(lengths) if lengths is not None else [])
 
 
-Array: TypeAlias = np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[int]]  # lists: ragged
+# Lists: ragged sequences (of numbers, or of token strings); texts: one string per item.
+Array: TypeAlias = (
+    np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[int]] | Sequence[str]
+    | Sequence[Sequence[str]]
+)  # fmt: skip
 # One input's batch, or (models with several inputs) each input's batch by name.
 Inputs: TypeAlias = Array | Mapping[str, Array]
 
@@ -171,9 +301,12 @@ def request_inputs(inputs: Inputs) -> dict[str, Any]:
 
 
 def encode_inputs(inputs: Array) -> pb.Batch:
-    """A dense array as it is; a list of sequences of different lengths without padding."""
+    """A dense array as it is; a list of sequences of different lengths without padding; a list
+    of texts as STRING [batch]."""
     if isinstance(inputs, np.ndarray):
         return to_batch(inputs)
+    if isinstance(inputs, str | bytes):  # iterating it would send one text per character
+        raise TensorError("inputs", "a list of texts, one per item (e.g. [text])", "one str")
     arrays = [np.asarray(a) for a in inputs]
     if arrays and all(a.shape == arrays[0].shape for a in arrays):
         return to_batch(np.stack(arrays))
