@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from seqserve_api import MAX_MESSAGE_BYTES
+from seqserve_api.tensors import DEFAULT_MAX_REQUEST_STRING_BYTES, DEFAULT_MAX_STRING_BYTES
 
 from .core.limits import RequestLimits
 from .core.reference_cache import default_dir
@@ -66,6 +67,19 @@ class Settings(BaseSettings):
     )
     max_stream_messages: int = Field(
         _LIMITS.max_stream_messages, ge=1, description="messages one PredictStream call may send"
+    )
+    # Text (STRING / BYTES tensors): checked before the decoded array is built.
+    max_string_bytes: int = Field(
+        DEFAULT_MAX_STRING_BYTES,
+        ge=1,
+        description="UTF-8 bytes of one text or token string (default 64 KiB; longer: "
+        "INVALID_ARGUMENT naming the element)",
+    )
+    max_request_string_bytes: int = Field(
+        DEFAULT_MAX_REQUEST_STRING_BYTES,
+        ge=1,
+        description="UTF-8 bytes of text in one request (default 64 MiB, the message bound; "
+        "more: RESOURCE_EXHAUSTED)",
     )
     max_concurrent_rpcs: int = Field(
         1024, ge=1, description="calls in progress server-wide, sessions included"

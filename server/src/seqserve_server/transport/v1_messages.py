@@ -9,7 +9,16 @@ import numpy as np
 from google.protobuf.internal.containers import MessageMap, RepeatedCompositeFieldContainer
 
 from seqserve.v1 import seqserve_pb2 as pb
-from seqserve_api.tensors import DecodeLimits, from_batch, from_tensor, to_tensor, write_tensor
+from seqserve_api.tensors import (
+    STRING_KINDS,
+    DecodeLimits,
+    check_string_total,
+    from_batch,
+    from_tensor,
+    string_bounds,
+    to_tensor,
+    write_tensor,
+)
 
 from ..core.batch import Batch
 from ..core.classification import Ranked, TopK
@@ -40,6 +49,7 @@ _STATES = {
 
 
 def decode_inputs(message: pb.Batch, limits: RequestLimits, field: str = "inputs") -> Batch:
+    """One input's batch; text arrives as an object array of `bytes` (the core checks UTF-8)."""
     values, lengths = from_batch(message, field, decode_limits(limits))
     return Batch(values, lengths)
 
@@ -57,10 +67,25 @@ def decode_request_inputs(request: pb.PredictRequest, limits: RequestLimits) -> 
             f"named_inputs: expected at most {limits.max_request_elements} numbers in all "
             f"(max_request_elements), got {total}"
         )
+    _check_text_total([b.values for b in request.named_inputs.values()], "named_inputs", limits)
     return {
         name: decode_inputs(batch, limits, f'named_inputs["{name}"]')
         for name, batch in sorted(request.named_inputs.items())
     }
+
+
+def _check_text_total(
+    tensors: list[pb.Tensor], field: str, limits: RequestLimits | DecodeLimits
+) -> None:
+    """Every named tensor's text together within max_request_string_bytes (each is bounded
+    alone when decoded; this bounds the request)."""
+    bounds = limits if isinstance(limits, DecodeLimits) else decode_limits(limits)
+    total = sum(
+        sum(len(v) for v in t.string_values.values)
+        for t in tensors
+        if t.WhichOneof("data") == "string_values"
+    )
+    check_string_total(total, field, bounds)
 
 
 def _count(tensor: pb.Tensor) -> int:
@@ -100,6 +125,7 @@ def decode_named(
             f"{field}: expected at most {limits.max_elements} numbers in all "
             f"(max_request_elements), got {total}"
         )
+    _check_text_total(list(tensors.values()), field, limits)
     return {
         name: from_tensor(tensor, f'{field}["{name}"].values', limits)
         for name, tensor in sorted(tensors.items())
@@ -120,7 +146,12 @@ def decode_session_steps(
 
 
 def decode_limits(limits: RequestLimits) -> DecodeLimits:
-    return DecodeLimits(limits.max_request_elements, limits.max_inputs_per_request)
+    """The codec's bounds from a model's limits; the string bounds from the limits where they
+    carry them (`max_string_bytes`, `max_request_string_bytes`), else the defaults."""
+    per_string, text_total = string_bounds(limits)
+    return DecodeLimits(
+        limits.max_request_elements, limits.max_inputs_per_request, per_string, text_total
+    )
 
 
 _MODES = {mode: pb.Mode.Value(mode.name) for mode in Mode}  # looked up per response
@@ -206,6 +237,14 @@ def stream_messages(target: ReadyModel, part: InferencePart) -> Iterator[pb.Pred
                 yield message
 
 
+def dtype_to_proto(dtype: np.dtype) -> pb.DataType.ValueType:
+    """A signature's numpy dtype as the metadata's DataType: text (object, str_ or bytes_
+    dtypes) is STRING; a dtype the wire cannot carry is unspecified."""
+    if dtype.kind in STRING_KINDS:
+        return pb.STRING
+    return _DTYPES.get(dtype, pb.DATA_TYPE_UNSPECIFIED)
+
+
 def _spec(
     name: str,
     shape: tuple[int | None, ...],
@@ -215,7 +254,7 @@ def _spec(
 ) -> pb.TensorSpec:
     return pb.TensorSpec(
         name=name,
-        dtype=_DTYPES.get(dtype, pb.DATA_TYPE_UNSPECIFIED),
+        dtype=dtype_to_proto(dtype),
         shape=[-1, *(-1 if d is None else d for d in shape)],
         sequence=sequence,
         vocabulary=vocabulary or 0,

@@ -16,7 +16,7 @@ from seqserve.inference import model_config_pb2 as mc
 from .core_facade import ModelView, TensorView, VersionState
 from .requests import LENGTHS_SUFFIX
 from .responses import OUTPUT_LENGTHS
-from .tensors import datatype
+from .tensors import BYTES, datatype
 
 PLATFORM = "keras"
 _STATES = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE"}
@@ -60,7 +60,10 @@ def metadata(model: ModelView, versions: list[VersionState]) -> pb.ModelMetadata
 
 
 def _data_type(view: TensorView) -> int:
-    return mc.DataType.Value("TYPE_" + datatype(view.dtype))
+    """The config's data type: TYPE_ and the v2 name, but text (BYTES) is TYPE_STRING, as in
+    Triton's own configs."""
+    name = datatype(view.dtype)
+    return mc.TYPE_STRING if name == BYTES else mc.DataType.Value("TYPE_" + name)
 
 
 def config(model: ModelView) -> mc.ModelConfig:

@@ -1,6 +1,10 @@
 """Open Inference tensors <-> numpy: typed `contents` or `raw_input_contents` in, raw out.
 
 Sizes are checked (in Python integers) against the model's limits before anything is allocated.
+BYTES (text) is Triton's serialization: in `raw_input_contents`/`raw_output_contents` each element
+a 4-byte little-endian length then its bytes, in C order (tritonclient's `serialize_byte_tensor`
+and `deserialize_bytes_tensor`); or `contents.bytes_contents`. It decodes to an object array of
+`bytes` (the core checks UTF-8).
 """
 
 from __future__ import annotations
@@ -11,7 +15,18 @@ import struct
 import numpy as np
 
 from seqserve.inference import grpc_service_pb2 as pb
-from seqserve_api.tensors import TensorError, check_shape, from_raw
+from seqserve_api.tensors import (
+    STRING_DTYPE,
+    STRING_KINDS,
+    DecodeLimits,
+    TensorError,
+    check_shape,
+    check_string_total,
+    from_raw,
+    string_bounds,
+    string_elements,
+    strings_array,
+)
 
 from .core_facade import RequestLimits
 
@@ -22,15 +37,19 @@ DATATYPES: dict[str, np.dtype] = {
     "FP16": np.dtype("<f2"),
     "INT32": np.dtype("<i4"),
     "INT64": np.dtype("<i8"),
+    "BYTES": STRING_DTYPE,
 }
+BYTES = "BYTES"
+_PREFIX = struct.Struct("<I")  # each BYTES element's length
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
-             "INT64": "int64_contents"}  # fmt: skip
+             "INT64": "int64_contents", BYTES: "bytes_contents"}  # fmt: skip
 _NAMES = {dtype.newbyteorder("="): name for name, dtype in DATATYPES.items()}
 
 
 def datatype(dtype: np.dtype) -> str:
-    """The v2 name of a numpy dtype the server sends."""
-    return _NAMES[np.dtype(dtype).newbyteorder("=")]
+    """The v2 name of a numpy dtype the server sends (text, whatever numpy holds it as: BYTES)."""
+    dtype = np.dtype(dtype)
+    return BYTES if dtype.kind in STRING_KINDS else _NAMES[dtype.newbyteorder("=")]
 
 
 def decode(
@@ -49,6 +68,9 @@ def decode(
         if tensor.HasField("contents"):
             raise TensorError(f"{field}.contents", "empty when raw_input_contents is used", "both")
         field = f"raw_input_contents for {tensor.name!r}"
+        if tensor.datatype == BYTES:
+            bounds = _text_limits(limits)
+            return strings_array(split_bytes(raw, count, field, bounds), shape, field, bounds)
         return from_raw(raw, dtype, shape, field, tensor.datatype)
     where = _CONTENTS.get(tensor.datatype)
     if where is None:
@@ -56,6 +78,8 @@ def decode(
             f"{field}.contents", f"{tensor.datatype} in raw_input_contents", "contents"
         )
     values = getattr(tensor.contents, where)
+    if tensor.datatype == BYTES:
+        return strings_array(values, shape, f"{field}.contents.{where}", _text_limits(limits))
     if len(values) != count:
         raise TensorError(
             f"{field}.contents.{where}", f"{count} values for shape {list(shape)}",
@@ -64,11 +88,59 @@ def decode(
     return np.asarray(values, dtype=dtype.newbyteorder("=")).reshape(shape)
 
 
+def _text_limits(limits: RequestLimits) -> DecodeLimits:
+    """The model's string bounds (the shape is bounded by check_shape)."""
+    per_string, text_total = string_bounds(limits)
+    return DecodeLimits(max_string_bytes=per_string, max_string_total_bytes=text_total)
+
+
+def split_bytes(raw: bytes, count: int, field: str, bounds: DecodeLimits) -> list[bytes]:
+    """The `count` elements of a length-prefixed BYTES buffer. Its size is checked against the
+    count and the text quota first, each length against the per-element bound and what is
+    left of the buffer before its bytes are copied, and nothing may follow the last one."""
+    prefixes = _PREFIX.size * count
+    if len(raw) < prefixes:
+        expected = f"{count} elements, each a 4-byte length then its bytes"
+        raise TensorError(field, expected, f"{len(raw)} bytes")
+    check_string_total(len(raw) - prefixes, field, bounds)
+    per_string = bounds.max_string_bytes
+    items, offset = [], 0
+    for index in range(count):
+        if offset + _PREFIX.size > len(raw):
+            got = f"the buffer ends at byte {len(raw)}, before element {index}'s length"
+            raise TensorError(field, f"{count} length-prefixed elements", got)
+        (size,) = _PREFIX.unpack_from(raw, offset)
+        offset += _PREFIX.size
+        if per_string is not None and size > per_string:
+            got = f"{size} bytes at element {index}"
+            raise TensorError(
+                field, f"at most {per_string} bytes per element (max_string_bytes)", got
+            )
+        if offset + size > len(raw):
+            got = f"element {index} of {size} bytes runs past the end ({len(raw)} bytes)"
+            raise TensorError(field, f"{count} length-prefixed elements", got)
+        items.append(raw[offset : offset + size])
+        offset += size
+    if offset != len(raw):
+        got = f"{len(raw) - offset} bytes after element {count - 1}"
+        raise TensorError(field, f"exactly {count} length-prefixed elements", got)
+    return items
+
+
+def join_bytes(items: list[bytes]) -> bytes:
+    """Elements in Triton's BYTES layout: each a 4-byte little-endian length, then its bytes."""
+    return b"".join(part for item in items for part in (_PREFIX.pack(len(item)), item))
+
+
 def encode(name: str, array: np.ndarray, response: pb.ModelInferResponse) -> None:
-    """Append an output as raw little-endian bytes: stock clients read outputs only there."""
+    """Append an output as raw little-endian bytes (text: length-prefixed UTF-8): stock clients
+    read outputs only there."""
     array = np.asarray(array)
     kind = datatype(array.dtype)
     response.outputs.add(name=name, datatype=kind, shape=array.shape)
+    if kind == BYTES:
+        response.raw_output_contents.append(join_bytes(string_elements(array, name)))
+        return
     little = np.ascontiguousarray(array.astype(DATATYPES[kind], copy=False))
     response.raw_output_contents.append(little.tobytes())
 
@@ -77,10 +149,5 @@ def encode_strings(name: str, rows: list[list[str]], response: pb.ModelInferResp
     """Append a BYTES output [len(rows), k]: each element a 4-byte little-endian length, then
     its UTF-8 bytes (the layout stock clients decode)."""
     k = len(rows[0]) if rows else 0
-    response.outputs.add(name=name, datatype="BYTES", shape=[len(rows), k])
-    parts = []
-    for row in rows:
-        for text in row:
-            data = text.encode()
-            parts.append(struct.pack("<I", len(data)) + data)
-    response.raw_output_contents.append(b"".join(parts))
+    response.outputs.add(name=name, datatype=BYTES, shape=[len(rows), k])
+    response.raw_output_contents.append(join_bytes([t.encode() for row in rows for t in row]))
