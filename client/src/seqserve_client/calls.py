@@ -20,7 +20,9 @@ from grpc_health.v1 import health_pb2
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve_api.session_protocol import steps_get_output
 from seqserve_api.tensors import (
+    STRING_KINDS,
     Inputs,
+    as_text,
     from_tensor,
     request_inputs,
     split_sequences,
@@ -62,14 +64,14 @@ from .resumption import (
 
 DEFAULT_TIMEOUT_S = 30.0  # a client's deadline per call unless told otherwise
 # One input's steps in a session: float steps [steps, features] or one step [features]; token
-# ids [steps].
-Steps = np.ndarray | Sequence[int]
+# ids [steps]; token strings [steps] or one token (a str).
+Steps = np.ndarray | Sequence[int] | Sequence[str] | str
 # What a session step takes: the steps of the model's one sequence input, or (several sequence
 # inputs) every sequence input's steps by name, each with as many steps.
 StepValues = Steps | Mapping[str, Steps]
 # A session's static inputs (no time axis) by name, one item each (no batch axis): a vector
-# [features...] or token ids [n].
-StaticInputs = Mapping[str, np.ndarray | Sequence[float] | Sequence[int]]
+# [features...], token ids [n], or a text (a str).
+StaticInputs = Mapping[str, np.ndarray | Sequence[float] | Sequence[int] | str]
 TopK = Rankings  # per output vector, the k best (label, score) pairs; by name for several
 R = TypeVar("R")
 
@@ -176,8 +178,11 @@ def reset_request(static_inputs: StaticInputs | None = None) -> pb.SessionReques
 
 
 def _steps(values: Steps) -> np.ndarray:
-    """Floats as float32, one step [features] as [1, features]; token ids as they are."""
+    """Floats as float32, one step [features] as [1, features]; token ids as they are; token
+    strings as they are, one token as [1]."""
     array = np.asarray(values)
+    if array.dtype.kind in STRING_KINDS:
+        return array.reshape(1) if array.ndim == 0 else array
     if not np.issubdtype(array.dtype, np.integer):
         array = array.astype(np.float32)
         if array.ndim == 1:
@@ -186,11 +191,11 @@ def _steps(values: Steps) -> np.ndarray:
 
 
 def _write_static(field: MutableMapping[str, pb.Tensor], inputs: StaticInputs | None) -> None:
-    """Static inputs into a `named_inputs` map: floats as float32, token ids as they are; one
-    item each, no axis added."""
+    """Static inputs into a `named_inputs` map: floats as float32, token ids and text as they
+    are; one item each, no axis added."""
     for name, values in (inputs or {}).items():
         array = np.asarray(values)
-        if not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.integer) and array.dtype.kind not in STRING_KINDS:
             array = array.astype(np.float32)
         write_tensor(field[name], array)
 
@@ -214,12 +219,18 @@ def prediction_from(response: pb.PredictResponse) -> Prediction:
 def _output_from(message: pb.PredictResponse | pb.Output) -> Outputs:
     """[batch, ...] when every output has the same shape, else a list of arrays."""
     if message.WhichOneof("output") == "vectors":
-        return from_tensor(message.vectors.values)
-    values = from_tensor(message.sequences.values)
+        return values_from(message.vectors.values)
+    values = values_from(message.sequences.values)
     lengths = list(message.sequences.lengths)
     if lengths and all(n == lengths[0] for n in lengths):
         return values.reshape(len(lengths), lengths[0], *values.shape[1:])
     return split_sequences(values, lengths)
+
+
+def values_from(tensor: pb.Tensor, field: str = "values") -> np.ndarray:
+    """An output tensor as numpy: text (STRING) as an object array of `str`."""
+    array = from_tensor(tensor, field)
+    return as_text(array, field) if tensor.dtype == pb.STRING else array
 
 
 def _outputs_of(response: pb.PredictResponse) -> Predicted:
@@ -244,7 +255,7 @@ def stream_part_from(part: pb.PredictStreamResponse) -> StreamPart:
         part.input_index,
         part.step,
         part.last,
-        from_tensor(part.values),
+        values_from(part.values),
         top_k_pairs(part.top_k),
         part.output_name,
     )
@@ -541,11 +552,11 @@ def session_output_from(response: pb.SessionResponse) -> SessionOutput:
     values: SessionValues | None = None
     if out.named_outputs:
         values = {
-            name: from_tensor(tensor, f'named_outputs["{name}"]')
+            name: values_from(tensor, f'named_outputs["{name}"]')
             for name, tensor in sorted(out.named_outputs.items())
         }
     elif out.HasField("values"):
-        values = from_tensor(out.values)
+        values = values_from(out.values)
     return SessionOutput(out.step, values, rankings(out.top_k, out.named_top_k), out.last)
 
 

@@ -47,7 +47,9 @@ class SeqServeClient(ClientBase):
         self, model: str, inputs: Inputs, *, version: int = 0, timeout: float | None = None
     ) -> Predicted:
         """Outputs as numpy: one array [batch, ...], or a list when output lengths differ; a
-        dict of them by output name for a model with several outputs."""
+        dict of them by output name for a model with several outputs. Text models take a list
+        of str (one text per item) or lists of token strings; text outputs come back as object
+        arrays of str."""
         return self._unary(calls.predict(model, inputs, version), timeout)
 
     def classify(

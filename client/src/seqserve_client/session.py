@@ -74,7 +74,8 @@ class Session(SessionBase):
             self.cancel()
 
     def step(self, values: StepValues, *, emit: bool = False) -> SessionValues | None:
-        """Send one step ([features]) or several ([steps, features]; token ids: [steps]), or for
+        """Send one step ([features]) or several ([steps, features]; token ids or token strings:
+        [steps]; one token string: a str), or for
         a model with several sequence inputs a dict of each one's steps by input name (as many
         steps each); the output it produces: aligned: [steps, out]; many-to-one: the running
         prediction (None when not asked for); unaligned: None (call `end_input` or `decode`).
