@@ -27,7 +27,7 @@ INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 INT32_MAX = 2**31 - 1
 INT32_MIN = -(2**31)
-BAD_DTYPES = [-1, 6, 7, 100, INT32_MAX, INT32_MIN]
+BAD_DTYPES = [-1, 7, 8, 100, INT32_MAX, INT32_MIN]
 HUGE_DIMS = [2**31 - 1, 2**31, 2**32 + 1, 2**40, 2**62, INT64_MAX, 6148914691236517206]
 NEGATIVE = [-1, -2, INT32_MIN, INT64_MIN]
 # Shapes whose int64 product wraps around to a small count (or to a negative one).
@@ -44,6 +44,11 @@ NAMES = ["", "nope", "../../etc/passwd", "modèle🙂", "a" * 300, "x" * 100_000
 VERSIONS = [-1, 2, 7, 99, INT64_MAX, INT64_MIN, INT32_MAX + 1]
 TOP_KS = [-1, INT32_MIN, INT32_MAX, 10**6, 1, 2, 3, 11]
 NONFINITE = [np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-45]
+# STRING elements: text (also non-ASCII and empty), invalid UTF-8, and oversize (past the 64 KiB
+# per-element default).
+TEXTS = [b"", b"hello", "h\u00e9llo \U0001f642".encode(), b"a\x00b", b"  "]
+BAD_UTF8 = [b"\xff", b"\xc3(", b"\xed\xa0\x80", b"ok\x80", b"\xf4\x90\x80\x80"]
+OVERSIZE = [64 * 1024 + 1, 200_000, 1_000_000]
 SEQSERVE = "/seqserve.v1.SeqServe/"
 HEALTH = "/grpc.health.v1.Health/"
 
@@ -101,7 +106,7 @@ def m_dtype_undefined(t: pb.Tensor, r: random.Random) -> None:
 
 
 def m_dtype_other(t: pb.Tensor, r: random.Random) -> None:
-    t.dtype = r.choice([0, 1, 2, 3, 4, 5])  # type: ignore[assignment]
+    t.dtype = r.choice([0, 1, 2, 3, 4, 5, 6])  # type: ignore[assignment]
 
 
 def m_dim_huge(t: pb.Tensor, r: random.Random) -> None:
@@ -205,11 +210,39 @@ def m_long(t: pb.Tensor, r: random.Random) -> None:
     t.raw = bytes(int(np.prod(shape)) * 4)
 
 
+def string_values(count: int, r: random.Random) -> list[bytes]:
+    """Valid text mostly; sometimes one element of invalid UTF-8, or one past the size bound."""
+    values = [r.choice(TEXTS) for _ in range(count)]
+    choice = r.random()
+    if values and choice < 0.3:
+        values[r.randrange(count)] = r.choice(BAD_UTF8)
+    elif values and choice < 0.4:
+        values[r.randrange(count)] = b"x" * r.choice(OVERSIZE)
+    return values
+
+
+def m_strings(t: pb.Tensor, r: random.Random) -> None:
+    """Text where the model takes numbers: STRING with its elements (the shape's count, or one
+    off), or string_values under a numeric dtype, or raw bytes under STRING. At most 4096
+    elements (a longer shape is cut to one axis of that many)."""
+    if r.random() < 0.15:
+        t.dtype = pb.STRING  # and the raw bytes as they were
+        return
+    shape = [max(0, min(d, 64)) for d in t.shape]
+    count = int(np.prod(shape)) if shape else 1
+    if count > 4096:
+        shape, count = [4096], 4096
+    _set_shape(t, shape)
+    if r.random() < 0.8:
+        t.dtype = pb.STRING
+    t.string_values.values[:] = string_values(max(0, count + r.choice([0, 0, 0, -1, 1])), r)
+
+
 TensorMutation = Callable[[pb.Tensor, random.Random], None]
 TENSOR_MUTATIONS: list[TensorMutation] = [
     m_dtype_undefined, m_dtype_other, m_dim_huge, m_dim_negative, m_dim_zero, m_shape_wraps,
     m_rank_huge, m_rank_off, m_scalar, m_raw_off_by_one, m_raw_empty, m_raw_garbage,
-    m_float_values, m_nonfinite, m_no_data, m_long,
+    m_float_values, m_nonfinite, m_no_data, m_long, m_strings,
 ]  # fmt: skip
 
 
