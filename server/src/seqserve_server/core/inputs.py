@@ -12,7 +12,7 @@ import numpy as np
 
 from .batch import Batch, NamedBatch
 from .errors import InvalidInput
-from .signature import InputSpec
+from .signature import STRING, TEXT_SHAPE, InputSpec
 
 ACCEPTED_FLOATS = (np.float16, np.float32, np.float64)
 ACCEPTED_IDS = (np.int32, np.int64)
@@ -58,6 +58,8 @@ def check_batch(spec: InputSpec, batch: Batch, field: str, max_sequence_length: 
     if spec.sequence:  # a dense batch's sequences share one length: checked once
         lengths = batch.lengths if batch.lengths is not None else batch.item_lengths()[:1]
         _check_lengths(spec, lengths, field, max_sequence_length)
+    if spec.text:  # [batch] texts, held as [batch, 1]
+        values = values.reshape(-1, *TEXT_SHAPE)
     return Batch(values, batch.lengths)
 
 
@@ -65,6 +67,10 @@ def check_values(spec: InputSpec, values: np.ndarray, field: str, where: Where) 
     """The values of the message field `field` (its `.values`) as the input's dtype: token ids
     inside the vocabulary, or finite floats. The one value check of request inputs (Predict's
     batches and session steps); `where` names the position of a bad value."""
+    if spec.string:
+        return _as_text(values, field, where)
+    if _is_text(values):
+        raise InvalidInput(f"{field}.values.dtype", _numbers(spec), "text (STRING)")
     if np.issubdtype(spec.dtype, np.integer):
         ids = _as_ids(values, spec.dtype, field)
         _check_vocabulary(ids, spec.vocabulary, field, where)
@@ -72,6 +78,51 @@ def check_values(spec: InputSpec, values: np.ndarray, field: str, where: Where) 
     floats = _as_model_dtype(values, spec.dtype, field)
     _check_finite(floats, field, where)
     return floats
+
+
+def _numbers(spec: InputSpec) -> str:
+    if np.issubdtype(spec.dtype, np.integer):
+        return "integers (int32 or int64)"
+    return "a floating type (float16/32/64)"
+
+
+def _is_text(values: np.ndarray) -> bool:
+    return values.dtype == STRING or values.dtype.kind in "SU"
+
+
+def _as_text(values: np.ndarray, field: str, where: Where) -> np.ndarray:
+    """Strings as UTF-8 `bytes` in an object array; invalid UTF-8 is named by position."""
+    if not _is_text(values):
+        raise InvalidInput(f"{field}.values.dtype", "text (STRING)", str(values.dtype))
+    out = np.empty(values.shape, STRING)
+    flat, target = values.reshape(-1), out.reshape(-1)
+    for i, item in enumerate(flat.tolist()):
+        if isinstance(item, str):
+            try:
+                target[i] = item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInput(
+                    f"{field}.values", "UTF-8 text", f"a lone surrogate in {_at(values, i, where)}"
+                ) from None
+        elif isinstance(item, bytes):
+            try:
+                item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"{field}.values", "UTF-8 text",
+                    f"invalid UTF-8 at byte {exc.start} of {_at(values, i, where)}",
+                ) from None  # fmt: skip
+            target[i] = item
+        else:
+            raise InvalidInput(
+                f"{field}.values", "text (str or UTF-8 bytes)",
+                f"{type(item).__name__} in {_at(values, i, where)}",
+            )  # fmt: skip
+    return out
+
+
+def _at(values: np.ndarray, flat_index: int, where: Where) -> str:
+    return where(tuple(np.intp(i) for i in np.unravel_index(flat_index, values.shape)))
 
 
 def _check_lengths(spec: InputSpec, lengths: np.ndarray, field: str, limit: int) -> None:
@@ -143,11 +194,12 @@ def _check_layout(spec: InputSpec, batch: Batch, field: str) -> None:
         want_rank = 2 if batch.is_ragged else 3
         layout = "[total_steps, features]" if batch.is_ragged else "[batch, steps, features]"
     else:
+        what = "a whole text per item" if spec.text else "a vector"
         if batch.is_ragged:
             raise InvalidInput(
-                f"{field}.lengths", "none (this input is a vector)", f"{batch.size} lengths"
+                f"{field}.lengths", f"none (this input is {what})", f"{batch.size} lengths"
             )
-        want_rank, layout = 2, "[batch, features]"
+        want_rank, layout = (1, "[batch] texts") if spec.text else (2, "[batch, features]")
     if batch.values.ndim != want_rank:
         raise InvalidInput(
             f"{field}.values.shape", f"rank {want_rank} {layout}", str(list(batch.values.shape))

@@ -8,6 +8,12 @@ vocabulary, with padding ids among them; float steps with some all-zero steps (w
 skips). Shapes must be equal and every value within `TOL` (relative above magnitude 1).
 A model with several inputs is probed with one array per input: sequence inputs at the same
 length, and (where the model allows it) at lengths that differ by input.
+
+Text is written from the model's own vocabulary (`InputKind.words`) with unknown words,
+punctuation, non-ASCII and a long text among it; token strings per step get unknown and empty
+tokens too. A whole-text model is also probed with an empty text, which Keras itself may
+refuse (an LSTM fed no tokens fails): a path must then refuse it too (`Probe.keras_may_refuse`).
+String outputs must be equal.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 from . import reference_cache
 from .modes import Mode
 from .reference_cache import ModelReferences
-from .signature import InputKind, InputSpec
+from .signature import STRING, TEXT_SHAPE, InputKind, InputSpec
 from .stepping.programs import SessionSupport, StepProgram
 
 TOL = 1e-5
@@ -40,6 +46,7 @@ Values = np.ndarray | tuple[np.ndarray, ...]  # one input, or one array per inpu
 class Probe:
     name: str
     x: Values
+    keras_may_refuse: bool = False  # where eager Keras raises, the path must raise too
 
     @property
     def steps(self) -> int:
@@ -53,6 +60,8 @@ class ProofFailed(Exception):
 
 def probes(kind: InputKind, seed: int = 0) -> list[Probe]:
     rng = np.random.default_rng(seed)
+    if _whole_text(kind):
+        return _text_probes(rng, kind)
     if not kind.takes_sequence:
         return [_probe(rng, kind, b, None) for b in PROBE_BATCHES]
     fixed = kind.shape[0]
@@ -95,8 +104,58 @@ def _probe(rng: np.random.Generator, kind: InputKind, batch: int, steps: int | N
     return Probe(where, _array(rng, kind, batch, steps))
 
 
+def _whole_text(kind: InputKind) -> bool:
+    return kind.dtype == STRING and not kind.takes_sequence
+
+
+UNKNOWN_WORDS = ("zzqxj", "Übermaß", "東京", "naïve", "🙂")  # outside any vocabulary, non-ASCII
+LONG_TEXT_WORDS = 40
+
+
+def _text_probes(rng: np.random.Generator, kind: InputKind) -> list[Probe]:
+    """Whole texts: short and long ones of known and unknown words and punctuation, batch 1
+    and 3; then the empty text, alone."""
+    texts = [_text(rng, kind, n) for n in (1, 3, 5, 2, LONG_TEXT_WORDS, 7)]
+    out = [
+        Probe("text of 1 word", _texts(texts[:1])),
+        Probe("3 texts of 3, 5 and 2 words", _texts(texts[1:4])),
+        Probe(f"text of {LONG_TEXT_WORDS} words", _texts(texts[4:5])),
+        Probe("text with punctuation and capitals", _texts([texts[5].capitalize() + ", ok?!"])),
+        Probe("empty text", _texts([""]), keras_may_refuse=True),
+    ]
+    return out
+
+
+def _texts(texts: Sequence[str]) -> np.ndarray:
+    return np.array([[t.encode()] for t in texts], STRING).reshape(len(texts), *TEXT_SHAPE)
+
+
+def _text(rng: np.random.Generator, kind: InputKind, words: int) -> str:
+    return " ".join(_word(rng, kind) for _ in range(words))
+
+
+def _word(rng: np.random.Generator, kind: InputKind) -> str:
+    """Mostly the model's own words, one in four unknown."""
+    if kind.words and rng.random() < 0.75:
+        return str(kind.words[int(rng.integers(len(kind.words)))])
+    return UNKNOWN_WORDS[int(rng.integers(len(UNKNOWN_WORDS)))]
+
+
+def _tokens(rng: np.random.Generator, kind: InputKind, shape: tuple[int, ...]) -> np.ndarray:
+    """Token strings: the model's words, unknown ones and a few empty tokens."""
+    out = np.empty(shape, STRING)
+    flat = out.reshape(-1)
+    for i in range(flat.size):
+        flat[i] = ("" if rng.random() < 0.1 else _word(rng, kind)).encode()
+    return out
+
+
 def _array(rng: np.random.Generator, kind: InputKind, batch: int, steps: int | None) -> np.ndarray:
     shape = (batch, *(int(steps if d is None else d) for d in kind.shape))  # type: ignore[arg-type]
+    if _whole_text(kind):  # beside other inputs: texts of 1 to 9 words
+        return _texts([_text(rng, kind, int(rng.integers(1, 10))) for _ in range(batch)])
+    if kind.dtype == STRING:
+        return _tokens(rng, kind, shape)
     if np.issubdtype(kind.dtype, np.integer):  # ids 0 and 1 where the range is not known
         x = rng.integers(0, kind.vocabulary or 2, size=shape).astype(kind.dtype)
     else:
@@ -111,6 +170,9 @@ def compare(probe: str, got: np.ndarray, want: np.ndarray) -> None:
     got, want = np.asarray(got), np.asarray(want)
     if got.shape != want.shape:
         raise ProofFailed(f"probe {probe}: shape {list(got.shape)}, Keras gives {list(want.shape)}")
+    if want.dtype == STRING or got.dtype == STRING:
+        _compare_strings(probe, got, want)
+        return
     got64, want64 = got.astype(np.float64), want.astype(np.float64)
     both_nan = np.isnan(got64) & np.isnan(want64)
     diff = np.where(both_nan, 0.0, np.abs(got64 - want64))
@@ -122,6 +184,15 @@ def compare(probe: str, got: np.ndarray, want: np.ndarray) -> None:
             f"probe {probe}: value {got64[at]:.7g} at {[int(i) for i in at]}, Keras gives "
             f"{want64[at]:.7g} "
             f"(max difference {float(np.nanmax(diff)):.3g})"
+        )
+
+
+def _compare_strings(probe: str, got: np.ndarray, want: np.ndarray) -> None:
+    bad = got != want
+    if np.any(bad):
+        at = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        raise ProofFailed(
+            f"probe {probe}: {got[at]!r} at {[int(i) for i in at]}, Keras gives {want[at]!r}"
         )
 
 
@@ -154,13 +225,25 @@ class Reference:
 
 
 def prove(fn: Callable[[Values], np.ndarray], cases: Sequence[Probe], ref: Reference) -> None:
-    """Raise ProofFailed at the first probe where `fn` differs from Keras (or raises)."""
+    """Raise ProofFailed at the first probe where `fn` differs from Keras (or raises); where
+    Keras itself refuses a probe that it may refuse, `fn` must refuse it too."""
     for probe in cases:
+        want = None
+        try:
+            want = ref(probe.x)
+        except Exception as exc:
+            if not probe.keras_may_refuse:
+                raise
+            refusal = f"{type(exc).__name__}: {exc}"[:200]
         try:
             got = fn(probe.x)
         except Exception as exc:  # a candidate that cannot run a probe is no candidate
+            if want is None:
+                continue  # Keras refuses it too
             raise ProofFailed(f"probe {probe.name}: {type(exc).__name__}: {exc}"[:400]) from exc
-        compare(probe.name, got, ref(probe.x))
+        if want is None:
+            raise ProofFailed(f"probe {probe.name}: Keras refuses it ({refusal}), the path answers")
+        compare(probe.name, got, want)
 
 
 def chunk_bounds(total: int, sizes: Sequence[int] = CHUNKS) -> list[tuple[int, int]]:

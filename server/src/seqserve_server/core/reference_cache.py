@@ -104,8 +104,8 @@ class ModelReferences:
         return output
 
     def put(self, key: str, output: np.ndarray) -> None:
-        if not self._cache.writable:
-            return
+        if not self._cache.writable or output.dtype.hasobject:
+            return  # string outputs are computed again (the store reads no pickles)
         buffer = io.BytesIO()
         np.savez(buffer, output=output, check=np.str_(_check(self._directory.name, key, output)))
         path = self._directory / f"{key}.npz"
@@ -149,8 +149,20 @@ def probe_key(arrays: tuple[np.ndarray, ...]) -> str:
     digest = hashlib.sha256()
     for a in arrays:
         digest.update(f"{a.dtype.str}{a.shape}".encode())
-        digest.update(np.ascontiguousarray(a).tobytes())
+        digest.update(_content(a))
     return digest.hexdigest()[:40]
+
+
+def _content(a: np.ndarray) -> bytes:
+    """An array's values as bytes; strings (object arrays) by their own bytes, each after its
+    length, not by the pointers an object array holds."""
+    if not a.dtype.hasobject:
+        return np.ascontiguousarray(a).tobytes()
+    parts = []
+    for item in a.reshape(-1).tolist():
+        data = item if isinstance(item, bytes) else str(item).encode("utf-8", "surrogatepass")
+        parts += [len(data).to_bytes(8, "little"), data]
+    return b"".join(parts)
 
 
 def _check(model_key: str, key: str, output: np.ndarray) -> str:

@@ -8,6 +8,12 @@ exactly fails to load, naming the probe.
 
 A model with several inputs takes one array per input (in the model's order) wherever a
 single-input model takes one array: in `compute`, the compiled paths and the proof.
+
+Text (signature.py): token strings per step are served like token ids. A whole-text input is
+tokenized inside the model, which pads a batch's texts to the longest: so that each text's
+answer is the model's on that text alone (Keras' own answer, errors included: an LSTM fed a
+text of no tokens fails), every path, the proof's reference included, computes such a model
+one item at a time (`_one_at_a_time`).
 """
 
 from __future__ import annotations
@@ -25,13 +31,22 @@ from typing import cast
 import numpy as np
 
 from .batch import Batch, NamedBatch
-from .errors import ModelLoadError
+from .errors import InvalidInput, ModelLoadError
 from .graph import GraphError, graph_of, run_graph
 from .inputs import check_inputs
 from .modes import Mode, reconcile_mode, resolve_mode, several_inputs_mode
 from .proof import Probe, ProofFailed, Reference, Values, probes, prove, several_probes
-from .signature import SINGLE_INPUT_NAME, SINGLE_OUTPUT_NAME, InputSpec, OutputSpec, Signature
+from .signature import (
+    SINGLE_INPUT_NAME,
+    SINGLE_OUTPUT_NAME,
+    STRING,
+    TEXT_SHAPE,
+    InputSpec,
+    OutputSpec,
+    Signature,
+)
 from .stepping.numpy_program import numpy_model
+from .tf_errors import reason
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -69,7 +84,9 @@ class ModelRuntime:
         self.mode = mode
         self.signature = signature
         self.max_sequence_length = max_sequence_length
-        self.reference = Reference(lambda x: keras.ops.convert_to_numpy(self._call(*_arrays(x))))
+        eager: Compute = lambda x: keras.ops.convert_to_numpy(self._call(*_arrays(x)))  # noqa: E731
+        self._alone = bool(signature.text_inputs)
+        self.reference = Reference(_one_at_a_time(eager) if self._alone else eager)
         self.compute_path, self.proof = self._proven_path()
         self._small = self._proven_numpy()
 
@@ -104,6 +121,7 @@ class ModelRuntime:
         for name, build in PATHS:
             try:
                 fn = build(self)
+                fn = _one_at_a_time(fn) if self._alone else fn
             except (GraphError, ProofFailed) as exc:
                 failures.append(f"{name}: {exc}")
                 continue
@@ -140,19 +158,30 @@ class ModelRuntime:
         return fn
 
     def _packed(self, outputs: object) -> tf.Tensor:
-        """One tensor: the output, or several outputs (list or dict) packed by feature axis."""
-        if not self.signature.several_outputs:
-            return outputs
+        """One tensor: the output, or several outputs (list or dict) packed by feature axis;
+        a string output without a feature axis gets one (`_output_specs`)."""
+        specs = self.signature.outputs
         if isinstance(outputs, dict):
             outputs = [outputs[name] for name in self.signature.output_names]
-        return tf.concat(list(outputs), axis=-1)  # type: ignore[call-overload]
+        listed: list[tf.Tensor] = list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+        shaped = [
+            tf.expand_dims(t, -1) if len(t.shape) == len(spec.shape) else t
+            for t, spec in zip(listed, specs, strict=True)
+        ]
+        return shaped[0] if len(shaped) == 1 else tf.concat(shaped, axis=-1)
 
     def _call(self, *xs: tf.Tensor) -> tf.Tensor:
         return self._packed(self.model(self._model_inputs(xs), training=False))
 
     def _model_inputs(self, xs: tuple[tf.Tensor, ...]) -> object:
         """The structure the model is called with: its one input, or a dict (models built
-        with a dict of inputs) or list of several."""
+        with a dict of inputs) or list of several; whole texts ([batch, 1]) in the model's own
+        shape."""
+        if self._alone:  # as tensors all (Keras refuses a mix of tensors and arrays)
+            xs = tuple(
+                tf.reshape(x, [-1, *spec.shape]) if spec.text else tf.convert_to_tensor(x)
+                for spec, x in zip(self.signature.inputs, xs, strict=True)
+            )
         if len(xs) == 1:
             return xs[0]
         if isinstance(self.model.input, dict):
@@ -163,10 +192,10 @@ class ModelRuntime:
         """One TensorSpec per input; `steps` makes dynamic time axes static."""
         out = []
         for i, spec in enumerate(self.signature.inputs):
-            shape = list(spec.shape)
+            shape = list(TEXT_SHAPE if spec.text else spec.shape)
             if steps is not None and steps[i] is not None:
                 shape[0] = steps[i]
-            out.append(tf.TensorSpec([None, *shape], spec.dtype))
+            out.append(tf.TensorSpec([None, *shape], tf.as_dtype(spec.dtype)))
         return out
 
     def _traced(self) -> Compute:
@@ -230,6 +259,27 @@ class ModelRuntime:
         self.compute(zeros if len(zeros) > 1 else zeros[0])
         self._fn(zeros if len(zeros) > 1 else zeros[0])
         return time.perf_counter() - start
+
+
+def _one_at_a_time(fn: Compute) -> Compute:
+    """`fn` on each item of a batch alone, the answers stacked (whole-text models)."""
+
+    def each(values: Values) -> np.ndarray:
+        arrays = _arrays(values)
+        rows = []
+        for i in range(len(arrays[0])):
+            item = tuple(a[i : i + 1] for a in arrays)
+            try:
+                rows.append(np.asarray(fn(item if len(item) > 1 else item[0])))
+            except tf.errors.InvalidArgumentError as exc:
+                raise InvalidInput(
+                    f"inputs[{i}]", "a text the model can compute",
+                    f"{reason(exc)} (Keras fails on this text too; a recurrent layer fed a text "
+                    "of no tokens does)",
+                ) from exc  # fmt: skip
+        return np.concatenate(rows)
+
+    return each
 
 
 def _small_enough(x: np.ndarray) -> bool:
@@ -307,12 +357,22 @@ def _output_specs(model: keras.Model) -> tuple[OutputSpec, ...]:
     outs = list(model.outputs)
     names = _output_names(model) if len(outs) > 1 else [SINGLE_OUTPUT_NAME]
     specs = tuple(
-        OutputSpec(name, tuple(out.shape[1:]), np.dtype(keras.backend.standardize_dtype(out.dtype)))
+        OutputSpec(name, _output_shape(out), _dtype(out))
         for name, out in zip(names, outs, strict=True)
     )
     if len(specs) > 1:
         _check_several_outputs(specs)
     return specs
+
+
+def _output_shape(out: object) -> tuple[int | None, ...]:
+    """An output's shape without the batch axis; strings (a label per item, `[batch]`, or a tag
+    per step, `[batch, steps]`, as `StringLookup(invert=True)` gives) get a feature axis of 1,
+    so that they read as the vectors and sequences of the five modes."""
+    shape = tuple(out.shape[1:])  # type: ignore[attr-defined]
+    if _dtype(out) == STRING and (not shape or shape == (None,)):
+        return (*shape, 1)
+    return shape
 
 
 def _one_input(
@@ -322,9 +382,12 @@ def _one_input(
     token ids where it feeds an Embedding (or the stated mode says so)."""
     tensor = model.inputs[0]
     shape = tuple(tensor.shape[1:])
-    dtype = np.dtype(keras.backend.standardize_dtype(tensor.dtype))
-    vocabulary = _vocabulary(model, tensor)
+    dtype = _dtype(tensor)
     signature = Signature((), outputs)
+    if dtype == STRING:
+        spec = _string_spec(model, tensor, SINGLE_INPUT_NAME, shape)
+        return replace(signature, inputs=(spec,)), _string_mode(spec, signature, stated)
+    vocabulary = _vocabulary(model, tensor)
     mode = resolve_mode(
         stated, shape, signature.packed_shape,
         _sequence_input(shape, dtype, vocabulary is not None),
@@ -334,6 +397,64 @@ def _one_input(
         SINGLE_INPUT_NAME, shape, dtype, mode.takes_sequence, vocabulary if tokens else None
     )
     return replace(signature, inputs=(spec,)), mode
+
+
+def _dtype(tensor: object) -> np.dtype:
+    """A Keras tensor's dtype as numpy's (`STRING`, an object array, for text). Keras records
+    the ids' dtype for the output of `StringLookup(invert=True)`, which gives strings."""
+    history = getattr(tensor, "_keras_history", None)
+    layer = getattr(history, "operation", None)
+    if isinstance(layer, keras.layers.StringLookup) and layer.invert:
+        return STRING
+    name = keras.backend.standardize_dtype(tensor.dtype)  # type: ignore[attr-defined]
+    return STRING if name == "string" else np.dtype(name)
+
+
+def _string_spec(
+    model: keras.Model, tensor: object, name: str, shape: tuple[int | None, ...]
+) -> InputSpec:
+    """A string input: a whole text per item (() or (1,)), or token strings per step."""
+    words = _words(model, tensor)
+    if shape in ((), (1,)):
+        return InputSpec(name, shape, STRING, False, words=words)
+    if len(shape) == 1:
+        return InputSpec(name, shape, STRING, True, words=words)
+    raise ModelLoadError(
+        f"unsupported shape of string input {name}: {_shape_text(shape)}; expected () or (1,) "
+        "for a whole text per item, or (steps,) for one token string per step"
+    )
+
+
+def _string_mode(spec: InputSpec, signature: Signature, stated: Mode | None) -> Mode:
+    """Token strings take the modes token ids take; a whole text is a sequence the model
+    makes itself: with a vector output, many-to-one."""
+    if spec.sequence:
+        return resolve_mode(stated, spec.shape, signature.packed_shape, True)
+    if len(signature.packed_shape) != 1:
+        raise ModelLoadError(
+            "a whole-text input with an output per token: the model's tokenizer sets the number "
+            "of tokens, which a batch cannot show per text; take one token string per step "
+            "(keras.Input((None,), dtype='string')) for per-token outputs"
+        )
+    return reconcile_mode(stated, Mode.MANY_TO_ONE, f"input text {_shape_text(spec.shape)}")
+
+
+def _words(model: keras.Model, tensor: object) -> tuple[str, ...]:
+    """The vocabulary of the lookup layers (StringLookup, TextVectorization) a string input
+    feeds: what the proof writes its probe texts from (empty where it feeds none)."""
+    try:
+        graph = graph_of(model, several_inputs=True)
+    except GraphError:
+        return ()
+    words: list[str] = []
+    for node in graph.nodes:
+        op = node.operation
+        if isinstance(op, keras.layers.StringLookup | keras.layers.TextVectorization) and any(
+            kt is tensor for kt in node.inputs
+        ):
+            special = {"", "[UNK]", getattr(op, "oov_token", "[UNK]")}
+            words += [str(w) for w in op.get_vocabulary() if str(w).strip() not in special]
+    return tuple(dict.fromkeys(words))
 
 
 def _output_names(model: keras.Model) -> list[str]:
@@ -410,7 +531,10 @@ def _several_inputs(
         named = [s.name for s, n in zip(specs, lengths, strict=True) if n == steps]
         follows = named[0] if named else None
         aligned = all(n == steps for n in seq_lengths)
-    inferred = several_inputs_mode(bool(seq_lengths), out_rank, aligned)
+    texts = any(s.text for s in specs)
+    if texts and out_seq:
+        raise ModelLoadError("a whole-text input with an output per token is not served")
+    inferred = several_inputs_mode(bool(seq_lengths) or texts, out_rank, aligned)
     described = ", ".join(f"{s.name} {_shape_text(s.shape)}" for s in specs)
     mode = reconcile_mode(stated, inferred, f"inputs {described}")
     equal = len(seq_lengths) > 1 and len(set(seq_lengths)) == 1
@@ -425,7 +549,10 @@ def _input_specs(model: keras.Model) -> tuple[InputSpec, ...]:
     specs = []
     for tensor in model.inputs:
         shape = tuple(tensor.shape[1:])
-        dtype = np.dtype(keras.backend.standardize_dtype(tensor.dtype))
+        dtype = _dtype(tensor)
+        if dtype == STRING:
+            specs.append(_string_spec(model, tensor, key_of.get(id(tensor), tensor.name), shape))
+            continue
         vocabulary = _vocabulary(model, tensor) if np.issubdtype(dtype, np.integer) else None
         sequence = bool(_sequence_input(shape, dtype, vocabulary is not None))
         name = key_of.get(id(tensor), tensor.name)
@@ -461,7 +588,10 @@ def _length_probe(
                 lengths.append(None)
             else:
                 lengths.append(spec.shape[0] or LENGTH_PROBE_START + (k if distinct else 0))
-        arrays = [_zeros(s, n) for s, n in zip(specs, lengths, strict=True)]
+        arrays = [
+            _zeros(s, n).reshape(-1, *s.shape) if s.text else _zeros(s, n)
+            for s, n in zip(specs, lengths, strict=True)
+        ]
         model_inputs = (
             {s.name: a for s, a in zip(specs, arrays, strict=True)}
             if isinstance(model.input, dict)
@@ -480,8 +610,13 @@ def _length_probe(
 
 
 def _zeros(spec: InputSpec, steps: int | None) -> np.ndarray:
-    """A batch of one of the input, `steps` long where its time axis is dynamic."""
-    return np.zeros([1, *(int(steps or 0) if d is None else d for d in spec.shape)], spec.dtype)
+    """A batch of one of the input, `steps` long where its time axis is dynamic (text: a word
+    of the model's vocabulary, or "a")."""
+    shape = TEXT_SHAPE if spec.text else spec.shape
+    size = [1, *(int(steps or 0) if d is None else d for d in shape)]
+    if spec.string:
+        return np.full(size, (spec.words[:1] or ("a",))[0].encode(), STRING)
+    return np.zeros(size, spec.dtype)
 
 
 def _shape_text(shape: object) -> str:

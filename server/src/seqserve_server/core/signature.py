@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 SINGLE_INPUT_NAME = "input"  # what metadata and `named_inputs` call a single-input model's input
+STRING = np.dtype(object)  # text: numpy object arrays of UTF-8 `bytes` (tf.string in the model)
+TEXT_SHAPE = (1,)  # a whole text per item, as the core holds it: [batch, 1]
 
 
 @dataclass(frozen=True)
@@ -23,27 +25,43 @@ class InputKind:
     dtype: np.dtype
     takes_sequence: bool
     vocabulary: int | None = None
+    words: tuple[str, ...] = ()  # text: the model's own vocabulary, to write probe texts from
 
 
 @dataclass(frozen=True)
 class InputSpec:
     """One input: shape without the batch axis (None: dynamic), dtype, whether it is a sequence
     ([batch, time, ...]; token ids when it has no feature axis; else static, given once per
-    item) and, for integer ids, the vocabulary (ids in [0, vocabulary); None when unchecked)."""
+    item) and, for integer ids, the vocabulary (ids in [0, vocabulary); None when unchecked).
+
+    Strings (`STRING`): token strings per step ((steps,), a sequence like token ids), or a
+    whole text per item (`text`: the model's input is () or (1,), it makes the time axis
+    itself); `words` is the vocabulary of the lookup layer they feed, for the proof's probes."""
 
     name: str
     shape: tuple[int | None, ...]
     dtype: np.dtype
     sequence: bool
     vocabulary: int | None = None
+    words: tuple[str, ...] = ()
 
     @property
     def tokens(self) -> bool:
         return self.sequence and len(self.shape) == 1
 
     @property
+    def string(self) -> bool:
+        return self.dtype == STRING
+
+    @property
+    def text(self) -> bool:
+        """A whole text per item: one string, tokenized inside the model (no steps on the
+        wire); the core holds it as [batch, 1] (`TEXT_SHAPE`) whatever the model's shape."""
+        return self.string and not self.sequence
+
+    @property
     def features(self) -> int | None:
-        return None if self.tokens else self.shape[-1]
+        return None if self.tokens or self.text else self.shape[-1]
 
     @property
     def fixed_steps(self) -> int | None:
@@ -51,7 +69,8 @@ class InputSpec:
 
     @property
     def kind(self) -> InputKind:
-        return InputKind(self.shape, self.dtype, self.sequence, self.vocabulary)
+        shape = TEXT_SHAPE if self.text else self.shape
+        return InputKind(shape, self.dtype, self.sequence, self.vocabulary, self.words)
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,11 @@ class Signature:
     def static_inputs(self) -> tuple[InputSpec, ...]:
         """Inputs without a time axis: a session takes them once, at open."""
         return tuple(s for s in self.inputs if not s.sequence)
+
+    @property
+    def text_inputs(self) -> tuple[InputSpec, ...]:
+        """Whole-text inputs: each item is computed alone (see runtime.py)."""
+        return tuple(s for s in self.inputs if s.text)
 
     @property
     def output_names(self) -> tuple[str, ...]:

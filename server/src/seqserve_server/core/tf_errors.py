@@ -19,6 +19,16 @@ def from_tensorflow(exc: Exception) -> Exception:
             "the server ran out of memory computing this request: send fewer or shorter inputs"
         )
     if isinstance(exc, tf.errors.InvalidArgumentError):
-        first_line = without_paths(str(exc.message).strip().splitlines()[0][:300])
-        return InvalidInput("inputs.values", "values the model can compute", first_line)
+        return InvalidInput("inputs.values", "values the model can compute", reason(exc))
     return exc
+
+
+_NOISE = ("Graph execution error", "Detected at node", "File ", "[[", "Exception encountered")
+
+
+def reason(exc: tf.errors.OpError) -> str:
+    """The line of a TensorFlow error that says what went wrong (a graph function's error
+    starts with where it was traced), without paths, at most 300 characters."""
+    lines = [line.strip() for line in str(exc.message).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(_NOISE)]
+    return without_paths((said or lines or ["TensorFlow error"])[0][:300])

@@ -80,6 +80,7 @@ _PER_STEP_LAYERS: tuple[type, ...] = (
     _L.LeakyReLU,
     _L.ELU,
 )
+_LOOKUPS: tuple[type, ...] = (_L.StringLookup, _L.IntegerLookup, _L.Hashing)
 _AXIS_LAYERS: tuple[type, ...] = (
     _L.Normalization,
     _L.LayerNormalization,
@@ -219,6 +220,8 @@ def _is_per_step(node: Node) -> bool:
     rank = len(node.inputs[0].shape)
     if isinstance(op, _PER_STEP_LAYERS + _ELEMENTWISE_MERGES):
         return True
+    if isinstance(op, _LOOKUPS):  # token by token, as long as each maps to one index
+        return getattr(op, "output_mode", "int") == "int"
     if isinstance(op, _AXIS_LAYERS):
         axes = _positive_axes(getattr(op, "axis", None), rank)
         # Normalization(axis=None) uses scalar statistics: still position independent.

@@ -26,7 +26,14 @@ import tensorflow as tf
 from ..errors import Unsupported
 from ..graph import Graph, GraphError, graph_of, run_node
 from ..modes import Mode
-from ..signature import SINGLE_INPUT_NAME, SINGLE_OUTPUT_NAME, InputSpec, OutputSpec, Signature
+from ..signature import (
+    SINGLE_INPUT_NAME,
+    SINGLE_OUTPUT_NAME,
+    STRING,
+    InputSpec,
+    OutputSpec,
+    Signature,
+)
 from .analysis import Plan, Unsteppable, analyse
 from .state import (
     STEPS,
@@ -65,7 +72,7 @@ class SessionSupport(str, enum.Enum):
 @dataclass(frozen=True)
 class StepInput:
     """A sequence input as a program takes it: float steps [B, k, features] (as float32) or
-    token ids [B, k] (features None, the model's integer dtype)."""
+    tokens [B, k] (features None: the model's integer ids, or token strings)."""
 
     name: str
     dtype: np.dtype
@@ -81,6 +88,9 @@ class StepInput:
         return [batch, steps] if self.features is None else [batch, steps, self.features]
 
     def zeros(self, batch: int, steps: int) -> np.ndarray:
+        """Blank steps: zeros, or empty token strings."""
+        if self.dtype == STRING:
+            return np.full(self.shape(batch, steps), b"", STRING)  # type: ignore[arg-type]
         return np.zeros(self.shape(batch, steps), self.dtype)  # type: ignore[arg-type]
 
     def spec(self, steps: int | None) -> tf.TensorSpec:
@@ -375,6 +385,14 @@ def _check_model(model: keras.Model, mode: Mode, signature: Signature) -> None:
         inputs = outputs = None
     if not inputs or not outputs:
         raise Unsupported("model has no symbolic inputs/outputs (not built?)")
+    if signature.text_inputs:
+        raise Unsupported(
+            "a whole-text input is tokenized inside the model: it has no steps a session could "
+            "feed (send the text so far to Predict; token strings per step, an input of shape "
+            "(steps,), step in sessions)"
+        )
+    if any(o.dtype == STRING for o in signature.outputs):
+        raise Unsupported("sessions do not yet serve string outputs; Predict serves them")
     sequences = signature.sequence_inputs
     if not sequences:
         raise Unsupported("the model has no sequence input to feed step by step")
