@@ -129,7 +129,7 @@ def seqs(*lengths: int) -> list[np.ndarray]:
 # --- the tensor codec: enum values, rank, checked arithmetic ---------------------------------
 
 
-@pytest.mark.parametrize("code", [-1, 6, 2**31 - 1, -(2**31)])
+@pytest.mark.parametrize("code", [-1, 7, 2**31 - 1, -(2**31)])
 def test_unknown_data_type_number(stub: pb_grpc.SeqServeStub, code: int) -> None:
     tensor = pb.Tensor(dtype=code, shape=[1, 2, FEATURES], raw=b"\0" * 24)
     for call in (stub.Predict, stub.PredictStream):

@@ -219,3 +219,45 @@ def test_padded_token_strings_with_lengths_are_cut_to_their_lengths() -> None:
     request.raw_input_contents.extend([raw, lengths._get_content()])
     batch = to_batches(read_inputs(request, model), model)["tokens"]
     assert batch.values.tolist() == [b"the", b"cat", b"a"]
+
+
+class TwoTextLimits(RequestLimits):
+    max_string_bytes = 8
+    max_request_string_bytes = 10
+
+
+def _two_texts() -> ModelView:
+    text = TensorView("a", np.dtype(object), ())
+    return ModelView(
+        name="pair", version=1, mode=Mode.ONE_TO_ONE,
+        inputs=(text, TensorView("b", np.dtype(object), ())),
+        outputs=(TensorView("y", np.dtype("float32"), (1,)),), labels={},
+        limits=TwoTextLimits(), max_batch_size=8, max_queue_delay_ms=1.0,
+        session_support="unsupported", session_idle_timeout_s=60.0, max_sessions=0,
+        compute_path="graph", description="",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "bytes_contents"])
+def test_several_text_inputs_share_the_request_text_bound(raw: bool) -> None:
+    """Each input alone is within 10 bytes of text; together they are not."""
+    model = _two_texts()
+    request = pb.ModelInferRequest(model_name="pair")
+    for name, texts in (("a", [b"abcdef"]), ("b", [b"abcde"])):
+        array = np.array(texts, dtype=object)
+        given, content = triton_input(array, name)
+        request.inputs.append(given.inputs[0])
+        if raw:
+            request.raw_input_contents.append(content)
+        else:
+            request.inputs[-1].contents.bytes_contents.extend(texts)
+    with pytest.raises(TensorTooLarge, match="max_request_string_bytes") as caught:
+        read_inputs(request, model)
+    assert (caught.value.field, caught.value.got) == ("inputs", "11 bytes")
+    request.inputs[1].shape[:] = [1]
+    if raw:
+        request.raw_input_contents[1] = join_bytes([b"abcd"])
+    else:
+        request.inputs[1].contents.bytes_contents[:] = [b"abcd"]
+    got = read_inputs(request, model)
+    assert got["a"].values.tolist() == [b"abcdef"] and got["b"].values.tolist() == [b"abcd"]

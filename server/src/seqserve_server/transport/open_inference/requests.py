@@ -18,7 +18,7 @@ from seqserve.inference import grpc_service_pb2 as pb
 from seqserve_api.tensors import TensorTooLarge
 
 from .core_facade import Batch, InvalidInput, ModelView, TensorView
-from .tensors import decode
+from .tensors import check_request_text, decode
 
 LENGTHS_SUFFIX = "_lengths"
 TOP_K = "top_k"
@@ -118,6 +118,7 @@ def read_inputs(
         raise InvalidInput(
             "raw_input_contents", f"one entry per input ({len(request.inputs)})", str(len(raws))
         )
+    check_request_text(request.inputs, raws, model.limits)
     accepted = _accepted(model)
     found: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 
 from seqserve.inference import grpc_service_pb2 as pb
 from seqserve_api.tensors import (
+    MAX_RANK,
     STRING_DTYPE,
     STRING_KINDS,
     DecodeLimits,
@@ -86,6 +88,27 @@ def decode(
             f"{len(values)} values",
         )  # fmt: skip
     return np.asarray(values, dtype=dtype.newbyteorder("=")).reshape(shape)
+
+
+def check_request_text(
+    tensors: Sequence[pb.ModelInferRequest.InferInputTensor],
+    raws: Sequence[bytes],
+    limits: RequestLimits,
+) -> None:
+    """Every BYTES input's text together within max_request_string_bytes (each is bounded
+    alone when decoded; this bounds the request). A raw buffer counts its bytes less a length
+    per element of its shape: exact for a buffer that decodes, and one that does not is
+    refused when decoded."""
+    total = 0
+    for index, tensor in enumerate(tensors):
+        if tensor.datatype != BYTES or len(tensor.shape) > MAX_RANK:  # refused when decoded
+            continue
+        if raws:
+            count = math.prod(max(d, 0) for d in tensor.shape)  # Python integers: no wrap
+            total += max(0, len(raws[index]) - _PREFIX.size * count) if index < len(raws) else 0
+        else:
+            total += sum(len(v) for v in tensor.contents.bytes_contents)
+    check_string_total(total, "inputs", _text_limits(limits))
 
 
 def _text_limits(limits: RequestLimits) -> DecodeLimits:
