@@ -6,16 +6,17 @@ that tags each token)."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve_api.tensors import TensorError, from_batch, from_tensor, to_tensor
 from seqserve_client import AsyncSeqServeClient, SeqServeClient, calls
-from tests.client.test_session_scripted import AsyncCall
 
 # -- requests ---------------------------------------------------------------------------------
 
@@ -174,6 +175,32 @@ def sync_session(script: Tagger) -> Callable[..., Iterator[pb.SessionResponse]]:
     return call
 
 
+class AsyncCall:
+    """A stand-in for a grpc.aio stream-stream call that ends OK once the writes are done."""
+
+    def __init__(self, script: Tagger) -> None:
+        self.script = script
+        self.replies: deque[pb.SessionResponse] = deque()
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        pass
+
+    async def write(self, request: pb.SessionRequest) -> None:
+        self.replies.extend(self.script.answer(request))
+
+    async def read(self) -> Any:
+        return self.replies.popleft() if self.replies else grpc.aio.EOF
+
+    async def done_writing(self) -> None:
+        pass
+
+    async def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.OK
+
+    def cancel(self) -> bool:
+        return True
+
+
 TOKENS = [["the", "cat", "2"], ["a"]]
 WANT = [["NOUN", "NOUN", "X"], ["NOUN"]]
 
@@ -194,7 +221,7 @@ async def run_async() -> list[Any]:
 
     async with AsyncSeqServeClient("127.0.0.1:1") as client:
         client._rpcs["Predict"] = predict
-        client._rpcs["Session"] = lambda timeout: AsyncCall(Tagger())  # type: ignore[arg-type]
+        client._rpcs["Session"] = lambda timeout: AsyncCall(Tagger())
         got = [await client.predict("m", TOKENS), await client.predict("m", ["cat", "42"])]
         async with client.session("m") as s:
             got += [await s.step(["the", "cat"]), await s.step("7")]
