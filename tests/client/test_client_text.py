@@ -132,8 +132,12 @@ def test_text_output_that_is_not_utf8_names_the_field() -> None:
 
 def test_metadata_says_string() -> None:
     spec = pb.TensorSpec(name="text", dtype=pb.STRING, shape=[-1])
-    meta = calls.metadata_from(pb.GetModelMetadataResponse(input=spec, inputs=[spec]))
+    response = pb.GetModelMetadataResponse(
+        input=spec, inputs=[spec], max_string_bytes=65536, max_request_string_bytes=2**26
+    )
+    meta = calls.metadata_from(response)
     assert meta.input.dtype == "string" and meta.inputs[0].dtype == "string"
+    assert (meta.max_string_bytes, meta.max_request_string_bytes) == (65536, 2**26)
 
 
 # -- through both clients -----------------------------------------------------------------------

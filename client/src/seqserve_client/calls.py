@@ -325,6 +325,8 @@ def metadata_from(m: pb.GetModelMetadataResponse) -> ModelMetadata:
         max_stream_messages=m.max_stream_messages,
         inputs=tuple(_spec_from(s) for s in m.inputs),
         outputs=tuple(_spec_from(s) for s in m.outputs),
+        max_string_bytes=m.max_string_bytes,
+        max_request_string_bytes=m.max_request_string_bytes,
     )
 
 

@@ -115,3 +115,5 @@ class ModelMetadata:
     max_stream_messages: int = 0
     inputs: tuple[TensorSpec, ...] = ()  # every input and output by name
     outputs: tuple[TensorSpec, ...] = ()
+    max_string_bytes: int = 0  # UTF-8 bytes of one text element (0: an older server)
+    max_request_string_bytes: int = 0  # UTF-8 bytes of all the text in one request

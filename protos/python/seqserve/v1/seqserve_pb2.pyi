@@ -780,6 +780,8 @@ class GetModelMetadataResponse(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_STREAM_MESSAGES_FIELD_NUMBER: _builtins.int
     STATE_CHANGED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    MAX_STRING_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_REQUEST_STRING_BYTES_FIELD_NUMBER: _builtins.int
     RESUMABLE_SESSIONS_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
@@ -821,6 +823,11 @@ class GetModelMetadataResponse(_message.Message):
     """messages one PredictStream call may send"""
     state_changed_unix_ms: _builtins.int
     """when `state` last changed, Unix time in ms"""
+    max_string_bytes: _builtins.int
+    """Text limits (STRING inputs): UTF-8 bytes of one element (longer: INVALID_ARGUMENT naming
+    it) and of all the text in a request (more: RESOURCE_EXHAUSTED).
+    """
+    max_request_string_bytes: _builtins.int
     resumable_sessions: _builtins.bool
     """Sessions checkpoint and hand off to other replicas (the server has a session key; see
     SessionOpen.resume); false: a session lives and ends with its call on this server.
@@ -871,13 +878,15 @@ class GetModelMetadataResponse(_message.Message):
         max_message_bytes: _builtins.int = ...,
         max_stream_messages: _builtins.int = ...,
         state_changed_unix_ms: _builtins.int = ...,
+        max_string_bytes: _builtins.int = ...,
+        max_request_string_bytes: _builtins.int = ...,
         resumable_sessions: _builtins.bool = ...,
         inputs: _abc.Iterable[Global___TensorSpec] | None = ...,
         outputs: _abc.Iterable[Global___TensorSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_path", b"compute_path", "description", b"description", "error", b"error", "input", b"input", "inputs", b"inputs", "labels", b"labels", "max_batch_size", b"max_batch_size", "max_inputs_per_request", b"max_inputs_per_request", "max_message_bytes", b"max_message_bytes", "max_request_elements", b"max_request_elements", "max_sequence_length", b"max_sequence_length", "max_sessions", b"max_sessions", "max_stream_messages", b"max_stream_messages", "mode", b"mode", "name", b"name", "open_sessions", b"open_sessions", "output", b"output", "outputs", b"outputs", "proof", b"proof", "resumable_sessions", b"resumable_sessions", "session_reason", b"session_reason", "session_support", b"session_support", "state", b"state", "state_changed_unix_ms", b"state_changed_unix_ms", "streams_steps", b"streams_steps", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_path", b"compute_path", "description", b"description", "error", b"error", "input", b"input", "inputs", b"inputs", "labels", b"labels", "max_batch_size", b"max_batch_size", "max_inputs_per_request", b"max_inputs_per_request", "max_message_bytes", b"max_message_bytes", "max_request_elements", b"max_request_elements", "max_request_string_bytes", b"max_request_string_bytes", "max_sequence_length", b"max_sequence_length", "max_sessions", b"max_sessions", "max_stream_messages", b"max_stream_messages", "max_string_bytes", b"max_string_bytes", "mode", b"mode", "name", b"name", "open_sessions", b"open_sessions", "output", b"output", "outputs", b"outputs", "proof", b"proof", "resumable_sessions", b"resumable_sessions", "session_reason", b"session_reason", "session_support", b"session_support", "state", b"state", "state_changed_unix_ms", b"state_changed_unix_ms", "streams_steps", b"streams_steps", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -318,6 +318,7 @@ def metadata_to_proto(
     config, ready = version.config, version.ready
     runtime = ready.runtime if ready else None
     fixed = runtime.signature.fixed_steps if runtime else None
+    per_string, text_total = string_bounds(version.limits)
     response = pb.GetModelMetadataResponse(
         name=entry.name,
         version=version.version,
@@ -337,6 +338,8 @@ def metadata_to_proto(
         max_inputs_per_request=version.limits.max_inputs_per_request,
         max_message_bytes=max_message_bytes,
         max_stream_messages=version.limits.max_stream_messages,
+        max_string_bytes=per_string,
+        max_request_string_bytes=text_total,
         resumable_sessions=resumable and session_support != pb.SESSION_UNSUPPORTED,
     )
     if ready is None:
