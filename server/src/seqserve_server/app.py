@@ -58,6 +58,8 @@ class App:
             settings.max_request_elements,
             settings.max_inputs_per_request,
             settings.max_stream_messages,
+            settings.max_string_bytes,
+            settings.max_request_string_bytes,
         )
         self.repository = ModelRepository(
             settings.model_repository, observer=self.metrics, limits=limits,

@@ -19,6 +19,8 @@ class RequestLimits:
     max_request_elements: int = 16 * 1024 * 1024  # numbers in one request's tensor
     max_inputs_per_request: int = 4096  # sequences (or vectors) in one request
     max_stream_messages: int = 1_000_000  # messages one PredictStream call may send
+    max_string_bytes: int = 64 * 1024  # UTF-8 bytes of one text or token string
+    max_request_string_bytes: int = 64 * 1024 * 1024  # UTF-8 bytes of text in one request
 
     def for_model(self, config: ModelConfig) -> RequestLimits:
         """This model's limits: its config's where it states one (non-zero), else these."""
@@ -27,6 +29,10 @@ class RequestLimits:
             max_request_elements=config.max_request_elements or self.max_request_elements,
             max_inputs_per_request=config.max_inputs_per_request or self.max_inputs_per_request,
             max_stream_messages=config.max_stream_messages or self.max_stream_messages,
+            max_string_bytes=config.max_string_bytes or self.max_string_bytes,
+            max_request_string_bytes=(
+                config.max_request_string_bytes or self.max_request_string_bytes
+            ),
         )
 
 

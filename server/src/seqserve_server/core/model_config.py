@@ -58,6 +58,8 @@ class ModelConfig(BaseModel):
     max_request_elements: int = Field(default=0, ge=0)
     max_inputs_per_request: int = Field(default=0, ge=0)
     max_stream_messages: int = Field(default=0, ge=0)
+    max_string_bytes: int = Field(default=0, ge=0)
+    max_request_string_bytes: int = Field(default=0, ge=0)
     # How long a partial batch may wait for more callers (Triton's semantics); 0: never.
     max_queue_delay_ms: float = Field(default=0.0, ge=0)
     max_queue_size: int = Field(default=4096, ge=1)  # sequences waiting, not requests
