@@ -208,3 +208,13 @@ def test_unsupported_dtypes_still_name_the_supported_ones() -> None:
     with pytest.raises(TensorError, match=r"float32.*or text") as caught:
         to_tensor(np.zeros(3, dtype=np.complex64))
     assert caught.value.got == "complex64"
+
+
+def test_lists_of_text_are_not_padded_to_the_longest() -> None:
+    """numpy's str_ would hold 10,000 x 1 MB here (4 bytes a character of the longest)."""
+    batch = encode_inputs(["x" * 250_000, *(["a\x00"] * 10_000)])
+    assert batch.ByteSize() < 400_000
+    values, _ = from_batch(batch)
+    assert values[1] == b"a\x00"  # trailing NULs kept, as str_ would not
+    tokens = encode_inputs([["x" * 250_000, "b"], ["c\x00"] * 5000])
+    assert list(tokens.lengths) == [2, 5000] and tokens.ByteSize() < 300_000

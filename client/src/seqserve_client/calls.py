@@ -22,6 +22,7 @@ from seqserve_api.session_protocol import steps_get_output
 from seqserve_api.tensors import (
     STRING_KINDS,
     Inputs,
+    as_array,
     as_text,
     from_tensor,
     request_inputs,
@@ -180,7 +181,7 @@ def reset_request(static_inputs: StaticInputs | None = None) -> pb.SessionReques
 def _steps(values: Steps) -> np.ndarray:
     """Floats as float32, one step [features] as [1, features]; token ids as they are; token
     strings as they are, one token as [1]."""
-    array = np.asarray(values)
+    array = as_array(values)
     if array.dtype.kind in STRING_KINDS:
         return array.reshape(1) if array.ndim == 0 else array
     if not np.issubdtype(array.dtype, np.integer):
@@ -194,7 +195,7 @@ def _write_static(field: MutableMapping[str, pb.Tensor], inputs: StaticInputs | 
     """Static inputs into a `named_inputs` map: floats as float32, token ids and text as they
     are; one item each, no axis added."""
     for name, values in (inputs or {}).items():
-        array = np.asarray(values)
+        array = as_array(values)
         if not np.issubdtype(array.dtype, np.integer) and array.dtype.kind not in STRING_KINDS:
             array = array.astype(np.float32)
         write_tensor(field[name], array)

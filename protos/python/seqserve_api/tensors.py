@@ -307,12 +307,31 @@ def encode_inputs(inputs: Array) -> pb.Batch:
         return to_batch(inputs)
     if isinstance(inputs, str | bytes):  # iterating it would send one text per character
         raise TensorError("inputs", "a list of texts, one per item (e.g. [text])", "one str")
-    arrays = [np.asarray(a) for a in inputs]
+    arrays = [as_array(a) for a in inputs]
     if arrays and all(a.shape == arrays[0].shape for a in arrays):
         return to_batch(np.stack(arrays))
     if not arrays:
         return to_batch(np.zeros((0, 0), dtype=np.float32))
     return to_batch(np.concatenate(arrays), [len(a) for a in arrays])
+
+
+def as_array(values: Any) -> np.ndarray:
+    """`np.asarray`, but text (a str, or a list of them) as an object array: numpy's str_ is
+    fixed-width, 4 bytes per character of the longest text for every element (one long text
+    among many short ones would take gigabytes), and drops trailing NULs."""
+    if isinstance(values, str | bytes):
+        array = np.empty((), dtype=STRING_DTYPE)
+        array[()] = values
+        return array
+    if (
+        isinstance(values, list | tuple)
+        and values
+        and all(isinstance(v, str | bytes) for v in values)
+    ):
+        array = np.empty(len(values), dtype=STRING_DTYPE)
+        array[:] = values
+        return array
+    return np.asarray(values)
 
 
 def from_batch(
