@@ -22,7 +22,6 @@ from seqserve_api.tensors import (
     from_batch,
     from_tensor,
     split_sequences,
-    string_bounds,
     to_tensor,
 )
 
@@ -194,14 +193,8 @@ def test_as_text_names_an_element_that_is_not_utf8() -> None:
     assert caught.value.field == "outputs" and "element 1" in caught.value.got
 
 
-def test_string_bounds_read_the_limits_or_default() -> None:
-    class Limits:
-        max_string_bytes = 10
-        max_request_string_bytes = 100
-
-    assert string_bounds(Limits()) == (10, 100)
-    defaults = (DEFAULT_MAX_STRING_BYTES, DEFAULT_MAX_REQUEST_STRING_BYTES)
-    assert string_bounds(object()) == defaults == (64 * 1024, 64 * 1024 * 1024)
+def test_the_default_string_bounds() -> None:
+    assert (DEFAULT_MAX_STRING_BYTES, DEFAULT_MAX_REQUEST_STRING_BYTES) == (2**16, 2**26)
 
 
 def test_unsupported_dtypes_still_name_the_supported_ones() -> None:

@@ -6,7 +6,6 @@ fuzzer (test_fuzz.py) sends the same kinds of tensors over the wire."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +15,7 @@ from tritonclient.utils import serialize_byte_tensor
 from seqserve.inference import grpc_service_pb2 as v2
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve_api.tensors import DecodeLimits, TensorError, from_batch, from_tensor
+from seqserve_server.core.limits import RequestLimits
 from seqserve_server.transport.open_inference.tensors import decode, join_bytes
 
 from .cases import BAD_UTF8, HUGE_DIMS, NEGATIVE
@@ -31,13 +31,9 @@ ELEMENTS = st.one_of(
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@dataclass(frozen=True)
-class ServerLimits:
-    """The core's request limits as the v2 decoder reads them (the string bounds by name)."""
-
-    max_request_elements: int = 4096
-    max_string_bytes: int = 32
-    max_request_string_bytes: int = 512
+SERVER_LIMITS = RequestLimits(
+    max_request_elements=4096, max_string_bytes=32, max_request_string_bytes=512
+)
 
 
 @st.composite
@@ -113,7 +109,7 @@ def test_v2_inputs_decode_or_name_a_field(given_input: tuple[object, bytes | Non
     tensor, raw = given_input
     assert isinstance(tensor, v2.ModelInferRequest.InferInputTensor)
     try:
-        array = decode(tensor, raw, "inputs[0]", ServerLimits())  # type: ignore[arg-type]
+        array = decode(tensor, raw, "inputs[0]", SERVER_LIMITS)
     except TensorError as exc:
         assert exc.field.startswith(("inputs[0]", "raw_input_contents for 't'"))
         return
@@ -131,4 +127,4 @@ def test_tritonclients_serialization_always_decodes(elements: list[bytes]) -> No
     tensor = v2.ModelInferRequest.InferInputTensor(
         name="t", datatype="BYTES", shape=[len(elements)]
     )
-    assert decode(tensor, raw, "inputs[0]", ServerLimits()).tolist() == elements  # type: ignore[arg-type]
+    assert decode(tensor, raw, "inputs[0]", SERVER_LIMITS).tolist() == elements

@@ -48,15 +48,6 @@ class DecodeLimits:
     max_string_total_bytes: int | None = None  # UTF-8 bytes of a STRING tensor's elements
 
 
-def string_bounds(limits: object) -> tuple[int, int]:
-    """A server's per-element and per-request string bounds from its request limits
-    (`max_string_bytes`, `max_request_string_bytes`), the defaults where they state none: the
-    limits object belongs to the server's core, which may not carry them yet."""
-    per_element = getattr(limits, "max_string_bytes", None) or DEFAULT_MAX_STRING_BYTES
-    total = getattr(limits, "max_request_string_bytes", None) or DEFAULT_MAX_REQUEST_STRING_BYTES
-    return int(per_element), int(total)
-
-
 class TensorError(ValueError):
     """A tensor message that cannot be decoded: names the field, what was expected and got."""
 

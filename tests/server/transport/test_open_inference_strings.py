@@ -33,12 +33,9 @@ TEXTS = np.array(["the cat", "", "héllo wörld", "日本語 🙂", "a\x00b"], d
 LIMITS = RequestLimits()
 
 
-class StringLimits:
-    """A core's limits once they carry the string bounds (read by name)."""
-
-    max_request_elements = 1000
-    max_string_bytes = 4
-    max_request_string_bytes = 10
+TEXT_LIMITS = RequestLimits(
+    max_request_elements=1000, max_string_bytes=4, max_request_string_bytes=10
+)
 
 
 def _utf8(array: np.ndarray) -> list[bytes]:
@@ -96,6 +93,7 @@ def _prefix(n: int) -> bytes:
         (_raw(_prefix(1), b"a", _prefix(1), b"b", _prefix(0)), [2], "4 bytes after element 1"),
         (_raw(_prefix(3), b"abc", b"xy"), [2], "the buffer ends at byte 9, before element 1"),
         (b"", [1], "0 bytes"),
+        (_raw(_prefix(0)), [0, 2], "4 bytes for a tensor of no elements"),
     ],
 )
 def test_undecodable_raw_bytes_name_the_input(raw: bytes, shape: list[int], got: str) -> None:
@@ -112,7 +110,7 @@ def test_an_oversize_element_is_invalid_naming_it() -> None:
     array = np.array(["abcd", "abcde"], dtype=object)
     request, raw = triton_input(array)
     with pytest.raises(TensorError) as caught:
-        decode(request.inputs[0], raw, "inputs[0]", StringLimits())  # type: ignore[arg-type]
+        decode(request.inputs[0], raw, "inputs[0]", TEXT_LIMITS)
     assert not isinstance(caught.value, TensorTooLarge)
     assert caught.value.got == "5 bytes at element 1"
     assert "max_string_bytes" in caught.value.expected
@@ -122,12 +120,12 @@ def test_the_text_total_is_a_quota_checked_from_the_buffer_size() -> None:
     array = np.array(["abcd", "abcd", "abc"], dtype=object)  # 11 bytes of text
     request, raw = triton_input(array)
     with pytest.raises(TensorTooLarge, match="max_request_string_bytes") as caught:
-        decode(request.inputs[0], raw, "inputs[0]", StringLimits())  # type: ignore[arg-type]
+        decode(request.inputs[0], raw, "inputs[0]", TEXT_LIMITS)
     assert caught.value.got == "11 bytes"
     tensor = pb.ModelInferRequest.InferInputTensor(name="t", datatype="BYTES", shape=[3])
     tensor.contents.bytes_contents.extend(_utf8(array))
     with pytest.raises(TensorTooLarge):
-        decode(tensor, None, "inputs[0]", StringLimits())  # type: ignore[arg-type]
+        decode(tensor, None, "inputs[0]", TEXT_LIMITS)
 
 
 def test_a_count_mismatch_in_bytes_contents_names_the_field() -> None:
@@ -221,18 +219,13 @@ def test_padded_token_strings_with_lengths_are_cut_to_their_lengths() -> None:
     assert batch.values.tolist() == [b"the", b"cat", b"a"]
 
 
-class TwoTextLimits(RequestLimits):
-    max_string_bytes = 8
-    max_request_string_bytes = 10
-
-
 def _two_texts() -> ModelView:
     text = TensorView("a", np.dtype(object), ())
     return ModelView(
         name="pair", version=1, mode=Mode.ONE_TO_ONE,
         inputs=(text, TensorView("b", np.dtype(object), ())),
         outputs=(TensorView("y", np.dtype("float32"), (1,)),), labels={},
-        limits=TwoTextLimits(), max_batch_size=8, max_queue_delay_ms=1.0,
+        limits=RequestLimits(max_string_bytes=8, max_request_string_bytes=10), max_batch_size=8, max_queue_delay_ms=1.0,
         session_support="unsupported", session_idle_timeout_s=60.0, max_sessions=0,
         compute_path="graph", description="",
     )  # fmt: skip

@@ -14,7 +14,6 @@ from seqserve_api.tensors import (
     TensorTooLarge,
     encode_inputs,
     from_tensor,
-    string_bounds,
     to_tensor,
 )
 from seqserve_server.core.batch import Batch
@@ -124,7 +123,7 @@ def test_metadata_of_a_ready_and_of_a_failed_version(repo: ModelRepository) -> N
     assert list(ready.input.shape) == [-1, -1, FEATURES] and ready.input.sequence
     assert list(ready.output.shape) == [-1, -1, 2] and ready.streams_steps
     assert (ready.open_sessions, ready.max_message_bytes) == (2, 1024)
-    assert (ready.max_string_bytes, ready.max_request_string_bytes) == string_bounds(object())
+    assert (ready.max_string_bytes, ready.max_request_string_bytes) == (2**16, 2**26)
     assert "equals Keras" in ready.proof
     failed = msg.metadata_to_proto(
         repo.entry("corrupt"), repo.status("corrupt"), pb.SESSION_UNSUPPORTED, "not ready", 0, 1024

@@ -26,20 +26,15 @@ from seqserve_server.core.modes import Mode
 from seqserve_server.core.sessions import StepOutput
 from seqserve_server.transport import v1_messages as msg
 
-
-class StringLimits(RequestLimits):
-    """A core's limits once they carry the string bounds (read by name)."""
-
-    max_string_bytes = 4
-    max_request_string_bytes = 10
+TEXT_LIMITS = RequestLimits(max_string_bytes=4, max_request_string_bytes=10)
 
 
-def test_decode_limits_carry_the_string_bounds_or_the_defaults() -> None:
+def test_decode_limits_carry_the_models_string_bounds() -> None:
     bounds = msg.decode_limits(RequestLimits())
     assert (bounds.max_string_bytes, bounds.max_string_total_bytes) == (
         DEFAULT_MAX_STRING_BYTES, DEFAULT_MAX_REQUEST_STRING_BYTES,
     )  # fmt: skip
-    bounds = msg.decode_limits(StringLimits())
+    bounds = msg.decode_limits(TEXT_LIMITS)
     assert (bounds.max_string_bytes, bounds.max_string_total_bytes) == (4, 10)
 
 
@@ -57,7 +52,7 @@ def test_token_lists_decode_ragged() -> None:
 
 def test_an_oversize_text_names_its_element() -> None:
     with pytest.raises(TensorError) as caught:
-        msg.decode_inputs(encode_inputs(["abcd", "abcde"]), StringLimits())
+        msg.decode_inputs(encode_inputs(["abcd", "abcde"]), TEXT_LIMITS)
     assert not isinstance(caught.value, TensorTooLarge)
     assert caught.value.field == "inputs.values.string_values"
     assert caught.value.got == "5 bytes at element 1"
@@ -69,16 +64,16 @@ def test_named_inputs_share_the_request_text_bound() -> None:
     request.named_inputs["a"].CopyFrom(encode_inputs(["abcd", "abc"]))
     request.named_inputs["b"].CopyFrom(encode_inputs(["abcd"]))
     with pytest.raises(TensorTooLarge, match="max_request_string_bytes") as caught:
-        msg.decode_request_inputs(request, StringLimits())
+        msg.decode_request_inputs(request, TEXT_LIMITS)
     assert caught.value.field == "named_inputs" and caught.value.got == "11 bytes"
     del request.named_inputs["b"]
-    inputs = msg.decode_request_inputs(request, StringLimits())
+    inputs = msg.decode_request_inputs(request, TEXT_LIMITS)
     assert isinstance(inputs, dict) and inputs["a"].values.tolist() == [b"abcd", b"abc"]
 
 
 def test_named_session_inputs_share_the_bound_too() -> None:
     tensors = {"a": to_tensor(np.array(["abcd", "abcd"])), "b": to_tensor(np.array(["abc"]))}
-    bounds = msg.decode_limits(StringLimits())
+    bounds = msg.decode_limits(TEXT_LIMITS)
     with pytest.raises(TensorTooLarge):
         msg.decode_named(tensors, "open.named_inputs", bounds)
     assert msg.decode_named({"a": tensors["a"]}, "open.named_inputs", bounds)["a"].shape == (2,)

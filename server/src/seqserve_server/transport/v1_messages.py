@@ -15,7 +15,6 @@ from seqserve_api.tensors import (
     check_string_total,
     from_batch,
     from_tensor,
-    string_bounds,
     to_tensor,
     write_tensor,
 )
@@ -146,11 +145,12 @@ def decode_session_steps(
 
 
 def decode_limits(limits: RequestLimits) -> DecodeLimits:
-    """The codec's bounds from a model's limits; the string bounds from the limits where they
-    carry them (`max_string_bytes`, `max_request_string_bytes`), else the defaults."""
-    per_string, text_total = string_bounds(limits)
+    """The codec's bounds from a model's limits."""
     return DecodeLimits(
-        limits.max_request_elements, limits.max_inputs_per_request, per_string, text_total
+        limits.max_request_elements,
+        limits.max_inputs_per_request,
+        limits.max_string_bytes,
+        limits.max_request_string_bytes,
     )
 
 
@@ -318,7 +318,6 @@ def metadata_to_proto(
     config, ready = version.config, version.ready
     runtime = ready.runtime if ready else None
     fixed = runtime.signature.fixed_steps if runtime else None
-    per_string, text_total = string_bounds(version.limits)
     response = pb.GetModelMetadataResponse(
         name=entry.name,
         version=version.version,
@@ -338,8 +337,8 @@ def metadata_to_proto(
         max_inputs_per_request=version.limits.max_inputs_per_request,
         max_message_bytes=max_message_bytes,
         max_stream_messages=version.limits.max_stream_messages,
-        max_string_bytes=per_string,
-        max_request_string_bytes=text_total,
+        max_string_bytes=version.limits.max_string_bytes,
+        max_request_string_bytes=version.limits.max_request_string_bytes,
         resumable_sessions=resumable and session_support != pb.SESSION_UNSUPPORTED,
     )
     if ready is None:

@@ -25,7 +25,6 @@ from seqserve_api.tensors import (
     check_shape,
     check_string_total,
     from_raw,
-    string_bounds,
     string_elements,
     strings_array,
 )
@@ -113,8 +112,10 @@ def check_request_text(
 
 def _text_limits(limits: RequestLimits) -> DecodeLimits:
     """The model's string bounds (the shape is bounded by check_shape)."""
-    per_string, text_total = string_bounds(limits)
-    return DecodeLimits(max_string_bytes=per_string, max_string_total_bytes=text_total)
+    return DecodeLimits(
+        max_string_bytes=limits.max_string_bytes,
+        max_string_total_bytes=limits.max_request_string_bytes,
+    )
 
 
 def split_bytes(raw: bytes, count: int, field: str, bounds: DecodeLimits) -> list[bytes]:
@@ -145,7 +146,8 @@ def split_bytes(raw: bytes, count: int, field: str, bounds: DecodeLimits) -> lis
         items.append(raw[offset : offset + size])
         offset += size
     if offset != len(raw):
-        got = f"{len(raw) - offset} bytes after element {count - 1}"
+        after = f"after element {count - 1}" if count else "for a tensor of no elements"
+        got = f"{len(raw) - offset} bytes {after}"
         raise TensorError(field, f"exactly {count} length-prefixed elements", got)
     return items
 
