@@ -45,6 +45,7 @@ from .signature import (
     OutputSpec,
     Signature,
 )
+from .stepping.keras_internals import producer
 from .stepping.numpy_program import numpy_model
 from .tf_errors import reason
 
@@ -402,8 +403,7 @@ def _one_input(
 def _dtype(tensor: object) -> np.dtype:
     """A Keras tensor's dtype as numpy's (`STRING`, an object array, for text). Keras records
     the ids' dtype for the output of `StringLookup(invert=True)`, which gives strings."""
-    history = getattr(tensor, "_keras_history", None)
-    layer = getattr(history, "operation", None)
+    layer = producer(tensor)
     if isinstance(layer, keras.layers.StringLookup) and layer.invert:
         return STRING
     name = keras.backend.standardize_dtype(tensor.dtype)  # type: ignore[attr-defined]

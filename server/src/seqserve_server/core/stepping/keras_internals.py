@@ -108,3 +108,10 @@ def ops_call(op: Any) -> OpsCall | None:
     if isinstance(op, keras.layers.Layer) or not type(op).__module__.startswith("keras.src.ops"):
         return None
     return OpsCall(type(op).__name__, getattr(op, "axis", None), bool(getattr(op, "keepdims", 0)))
+
+
+def producer(tensor: Any) -> Any:
+    """The operation (layer) whose output a graph tensor is (`KerasTensor._keras_history`), or
+    None for an input or a tensor without history."""
+    history = getattr(tensor, "_keras_history", None)
+    return getattr(history, "operation", None)
