@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pydantic_settings import CliApp
 
 from .config import Settings
+from .transport.instrumentation import quiet_abandoned_calls
 from .workers import run_workers
 
 USAGE = "usage: seqserve serve [--help] [flags]   (every flag is also SEQSERVE_<NAME>)"
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_abandoned_calls()  # a caller's cancel or expired deadline is no server ERROR
     if settings.workers > 1:
         return run_workers(settings)
     asyncio.run(serve(settings))

@@ -37,6 +37,12 @@ class ServerMetrics:
             "seqserve_requests", "RPCs handled, by model, version, RPC and status code.",
             ["model", "version", "rpc", "code"], registry=r,
         )  # fmt: skip
+        self.abandoned = Counter(
+            "seqserve_requests_abandoned", "RPCs their callers abandoned, by model and reason "
+            "(cancelled: the caller cancelled; deadline: the caller's deadline passed first). "
+            "The caller's choice, not a server fault: logged at DEBUG only.",
+            ["model", "reason"], registry=r,
+        )  # fmt: skip
         self.auth_checks = Counter(
             "seqserve_auth_checks", "Token checks of calls, by caller (a token's name from the "
             "tokens file; empty: no token matched) and outcome (allowed, unauthenticated, denied).",
@@ -137,6 +143,9 @@ class ServerMetrics:
 
     def rpc_first_output(self, model: str, rpc: str, seconds: float) -> None:
         self.first_output_seconds.labels(model, rpc).observe(seconds)
+
+    def rpc_abandoned(self, model: str, reason: str) -> None:
+        self.abandoned.labels(model, reason).inc()
 
     def rpc_finished(self, model: str, version: str, rpc: str, code: str, seconds: float) -> None:
         key = (model, version, rpc, code)
