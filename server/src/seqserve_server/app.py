@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 from .config import Settings
+from .core.admission import AdmissionSettings
 from .core.compute_threads import ModelThreads
 from .core.inference import InferenceService
 from .core.limits import RequestLimits
@@ -81,6 +82,7 @@ class App:
         self.inference = InferenceService(
             self.repository, self.threads, observers, self.sessions.incremental_program,
             settings.inline_compute_ms / 1000,
+            AdmissionSettings(settings.default_deadline_s, settings.queue_target_ms / 1000),
         )  # fmt: skip
         self.manager = ModelManager(
             self.repository, self.inference, self.sessions, self.threads, self.loader, self.metrics

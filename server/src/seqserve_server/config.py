@@ -44,6 +44,19 @@ class Settings(BaseSettings):
         description="compute on the event loop while callers come one at a time, "
         "batches that took under this many ms (0: always on the model's thread)",
     )
+    default_deadline_s: float = Field(
+        0.0,
+        ge=0,
+        description="Predict calls without a deadline get this many seconds (0: no deadline); "
+        "a model's config.yaml default_deadline_s overrides it",
+    )
+    queue_target_ms: float = Field(
+        5.0,
+        ge=0,
+        description="past capacity (a queue standing for 100 ms), queued calls that waited "
+        "longer than this or two batch times are refused and the newest served first "
+        "(0: first in, first out, nothing shed)",
+    )
     load_threads: int = Field(
         1, ge=1, description="models loaded and proven at once on startup (2 measured slower)"
     )

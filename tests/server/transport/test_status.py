@@ -39,6 +39,11 @@ CASES: list[tuple[Exception, grpc.StatusCode, str]] = [
     (errors.DeadlineExpired("too late"), grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXPIRED"),
     (errors.AlreadyApplied("applied"), grpc.StatusCode.ALREADY_EXISTS, "ALREADY_APPLIED"),
     (
+        errors.LoadShed("would answer in 400 ms, deadline in 250 ms", 0.4, 0.25, 0.15),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "LOAD_SHED",
+    ),
+    (
         TensorTooLarge("inputs.values", "at most 8 values", "9"),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "LIMIT_EXCEEDED",
@@ -88,6 +93,20 @@ def test_every_core_error_class_is_in_the_table() -> None:
     """A new domain error must get a code of its own, never fall through to INTERNAL."""
     covered = {type(error) for error, _, _ in CASES}
     assert set(errors.SeqServeError.__subclasses__()) <= covered
+
+
+def test_a_shed_call_carries_its_pushback_and_estimate() -> None:
+    """gRPC's retry design (A6): the client waits `grpc-retry-pushback-ms` before retrying."""
+    status = to_status(errors.LoadShed("shed", 0.4, 0.25, 0.1504))
+    assert ("grpc-retry-pushback-ms", "150") in status.trailing_metadata
+    _, details = _details(status)
+    info = details["ErrorInfo"]
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    assert dict(info.metadata) == {
+        "estimate_ms": "400",
+        "deadline_ms": "250",
+        "retry_after_ms": "150",
+    }
 
 
 @pytest.mark.parametrize("error", [CASES[0][0], CASES[-1][0]], ids=["InvalidInput", "TensorError"])

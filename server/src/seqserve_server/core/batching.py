@@ -19,6 +19,11 @@ alone, and one output slice -- not 32 of each.
 - **Deadlines and cancellation.** Work whose deadline (`time.monotonic()` seconds) has passed is
   dropped before compute with `DeadlineExpired`; a cancelled `submit` takes its queued blocks out
   of the queue; past `max_queue_size` queued rows `submit` fails fast with `Overloaded`.
+- **Overload** (`core/admission.py` decides, the batcher applies): a call whose deadline cannot
+  cover the estimated wait is refused before it is queued (`LoadShed`); while more than one
+  batch waits the newest rows go first (adaptive LIFO); under a standing queue rows that waited
+  past the policy's limit are shed (CoDel-style). Merging and exactness are unchanged: LIFO
+  only changes which rows of a shape fill the next batch.
 
 The event loop only does bookkeeping; joining blocks, the compute call and slicing run on the
 executor (TensorFlow releases the GIL while it computes) -- except, with `inline_below_s`, when
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -37,6 +43,7 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+from .admission import Admission, AdmissionSettings
 from .batch import Item
 from .errors import DeadlineExpired, Overloaded
 from .observer import ModelObserver, NullModelObserver
@@ -157,6 +164,7 @@ class DynamicBatcher:
         name: str = "model",
         max_in_flight: int = 1,
         inline_below_s: float = 0.0,
+        admission: AdmissionSettings | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue_size < 1 or max_in_flight < 1:
             raise ValueError("max_batch_size, max_queue_size and max_in_flight must be >= 1")
@@ -176,9 +184,16 @@ class DynamicBatcher:
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        # Rows queued before this `perf_counter` time were overtaken by newer rows (LIFO): only
+        # those may be shed. A request's own rows share one time and never overtake each other.
+        self._overtaken_before = -math.inf
         # Off (None) when any waiting is configured: then batches are meant to fill first.
         use_inline = inline_below_s > 0 and max_queue_delay_s == 0
         self._inline = _Inline(inline_below_s) if use_inline else None
+        self.admission = Admission(
+            admission or AdmissionSettings(), max_batch_size, max_in_flight, name,
+            max_queue_delay_s,
+        )  # fmt: skip
 
     # -- public --------------------------------------------------------------------------------
 
@@ -196,9 +211,11 @@ class DynamicBatcher:
         """Compute one request's validated blocks (each: rows of one shape); one output array
         per block, rows in the same order.
 
-        `deadline` is an absolute `time.monotonic()` time (None: no deadline). Raises
-        `Overloaded` when the queue cannot take the rows, `DeadlineExpired` when the deadline
-        passes before they are computed; cancelling the call takes its rows out of the queue.
+        `deadline` is an absolute `time.monotonic()` time (None: the admission policy's default
+        budget, if any). Raises `Overloaded` when the queue cannot take the rows, `LoadShed`
+        when the deadline cannot cover the estimated wait (or, past capacity, the rows waited
+        too long), `DeadlineExpired` when the deadline passes before they are computed;
+        cancelling the call takes its rows out of the queue.
         """
         if self._closed:
             raise Overloaded(f"model {self.name} is shutting down")
@@ -207,15 +224,19 @@ class DynamicBatcher:
         if not all(_rows(values) for values in blocks):
             raise ValueError("every block needs at least one row")  # validation refuses those
         rows = sum(_rows(values) for values in blocks)
-        if deadline is not None and deadline <= time.monotonic():
+        now_mono = time.monotonic()
+        deadline = self.admission.deadline(deadline, now_mono)
+        if deadline is not None and deadline <= now_mono:
             raise DeadlineExpired(f"the deadline passed before model {self.name} could run")
         if self._depth and self._depth + rows > self.max_queue_size:
             # A request larger than the whole queue is still taken when the queue is empty.
             raise Overloaded(f"queue of model {self.name} is full ({self._depth} waiting)")
+        self.admission.admit(deadline, now_mono, self._depth, rows, self._in_flight)
         if self._inline is not None:
             self._inline.arrived(not self._depth and not self._in_flight)
         request = _Request(rows, len(blocks), deadline, asyncio.get_running_loop().create_future())
         now = time.perf_counter()
+        self.admission.queue_seen(self._depth, now)
         groups = self._groups
         for index, values in enumerate(blocks):
             key = _shape_key(values)
@@ -277,15 +298,60 @@ class DynamicBatcher:
                     del self._groups[key]
             if not request.queued:
                 break
-        self._metrics.queue_depth(self._depth)
+        self._depth_changed()
 
     def _dispatch(self) -> None:
         """Start computations while there are free slots and batches ready to start."""
+        if self._groups and self._in_flight < self.max_in_flight:
+            self._shed_stale()
         while self._groups and self._in_flight < self.max_in_flight:
             key = self._next_ready()
             if key is None:
                 return
             self._start(key, self._groups[key])
+
+    def _shed_stale(self) -> None:
+        """CoDel-style: under a standing queue, fail the rows that waited past the policy's
+        limit and were overtaken by newer calls' rows (oldest first in each shape's queue;
+        one large request waiting for its own batches is not overload), then take them out
+        in one pass."""
+        now = time.perf_counter()
+        limit = self.admission.sojourn_limit_s(self._depth, now)
+        if limit is None:
+            return
+        stale: dict[_Request, float] = {}
+        for group in self._groups.values():
+            for slot in group:
+                if now - slot.queued_at <= limit or slot.queued_at >= self._overtaken_before:
+                    break
+                stale.setdefault(slot.request, now - slot.queued_at)
+        if not stale:
+            return
+        now_mono = time.monotonic()
+        for request, waited in stale.items():
+            left = None if request.deadline is None else request.deadline - now_mono
+            _fail(request, self.admission.shed_waiting(waited, left))
+        self._purge_done()
+
+    def _purge_done(self) -> None:
+        """Take every finished request's rows out of the queue (one pass over it)."""
+        for key in list(self._groups):
+            kept: deque[_Slot] = deque()
+            for slot in self._groups[key]:
+                if slot.request.future.done():
+                    self._depth -= slot.rows
+                    slot.request.queued -= slot.rows
+                else:
+                    kept.append(slot)
+            if kept:
+                self._groups[key] = kept
+            else:
+                del self._groups[key]
+        self._depth_changed()
+
+    def _depth_changed(self) -> None:
+        self._metrics.queue_depth(self._depth)
+        self.admission.queue_seen(self._depth, time.perf_counter())
 
     def _next_ready(self) -> tuple | None:
         """The oldest shape whose rows fill a batch or have waited the queue delay; None, with
@@ -309,19 +375,26 @@ class DynamicBatcher:
         self._dispatch()
 
     def _take(self, key: tuple, group: deque[_Slot]) -> list[_Slot]:
-        """Up to `max_batch_size` rows off the front of a shape's queue, oldest first."""
+        """Up to `max_batch_size` rows of a shape's queue: oldest first, or newest first while
+        more than one batch waits (the admission policy's adaptive LIFO)."""
+        newest = self.admission.newest_first(self._depth)
+        end = -1 if newest else 0
+        pop = group.pop if newest else group.popleft
         room = self.max_batch_size
         slots: list[_Slot] = []
         while group and room:
-            slot = group[0]
+            slot = group[end]
             if slot.rows > room:
                 slots.append(slot.split(room))
                 room = 0
                 break
-            slots.append(group.popleft())
+            slots.append(pop())
             room -= slot.rows
         if not group:
             del self._groups[key]
+        elif newest:
+            taken_at = min(slot.queued_at for slot in slots)
+            self._overtaken_before = max(self._overtaken_before, taken_at)
         self._depth -= self.max_batch_size - room
         return slots
 
@@ -342,7 +415,7 @@ class DynamicBatcher:
                 continue
             self._metrics.queue_wait(now - slot.queued_at)
             live.append(slot)
-        self._metrics.queue_depth(self._depth)
+        self._depth_changed()
         if not live:
             return
         self._in_flight += 1
@@ -350,10 +423,11 @@ class DynamicBatcher:
         if self._inline is not None and self._inline.take((key, sum(s.rows for s in live))):
             self._in_flight -= 1
             self._deliver(live, self._compute_batch(parts))
+            self.admission.batch_done(time.perf_counter() - now)
             return
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._compute_batch, parts)
-        future.add_done_callback(lambda f: self._finish(live, f))
+        future.add_done_callback(lambda f: self._finish(live, f, now))
 
     def _compute_batch(self, parts: list[Values]) -> list[np.ndarray | Exception]:
         """On the executor: join, compute, time it; one output per part. When a merged
@@ -386,8 +460,9 @@ class DynamicBatcher:
             raise RuntimeError(f"compute returned {len(outputs)} outputs for {rows} inputs")
         return outputs
 
-    def _finish(self, slots: list[_Slot], future: asyncio.Future) -> None:
+    def _finish(self, slots: list[_Slot], future: asyncio.Future, started: float) -> None:
         self._in_flight -= 1
+        self.admission.batch_done(time.perf_counter() - started)
         if future.cancelled():  # the executor shut down with the work still queued on it
             outputs: list[np.ndarray | BaseException] = [
                 Overloaded(f"model {self.name} is shutting down")

@@ -120,6 +120,22 @@ class Overloaded(SeqServeError):
     reason = "OVERLOADED"
 
 
+class LoadShed(SeqServeError):
+    """Refused at once because the model cannot answer within the call's deadline: the queue
+    ahead is too long for it, or (past capacity) it waited while newer calls were served first.
+    Unlike `Overloaded`, the caller is told how long to stay away (`retry_after_s`)."""
+
+    reason = "LOAD_SHED"
+
+    def __init__(
+        self, message: str, estimate_s: float, deadline_s: float, retry_after_s: float
+    ) -> None:
+        super().__init__(message)
+        self.estimate_s = estimate_s
+        self.deadline_s = deadline_s
+        self.retry_after_s = retry_after_s
+
+
 class SessionMoved(SeqServeError):
     """The server handed the session off (it is stopping, or its version leaves): the caller
     resumes it elsewhere from the handoff token it was sent."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .admission import AdmissionSettings
 from .batch import Batch, NamedBatch
 from .batching import DynamicBatcher, Values
 from .classification import Ranked, check_top_k, rank
@@ -72,8 +73,10 @@ class InferenceService:
         observers: Callable[[str], ModelObserver] | None = None,
         step_programs: StepPrograms | None = None,
         inline_compute_s: float = 0.0,
+        admission: AdmissionSettings | None = None,
     ) -> None:
         self.repository = repository
+        self._admission = admission or AdmissionSettings()
         self._inline_compute_s = inline_compute_s
         self._threads = threads
         self._observer_for = observers or ModelObservers()
@@ -94,6 +97,7 @@ class InferenceService:
                 name=target.name,
                 max_in_flight=self._threads.threads_per_model,  # one merged batch per thread
                 inline_below_s=self._inline_compute_s,
+                admission=self._admission.for_model(config.default_deadline_s),
             )
         return self._batchers[key]
 

@@ -63,6 +63,10 @@ class ModelConfig(BaseModel):
     # How long a partial batch may wait for more callers (Triton's semantics); 0: never.
     max_queue_delay_ms: float = Field(default=0.0, ge=0)
     max_queue_size: int = Field(default=4096, ge=1)  # sequences waiting, not requests
+    # The budget of a Predict call that has no deadline, in seconds; 0: the server's
+    # --default-deadline-s (whose 0 means none). Admission refuses a call at once when its
+    # deadline cannot cover the estimated wait.
+    default_deadline_s: float = Field(default=0.0, ge=0)
     max_sessions: int = Field(default=256, ge=0)
     session_idle_timeout_s: float = Field(default=300.0, gt=0)
     # Which versions on disk load (`all`, `{latest: N}`, `{specific: [..]}`); the newest ready

@@ -21,6 +21,9 @@ from ..core.tf_errors import from_tensorflow
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "seqserve"
+# gRPC's retry design (A6): how long a client waits before trying again; clients that retry
+# honour it, and a negative or unparsable value tells them not to retry at all.
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.NotOpen, grpc.StatusCode.FAILED_PRECONDITION),  # before its base, InvalidInput
@@ -31,6 +34,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (errors.Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.LoadShed, grpc.StatusCode.RESOURCE_EXHAUSTED),  # with grpc-retry-pushback-ms
     (errors.Overloaded, grpc.StatusCode.UNAVAILABLE),
     (errors.SessionMoved, grpc.StatusCode.UNAVAILABLE),
     (errors.DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -65,7 +69,24 @@ def to_status(exc: Exception) -> grpc.Status:
             )
         )
     proto = status_pb2.Status(code=_code_number(code), message=message, details=details)
-    return rpc_status.to_status(proto)
+    status = rpc_status.to_status(proto)
+    if isinstance(exc, errors.LoadShed):
+        return _Status(code, message, (*status.trailing_metadata, *pushback(exc)))
+    return status
+
+
+class _Status(grpc.Status):
+    """A status with trailing metadata beside the rich details (grpc.Status is abstract)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def pushback(exc: errors.LoadShed) -> tuple[tuple[str, str]]:
+    """The `grpc-retry-pushback-ms` trailer of a shed call: whole ms, at least 1."""
+    return ((PUSHBACK_KEY, str(max(1, round(exc.retry_after_s * 1000)))),)
 
 
 def _error_info(exc: Exception) -> error_details_pb2.ErrorInfo:
@@ -79,6 +100,10 @@ def _error_info(exc: Exception) -> error_details_pb2.ErrorInfo:
     if isinstance(exc, errors.InvalidInput | TensorError):
         parts = {"field": exc.field, "expected": exc.expected, "got": exc.got}
         metadata = {key: errors.without_paths(text) for key, text in parts.items()}
+    if isinstance(exc, errors.LoadShed):
+        seconds = {"estimate": exc.estimate_s, "deadline": exc.deadline_s}
+        seconds["retry_after"] = exc.retry_after_s
+        metadata = {f"{key}_ms": f"{value * 1000:.0f}" for key, value in seconds.items()}
     return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
 
 
