@@ -18,6 +18,7 @@ from .errors import (
     SeqServeError,
     SessionLost,
     SessionMoved,
+    StreamLimitError,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "SessionLost",
     "SessionMoved",
     "SessionOutput",
+    "StreamLimitError",
     "StreamPart",
     "TensorSpec",
     "UnauthenticatedError",

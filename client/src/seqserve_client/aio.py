@@ -73,7 +73,8 @@ class AsyncSeqServeClient(ClientBase):
 
     @mirrors(SeqServeClient.close)
     async def close(self) -> None:
-        await self._channel.close()
+        for channel in self._pool.channels:
+            await channel.close()
 
     # -- predictions ---------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ message sizes. Opening a channel does no I/O: gRPC connects on the first call.""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -15,13 +16,19 @@ from grpc_health.v1 import health_pb2_grpc
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api import MAX_MESSAGE_BYTES
 
+from .errors import StreamLimitError
+
 SERVICE = "seqserve.v1.SeqServe"
 # Calls that change nothing on the server: safe to send again. A session holds state: never.
 IDEMPOTENT = ("Predict", "PredictStream", "ListModels", "GetModelMetadata")
 
-# gRPC retries a call that ended UNAVAILABLE (a replica restarting, a full queue) before any
-# response arrived, with exponential backoff and jitter; throttling stops retries while most
-# calls fail, so that retries cannot pile onto an overloaded server.
+# gRPC retries a call that ended UNAVAILABLE (a replica restarting, a full queue) or
+# RESOURCE_EXHAUSTED (a server shedding load) before any response arrived, with exponential
+# backoff and jitter, or after the server's `grpc-retry-pushback-ms` when it sends one (a
+# negative one: no retry); never past the call's deadline. Throttling (gRPC's token bucket:
+# each failure costs a token, each success gives back `tokenRatio`; below half of `maxTokens`
+# no call is retried) stops retries while most calls fail, so that retries cannot pile onto
+# an overloaded server.
 SERVICE_CONFIG = {
     "methodConfig": [
         {
@@ -32,7 +39,7 @@ SERVICE_CONFIG = {
                 "initialBackoff": "0.1s",
                 "maxBackoff": "2s",
                 "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
             },
         }
     ],
@@ -73,6 +80,114 @@ def open_channel(
     if credentials is None:
         return kind.insecure_channel(target, options=channel_options(options))
     return kind.secure_channel(target, credentials, options=channel_options(options))
+
+
+# A server takes at most `--max-streams-per-connection` calls (default 256) on one HTTP/2
+# connection; gRPC queues the next one until a call ends, silently: a session may never end.
+# So the client counts its calls per channel and opens another channel (its own connection)
+# when one is full, up to `max_channels`; past that it raises StreamLimitError at once.
+DEFAULT_STREAMS_PER_CHANNEL = 256  # the server's default --max-streams-per-connection
+DEFAULT_MAX_CHANNELS = 8
+# A channel of its own connection: gRPC shares connections between channels of equal options.
+OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
+
+
+@dataclass
+class _Lane:
+    """One channel, its RPCs and how many calls it carries now."""
+
+    channel: Any
+    rpcs: dict[str, Any]
+    open_calls: int = 0
+
+
+@dataclass
+class _Release:
+    """Gives a call's slot back once, however often gRPC reports the call done."""
+
+    pool: ChannelPool
+    lane: _Lane
+    done: bool = field(default=False)
+
+    def __call__(self, *unused: Any) -> None:
+        if not self.done:
+            self.done = True
+            self.pool.release(self.lane)
+
+
+class ChannelPool:
+    """Channels to one target, opened on demand: a call goes on the first channel carrying
+    fewer than `streams_per_channel` calls; when all are full another is opened, up to
+    `max_channels`; past that a call raises StreamLimitError before any I/O. A call holds its
+    slot until it ends (unary: until its answer; a stream or session: until its status).
+    Thread-safe; a threading lock suffices for asyncio too (held for no I/O)."""
+
+    def __init__(
+        self, open_one: Callable[[int], Any], streams_per_channel: int, max_channels: int
+    ) -> None:
+        if streams_per_channel < 1 or max_channels < 1:
+            raise ValueError("streams_per_channel and max_channels must be at least 1")
+        self._open_one = open_one  # a new channel, given its index
+        self.streams_per_channel = streams_per_channel
+        self.max_channels = max_channels
+        self._lanes: list[_Lane] = []
+        self._lock = threading.Lock()
+        self._lane()  # the first channel: no I/O until a call is made
+
+    @property
+    def channels(self) -> list[Any]:
+        return [lane.channel for lane in self._lanes]
+
+    @property
+    def open_calls(self) -> int:
+        return sum(lane.open_calls for lane in self._lanes)
+
+    def _lane(self) -> _Lane:
+        channel = self._open_one(len(self._lanes))
+        lane = _Lane(channel, rpcs(channel))
+        self._lanes.append(lane)
+        return lane
+
+    def acquire(self) -> _Lane:
+        with self._lock:
+            lane = next((x for x in self._lanes if x.open_calls < self.streams_per_channel), None)
+            if lane is None and len(self._lanes) < self.max_channels:
+                lane = self._lane()
+            if lane is None:
+                raise StreamLimitError(self.open_calls, self.streams_per_channel, self.max_channels)
+            lane.open_calls += 1
+            return lane
+
+    def release(self, lane: _Lane) -> None:
+        with self._lock:
+            lane.open_calls -= 1
+
+    def call(self, rpc: str, *args: Any, **kwargs: Any) -> Any:
+        """Start `rpc` on a channel with room. A blocking unary call returns its response and
+        has given its slot back; a call object (asyncio, or a stream) gives it back when done."""
+        lane = self.acquire()
+        release = _Release(self, lane)
+        try:
+            result = lane.rpcs[rpc](*args, **kwargs)
+        except BaseException:
+            release()
+            raise
+        if hasattr(result, "add_done_callback"):
+            result.add_done_callback(release)
+        else:
+            release()  # a blocking call's response: the call has ended
+        return result
+
+    def rpcs(self) -> dict[str, Callable[..., Any]]:
+        """`rpcs()`'s names, each starting its call through the pool."""
+        return {name: _pooled(self, name) for name in self._lanes[0].rpcs}
+
+
+def _pooled(pool: ChannelPool, rpc: str) -> Callable[..., Any]:
+    def start(*args: Any, **kwargs: Any) -> Any:
+        return pool.call(rpc, *args, **kwargs)
+
+    return start
 
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "ipv4:127.0.0.1", "ipv6:[::1]")

@@ -38,8 +38,9 @@ class SeqServeClient(ClientBase):
         self.close()
 
     def close(self) -> None:
-        """Close the channel; calls still in flight are cancelled."""
-        self._channel.close()
+        """Close the channels; calls still in flight are cancelled."""
+        for channel in self._pool.channels:
+            channel.close()
 
     # -- predictions ---------------------------------------------------------------------
 

@@ -46,6 +46,25 @@ class ResourceExhaustedError(SeqServeError):
     """RESOURCE_EXHAUSTED: a limit was reached (message size, sessions)."""
 
 
+class StreamLimitError(ResourceExhaustedError):
+    """RESOURCE_EXHAUSTED, raised by the client before any I/O: every channel the client may
+    open (`max_channels`) already carries `streams_per_channel` calls (sessions, streams and
+    unary calls in flight). Raised at once rather than waiting: gRPC would queue the call until
+    a stream ends, which for sessions may be never. Raise `max_channels`, or end sessions."""
+
+    def __init__(self, open_calls: int, streams_per_channel: int, max_channels: int) -> None:
+        super().__init__(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"stream limit reached: {open_calls} calls open, the most this client carries "
+            f"(max_channels={max_channels} x streams_per_channel={streams_per_channel}); "
+            "raise max_channels or end sessions",
+            reason="CLIENT_STREAM_LIMIT",
+        )
+        self.open_calls = open_calls
+        self.streams_per_channel = streams_per_channel
+        self.max_channels = max_channels
+
+
 class UnavailableError(SeqServeError):
     """UNAVAILABLE: overloaded, loading or unreachable; retrying later may succeed."""
 

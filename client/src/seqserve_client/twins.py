@@ -12,16 +12,31 @@ from typing import Any, TypeVar
 import grpc
 
 from .calls import DEFAULT_TIMEOUT_S, SessionProtocol, deadline
-from .channel import Security, channel_credentials, open_channel, rpcs
+from .channel import (
+    DEFAULT_MAX_CHANNELS,
+    DEFAULT_STREAMS_PER_CHANNEL,
+    OWN_CONNECTION,
+    ChannelPool,
+    Security,
+    channel_credentials,
+    open_channel,
+)
 from .results import SessionInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ClientBase:
-    """A channel to one server and its RPCs. Opening it does no I/O: gRPC connects on the
-    first call. Every call's deadline is `timeout` seconds, the client's own unless the call
-    gives one.
+    """Channels to one server and its RPCs. Opening it does no I/O: gRPC connects on the
+    first call. Every unary call's deadline is `timeout` seconds (default 30 s), the client's
+    own unless the call gives one (`timeout=None` on the client: no deadline); sessions and
+    streams have none unless given.
+
+    Connections: one HTTP/2 connection carries at most `streams_per_channel` calls at once
+    (sessions, streams, unary calls in flight; it must not exceed the server's
+    `--max-streams-per-connection`, default 256, or the extra calls wait); the client opens
+    another connection when one is full, up to `max_channels`, and past that raises
+    StreamLimitError at once rather than wait.
 
     Security (README "Security"): `tls=True` (implied by any certificate) encrypts and checks
     the server's certificate against `root_certificates` (PEM; None: the system's CAs);
@@ -45,6 +60,8 @@ class ClientBase:
         plaintext_token_on_localhost: bool = False,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        streams_per_channel: int = DEFAULT_STREAMS_PER_CHANNEL,
+        max_channels: int = DEFAULT_MAX_CHANNELS,
     ) -> None:
         self.target = target
         self.timeout = timeout
@@ -62,8 +79,14 @@ class ClientBase:
             )
         if credentials is None:
             credentials = channel_credentials(target, security)
-        self._channel = open_channel(self._grpc, target, credentials, options)
-        self._rpcs = rpcs(self._channel)
+        chosen = credentials
+
+        def open_one(index: int) -> Any:
+            extra = [*options, OWN_CONNECTION] if index else options
+            return open_channel(self._grpc, target, chosen, extra)
+
+        self._pool = ChannelPool(open_one, streams_per_channel, max_channels)
+        self._rpcs = self._pool.rpcs()
 
     def _deadline(self, timeout: float | None) -> float | None:
         return deadline(timeout, self.timeout)
