@@ -184,8 +184,8 @@ WORD_LANGUAGE_NAMES = {
     "fr": "French", "it": "Italian", "nl": "Dutch", "pl": "Polish", "pt": "Portuguese",
     "sv": "Swedish", "tr": "Turkish",
 }  # fmt: skip
-WORDS_PER_LANGUAGE = 5000  # candidates: the most frequent alphabetic words of 3..20 characters
-WORDS_EXCLUSION_DEPTH = 20000  # a word in another language's top-N list is ambiguous: dropped
+WORDS_PER_LANGUAGE = 30000  # candidates: the most frequent alphabetic words of 3..20 characters
+WORDS_EXCLUSION_DEPTH = 100000  # a word in another language's top-N list is ambiguous: dropped
 WORD_MIN_CHARS, WORD_MAX_CHARS = 3, 20
 PAD_ID, UNKNOWN_ID, FIRST_CHAR_ID = 0, 1, 2
 

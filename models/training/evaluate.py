@@ -20,7 +20,7 @@ DIGIT_MIN_ACCURACY = 0.97
 GENERATOR_MIN_AGREEMENT = 0.95
 NEXT_WEEK_MAX_RATIO = 0.80
 FORECAST_MAX_RATIO = 0.75
-WORD_LANGUAGE_MIN_ACCURACY = 0.75
+WORD_LANGUAGE_BASELINE = "char 1-5-gram naive Bayes"  # word_language must beat it
 INTERVAL_MAX_RATIO = 0.80  # co2_interval: point MAE <= this x persistence's MAE
 INTERVAL_COVERAGE = (0.7, 0.9)  # ... and its 80% interval covers this share of held-out weeks
 
@@ -169,7 +169,8 @@ def co2_interval(model: keras.Model) -> Evaluation:
 
 
 def word_language(model: keras.Model) -> Evaluation:
-    """Accuracy on the held-out 20% of words, beside majority class and char n-gram naive Bayes."""
+    """Accuracy on the held-out 20% of words against a character n-gram naive Bayes fitted on
+    the same training words and scored on the same held-out words (the gate: beat it)."""
     s = data.word_language_split()
     x = data.padded_char_ids(s.test, s.alphabet)
     probs = np.concatenate([_predict(model, x[i : i + 2048]) for i in range(0, len(x), 2048)])
@@ -177,9 +178,9 @@ def word_language(model: keras.Model) -> Evaluation:
     majority = float(np.mean(s.y_test == np.bincount(s.y_train).argmax()))
     bayes = float(np.mean(data.word_language_naive_bayes() == s.y_test))
     return Evaluation(
-        "accuracy", acc, "majority class", majority,
+        "accuracy", acc, WORD_LANGUAGE_BASELINE, bayes,
         f"stratified 80/20 train/held-out split of {len(s.train) + len(s.test)} words "
-        f"(seed {data.SEED})",
-        f"accuracy >= {WORD_LANGUAGE_MIN_ACCURACY}", acc >= WORD_LANGUAGE_MIN_ACCURACY,
-        {"accuracy_char_1_5_gram_naive_bayes": bayes},
+        f"(seed {data.SEED}); the baseline is fitted and scored on the same split",
+        f"accuracy > {WORD_LANGUAGE_BASELINE} (same held-out words)", acc > bayes,
+        {"accuracy_majority_class": majority},
     )  # fmt: skip

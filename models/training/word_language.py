@@ -13,16 +13,72 @@ from models.training.common import Artifact, seed_everything
 NAME = "word_language"
 EPOCHS = 12
 BATCH_SIZE = 256
+LEARNING_RATE = 3e-3  # Adam, cosine-decayed to 0 over the run; weights averaged (EMA)
+EMA_MOMENTUM = 0.995
+LABEL_SMOOTHING = 0.1
+CHAR_DIM, READER_UNITS = 96, 256  # the GRU path
+NGRAM_CHAR_DIM, NGRAM_FILTERS = 48, 384  # the n-gram path: causal Conv1D over 3 and 5 chars
+NGRAM_WIDTHS = (3, 5)
 
 
 def build(vocabulary_size: int) -> keras.Model:
-    """Char ids -> masked embedding -> GRU: a unidirectional reader, so sessions can step it."""
+    """Two unidirectional paths over the character ids, their logits added (see the card).
+
+    - reader: masked `Embedding` -> `GRU` (last state) -> `Dense(12)`;
+    - n-grams: `Embedding` -> causal `Conv1D`s (n-gram detectors ending at each character) ->
+      per-character `Dense(12)` logits, zeroed at padding, summed over the word by a frozen
+      identity `SimpleRNN` (a running sum: h_t = x_t + h_{t-1}).
+
+    Every layer is causal or recurrent left to right, so sessions read a word one character
+    per step. Padding is masked on the reader and multiplied by 0 on the n-gram path (Keras'
+    merge layers drop a mask when a merged tensor has none, so the n-gram path carries none).
+    """
+    n = len(data.WORD_LANGUAGES)
     inputs = keras.Input(shape=(None,), dtype="int32", name="char_ids")
-    h = keras.layers.Embedding(vocabulary_size, 32, mask_zero=True, name="char_embedding")(inputs)
-    h = keras.layers.GRU(128, name="reader")(h)
+    h = keras.layers.Embedding(vocabulary_size, CHAR_DIM, mask_zero=True, name="char_embedding")(
+        inputs
+    )
+    h = keras.layers.GRU(READER_UNITS, name="reader")(h)
     h = keras.layers.Dropout(0.3, name="regularize")(h)  # active in training only
-    outputs = keras.layers.Dense(len(data.WORD_LANGUAGES), activation="softmax", name="language")(h)
+    word_logits = keras.layers.Dense(n, name="reader_logits")(h)
+
+    c = keras.layers.Embedding(vocabulary_size, NGRAM_CHAR_DIM, name="ngram_char_embedding")(inputs)
+    grams = [
+        keras.layers.Conv1D(
+            NGRAM_FILTERS, width, padding="causal", activation="relu", name=f"char_{width}grams"
+        )(c)
+        for width in NGRAM_WIDTHS
+    ]
+    g = keras.layers.Concatenate(name="ngrams")(grams)
+    g = keras.layers.Dense(n, name="ngram_logits")(g)
+    not_padding = _not_padding(inputs, vocabulary_size, n)
+    g = keras.layers.Multiply(name="ngram_logits_unpadded")([g, not_padding])
+    ngram_logits = _running_sum(g, n)
+
+    logits = keras.layers.Add(name="logits")([word_logits, ngram_logits])
+    outputs = keras.layers.Activation("softmax", name="language")(logits)
     return keras.Model(inputs, outputs, name=NAME)
+
+
+def _not_padding(inputs: keras.KerasTensor, vocabulary_size: int, width: int) -> keras.KerasTensor:
+    """[batch, steps, width]: 0 where the id is padding, else 1 (a frozen Embedding)."""
+    table = np.ones((vocabulary_size, width), dtype="float32")
+    table[data.PAD_ID] = 0.0
+    layer = keras.layers.Embedding(vocabulary_size, width, trainable=False, name="not_padding")
+    out = layer(inputs)
+    layer.set_weights([table])
+    return out
+
+
+def _running_sum(x: keras.KerasTensor, width: int) -> keras.KerasTensor:
+    """The sum over steps of x: a frozen linear SimpleRNN, kernel and recurrent kernel identity."""
+    layer = keras.layers.SimpleRNN(
+        width, activation="linear", use_bias=False, trainable=False, name="ngram_logit_sum"
+    )
+    out = layer(x)
+    eye = np.eye(width, dtype="float32")
+    layer.set_weights([eye, eye])
+    return out
 
 
 def length_batches(words: data.Words, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -38,18 +94,37 @@ def length_batches(words: data.Words, seed: int) -> Iterator[tuple[np.ndarray, n
         yield np.stack([ids[i] for i in groups[j]]), words.y_train[groups[j]]
 
 
+def batches_per_epoch(words: data.Words) -> int:
+    """How many batches `length_batches` yields (the cosine schedule's length)."""
+    lengths = np.bincount([len(data.fold_word(w)) for w in words.train])
+    return int(sum(-(-count // BATCH_SIZE) for count in lengths if count))
+
+
 def train() -> Artifact:
     """Fit on the stratified 80% of the words; score on the held-out 20%."""
     seed_everything(data.SEED)
     words = data.word_language_split()
     model = build(data.FIRST_CHAR_ID + len(words.alphabet))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        LEARNING_RATE, EPOCHS * batches_per_epoch(words)
+    )
     # A fixed optimizer name: Keras numbers unnamed ones per process (adam_6 in make models),
     # which would make the saved bytes depend on what trained before.
-    model.compile(keras.optimizers.Adam(3e-3, name="adam"), loss="sparse_categorical_crossentropy")
+    optimizer = keras.optimizers.Adam(
+        schedule, name="adam", use_ema=True, ema_momentum=EMA_MOMENTUM
+    )
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING)
+    model.compile(optimizer, loss=loss)
+    one_hot = np.eye(len(data.WORD_LANGUAGES), dtype="float32")
     for epoch in range(EPOCHS):
         for x, y in length_batches(words, data.SEED + epoch):
-            model.train_on_batch(x, y)
-    return describe(model, words)
+            model.train_on_batch(x, one_hot[y])
+    optimizer.finalize_variable_values(model.trainable_variables)  # the averaged weights
+    # Ship the weights only: a fresh, uncompiled copy (the optimizer's moments and weight
+    # averages would triple the file).
+    shipped = build(data.FIRST_CHAR_ID + len(words.alphabet))
+    shipped.set_weights(model.get_weights())
+    return describe(shipped, words)
 
 
 def describe(model: keras.Model, words: data.Words) -> Artifact:
@@ -69,7 +144,7 @@ def describe(model: keras.Model, words: data.Words) -> Artifact:
         labels=data.WORD_LANGUAGES,
         max_sequence_length=64,
         evaluation=evaluate.word_language(model),
-        card_body=card(words),
+        card_body=card(words, model),
         card_data={"vocabulary": vocabulary(words.alphabet)},
     )
 
@@ -85,10 +160,14 @@ def vocabulary(alphabet: str) -> dict[str, object]:
     }
 
 
-def card(words: data.Words) -> str:
+def card(words: data.Words, model: keras.Model) -> str:
     """Model-specific card text (data, encoding, design, caveats)."""
     per_language = np.bincount(np.concatenate([words.y_train, words.y_test]))
     counts = ", ".join(f"{k} {n}" for k, n in zip(data.WORD_LANGUAGES, per_language, strict=True))
+    n = len(data.WORD_LANGUAGES)
+    vocab = data.FIRST_CHAR_ID + len(words.alphabet)
+    widths = " and ".join(str(w) for w in NGRAM_WIDTHS)
+    params = f"{model.count_params():,}"
     return f"""
 ## Data
 
@@ -116,21 +195,40 @@ wordfreq's lists: "Straße" -> "strasse"):
 
 ## Model
 
-`Embedding({data.FIRST_CHAR_ID + len(words.alphabet)}, 32, mask_zero=True)` ->
-`GRU(128)` -> `Dropout(0.3)` (training only) -> `Dense({len(data.WORD_LANGUAGES)}, softmax)`.
-Unidirectional, so a word can be read one character per step. Adam 3e-3, {EPOCHS} epochs of
-batches of {BATCH_SIZE} words of one length each (no padding in training).
+Two unidirectional paths over the character ids; their logits are added, then a softmax:
+
+- reader: `Embedding({vocab}, {CHAR_DIM}, mask_zero=True)` -> `GRU({READER_UNITS})` (last state) ->
+  `Dropout(0.3)` (training only) -> `Dense({n})` logits;
+- n-grams: `Embedding({vocab}, {NGRAM_CHAR_DIM})` -> causal `Conv1D({NGRAM_FILTERS}, w, relu)` for
+  w in {widths} (n-gram detectors ending at each character; the causal zero padding marks the
+  start of the word) -> `Concatenate` -> per-character `Dense({n})` logits -> multiplied by 0 at
+  padding (a frozen 0/1 `Embedding` of the ids) -> summed over the word by a frozen linear
+  `SimpleRNN` whose kernel and recurrent kernel are the identity (a running sum).
+
+Every layer is causal or recurrent left to right, so a session reads a word one character per
+step and the server steps it exactly. {params} weights, float32. Trained {EPOCHS} epochs on
+batches of {BATCH_SIZE} words of one length each (no padding in training): Adam {LEARNING_RATE},
+cosine-decayed to 0, label smoothing {LABEL_SMOOTHING}; the shipped weights are the
+exponential moving average (momentum {EMA_MOMENTUM}) of the trained ones. Only the weights are
+saved (no optimizer state). Training takes about half an hour of `make models` (32 minutes
+measured on 2 cores shared with other jobs). Architecture, epochs and data size were chosen on
+a validation tenth carved out of the training words; the held-out 20% was scored only for the
+shipped model.
 
 ## Baselines
 
-The majority class (table above) and a character 1-5-gram multinomial naive Bayes
-(`CountVectorizer(analyzer="char_wb", ngram_range=(1, 5))` + `MultinomialNB(alpha=0.1)`, fitted
-on the same training words; settings were the best of a few tried). The naive Bayes is the
-stronger of the two and, honestly, **stronger than this GRU**: n-gram counts are close to ideal
-for one isolated word, and the GRU is kept small so that `make models` trains it in minutes on
-2 cores. The model is here to show integer token ids served exactly; the gate asks for a
-useful classifier (accuracy >= {evaluate.WORD_LANGUAGE_MIN_ACCURACY}, against a majority class
-near 0.1), not for the best one.
+The gate is a character 1-5-gram multinomial naive Bayes
+(`CountVectorizer(analyzer="char_wb", ngram_range=(1, 5))` + `MultinomialNB(alpha=0.1)`, the
+best of a few settings), refitted on exactly these training words and scored on exactly these
+held-out words (evaluation above): the model must be more accurate. The majority class is in
+`extra`. Naive Bayes over word-boundary n-grams is a strong baseline for one isolated word, and
+the margin is small. What made the difference is data: with 10000 candidates per language
+(exclusion depth 40000) the best networks tried reached 0.889 validation accuracy against
+naive Bayes' 0.895; with {data.WORDS_PER_LANGUAGE} (depth {data.WORDS_EXCLUSION_DEPTH}) naive
+Bayes rises only to 0.916 while this network reached 0.918 after 8 of its {EPOCHS} epochs
+(validation run stopped there for time). On validation words a smaller variant of this
+network was still worse than naive Bayes on short words (3-8 characters) and on the less
+frequent classes (en, es, pt), and better on words of 9 or more characters.
 
 ## Caveats
 
