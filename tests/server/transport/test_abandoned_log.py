@@ -104,7 +104,9 @@ async def filtered(remaining: float | None, gone: bool) -> tuple[list[logging.Lo
     return emitted, abandoned(servicer, "deadline") + abandoned(servicer, "cancelled")
 
 
-@pytest.mark.parametrize(("remaining", "gone"), [(0.0, False), (None, True), (3.0, True)])
+@pytest.mark.parametrize(
+    ("remaining", "gone"), [(0.0, False), (0.03, False), (None, True), (3.0, True)]
+)
 def test_a_failed_send_to_an_abandoned_call_is_no_error(
     remaining: float | None, gone: bool
 ) -> None:

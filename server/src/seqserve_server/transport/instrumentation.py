@@ -163,19 +163,18 @@ class _Call:
         if not context.done():
             self.abandoned()
 
-    def expired(self) -> bool:
-        """The caller's deadline has passed: an answer sent now would reach no one."""
+    def expired(self, slack: float = 0.0) -> bool:
+        """The caller's deadline has passed (or is within `slack` s, as the caller's own copy
+        of it passes first): an answer sent now would reach no one."""
         remaining = self.context.time_remaining()
-        return remaining is not None and remaining <= 0
+        return remaining is not None and remaining <= slack
 
     def abandoned(self) -> str:
         """Count the call as abandoned by its caller (once): grpc.aio cancelled the servicer
         because the caller cancelled or its deadline passed, or an answer found the call gone.
         Returns the reason."""
         if self.abandon_reason is None:
-            remaining = self.context.time_remaining()
-            late = remaining is not None and remaining <= DEADLINE_SLACK_S
-            self.abandon_reason = DEADLINE if late else CANCELLED
+            self.abandon_reason = DEADLINE if self.expired(DEADLINE_SLACK_S) else CANCELLED
             self.metrics.rpc_abandoned(self.model, self.abandon_reason)
         return self.abandon_reason
 
@@ -211,12 +210,14 @@ def _code_name(context: grpc.aio.ServicerContext) -> str:
 
 class AbandonedCallFilter(logging.Filter):
     """Demotes grpc.aio's `ExecuteBatchError` ERROR (an answer or status sent to a call that is
-    gone) to DEBUG when the call is one its caller abandoned; such a record is emitted only
-    where DEBUG is enabled. Whether a cancel caused it may be known only a moment later (grpc
-    reports the failed send and the caller's cancel in either order), so an undecided record
-    waits `DECIDE_AFTER_S` on the event loop. Any other failure, an `ExecuteBatchError` of a
-    call the caller still waits for included (a response over the message size limit fails
-    the same way), stays an ERROR: those are server faults."""
+    gone) to DEBUG when the call is one its caller abandoned (counted as such, or its deadline
+    is within `DEADLINE_SLACK_S`: the caller's copy of it passes first, and its cancel fails
+    the send); such a record is emitted only where DEBUG is enabled. Whether a cancel caused
+    it may be known only a moment later (grpc reports the failed send and the caller's cancel
+    in either order), so an undecided record waits `DECIDE_AFTER_S` on the event loop. Any
+    other failure, an `ExecuteBatchError` of a call the caller still waits for included (a
+    response over the message size limit fails the same way), stays an ERROR: those are
+    server faults."""
 
     DECIDE_AFTER_S = 0.5
 
@@ -228,7 +229,7 @@ class AbandonedCallFilter(logging.Filter):
         call = CURRENT_CALL.get(None)
         if call is None:
             return True
-        if call.abandon_reason is None and not call.expired():
+        if call.abandon_reason is None and not call.expired(DEADLINE_SLACK_S):
             asyncio.get_running_loop().call_later(self.DECIDE_AFTER_S, _decide, record, call)
             return False
         call.abandoned()
@@ -239,7 +240,7 @@ def _decide(record: logging.LogRecord, call: _Call) -> None:
     """Emit a deferred record: at DEBUG if the call turned out abandoned, else as it was."""
     record.seqserve_decided = True
     logger = logging.getLogger(record.name)
-    if call.abandon_reason is not None or call.expired():
+    if call.abandon_reason is not None or call.expired(DEADLINE_SLACK_S):
         call.abandoned()
         if not _demote(record):
             return
