@@ -63,6 +63,7 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m bench.sessions $(BENCH_ARGS)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.overload
 
 # The project's own fuzzer: 10,000 structure-aware cases over every RPC against a real server on
 # 127.0.0.1 serving the bundled models, valid traffic beside them (tests/fuzz).

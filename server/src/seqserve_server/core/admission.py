@@ -37,6 +37,9 @@ from .errors import LoadShed
 INTERVAL_S = 0.1  # CoDel's interval: a queue not empty for this long is a standing queue
 SMOOTHING = 0.2  # weight of the newest batch in the moving average of batch times
 MIN_RETRY_AFTER_S = 0.005  # pushback floor: never tell a caller to come back at once
+# Pushback is the time the queue ahead takes to drain, not the shortfall against the deadline:
+# with the shortfall (often a few ms at the admission boundary) every refused caller of a
+# closed loop came back at once and the loop spent itself refusing (measured in-process).
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ class Admission:
             f"{max(remaining, 0) * 1e3:.0f} ms",
             estimate_s=estimate,
             deadline_s=max(remaining, 0.0),
-            retry_after_s=max(estimate - remaining, MIN_RETRY_AFTER_S),
+            retry_after_s=max(estimate, MIN_RETRY_AFTER_S),
         )
 
     def newest_first(self, queued_rows: int) -> bool:
@@ -138,15 +141,15 @@ class Admission:
             return None
         return max(target, 2 * (self.batch_s or 0.0)) + self.max_queue_delay_s
 
-    def shed_waiting(self, waited_s: float, remaining_s: float | None) -> LoadShed:
+    def shed_waiting(self, waited_s: float, remaining_s: float | None, drain_s: float) -> LoadShed:
         """The refusal of rows that waited `waited_s` past the limit under a standing queue
-        (`remaining_s`: what was left of the call's deadline; None: it had none)."""
-        batch_s = self.batch_s or MIN_RETRY_AFTER_S
+        (`remaining_s`: what was left of the call's deadline, None: it had none; `drain_s`:
+        the estimated time the queue takes to drain, the pushback)."""
         left = "no deadline" if remaining_s is None else f"{remaining_s * 1e3:.0f} ms left"
         return LoadShed(
             f"model {self.name} is past capacity: the call waited {waited_s * 1e3:.0f} ms in "
             f"its queue ({left}) while newer calls were served first",
             estimate_s=waited_s,
             deadline_s=remaining_s or 0.0,
-            retry_after_s=max(batch_s, MIN_RETRY_AFTER_S),
+            retry_after_s=max(drain_s, self.batch_s or 0.0, MIN_RETRY_AFTER_S),
         )

@@ -328,9 +328,10 @@ class DynamicBatcher:
         if not stale:
             return
         now_mono = time.monotonic()
+        drain_s = self.admission.estimate_s(self._depth, 0, self._in_flight)
         for request, waited in stale.items():
             left = None if request.deadline is None else request.deadline - now_mono
-            _fail(request, self.admission.shed_waiting(waited, left))
+            _fail(request, self.admission.shed_waiting(waited, left, drain_s))
         self._purge_done()
 
     def _purge_done(self) -> None:

@@ -1,0 +1,304 @@
+"""Overload without collapse (issue 25): goodput, latency and refusals past capacity.
+
+    python -m bench.overload [--callers 32,256,1024] [--duration 10] [--deadline-ms 250]
+                             [--source DIR] [--label NAME] [--server-args "..."]
+
+Closed loop: N raw grpc.aio callers on 8 connections (no retries, requests serialized once)
+call `Predict` on the bundled `co2_next_week` with a 250 ms deadline, for 10 s per point, against
+`seqserve serve` on 127.0.0.1 serving the bundled models. A refused call
+(`RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`) is followed by a pause of that many ms
+before the caller's next call, as gRPC's retry design (A6) asks of any client that retries; a
+caller that is not told to wait (every other outcome) calls again at once. A separate process
+probes the health service every 100 ms meanwhile.
+
+`--source DIR`: the server package from DIR/server/src (another checkout, e.g. the commit before
+a change, through `git worktree add`), so before and after run on one machine minutes apart.
+Bounded: points x (duration + 2 s warmup) plus one server start (~1 min for three points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+
+from bench.models import BUNDLED, CO2
+from bench.run import request_bytes
+from bench.servers import serve
+
+METHOD = "/seqserve.v1.SeqServe/Predict"
+CHANNELS = 8
+WARMUP_S = 2.0
+PROBE_EVERY_S = 0.1
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    """The q-quantile in ms (None without values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
+
+
+def _pushback_s(exc: grpc.aio.AioRpcError) -> float:
+    """The server's pushback in seconds (0: none)."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == PUSHBACK_KEY:
+            try:
+                return max(0.0, int(value) / 1000)
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
+async def _point(target: str, callers: int, duration: float, deadline_s: float) -> dict:
+    """One closed-loop point; counts outcomes that complete inside the measured window."""
+    payload = request_bytes(CO2, 1)
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(CHANNELS)]
+    for channel in channels:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+    calls = [channel.unary_unary(METHOD) for channel in channels]
+    begin = time.perf_counter() + WARMUP_S
+    end = begin + duration
+    ok: list[float] = []
+    refused: list[float] = []
+    codes: Counter[str] = Counter()
+
+    async def caller(i: int) -> None:
+        call = calls[i % CHANNELS]
+        while (t0 := time.perf_counter()) < end:
+            pause = 0.0
+            try:
+                await call(payload, timeout=deadline_s)
+                outcome, latency = "OK", time.perf_counter() - t0
+            except grpc.aio.AioRpcError as exc:
+                outcome, latency = exc.code().name, time.perf_counter() - t0
+                pause = _pushback_s(exc)
+            if begin <= t0 + latency <= end:
+                codes[outcome] += 1
+                if outcome == "OK":
+                    ok.append(latency)
+                elif outcome == "RESOURCE_EXHAUSTED":
+                    refused.append(latency)
+            if pause:
+                await asyncio.sleep(pause)
+
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    for channel in channels:
+        await channel.close()
+    return {
+        "callers": callers,
+        "ok_per_s": len(ok) / duration,
+        "ok_p50_ms": _pct(ok, 0.5),
+        "ok_p99_ms": _pct(ok, 0.99),
+        "refused": codes["RESOURCE_EXHAUSTED"],
+        "refused_p99_ms": _pct(refused, 0.99),
+        "deadline_exceeded": codes["DEADLINE_EXCEEDED"],
+        "other": {k: v for k, v in codes.items() if k not in _COUNTED},
+    }
+
+
+_COUNTED = {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}
+
+
+def probe(target: str, seconds: float) -> None:
+    """(Own process) health Check every 100 ms for `seconds`; prints its latencies' p50/p99."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    latencies: list[float] = []
+    failures = 0
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            try:
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                latencies.append(time.perf_counter() - t0)
+            except grpc.RpcError:
+                failures += 1
+            time.sleep(max(0.0, PROBE_EVERY_S - (time.perf_counter() - t0)))
+    summary = {"p50_ms": _pct(latencies, 0.5), "p99_ms": _pct(latencies, 0.99)}
+    print(json.dumps({**summary, "failures": failures}), flush=True)
+
+
+def _measure(target: str, callers: int, duration: float, deadline_s: float) -> dict:
+    """A point with the health prober beside it (started first, so it spans the window)."""
+    prober = subprocess.Popen(
+        [sys.executable, "-m", "bench.overload", "--probe", target, str(WARMUP_S + duration)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        result = asyncio.run(_point(target, callers, duration, deadline_s))
+        out, _ = prober.communicate(timeout=30)
+    finally:
+        if prober.poll() is None:
+            prober.kill()
+            prober.wait()
+    health = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    return {**result, "health_p99_ms": health.get("p99_ms")}
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown rows: label, callers, goodput, OK p50/p99, refusals (p99), DEADLINE_EXCEEDED,
+    health p99."""
+    lines = [
+        "| server | callers | OK/s | OK p50 / p99 ms | refused (p99 ms) | DEADLINE_EXCEEDED "
+        "| other | health p99 ms |",
+        "|---|---:|---:|---|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        other = ", ".join(f"{k} {v}" for k, v in r["other"].items()) or "-"
+        lines.append(
+            f"| {r['label']} | {r['callers']:,} | {r['ok_per_s']:,.0f} "
+            f"| {_ms(r['ok_p50_ms'])} / {_ms(r['ok_p99_ms'])} "
+            f"| {r['refused']:,} ({_ms(r['refused_p99_ms'])}) | {r['deadline_exceeded']:,} "
+            f"| {other} | {_ms(r['health_p99_ms'])} |"
+        )
+    return "\n".join(lines)
+
+
+# -- in-process: the batcher's policy alone, over a fake compute --------------------------------
+
+FAKE_BATCH = 32  # co2_next_week's max_batch_size
+FAKE_BATCH_S = 0.020  # per batch: 1,600 rows/s, about the served model's measured capacity
+
+
+async def _fake_point(callers: int, duration: float, deadline_s: float, policy: str) -> dict:
+    """`callers` closed-loop callers straight on a `DynamicBatcher` whose compute sleeps
+    `FAKE_BATCH_S` per batch: the queueing policy measured without gRPC or a model, so a busy
+    machine's transport cost does not hide it. `policy` "before": first in, first out and no
+    admission (the batcher before issue 25); "after": the defaults."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from seqserve_server.core.admission import AdmissionSettings
+    from seqserve_server.core.batching import DynamicBatcher
+    from seqserve_server.core.errors import DeadlineExpired, LoadShed
+
+    def compute(values: np.ndarray) -> np.ndarray:
+        time.sleep(FAKE_BATCH_S)
+        return values
+
+    settings = AdmissionSettings(queue_target_s=0.0 if policy == "before" else 0.005)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher(compute, pool, FAKE_BATCH, 0.0, 4096, admission=settings)
+        if policy == "before":
+            batcher.admission.admit = lambda *args: None  # type: ignore[method-assign]
+        begin = time.perf_counter() + WARMUP_S
+        end = begin + duration
+        ok: list[float] = []
+        refused: list[float] = []
+        codes: Counter[str] = Counter()
+        item = np.zeros((1, 52, 1), np.float32)
+
+        async def caller() -> None:
+            while (t0 := time.perf_counter()) < end:
+                pause = 0.0
+                try:
+                    task = batcher.submit([item], time.monotonic() + deadline_s)
+                    await asyncio.wait_for(task, deadline_s)  # the caller's own deadline
+                    outcome = "OK"
+                except LoadShed as exc:
+                    outcome, pause = "RESOURCE_EXHAUSTED", exc.retry_after_s
+                except (DeadlineExpired, TimeoutError):
+                    outcome = "DEADLINE_EXCEEDED"
+                latency = time.perf_counter() - t0
+                if begin <= t0 + latency <= end:
+                    codes[outcome] += 1
+                    (ok if outcome == "OK" else refused if pause else []).append(latency)
+                if pause:
+                    await asyncio.sleep(pause)
+
+        await asyncio.gather(*(caller() for _ in range(callers)))
+    return {
+        "callers": callers,
+        "ok_per_s": len(ok) / duration,
+        "ok_p50_ms": _pct(ok, 0.5),
+        "ok_p99_ms": _pct(ok, 0.99),
+        "refused": codes["RESOURCE_EXHAUSTED"],
+        "refused_p99_ms": _pct(refused, 0.99),
+        "deadline_exceeded": codes["DEADLINE_EXCEEDED"],
+        "other": {},
+        "health_p99_ms": None,
+    }
+
+
+def _in_process(callers: list[int], duration: float, deadline_s: float) -> list[dict]:
+    rows = []
+    for policy in ("before", "after"):
+        for n in callers:
+            row = asyncio.run(_fake_point(n, duration, deadline_s, policy))
+            rows.append({**row, "label": f"in-process, {policy}"})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _only(repository: Path, model: str) -> Path:
+    """A repository of one model (a symlink to it), in a temporary directory."""
+    root = Path(tempfile.mkdtemp(prefix="overload-"))
+    (root / model).symlink_to(repository.resolve() / model, target_is_directory=True)
+    return root
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--probe":
+        probe(sys.argv[2], float(sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--callers", default="32,256,1024")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--deadline-ms", type=float, default=250.0)
+    parser.add_argument("--source", type=Path, help="a checkout whose server/src is served")
+    parser.add_argument("--repository", type=Path, default=BUNDLED)
+    parser.add_argument(
+        "--only-co2", action="store_true", help="serve co2_next_week alone (a faster start)"
+    )
+    parser.add_argument("--label", default="this checkout")
+    parser.add_argument("--server-args", default="", help="extra `seqserve serve` flags")
+    parser.add_argument("--out", type=Path, help="append the JSON rows to this file")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help=f"the batcher alone over a compute sleeping {FAKE_BATCH_S * 1e3:.0f} ms per batch "
+        f"of {FAKE_BATCH}, first-in first-out without admission, then the defaults",
+    )
+    args = parser.parse_args()
+    callers = [int(c) for c in args.callers.split(",")]
+    if args.in_process:
+        print(table(_in_process(callers, args.duration, args.deadline_ms / 1000)))
+        return
+    env = {"PYTHONPATH": str(args.source / "server" / "src")} if args.source else {}
+    repository = _only(args.repository, CO2.name) if args.only_co2 else args.repository
+    server = serve(repository, ["--metrics-port", "-1", *args.server_args.split()], env)
+    rows = []
+    try:
+        for n in callers:
+            row = _measure(server.target, n, args.duration, args.deadline_ms / 1000)
+            rows.append({**row, "label": args.label})
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        server.stop()
+    if args.out:
+        with args.out.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
