@@ -168,6 +168,34 @@ def co2_interval(model: keras.Model) -> Evaluation:
     )  # fmt: skip
 
 
+def word_language_text(model: keras.Model, ids_model: keras.Model) -> Evaluation:
+    """The held-out words sent as text (in batches of words of one length: nothing padded, as
+    if each were alone): the same accuracy as word_language, the same answer on every word."""
+    s = data.word_language_split()
+    ids = data.padded_char_ids(s.test, s.alphabet)
+    by_ids = np.concatenate(
+        [_predict(ids_model, ids[i : i + 2048]) for i in range(0, len(ids), 2048)]
+    )
+    by_text = np.zeros_like(by_ids)
+    lengths = np.array([len(w) for w in s.test])
+    for n in np.unique(lengths):
+        rows = np.flatnonzero(lengths == n)
+        for i in range(0, len(rows), 2048):
+            chunk = rows[i : i + 2048]
+            texts = np.array([s.test[j] for j in chunk], dtype=object)
+            by_text[chunk] = keras.ops.convert_to_numpy(model(texts, training=False))
+    acc = float(np.mean(by_text.argmax(1) == s.y_test))
+    agree = float(np.mean(by_text.argmax(1) == by_ids.argmax(1)))
+    diff = float(np.max(np.abs(by_text - by_ids)))
+    return Evaluation(
+        "accuracy", acc, "word_language on the same words as character ids",
+        float(np.mean(by_ids.argmax(1) == s.y_test)),
+        f"word_language's held-out words ({len(s.test)}), sent as text",
+        "the same label as word_language on every held-out word", agree == 1.0,
+        {"agreement_with_word_language": agree, "max_probability_difference": diff},
+    )  # fmt: skip
+
+
 def word_language(model: keras.Model) -> Evaluation:
     """Accuracy on the held-out 20% of words against a character n-gram naive Bayes fitted on
     the same training words and scored on the same held-out words (the gate: beat it)."""

@@ -22,6 +22,10 @@ def test_every_bundled_model_is_ready(bundled: SeqServeClient) -> None:
 def test_served_equals_in_process(bundled: SeqServeClient, name: str) -> None:
     x = example_input(name, np.random.default_rng(0))
     model = keras.saving.load_model(MODELS / name / "1" / "model.keras", safe_mode=True)
+    if x.dtype == object:  # whole texts: Keras on each text alone, as the server computes them
+        want = np.concatenate([model(x[i : i + 1], training=False) for i in range(len(x))])
+        assert_close(bundled.predict(name, list(x)), want)
+        return
     assert_close(bundled.predict(name, x), model(x, training=False))
 
 

@@ -49,8 +49,11 @@ def v1(bundled: SeqServeClient) -> SeqServeClient:
     return bundled
 
 
+DATATYPES = {"float32": "FP32", "int32": "INT32", "object": "BYTES", "string": "BYTES"}
+
+
 def _input(x: np.ndarray, name: str = "input") -> triton.InferInput:
-    tensor = triton.InferInput(name, list(x.shape), "INT32" if x.dtype == np.int32 else "FP32")
+    tensor = triton.InferInput(name, list(x.shape), DATATYPES[x.dtype.name])
     tensor.set_data_from_numpy(x)
     return tensor
 
@@ -117,7 +120,7 @@ def test_metadata_and_config_say_what_v1_says(
     assert metadata.name == name and list(metadata.versions) == ["1"]
     main = metadata.inputs[0]
     assert main.name == "input" and list(main.shape) == list(ours.input.shape)
-    assert main.datatype == {"float32": "FP32", "int32": "INT32"}[ours.input.dtype]
+    assert main.datatype == DATATYPES[ours.input.dtype]
     shapes = {out.name: list(out.shape) for out in metadata.outputs}
     assert all(shapes[out.name] == list(out.shape) for out in ours.outputs)  # one, or several
     config = v2.get_model_config(name).config

@@ -27,6 +27,8 @@ def example_input(name: str, rng: np.random.Generator) -> np.ndarray:
         return np.eye(10, dtype=np.float32)[[0, 3, 7]]
     if name == "digit_classifier":
         return rng.integers(0, 17, size=(4, 8, 8)).astype(np.float32)
+    if name == "word_language_text":  # words as text, capitals and unknown characters too
+        return np.array(["bonjour", "Straße", "kiitos", "NAÏVE", "über"], dtype=object)
     if name == "word_language":  # character ids; 0 is padding, masked by the Embedding
         ids = rng.integers(1, 60, size=(4, 9), dtype=np.int32)
         ids[1, 5:] = ids[2, 3:] = 0
