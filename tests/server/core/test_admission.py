@@ -192,22 +192,49 @@ def test_first_in_first_out_with_lifo_off(executor) -> None:
 
 
 def test_under_a_standing_queue_rows_that_waited_too_long_are_shed(executor) -> None:
+    """Rows overtaken under a standing queue whose deadline can no longer cover the queue's
+    drain are shed; a row without a deadline is kept (it has no time to miss)."""
+
     async def main() -> None:
         compute = FakeCompute()
         batcher = make(compute, executor, target_s=0.02)
         batcher.admission.batch_done(0.001)
         compute.gate.clear()
-        calls = [asyncio.create_task(batcher.submit([row(i)], None)) for i in range(6)]
+        soon = time.monotonic() + 0.2
+        deadlines = [soon, soon, soon, None, soon, soon]
+        calls = [asyncio.create_task(batcher.submit([row(i)], d)) for i, d in enumerate(deadlines)]
         await _until(lambda: batcher.queue_depth == 5)
         await asyncio.sleep(0.15)  # standing past CoDel's interval, every row past the target
+        for _ in range(40):  # batches now take 50 ms: the queue cannot drain before 0.2 s
+            batcher.admission.batch_done(0.05)
         newest = asyncio.create_task(batcher.submit([row(6)], None))
         await _until(lambda: batcher.queue_depth == 6)
         compute.gate.set()
         results = await asyncio.gather(*calls, newest, return_exceptions=True)
         shed = [i for i, r in enumerate(results) if isinstance(r, LoadShed)]
-        assert shed == [1, 2, 3, 4]  # overtaken by the newest two, then shed
-        assert "waited" in str(results[1]) and compute.computed == [0, 6, 5]
+        assert shed == [1, 2, 4]  # overtaken by the newest, out of time; 3 has no deadline
+        assert "waited" in str(results[1]) and compute.computed == [0, 6, 5, 3]
         assert batcher.queue_depth == 0
+
+    asyncio.run(main())
+
+
+def test_a_row_that_can_still_make_its_deadline_is_not_shed(executor) -> None:
+    async def main() -> None:
+        compute = FakeCompute()
+        batcher = make(compute, executor, target_s=0.02)
+        batcher.admission.batch_done(0.001)
+        compute.gate.clear()
+        later = time.monotonic() + 30.0
+        calls = [asyncio.create_task(batcher.submit([row(i)], later)) for i in range(6)]
+        await _until(lambda: batcher.queue_depth == 5)
+        await asyncio.sleep(0.15)
+        newest = asyncio.create_task(batcher.submit([row(6)], later))
+        await _until(lambda: batcher.queue_depth == 6)
+        compute.gate.set()
+        results = await asyncio.gather(*calls, newest, return_exceptions=True)
+        assert not [r for r in results if isinstance(r, BaseException)]
+        assert sorted(compute.computed) == list(range(7))
 
     asyncio.run(main())
 

@@ -19,8 +19,10 @@ at once, with a `retry_after_s` the transport sends as gRPC's `grpc-retry-pushba
 - **CoDel-style shedding.** When the queue has not been empty for `INTERVAL_S` (a standing
   queue, not a burst), rows that waited longer than `queue_target_s`, or two batch times when
   that is longer (a batch must have time to fill), plus the model's `max_queue_delay_ms`, are
-  shed: under LIFO they would only be served once their caller had given up. `queue_target_s`
-  0 turns LIFO and shedding off.
+  shed when their remaining deadline cannot cover the time the queue takes to drain: under
+  LIFO they would only be served once their caller had given up. A call that can still be
+  answered in time, or has no deadline, is never shed (its work is not thrown away because
+  newer calls overtook it). `queue_target_s` 0 turns LIFO and shedding off.
 
 The time per batch is measured on the event loop from a batch's start to its end (compute,
 the hand-off to the compute thread and back, and the loop's own delay), not the compute alone:

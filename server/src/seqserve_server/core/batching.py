@@ -329,10 +329,15 @@ class DynamicBatcher:
             return
         now_mono = time.monotonic()
         drain_s = self.admission.estimate_s(self._depth, 0, self._in_flight)
+        shed = False
         for request, waited in stale.items():
             left = None if request.deadline is None else request.deadline - now_mono
+            if left is None or left > drain_s:
+                continue  # it can still be answered in time (or has no time to miss): keep it
             _fail(request, self.admission.shed_waiting(waited, left, drain_s))
-        self._purge_done()
+            shed = True
+        if shed:
+            self._purge_done()
 
     def _purge_done(self) -> None:
         """Take every finished request's rows out of the queue (one pass over it)."""
