@@ -26,7 +26,7 @@ HORIZON = 4
 Builder = Callable[[], keras.Model]
 
 
-def _seeded(builder: Builder) -> Builder:
+def seeded(builder: Builder) -> Builder:
     def build() -> keras.Model:
         keras.utils.set_random_seed(1234)
         return builder()
@@ -35,21 +35,21 @@ def _seeded(builder: Builder) -> Builder:
     return build
 
 
-@_seeded
+@seeded
 def lstm_aligned() -> keras.Model:
     return keras.Sequential(
         [keras.Input((None, FEATURES)), layers.LSTM(8, return_sequences=True), layers.Dense(2)]
     )
 
 
-@_seeded
+@seeded
 def gru_aligned() -> keras.Model:
     return keras.Sequential(
         [keras.Input((None, FEATURES)), layers.GRU(8, return_sequences=True), layers.Dense(2)]
     )
 
 
-@_seeded
+@seeded
 def simple_rnn_aligned() -> keras.Model:
     return keras.Sequential(
         [
@@ -60,7 +60,7 @@ def simple_rnn_aligned() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def stacked_lstm() -> keras.Model:
     return keras.Sequential(
         [
@@ -74,7 +74,7 @@ def stacked_lstm() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def diff_forecaster() -> keras.Model:
     """Predicts the next value as last value + LSTM(differences): causal convs + Add skip."""
     inp = keras.Input((None, 1))
@@ -88,7 +88,7 @@ def diff_forecaster() -> keras.Model:
     return model
 
 
-@_seeded
+@seeded
 def fixed_length_aligned() -> keras.Model:
     inp = keras.Input((ENC_LEN, FEATURES))
     x = layers.Conv1D(4, 3, padding="causal", activation="tanh")(inp)
@@ -97,7 +97,7 @@ def fixed_length_aligned() -> keras.Model:
     return keras.Model(inp, layers.TimeDistributed(layers.Dense(2))(x))
 
 
-@_seeded
+@seeded
 def many_to_one() -> keras.Model:
     return keras.Sequential(
         [
@@ -109,7 +109,7 @@ def many_to_one() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def masked_aligned() -> keras.Model:
     return keras.Sequential(
         [
@@ -122,7 +122,7 @@ def masked_aligned() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def masked_many_to_one() -> keras.Model:
     return keras.Sequential(
         [
@@ -135,7 +135,7 @@ def masked_many_to_one() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def encoder_decoder() -> keras.Model:
     """LSTM encoder -> RepeatVector -> LSTM decoder, plus a last-input-value skip."""
     inp = keras.Input((ENC_LEN, 1))
@@ -148,7 +148,7 @@ def encoder_decoder() -> keras.Model:
     return keras.Model(inp, layers.Add()([x, last]))
 
 
-@_seeded
+@seeded
 def encoder_decoder_dynamic() -> keras.Model:
     inp = keras.Input((None, FEATURES))
     x = layers.GRU(8)(inp)
@@ -157,7 +157,7 @@ def encoder_decoder_dynamic() -> keras.Model:
     return keras.Model(inp, layers.Dense(1)(x))
 
 
-@_seeded
+@seeded
 def seq2seq_states() -> keras.Model:
     """Encoder hands its final [h, c] to the decoder (``return_state`` / ``initial_state``)."""
     inp = keras.Input((None, FEATURES))
@@ -167,7 +167,7 @@ def seq2seq_states() -> keras.Model:
     return keras.Model(inp, layers.Dense(2)(x))
 
 
-@_seeded
+@seeded
 def cropped_tail() -> keras.Model:
     inp = keras.Input((ENC_LEN, FEATURES))
     x = layers.LSTM(8, return_sequences=True)(inp)
@@ -175,14 +175,14 @@ def cropped_tail() -> keras.Model:
     return keras.Model(inp, layers.Dense(2)(x))
 
 
-@_seeded
+@seeded
 def flatten_many_to_one() -> keras.Model:
     inp = keras.Input((ENC_LEN, FEATURES))
     x = layers.GRU(4, return_sequences=True)(inp)
     return keras.Model(inp, layers.Dense(2)(layers.Flatten()(x)))
 
 
-@_seeded
+@seeded
 def bidirectional() -> keras.Model:
     return keras.Sequential(
         [
@@ -193,7 +193,7 @@ def bidirectional() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def bidirectional_many_to_one() -> keras.Model:
     return keras.Sequential(
         [
@@ -204,7 +204,7 @@ def bidirectional_many_to_one() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def pooled_many_to_one() -> keras.Model:
     return keras.Sequential(
         [
@@ -216,7 +216,7 @@ def pooled_many_to_one() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def dense_one_to_one() -> keras.Model:
     return keras.Sequential([keras.Input((4,)), layers.Dense(2)])
 
@@ -228,7 +228,7 @@ def _tokens() -> keras.KerasTensor:
     return keras.Input((None,), dtype="int32")
 
 
-@_seeded
+@seeded
 def time_distributed_head() -> keras.Model:
     """The usual per-step head; Keras' own TimeDistributed is wrong on a dynamic time axis."""
     return keras.Sequential(
@@ -240,7 +240,7 @@ def time_distributed_head() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def masked_time_distributed() -> keras.Model:
     return keras.Sequential(
         [
@@ -252,7 +252,7 @@ def masked_time_distributed() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def bidirectional_time_distributed() -> keras.Model:
     return keras.Sequential(
         [
@@ -263,7 +263,7 @@ def bidirectional_time_distributed() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def token_classifier() -> keras.Model:
     """Text classification: masked token ids -> LSTM -> softmax."""
     return keras.Sequential(
@@ -276,7 +276,7 @@ def token_classifier() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def token_tagger() -> keras.Model:
     """Tagging: masked token ids -> Bidirectional GRU -> a tag distribution per token."""
     return keras.Sequential(
@@ -289,7 +289,7 @@ def token_tagger() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def token_unmasked_aligned() -> keras.Model:
     """Token ids without mask_zero, causal: steps one token at a time in sessions."""
     return keras.Sequential(
@@ -302,7 +302,7 @@ def token_unmasked_aligned() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def token_conv_many_to_one() -> keras.Model:
     return keras.Sequential(
         [
@@ -315,7 +315,7 @@ def token_conv_many_to_one() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def multi_head_attention() -> keras.Model:
     """Self-attention over LSTM outputs, pooled over time."""
     inp = keras.Input((None, FEATURES))
@@ -325,7 +325,7 @@ def multi_head_attention() -> keras.Model:
     return keras.Model(inp, layers.Dense(2)(x))
 
 
-@_seeded
+@seeded
 def dot_attention_aligned() -> keras.Model:
     inp = keras.Input((None, FEATURES))
     x = layers.GRU(8, return_sequences=True)(inp)
@@ -334,7 +334,7 @@ def dot_attention_aligned() -> keras.Model:
     return keras.Model(inp, layers.Dense(2)(x))
 
 
-@_seeded
+@seeded
 def global_max_pooled() -> keras.Model:
     return keras.Sequential(
         [
@@ -346,7 +346,7 @@ def global_max_pooled() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def stacked_cells() -> keras.Model:
     cells = layers.StackedRNNCells([layers.LSTMCell(6), layers.GRUCell(4)])
     return keras.Sequential(
@@ -354,7 +354,7 @@ def stacked_cells() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def gru_reset_before() -> keras.Model:
     return keras.Sequential(
         [
@@ -365,7 +365,7 @@ def gru_reset_before() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def dropout_layers() -> keras.Model:
     """Every dropout layer is the identity at inference; the recurrent dropouts too."""
     return keras.Sequential(
@@ -381,7 +381,7 @@ def dropout_layers() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def layer_norm_many_to_one() -> keras.Model:
     return keras.Sequential(
         [
@@ -394,7 +394,7 @@ def layer_norm_many_to_one() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def one_to_many_generator() -> keras.Model:
     inp = keras.Input((4,))
     x = layers.RepeatVector(5)(layers.Dense(6, activation="relu")(inp))
@@ -402,7 +402,7 @@ def one_to_many_generator() -> keras.Model:
     return keras.Model(inp, layers.TimeDistributed(layers.Dense(2))(x))
 
 
-@_seeded
+@seeded
 def two_heads() -> keras.Model:
     """A classification head and a regression head on one LSTM summary."""
     inp = keras.Input((None, FEATURES))
@@ -412,7 +412,7 @@ def two_heads() -> keras.Model:
     return keras.Model(inp, [label, value])
 
 
-@_seeded
+@seeded
 def two_heads_aligned() -> keras.Model:
     """Two per-step heads (a dict of outputs): a tag distribution and a value per step."""
     inp = keras.Input((None, FEATURES))
@@ -421,7 +421,7 @@ def two_heads_aligned() -> keras.Model:
     return keras.Model(inp, {"tag": tags, "level": layers.Dense(1)(x)})
 
 
-@_seeded
+@seeded
 def sequence_and_static() -> keras.Model:
     """A sequence summary joined with a static feature vector (many-to-one)."""
     steps = keras.Input((None, FEATURES), name="steps")
@@ -431,7 +431,7 @@ def sequence_and_static() -> keras.Model:
     return keras.Model([steps, static], layers.Dense(2)(joined))
 
 
-@_seeded
+@seeded
 def two_aligned_sequences() -> keras.Model:
     """Two sequences of one length, concatenated per step (aligned)."""
     a = keras.Input((None, FEATURES), name="a")
@@ -440,7 +440,7 @@ def two_aligned_sequences() -> keras.Model:
     return keras.Model([a, b], layers.Dense(2)(x))
 
 
-@_seeded
+@seeded
 def tokens_and_numbers() -> keras.Model:
     """Token ids and a numeric value per step, embedded and joined (aligned tagging); the
     TimeDistributed head makes Keras' traced call wrong, so the graph path serves it."""
@@ -452,7 +452,7 @@ def tokens_and_numbers() -> keras.Model:
     return keras.Model([ids, level], head(x))
 
 
-@_seeded
+@seeded
 def seq2seq_teacher_forcing() -> keras.Model:
     """Encoder over T steps, decoder fed N target steps from the encoder's state: N steps out."""
     encoder = keras.Input((None, FEATURES), name="encoder")
@@ -462,7 +462,7 @@ def seq2seq_teacher_forcing() -> keras.Model:
     return keras.Model([encoder, decoder], layers.Dense(2)(y))
 
 
-@_seeded
+@seeded
 def several_in_out() -> keras.Model:
     """A dict of inputs (sequence + context vector) and two heads: label and value."""
     seq = keras.Input((None, FEATURES), name="seq")
@@ -473,7 +473,7 @@ def several_in_out() -> keras.Model:
     return keras.Model({"seq": seq, "context": context}, [label, value])
 
 
-@_seeded
+@seeded
 def static_initial_state() -> keras.Model:
     """A device's attributes set the recurrent state its readings start from (aligned)."""
     steps = keras.Input((None, FEATURES), name="readings")
@@ -484,7 +484,7 @@ def static_initial_state() -> keras.Model:
     return keras.Model([steps, device], layers.Dense(2)(y))
 
 
-@_seeded
+@seeded
 def static_token_ids() -> keras.Model:
     """A user's static ids (embedded, flattened) joined with a summary of their clicks."""
     clicks = keras.Input((None, FEATURES), name="clicks")
@@ -494,7 +494,7 @@ def static_token_ids() -> keras.Model:
     return keras.Model([clicks, user], layers.Dense(3, activation="softmax")(joined))
 
 
-@_seeded
+@seeded
 def static_per_step() -> keras.Model:
     """A static vector repeated onto every step of a fixed-length sequence and concatenated
     with it (RepeatVector), then tagged per step, with a second per-step head."""
@@ -507,7 +507,7 @@ def static_per_step() -> keras.Model:
     )
 
 
-@_seeded
+@seeded
 def static_broadcast_add() -> keras.Model:
     """A static vector reshaped to one step ([batch, 1, features]) added to every step."""
     steps = keras.Input((None, FEATURES), name="steps")

@@ -7,35 +7,26 @@ whether it serves sessions on it. ``texts``/``token_lists`` make inputs from the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
+from tests.support.model_zoo import Builder, seeded
+
 WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "le", "chat", "été", "über", "東京"]
 LETTERS = list("abcdefghijklmnopqrstuvwxyzéü")
 TAGS = ["DET", "NOUN", "VERB", "ADP"]
 LABELS = ["neg", "neu", "pos"]
 UNKNOWN = ["zzqx", "Blåbær", "🙂"]
-Builder = Callable[[], keras.Model]
-
-
-def _seeded(builder: Builder) -> Builder:
-    def build() -> keras.Model:
-        keras.utils.set_random_seed(2024)
-        return builder()
-
-    build.__name__ = builder.__name__
-    return build
 
 
 def _words_in(shape: tuple[int, ...] = ()) -> keras.KerasTensor:
     return keras.Input(shape, dtype="string", name="text")
 
 
-@_seeded
+@seeded
 def word_classifier() -> keras.Model:
     """A whole text -> TextVectorization (words) -> masked Embedding -> LSTM -> softmax."""
     text = _words_in()
@@ -45,7 +36,7 @@ def word_classifier() -> keras.Model:
     return keras.Model(text, layers.Dense(3, activation="softmax")(x))
 
 
-@_seeded
+@seeded
 def char_classifier() -> keras.Model:
     """A whole text, (1,)-shaped, split into characters -> GRU -> logits."""
     text = _words_in((1,))
@@ -56,7 +47,7 @@ def char_classifier() -> keras.Model:
     return keras.Model(text, layers.Dense(4)(x))
 
 
-@_seeded
+@seeded
 def token_string_tagger() -> keras.Model:
     """One token string per step -> StringLookup -> Embedding -> LSTM -> a tag score per step."""
     tokens = keras.Input((None,), dtype="string", name="tokens")
@@ -66,7 +57,7 @@ def token_string_tagger() -> keras.Model:
     return keras.Model(tokens, layers.Dense(len(TAGS))(x))
 
 
-@_seeded
+@seeded
 def token_string_summary() -> keras.Model:
     """Token strings (masked: the empty token is the mask) -> GRU -> a vector."""
     tokens = keras.Input((None,), dtype="string", name="tokens")
@@ -76,7 +67,7 @@ def token_string_summary() -> keras.Model:
     return keras.Model(tokens, layers.Dense(3)(x))
 
 
-@_seeded
+@seeded
 def text_label() -> keras.Model:
     """A whole text -> a label as a string (argmax -> StringLookup(invert=True))."""
     text = _words_in()
@@ -88,7 +79,7 @@ def text_label() -> keras.Model:
     return keras.Model(text, label)
 
 
-@_seeded
+@seeded
 def tag_strings() -> keras.Model:
     """Token strings per step -> a tag string per step."""
     tokens = keras.Input((None,), dtype="string", name="tokens")
@@ -100,7 +91,7 @@ def tag_strings() -> keras.Model:
                                                    num_oov_indices=0)(best))  # fmt: skip
 
 
-@_seeded
+@seeded
 def text_and_numbers() -> keras.Model:
     """A whole text and a numeric vector (its author's features), joined -> softmax."""
     text = _words_in()
@@ -111,7 +102,7 @@ def text_and_numbers() -> keras.Model:
     return keras.Model({"text": text, "numbers": numbers}, layers.Dense(3, activation="softmax")(x))
 
 
-@_seeded
+@seeded
 def tokens_and_values() -> keras.Model:
     """A token string and a number per step, joined (aligned)."""
     tokens = keras.Input((None,), dtype="string", name="tokens")
