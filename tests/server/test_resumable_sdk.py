@@ -161,6 +161,11 @@ def async_run(target: str, model: str, ops: list[Op], a: ServerProcess | None, *
 
 RUNS = {"sync": sync_run, "asyncio": async_run}
 TWINS = pytest.mark.parametrize("twin", list(RUNS))
+# The asyncio twin of the longer cases runs in the slow suite (each case restarts a replica):
+# the default suite keeps both twins of the handoff and the crash.
+SYNC_THEN_SLOW_ASYNC = pytest.mark.parametrize(
+    "twin", ["sync", pytest.param("asyncio", marks=pytest.mark.slow)]
+)
 
 
 def values(outputs: list[Any]) -> list[np.ndarray]:
@@ -233,7 +238,7 @@ def test_a_replica_killed_mid_session_resumes_from_the_last_checkpoint(
     )
 
 
-@TWINS
+@SYNC_THEN_SLOW_ASYNC
 @pytest.mark.parametrize("disruption", ["stop", "kill"])
 def test_an_unaligned_session_decodes_after_its_replica_went(
     twin: str, disruption: str, a: ServerProcess, b: ServerProcess, eager: Callable[..., Any]
@@ -253,7 +258,7 @@ def test_an_unaligned_session_decodes_after_its_replica_went(
     assert [p.step for p in got.outputs[-1]] == list(range(len(decoded)))
 
 
-@TWINS
+@SYNC_THEN_SLOW_ASYNC
 def test_emit_on_request_running_predictions_across_a_crash(
     twin: str, a: ServerProcess, b: ServerProcess, eager: Callable[..., Any]
 ) -> None:
