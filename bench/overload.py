@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -39,6 +40,21 @@ CHANNELS = 8
 WARMUP_S = 2.0
 PROBE_EVERY_S = 0.1
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def _row(
+    callers: int, duration: float, ok: list[float], refused: list[float], codes: Counter[str]
+) -> dict[str, Any]:
+    """One table row's measured fields (both the gRPC and the in-process runs)."""
+    return {
+        "callers": callers,
+        "ok_per_s": len(ok) / duration,
+        "ok_p50_ms": _pct(ok, 0.5),
+        "ok_p99_ms": _pct(ok, 0.99),
+        "refused": codes["RESOURCE_EXHAUSTED"],
+        "refused_p99_ms": _pct(refused, 0.99),
+        "deadline_exceeded": codes["DEADLINE_EXCEEDED"],
+    }
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -96,14 +112,7 @@ async def _point(target: str, callers: int, duration: float, deadline_s: float) 
     await asyncio.gather(*(caller(i) for i in range(callers)))
     for channel in channels:
         await channel.close()
-    return {
-        "callers": callers,
-        "ok_per_s": len(ok) / duration,
-        "ok_p50_ms": _pct(ok, 0.5),
-        "ok_p99_ms": _pct(ok, 0.99),
-        "refused": codes["RESOURCE_EXHAUSTED"],
-        "refused_p99_ms": _pct(refused, 0.99),
-        "deadline_exceeded": codes["DEADLINE_EXCEEDED"],
+    return _row(callers, duration, ok, refused, codes) | {
         "other": {k: v for k, v in codes.items() if k not in _COUNTED},
     }
 
@@ -226,17 +235,7 @@ async def _fake_point(callers: int, duration: float, deadline_s: float, policy: 
                     await asyncio.sleep(pause)
 
         await asyncio.gather(*(caller() for _ in range(callers)))
-    return {
-        "callers": callers,
-        "ok_per_s": len(ok) / duration,
-        "ok_p50_ms": _pct(ok, 0.5),
-        "ok_p99_ms": _pct(ok, 0.99),
-        "refused": codes["RESOURCE_EXHAUSTED"],
-        "refused_p99_ms": _pct(refused, 0.99),
-        "deadline_exceeded": codes["DEADLINE_EXCEEDED"],
-        "other": {},
-        "health_p99_ms": None,
-    }
+    return _row(callers, duration, ok, refused, codes) | {"other": {}, "health_p99_ms": None}
 
 
 def _in_process(callers: list[int], duration: float, deadline_s: float) -> list[dict]:
