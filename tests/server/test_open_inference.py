@@ -441,6 +441,8 @@ def test_oversized_tensor_is_refused_before_allocation(served: ServerProcess) ->
             infer(request, timeout=30)
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max_request_elements" in caught.value.details()
+    # The same call would hit the same limit again: clients that retry on pushback must not.
+    assert ("grpc-retry-pushback-ms", "-1") in (caught.value.trailing_metadata() or ())
 
 
 def test_stream_errors_keep_the_stream_open(v2: triton.InferenceServerClient) -> None:

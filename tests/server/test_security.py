@@ -31,6 +31,7 @@ from seqserve_client import (
     UnauthenticatedError,
     UnavailableError,
 )
+from seqserve_client.calls import predict_request
 from tests.fuzz.run import FuzzConfig, fuzz
 from tests.support.metrics import value
 from tests.support.model_zoo import FEATURES
@@ -43,7 +44,9 @@ TOKENS = {  # name: (token, models, scopes)
     "reader": ("tok-reader", ["aligned"], ["read"]),
     "other": ("tok-other", ["elsewhere-*"], ["infer", "read"]),
     "revoked": ("tok-revoked", ["*"], ["infer", "read"]),
+    "metered": ("tok-metered", ["*"], ["infer", "read"]),
 }
+SHARES = {"metered": {"rate": 2, "weight": 0.5}}  # the front door's per-token caps
 
 
 def write_tokens(path: Path, names: list[str]) -> None:
@@ -53,6 +56,7 @@ def write_tokens(path: Path, names: list[str]) -> None:
             "sha256": hashlib.sha256(TOKENS[name][0].encode()).hexdigest(),
             "models": TOKENS[name][1],
             "scopes": TOKENS[name][2],
+            **SHARES.get(name, {}),
         }
         for name in names
     ]
@@ -240,6 +244,43 @@ def test_metrics_over_tls_count_callers_by_token_name_only(
     assert not any(token in text for token, _, _ in TOKENS.values())
     assert "tok-wrong" not in text and "tok-wrong" not in secured.output()
     assert not any(token in secured.output() for token, _, _ in TOKENS.values())
+
+
+def test_a_token_over_its_rate_is_refused_with_pushback_and_the_sdk_waits_it_out(
+    secured: ServerProcess, pki: Pki
+) -> None:
+    """`rate: 2` in the tokens file: a third call within the second is refused at once with
+    RESOURCE_EXHAUSTED, reason RATE_LIMITED and `grpc-retry-pushback-ms`; the SDK waits that
+    long and succeeds; another token is not slowed."""
+    credentials = grpc.ssl_channel_credentials(pki.ca.pem, pki.client.key, pki.client.cert)
+    request = predict_request("aligned", x(), 0, 0)
+    metered = (("authorization", "Bearer tok-metered"),)
+    with grpc.secure_channel(f"localhost:{secured.port}", credentials) as channel:
+        predict = channel.unary_unary(
+            "/seqserve.v1.SeqServe/Predict", request_serializer=lambda m: m.SerializeToString()
+        )
+        codes = []
+        for _ in range(4):
+            try:
+                predict(request, metadata=metered, timeout=QUICK)
+                codes.append("OK")
+            except grpc.RpcError as exc:
+                codes.append(exc.code().name)
+                refused = exc
+    assert codes.count("OK") <= 2 and "RESOURCE_EXHAUSTED" in codes, codes
+    trailers = dict(refused.trailing_metadata() or ())
+    assert 1 <= int(trailers["grpc-retry-pushback-ms"]) <= 1000
+    assert "over its rate of 2 calls per second" in refused.details()
+    with client(secured, pki, "tok-full") as c:
+        begin = time.monotonic()
+        for _ in range(10):
+            c.predict("aligned", x())
+        assert time.monotonic() - begin < 5  # not held behind the metered token
+    with client(secured, pki, "tok-metered") as c:
+        begin = time.monotonic()
+        for _ in range(4):
+            c.predict("aligned", x())  # refused ones are retried after the pushback
+        assert time.monotonic() - begin >= 1.0  # two calls a second, no faster
 
 
 # -- the Open Inference Protocol through the same gate -------------------------------------------

@@ -16,6 +16,7 @@ from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 from .config import Settings
 from .core.admission import AdmissionSettings
+from .core.call_admission import CallAdmission, CallAdmissionSettings
 from .core.compute_threads import ModelThreads
 from .core.inference import InferenceService
 from .core.limits import RequestLimits
@@ -27,13 +28,14 @@ from .core.resumption import Resumption
 from .core.runtime import configure_tensorflow
 from .core.session_store import SharedSessions, StoreUnavailable
 from .core.sessions import SessionManager
-from .metrics import ServerMetrics
+from .metrics import CallMetrics, ServerMetrics
 from .redis_store import RedisStore
 from .transport import open_inference
 from .transport.auth import Authorize
 from .transport.auth_tokens import TokensFile
 from .transport.calls import Registrar, Wrap
 from .transport.draining import Drain
+from .transport.front_door import FrontDoor
 from .transport.parsing import reject_unparsable
 from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
 from .transport.standard_services import ObservedHealth, ObservedReflection
@@ -91,13 +93,28 @@ class App:
         self.manager.listeners.append(self._model_health)
         self._poller: asyncio.Task[None] | None = None
         self.drain = Drain()
+        tokens = TokensFile(settings.auth_tokens_file) if settings.auth_tokens_file else None
+        self.calls = CallAdmission(
+            CallAdmissionSettings(
+                settings.min_call_limit, settings.max_concurrent_rpcs,
+                settings.loop_lag_target_ms / 1000, settings.default_deadline_s,
+            ),
+            tokens.policy if tokens is not None else CallAdmission.default_policy,
+            CallMetrics(self.metrics),
+        )  # fmt: skip
+        self._lag_watch: asyncio.Task[None] | None = None
         self.server = grpc.aio.server(
             options=server_options(settings), maximum_concurrent_rpcs=settings.max_concurrent_rpcs
         )
         # Every service is added through this: drain, token and parse checks wrap each method.
         self.services = Registrar(
             self.server,
-            [self.drain.wrap, *authorization(settings, self.metrics), reject_unparsable],
+            [
+                self.drain.wrap,
+                *authorization(tokens, self.metrics),
+                reject_unparsable,
+                FrontDoor(self.calls).wrap,
+            ],
         )
         self.port = 0
         self.metrics_port = 0
@@ -147,6 +164,7 @@ class App:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()
+        self._lag_watch = asyncio.create_task(self.calls.watch())
         if self.settings.repository_poll_s > 0:
             self._poller = asyncio.create_task(self._poll(self.settings.repository_poll_s))
         log.info(
@@ -212,8 +230,9 @@ class App:
         held and answered UNAVAILABLE, the calls in flight finish within the grace period."""
         grace = self.settings.grace_period_s if grace is None else grace
         began = time.monotonic()
-        if self._poller is not None:
-            self._poller.cancel()
+        for task in (self._poller, self._lag_watch):
+            if task is not None:
+                task.cancel()
         await self.health.enter_graceful_shutdown()
         moved = self.sessions.hand_off_all("the server is stopping")
         if moved:
@@ -270,12 +289,10 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     ).credentials()
 
 
-def authorization(settings: Settings, metrics: ServerMetrics) -> list[Wrap]:
+def authorization(tokens: TokensFile | None, metrics: ServerMetrics) -> list[Wrap]:
     """The token check (transport/auth.py) when a tokens file is given. It runs after the
     drain (a held call is refused UNAVAILABLE either way) and before the parse check."""
-    if settings.auth_tokens_file is None:
-        return []
-    return [Authorize(TokensFile(settings.auth_tokens_file), metrics).wrap]
+    return [] if tokens is None else [Authorize(tokens, metrics).wrap]
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

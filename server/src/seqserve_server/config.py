@@ -57,6 +57,18 @@ class Settings(BaseSettings):
         "longer than this or two batch times are refused and the newest served first "
         "(0: first in, first out, nothing shed)",
     )
+    min_call_limit: int = Field(
+        64,
+        ge=1,
+        description="Predict/ModelInfer calls always let in at once; past them the limit "
+        "follows the event loop's lag and further calls wait in a fair queue by caller",
+    )
+    loop_lag_target_ms: float = Field(
+        10.0,
+        gt=0,
+        description="the event loop's mean lag the call limit keeps under (past it, fewer "
+        "calls run at once and the rest wait their turn or are refused with pushback)",
+    )
     load_threads: int = Field(
         1, ge=1, description="models loaded and proven at once on startup (2 measured slower)"
     )

@@ -18,6 +18,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from .core.call_admission import PEER_PREFIX
 from .core.observer import ModelObserver
 
 # A compiled LSTM answers in well under a millisecond: resolve 50 µs .. 10 s.
@@ -27,6 +28,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 UNKNOWN_MODEL = "_unknown"  # callers' misspelt names and versions must not create new series
+PEER_CALLER = "_peer"  # callers without a token, together: addresses must not create series
 
 
 class ServerMetrics:
@@ -103,6 +105,28 @@ class ServerMetrics:
         self.model_load_seconds = Gauge(
             "seqserve_model_load_seconds", "Time taken to load, compile and warm up a model.",
             ["model", "version"], registry=r,
+        )  # fmt: skip
+        self.load_shed = Counter(
+            "seqserve_load_shed", "Calls refused with pushback (RESOURCE_EXHAUSTED and "
+            "grpc-retry-pushback-ms), by model (empty: the server-wide front door) and reason "
+            "(front door: deadline, expired, rate; a model's batcher: deadline, queue).",
+            ["model", "reason"], registry=r,
+        )  # fmt: skip
+        self.front_door_wait_seconds = Histogram(
+            "seqserve_front_door_wait_seconds", "Time Predict/ModelInfer calls waited for "
+            "their turn at the server-wide front door (only calls that waited).",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.front_door = Gauge(
+            "seqserve_front_door", "The server-wide front door, once per 100 ms: limit (calls "
+            "let in at once), in_flight, queued, loop_lag_seconds (the event loop's mean lag), "
+            "estimated_wait_seconds (for a new call).",
+            ["quantity"], registry=r,
+        )  # fmt: skip
+        self.caller_in_flight = Gauge(
+            "seqserve_caller_in_flight", "Predict/ModelInfer calls in progress by caller (a "
+            "token's name; _peer: callers without a token, together).",
+            ["caller"], registry=r,
         )  # fmt: skip
         # Children resolved once per label set: `labels()` takes a lock and validates each call.
         self._inflight_of: dict[str, Any] = {}
@@ -186,6 +210,7 @@ class _ModelMetrics:
         self._sessions = metrics.open_sessions.labels(model)
         self._steps = metrics.session_steps.labels(model)
         self._paths = metrics.compute_path
+        self._shed = metrics.load_shed
         self._model = model
 
     def batch_executed(self, size: int, compute_seconds: float) -> None:
@@ -206,3 +231,34 @@ class _ModelMetrics:
 
     def compute_path(self, version: int, kind: str, path: str) -> None:
         self._paths.labels(self._model, str(version), kind, path).set(1)
+
+    def shed(self, reason: str) -> None:
+        self._shed.labels(self._model, reason).inc()
+
+
+class CallMetrics:
+    """The front door's events as collectors (core.observer.CallObserver)."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+        self._shed = {r: metrics.load_shed.labels("", r) for r in ("deadline", "expired", "rate")}
+        self._callers: set[str] = set()
+
+    def shed(self, reason: str) -> None:
+        self._shed[reason].inc()
+
+    def waited(self, seconds: float) -> None:
+        self._metrics.front_door_wait_seconds.observe(seconds)
+
+    def window(self, state: dict[str, float], callers: dict[str, int]) -> None:
+        for quantity, value in state.items():
+            self._metrics.front_door.labels(quantity).set(value)
+        by_label: dict[str, int] = {}
+        for name, n in callers.items():
+            label = PEER_CALLER if name.startswith(PEER_PREFIX) else name
+            by_label[label] = by_label.get(label, 0) + n
+        for gone in self._callers - by_label.keys():
+            self._metrics.caller_in_flight.labels(gone).set(0)
+        for label, n in by_label.items():
+            self._metrics.caller_in_flight.labels(label).set(n)
+        self._callers = set(by_label)

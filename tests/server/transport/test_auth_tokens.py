@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from seqserve.v1 import seqserve_pb2 as pb
+from seqserve_server.core.call_admission import CallerPolicy
 from seqserve_server.transport import auth, auth_tokens
 from seqserve_server.transport.auth_tokens import TokensFile, TokensFileError, parse
 
@@ -42,11 +43,24 @@ def test_a_token_is_found_by_its_digest_and_globs_match(tmp_path: Path) -> None:
         ({"tokens": [{**entry("a", "t", [], []), "models": "aligned"}]}, "models"),
         ({"tokens": [entry("a", "t", [], []), entry("a", "u", [], [])]}, "unique"),
         ({"token": []}, "tokens"),
+        ({"tokens": [{**entry("a", "t", [], []), "weight": 0}]}, r"tokens\[0\]\.weight: .*> 0"),
+        ({"tokens": [{**entry("a", "t", [], []), "max_concurrent": 1.5}]}, "max_concurrent"),
+        ({"tokens": [{**entry("a", "t", [], []), "rate": -1}]}, r"rate: .*got -1"),
+        ({"tokens": [{**entry("a", "t", [], []), "rate": "fast"}]}, "rate"),
     ],
 )
 def test_a_bad_file_is_refused_naming_the_entry(bad: object, says: str) -> None:
     with pytest.raises(TokensFileError, match=says):
         parse(yaml.safe_dump(bad))
+
+
+def test_a_token_carries_its_share_and_caps_and_others_get_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    shared = {"weight": 2.5, "max_concurrent": 8, "rate": 100}
+    write(path, {**entry("batch", "one", ["*"], ["infer"]), **shared}, entry("app", "two", [], []))
+    tokens = TokensFile(path)
+    assert tokens.policy("batch") == CallerPolicy(weight=2.5, max_concurrent=8, rate=100.0)
+    assert tokens.policy("app") == CallerPolicy() == tokens.policy("peer:127.0.0.1")
 
 
 def test_a_removed_token_is_refused_after_reload_and_a_bad_edit_keeps_the_last_good(

@@ -45,7 +45,7 @@ import numpy as np
 
 from .admission import Admission, AdmissionSettings
 from .batch import Item
-from .errors import DeadlineExpired, Overloaded
+from .errors import DeadlineExpired, LoadShed, Overloaded
 from .observer import ModelObserver, NullModelObserver
 
 # Rows of one shape: one array, or one per input (in the model's order) for several inputs.
@@ -231,7 +231,11 @@ class DynamicBatcher:
         if self._depth and self._depth + rows > self.max_queue_size:
             # A request larger than the whole queue is still taken when the queue is empty.
             raise Overloaded(f"queue of model {self.name} is full ({self._depth} waiting)")
-        self.admission.admit(deadline, now_mono, self._depth, rows, self._in_flight)
+        try:
+            self.admission.admit(deadline, now_mono, self._depth, rows, self._in_flight)
+        except LoadShed:
+            self._metrics.shed("deadline")
+            raise
         if self._inline is not None:
             self._inline.arrived(not self._depth and not self._in_flight)
         request = _Request(rows, len(blocks), deadline, asyncio.get_running_loop().create_future())
@@ -335,6 +339,7 @@ class DynamicBatcher:
             if left is None or left > drain_s:
                 continue  # it can still be answered in time (or has no time to miss): keep it
             _fail(request, self.admission.shed_waiting(waited, left, drain_s))
+            self._metrics.shed("queue")
             shed = True
         if shed:
             self._purge_done()

@@ -136,6 +136,12 @@ class LoadShed(SeqServeError):
         self.retry_after_s = retry_after_s
 
 
+class RateLimited(LoadShed):
+    """Refused at once because the caller is over the call rate its token allows."""
+
+    reason = "RATE_LIMITED"
+
+
 class SessionMoved(SeqServeError):
     """The server handed the session off (it is stopping, or its version leaves): the caller
     resumes it elsewhere from the handoff token it was sent."""

@@ -16,6 +16,24 @@ class ModelObserver(Protocol):
     def compute_path(self, version: int, kind: str, path: str) -> None:
         """`kind` "predict" or "session": the path that computes it, proven at load."""
 
+    def shed(self, reason: str) -> None:
+        """A call refused with pushback by the batcher's admission ("deadline": its deadline
+        could not cover the estimate; "queue": overtaken under a standing queue)."""
+
+
+class CallObserver(Protocol):
+    """Events of the server-wide front door (core/call_admission.py)."""
+
+    def shed(self, reason: str) -> None:
+        """A call refused at the front door: "deadline", "expired" (while it waited), "rate"."""
+
+    def waited(self, seconds: float) -> None:
+        """A call started after waiting its turn for `seconds`."""
+
+    def window(self, state: dict[str, float], callers: dict[str, int]) -> None:
+        """Once per window: the limit, calls in progress, waiting, the loop's lag, the
+        estimated wait; and each caller's calls in progress."""
+
 
 class Observer(Protocol):
     def model_loaded(self, model: str, version: int, state: str, seconds: float) -> None: ...
@@ -40,6 +58,20 @@ class NullModelObserver:
         pass
 
     def compute_path(self, version: int, kind: str, path: str) -> None:
+        pass
+
+    def shed(self, reason: str) -> None:
+        pass
+
+
+class NullCallObserver:
+    def shed(self, reason: str) -> None:
+        pass
+
+    def waited(self, seconds: float) -> None:
+        pass
+
+    def window(self, state: dict[str, float], callers: dict[str, int]) -> None:
         pass
 
 

@@ -6,7 +6,14 @@ tokens:
     sha256: 9f86d0...              # hex SHA-256 of the token (`printf %s TOKEN | sha256sum`)
     models: ["aligned", "text-*"]  # names or fnmatch globs
     scopes: [infer, read]          # infer, read, admin
+    weight: 2                      # optional: its share of a full server (default 1)
+    max_concurrent: 64             # optional: Predict/ModelInfer calls in progress at once
+    rate: 500                      # optional: calls per second (a burst of one second's worth)
 ```
+
+`weight`, `max_concurrent` and `rate` feed the server's front door (core/call_admission.py): past
+the server's capacity, callers get slots in proportion to their weights, and a caller over its
+caps waits its turn (`max_concurrent`) or is refused with pushback (`rate`).
 
 The file is read again when its modification time changes (checked at most once a second), so
 a removed token is refused from the next check on, without a restart.
@@ -20,11 +27,14 @@ import hmac
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..core.call_admission import CallerPolicy
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,7 @@ class Grant:
     digest: bytes  # SHA-256 of the token
     models: tuple[str, ...]
     scopes: frozenset[str]
+    policy: CallerPolicy = field(default_factory=CallerPolicy)
 
     def covers(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
@@ -82,7 +93,27 @@ def _grant(index: int, entry: Any) -> Grant:
         raise TokensFileError(f"{where}.models: expected a list of names or globs")
     if not isinstance(scopes, list) or not set(scopes) <= SCOPES:
         raise TokensFileError(f"{where}.scopes: expected a list of {sorted(SCOPES)}")
-    return Grant(name, raw, tuple(models), frozenset(scopes))
+    return Grant(name, raw, tuple(models), frozenset(scopes), _policy(where, entry))
+
+
+_POLICY_RULES: dict[str, tuple[type, str, Callable[[float], bool]]] = {
+    "weight": (float, "a number > 0", lambda v: v > 0),
+    "max_concurrent": (int, "a whole number >= 0 (0: no cap)", lambda v: v >= 0 and v == int(v)),
+    "rate": (float, "a number >= 0 (calls per second; 0: no cap)", lambda v: v >= 0),
+}
+
+
+def _policy(where: str, entry: dict) -> CallerPolicy:
+    """The entry's `weight`, `max_concurrent` and `rate`, each optional."""
+    values: dict[str, Any] = {}
+    for key, (kind, rule, valid) in _POLICY_RULES.items():
+        value = entry.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not valid(value):
+            raise TokensFileError(f"{where}.{key}: expected {rule}, got {value!r}")
+        values[key] = kind(value)
+    return CallerPolicy(**values)
 
 
 class TokensFile:
@@ -125,6 +156,11 @@ class TokensFile:
                 return
             self._grants = grants
             log.info("tokens file reloaded: %d tokens", len(grants))
+
+    def policy(self, name: str) -> CallerPolicy:
+        """The share and caps of the token named `name` (the defaults for any other caller)."""
+        self._refresh()
+        return next((g.policy for g in self._grants if g.name == name), CallerPolicy())
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -72,6 +72,10 @@ def to_status(exc: Exception) -> grpc.Status:
     status = rpc_status.to_status(proto)
     if isinstance(exc, errors.LoadShed):
         return _Status(code, message, (*status.trailing_metadata, *pushback(exc)))
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # A limit the same call hits again (a message too large, sessions used up): a client
+        # that retries RESOURCE_EXHAUSTED after pushback must not send it again.
+        return _Status(code, message, (*status.trailing_metadata, (PUSHBACK_KEY, "-1")))
     return status
 
 
