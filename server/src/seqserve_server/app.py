@@ -36,6 +36,7 @@ from .transport.auth_tokens import TokensFile
 from .transport.calls import Registrar, Wrap
 from .transport.draining import Drain
 from .transport.front_door import FrontDoor
+from .transport.listeners import Listeners
 from .transport.parsing import reject_unparsable
 from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
 from .transport.standard_services import ObservedHealth, ObservedReflection
@@ -102,9 +103,10 @@ class App:
             tokens.policy if tokens is not None else CallAdmission.default_policy,
             CallMetrics(self.metrics),
         )  # fmt: skip
+        self.sessions.admit_open = self.calls.admit_session
         self._lag_watch: asyncio.Task[None] | None = None
-        self.server = grpc.aio.server(
-            options=server_options(settings), maximum_concurrent_rpcs=settings.max_concurrent_rpcs
+        self.server = Listeners(
+            settings.accept_loops, server_options(settings), settings.max_concurrent_rpcs
         )
         # Every service is added through this: drain, token and parse checks wrap each method.
         self.services = Registrar(
@@ -157,10 +159,7 @@ class App:
             )
         address = f"{self.settings.host}:{self.settings.port}"
         credentials = server_credentials(self.settings)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, credentials)
+        self.port = self.server.add_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int = Field(
         1024, ge=1, description="calls in progress server-wide, sessions included"
     )
+    accept_loops: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="gRPC servers on the port, each taking calls from gRPC core on its own "
+        "(grpc.aio takes one call per turn of the event loop per server)",
+    )
     max_streams_per_connection: int = Field(
         256, ge=1, description="concurrent calls on one HTTP/2 connection (more wait)"
     )

@@ -109,7 +109,8 @@ class ServerMetrics:
         self.load_shed = Counter(
             "seqserve_load_shed", "Calls refused with pushback (RESOURCE_EXHAUSTED and "
             "grpc-retry-pushback-ms), by model (empty: the server-wide front door) and reason "
-            "(front door: deadline, expired, rate; a model's batcher: deadline, queue).",
+            "(front door: deadline, expired, rate, session: a new session while congested; a "
+            "model's batcher: deadline, queue).",
             ["model", "reason"], registry=r,
         )  # fmt: skip
         self.front_door_wait_seconds = Histogram(
@@ -120,7 +121,8 @@ class ServerMetrics:
         self.front_door = Gauge(
             "seqserve_front_door", "The server-wide front door, once per 100 ms: limit (calls "
             "let in at once), in_flight, queued, loop_lag_seconds (the event loop's mean lag), "
-            "estimated_wait_seconds (for a new call).",
+            "call_seconds (started calls' mean time to their end), estimated_wait_seconds (for "
+            "a new call).",
             ["quantity"], registry=r,
         )  # fmt: skip
         self.caller_in_flight = Gauge(
@@ -241,7 +243,8 @@ class CallMetrics:
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
-        self._shed = {r: metrics.load_shed.labels("", r) for r in ("deadline", "expired", "rate")}
+        reasons = ("deadline", "expired", "rate", "session")
+        self._shed = {r: metrics.load_shed.labels("", r) for r in reasons}
         self._callers: set[str] = set()
 
     def shed(self, reason: str) -> None:

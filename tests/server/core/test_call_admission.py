@@ -224,3 +224,20 @@ def test_the_limit_shrinks_while_the_loop_lags_and_grows_back_while_calls_wait()
     door._window_start -= 1
     door.observe_lag(0.001)
     assert door.limit == 5
+
+
+def test_new_sessions_are_refused_while_congested_and_taken_again_after() -> None:
+    door = admission(4)
+    door.admit_session()  # uncongested: taken
+    door.lag_s = 0.05  # the loop runs 50 ms late (target 10 ms)
+    with pytest.raises(LoadShed) as refused:
+        door.admit_session()
+    assert "new sessions are refused" in str(refused.value)
+    assert "50 ms late" in str(refused.value)
+    assert refused.value.retry_after_s >= 0.5
+    door.lag_s = 0.0
+    door.latency_floor_s, door.latency_s = 0.010, 0.030  # calls take 3x their uncongested time
+    with pytest.raises(LoadShed, match="calls take 30 ms, uncongested 10 ms"):
+        door.admit_session()
+    door.latency_s = 0.012
+    door.admit_session()

@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from seqserve_server.core.errors import InvalidInput, LimitExceeded, Unsupported
+from seqserve_server.core.errors import InvalidInput, LimitExceeded, LoadShed, Unsupported
 from seqserve_server.core.sessions import SessionManager, SessionSupport
 from tests.server.core.conftest import MAX_SESSIONS
 from tests.support.model_zoo import FEATURES
@@ -111,6 +111,20 @@ def test_open_sessions_are_counted_and_limited(sessions: SessionManager) -> None
             sessions.close(session)
             sessions.close(session)  # idempotent
     assert sessions.open_count("classifier") == 0
+
+
+def test_a_new_session_is_refused_when_the_front_door_says_so(sessions: SessionManager) -> None:
+    def congested() -> None:
+        raise LoadShed("past capacity", estimate_s=0.0, deadline_s=0.0, retry_after_s=1.0)
+
+    sessions.admit_open = congested
+    try:
+        with pytest.raises(LoadShed, match="past capacity"):
+            sessions.open("classifier")
+        assert sessions.open_count("classifier") == 0
+    finally:
+        sessions.admit_open = lambda: None
+    sessions.close(sessions.open("classifier"))
 
 
 def test_what_sessions_refuse(sessions: SessionManager) -> None:

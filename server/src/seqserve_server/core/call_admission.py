@@ -10,18 +10,23 @@ every step (receive, decode, queue, answer) and almost all answers arrive after 
 (measured: 4 OK/s at 1,024 callers against 926 at 32), while the batcher's queue stays short and
 has nothing to act on. So:
 
-- **A limit on calls in progress, driven by the loop's lag.** A monitor measures how late the
-  loop runs a timer (`watch`); while the lag stays under `lag_target_s` and calls are waiting
-  the limit grows, when it goes over the limit shrinks towards the calls in progress (AIMD, as
-  TCP's congestion window). Compute-bound models never lag the loop, so they get every call
-  their batcher can take and the batcher's deadline admission decides; a cheap model under a
-  flood gets as many as the loop can carry. `min_limit` calls are always let in.
+- **A limit on calls in progress, driven by congestion.** Once per window the limit shrinks
+  towards the calls in progress when the server is congested, and grows while calls wait and
+  it is not (AIMD, as TCP's congestion window). Congested: the loop runs a timer more than
+  `lag_target_s` late (`watch`: a cheap model under a flood, the loop is the bottleneck), or
+  calls take more than `LATENCY_TOLERANCE` times their uncongested time from start to end
+  (a model's batcher queue is standing: past capacity, more calls in progress only wait
+  there, where no caller is preferred). `min_limit` calls are always let in.
 - **A fair queue by caller.** Calls past the limit wait (a future each, no loop work while
   they wait) in one queue per caller (the auth token's name, or the peer's address), and a
   free slot goes to the caller with the least service per unit of weight (start-time fair
   queueing). A caller flooding the server waits behind itself, not in front of others.
   Optional per-caller caps from the tokens file: `max_concurrent` calls in progress, `rate`
   calls per second (a token bucket with a one-second burst: past it, refused at once).
+- **New sessions refused while congested.** A session is a standing claim on the loop and the
+  model for as long as it lives: while the server is congested `admit_session` refuses new
+  ones at once (with pushback), so the sessions already open keep their step latency; a
+  resumed session (moved from another replica) is not refused.
 - **Refused at once rather than late.** A call whose remaining deadline cannot cover its
   estimated wait (its place in its caller's queue at the measured completion rate) is refused
   before it waits (`LoadShed`, retry after that wait); one whose deadline would pass while it
@@ -46,8 +51,11 @@ WINDOW_S = 0.1  # the limit is adjusted once per window, from the window's mean 
 DECREASE = 0.9  # multiplicative decrease of the limit when the loop lags
 INCREASE = 0.1  # additive increase per window, as a fraction of the limit (at least one call)
 SMOOTHING = 0.3  # weight of the newest window in the completion rate's moving average
+LATENCY_TOLERANCE = 2.0  # calls taking this many times their uncongested time: congested
+FLOOR_DRIFT = 1.01  # per window, the uncongested time creeps up (models and load change)
 IDLE_S = 1.0  # a caller with nothing in progress or queued for this long is forgotten
 MIN_RETRY_AFTER_S = 0.005
+SESSION_RETRY_AFTER_S = 1.0  # a refused new session: come back when this window has passed
 PEER_PREFIX = "peer:"  # callers without a token are named by this and their address
 
 
@@ -123,6 +131,10 @@ class CallAdmission:
         self._completed = 0
         self._window_start = time.monotonic()
         self._lags: list[float] = []
+        self._latency_sum = 0.0  # this window's started calls' time from start to end
+        self._latency_n = 0
+        self.latency_floor_s: float | None = None  # the least window mean: uncongested
+        self.latency_s = 0.0  # the last window's mean
 
     @staticmethod
     def default_policy(caller: str) -> CallerPolicy:
@@ -156,18 +168,39 @@ class CallAdmission:
             if not waiter.future.done() or waiter.future.cancelled():
                 self._forget(waiter)
             elif waiter.future.exception() is None:  # started, then cancelled: give it back
-                self.leave(Ticket(who, now))
+                self.leave(Ticket(who, time.monotonic()))
             raise
-        self.observer.waited(time.monotonic() - now)
-        return Ticket(who, now)
+        started = time.monotonic()
+        self.observer.waited(started - now)
+        return Ticket(who, started)
 
     def leave(self, ticket: Ticket) -> None:
         """A started call ended (answered, failed or cancelled): its slot goes to the next."""
+        now = time.monotonic()
         ticket.caller.in_flight -= 1
         self.in_flight -= 1
         self._completed += 1
-        ticket.caller.seen = time.monotonic()
+        self._latency_sum += now - ticket.started
+        self._latency_n += 1
+        ticket.caller.seen = now
         self._admit_waiting()
+
+    def admit_session(self) -> None:
+        """Raise `LoadShed` when a new session should not start now (congested)."""
+        if not self.congested():
+            return
+        self.observer.shed("session")
+        why = (
+            f"the event loop runs {self.lag_s * 1e3:.0f} ms late"
+            if self.lag_s > self.settings.lag_target_s
+            else f"calls take {self.latency_s * 1e3:.0f} ms, uncongested "
+            f"{(self.latency_floor_s or 0) * 1e3:.0f} ms"
+        )
+        raise LoadShed(
+            f"the server is past capacity ({why}): new sessions are refused until it catches "
+            "up, open sessions go on",
+            estimate_s=0.0, deadline_s=0.0, retry_after_s=SESSION_RETRY_AFTER_S,
+        )  # fmt: skip
 
     def estimate_s(self, who: _Caller) -> float:
         """How long a new call of `who` would wait for a slot: its caller's queue ahead of it
@@ -200,6 +233,7 @@ class CallAdmission:
         self.lag_s = sum(self._lags) / len(self._lags)
         self._lags.clear()
         self._measure_rate(elapsed)
+        self._measure_latency()
         self._window_start = now
         self._adjust()
         self._forget_idle(now)
@@ -212,6 +246,7 @@ class CallAdmission:
             "in_flight": self.in_flight,
             "queued": self.queued,
             "loop_lag_seconds": self.lag_s,
+            "call_seconds": self.latency_s,
             "estimated_wait_seconds": self.queued / self.rate if self.rate else 0.0,
         }
         self.observer.window(state, {c.name: c.in_flight for c in self._callers.values()})
@@ -225,11 +260,29 @@ class CallAdmission:
         rate = completed / elapsed
         self.rate = rate if self.rate is None else self.rate + SMOOTHING * (rate - self.rate)
 
-    def _adjust(self) -> None:
-        ceiling = float(self.settings.max_limit)
+    def _measure_latency(self) -> None:
+        """The window's mean time from start to end, and the uncongested floor."""
+        if not self._latency_n:
+            return
+        self.latency_s = self._latency_sum / self._latency_n
+        self._latency_sum, self._latency_n = 0.0, 0
+        floor = self.latency_floor_s
+        self.latency_floor_s = self.latency_s if floor is None else min(
+            floor * FLOOR_DRIFT, self.latency_s
+        )  # fmt: skip
+
+    def congested(self) -> bool:
+        """The loop lags, or calls take much longer than uncongested (see module doc)."""
         if self.lag_s > self.settings.lag_target_s:
+            return True
+        floor = self.latency_floor_s
+        return floor is not None and self.latency_s > LATENCY_TOLERANCE * floor
+
+    def _adjust(self) -> None:
+        if self.congested():
             self.limit = max(self.settings.min_limit, min(self.limit, self.in_flight) * DECREASE)
         elif self.queued and self.lag_s < self.settings.lag_target_s / 2:
+            ceiling = float(self.settings.max_limit)
             self.limit = min(ceiling, self.limit + max(1.0, self.limit * INCREASE))
 
     # -- bookkeeping ---------------------------------------------------------------------------

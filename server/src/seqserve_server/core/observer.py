@@ -25,7 +25,8 @@ class CallObserver(Protocol):
     """Events of the server-wide front door (core/call_admission.py)."""
 
     def shed(self, reason: str) -> None:
-        """A call refused at the front door: "deadline", "expired" (while it waited), "rate"."""
+        """A call refused at the front door: "deadline", "expired" (while it waited), "rate",
+        "session" (a new session while congested)."""
 
     def waited(self, seconds: float) -> None:
         """A call started after waiting its turn for `seconds`."""

@@ -145,9 +145,11 @@ class SessionManager:
         threads: ModelThreads,
         observers: Callable[[str], ModelObserver],
         resumption: Resumption | None = None,
+        admit_open: Callable[[], None] = lambda: None,
     ) -> None:
         self.repository = repository
         self.resumption = resumption
+        self.admit_open = admit_open  # raises (LoadShed) when no new session should start now
         self._layouts: dict[tuple[str, int], str] = {}
         self._threads = threads
         self._observer_for = observers
@@ -249,6 +251,7 @@ class SessionManager:
     ) -> OpenSession:
         """A new session; `statics`: the model's static inputs by name (one item each)."""
         target = self.repository.resolve(model, version)
+        self.admit_open()
         program = self._program(target)
         check_top_k(k, target.labels, "open.top_k")
         rules = StepRules.of(target, program)

@@ -30,7 +30,7 @@ class Registrar:
     """The server, as the services see it while they register: `wraps` apply to every method,
     the first outermost (as interceptors do in the order given)."""
 
-    def __init__(self, server: grpc.aio.Server, wraps: Sequence[Wrap]) -> None:
+    def __init__(self, server: Any, wraps: Sequence[Wrap]) -> None:
         self._server = server
         self._wraps = tuple(reversed(wraps))
 
