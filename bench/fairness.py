@@ -60,14 +60,6 @@ async def _in_process(duration: float, deadline_s: float, flood: bool, fair: boo
         time.sleep(FAKE_BATCH_S)
         return values
 
-    defaults = Settings()
-    door = CallAdmission(
-        CallAdmissionSettings(
-            defaults.min_call_limit, defaults.max_concurrent_rpcs,
-            defaults.loop_lag_target_ms / 1000,
-        )
-    )  # fmt: skip
-    watch = asyncio.create_task(door.watch())
     item = np.zeros((1, 52, 1), np.float32)
     begin = time.perf_counter() + WARMUP_S
     end = begin + duration
@@ -79,6 +71,15 @@ async def _in_process(duration: float, deadline_s: float, flood: bool, fair: boo
         batcher = DynamicBatcher(
             compute, pool, FAKE_BATCH, 0.0, 1 << 20, admission=AdmissionSettings()
         )
+        defaults = Settings()
+        door = CallAdmission(
+            CallAdmissionSettings(
+                defaults.min_call_limit, defaults.max_concurrent_rpcs,
+                defaults.loop_lag_target_ms / 1000,
+            ),
+            backlogged=lambda: batcher.take_peak_depth() > batcher.max_batch_size,
+        )  # fmt: skip
+        watch = asyncio.create_task(door.watch())
 
         async def call(name: str) -> float:
             """One call; the pushback to wait (0: none)."""
@@ -123,7 +124,7 @@ async def _in_process(duration: float, deadline_s: float, flood: bool, fair: boo
 
         workers = [light()] + ([heavy() for _ in range(HEAVY_CALLERS)] if flood else [])
         await asyncio.gather(*workers)
-    watch.cancel()
+        watch.cancel()
     return {name: summary(ok, codes, duration) for name, (ok, codes) in results.items()}
 
 

@@ -2,6 +2,7 @@
 
     python -m bench.overload [--callers 32,256,1024] [--duration 10] [--deadline-ms 250]
                              [--source DIR] [--label NAME] [--server-args "..."]
+                             [--echo] [--fair] [--in-process]
 
 Closed loop: N raw grpc.aio callers on 8 connections (no retries, requests serialized once)
 call `Predict` on the bundled `co2_next_week` with a 250 ms deadline, for 10 s per point, against
@@ -10,6 +11,10 @@ call `Predict` on the bundled `co2_next_week` with a 250 ms deadline, for 10 s p
 before the caller's next call, as gRPC's retry design (A6) asks of any client that retries; a
 caller that is not told to wait (every other outcome) calls again at once. A separate process
 probes the health service every 100 ms meanwhile.
+
+`--echo`: the same points against bench/echo_server.py (gRPC and protobuf, no model, no
+admission): what the transport alone does at each load on this machine. `--fair`: two callers
+(bench/fairness.py), the light one's goodput and p99 alone and while the other floods.
 
 `--source DIR`: the server package from DIR/server/src (another checkout, e.g. the commit before
 a change, through `git worktree add`), so before and after run on one machine minutes apart.
@@ -31,6 +36,7 @@ from typing import Any
 
 import grpc
 
+from bench import fairness, servers
 from bench.models import BUNDLED, CO2
 from bench.run import request_bytes
 from bench.servers import serve
@@ -76,8 +82,11 @@ def _pushback_s(exc: grpc.aio.AioRpcError) -> float:
     return 0.0
 
 
-async def _point(target: str, callers: int, duration: float, deadline_s: float) -> dict:
+async def _point(
+    target: str, callers: int, duration: float, deadline_s: float, token: str | None = None
+) -> dict:
     """One closed-loop point; counts outcomes that complete inside the measured window."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
     payload = request_bytes(CO2, 1)
     options = [("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(CHANNELS)]
@@ -95,7 +104,7 @@ async def _point(target: str, callers: int, duration: float, deadline_s: float) 
         while (t0 := time.perf_counter()) < end:
             pause = 0.0
             try:
-                await call(payload, timeout=deadline_s)
+                await call(payload, timeout=deadline_s, metadata=metadata)
                 outcome, latency = "OK", time.perf_counter() - t0
             except grpc.aio.AioRpcError as exc:
                 outcome, latency = exc.code().name, time.perf_counter() - t0
@@ -141,14 +150,16 @@ def probe(target: str, seconds: float) -> None:
     print(json.dumps({**summary, "failures": failures}), flush=True)
 
 
-def _measure(target: str, callers: int, duration: float, deadline_s: float) -> dict:
+def _measure(
+    target: str, callers: int, duration: float, deadline_s: float, token: str | None = None
+) -> dict:
     """A point with the health prober beside it (started first, so it spans the window)."""
     prober = subprocess.Popen(
         [sys.executable, "-m", "bench.overload", "--probe", target, str(WARMUP_S + duration)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        result = asyncio.run(_point(target, callers, duration, deadline_s))
+        result = asyncio.run(_point(target, callers, duration, deadline_s, token))
         out, _ = prober.communicate(timeout=30)
     finally:
         if prober.poll() is None:
@@ -271,6 +282,8 @@ def main() -> None:
     parser.add_argument("--label", default="this checkout")
     parser.add_argument("--server-args", default="", help="extra `seqserve serve` flags")
     parser.add_argument("--out", type=Path, help="append the JSON rows to this file")
+    parser.add_argument("--echo", action="store_true", help="also against the echo server")
+    parser.add_argument("--fair", action="store_true", help="two callers, one flooding")
     parser.add_argument(
         "--in-process",
         action="store_true",
@@ -279,24 +292,58 @@ def main() -> None:
     )
     args = parser.parse_args()
     callers = [int(c) for c in args.callers.split(",")]
+    deadline_s = args.deadline_ms / 1000
     if args.in_process:
-        print(table(_in_process(callers, args.duration, args.deadline_ms / 1000)))
+        print(table(_in_process(callers, args.duration, deadline_s)))
+        if args.fair:
+            print(fairness.table(fairness.in_process(args.duration, deadline_s)))
         return
     env = {"PYTHONPATH": str(args.source / "server" / "src")} if args.source else {}
     repository = _only(args.repository, CO2.name) if args.only_co2 else args.repository
-    server = serve(repository, ["--metrics-port", "-1", *args.server_args.split()], env)
-    rows = []
+    flags = ["--metrics-port", "-1", *args.server_args.split()]
+    tokens = fairness.tokens_file(Path(tempfile.mkdtemp(prefix="overload-")))
+    rows: list[dict] = []
+    server = serve(
+        repository, [*flags, "--auth-tokens-file", str(tokens)] if args.fair else flags, env
+    )
     try:
-        for n in callers:
-            row = _measure(server.target, n, args.duration, args.deadline_ms / 1000)
-            rows.append({**row, "label": args.label})
-            print(json.dumps(rows[-1]), flush=True)
+        if not args.fair:
+            rows += _points(server.target, callers, args.duration, deadline_s, args.label)
+        else:
+            capacity = _measure(server.target, 32, args.duration, deadline_s, "light")["ok_per_s"]
+            fair_rows = fairness.over_grpc(server.target, capacity, args.duration, deadline_s)
     finally:
         server.stop()
+    if args.echo:
+        echo_server = servers.echo(_shapes(Path(tokens.parent)))
+        try:
+            rows += _points(echo_server.target, callers, args.duration, deadline_s, "echo")
+        finally:
+            echo_server.stop()
     if args.out:
         with args.out.open("a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
-    print(table(rows))
+    if rows:
+        print(table(rows))
+    if args.fair:
+        print(fairness.table(fair_rows))
+
+
+def _points(
+    target: str, callers: list[int], duration: float, deadline_s: float, label: str
+) -> list:
+    rows = []
+    for n in callers:
+        rows.append({**_measure(target, n, duration, deadline_s), "label": label})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _shapes(directory: Path) -> Path:
+    """The echo server's answer shapes: co2_next_week's output, one value per step."""
+    path = directory / "shapes.json"
+    path.write_text(json.dumps({CO2.name: list(CO2.output_shape)}))
+    return path
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ class App:
             ),
             tokens.policy if tokens is not None else CallAdmission.default_policy,
             CallMetrics(self.metrics),
+            self.inference.backlogged,
         )  # fmt: skip
         self.sessions.admit_open = self.calls.admit_session
         self._lag_watch: asyncio.Task[None] | None = None

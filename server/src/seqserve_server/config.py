@@ -58,7 +58,7 @@ class Settings(BaseSettings):
         "(0: first in, first out, nothing shed)",
     )
     min_call_limit: int = Field(
-        64,
+        16,
         ge=1,
         description="Predict/ModelInfer calls always let in at once; past them the limit "
         "follows the event loop's lag and further calls wait in a fair queue by caller",

@@ -121,8 +121,7 @@ class ServerMetrics:
         self.front_door = Gauge(
             "seqserve_front_door", "The server-wide front door, once per 100 ms: limit (calls "
             "let in at once), in_flight, queued, loop_lag_seconds (the event loop's mean lag), "
-            "call_seconds (started calls' mean time to their end), estimated_wait_seconds (for "
-            "a new call).",
+            "estimated_wait_seconds (for a new call).",
             ["quantity"], registry=r,
         )  # fmt: skip
         self.caller_in_flight = Gauge(

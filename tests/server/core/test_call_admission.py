@@ -236,8 +236,8 @@ def test_new_sessions_are_refused_while_congested_and_taken_again_after() -> Non
     assert "50 ms late" in str(refused.value)
     assert refused.value.retry_after_s >= 0.5
     door.lag_s = 0.0
-    door.latency_floor_s, door.latency_s = 0.010, 0.030  # calls take 3x their uncongested time
-    with pytest.raises(LoadShed, match="calls take 30 ms, uncongested 10 ms"):
+    door.backlog = True  # a model's batcher holds more than a batch waiting
+    with pytest.raises(LoadShed, match="a model's queue holds more than a batch"):
         door.admit_session()
-    door.latency_s = 0.012
+    door.backlog = False
     door.admit_session()

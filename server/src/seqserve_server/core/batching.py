@@ -181,6 +181,7 @@ class DynamicBatcher:
         # row shape(s) -> queued slots, oldest first; the dict keeps shapes in order of arrival
         self._groups: OrderedDict[tuple, deque[_Slot]] = OrderedDict()
         self._depth = 0
+        self._peak_depth = 0  # the most rows waiting since `take_peak_depth` last looked
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -201,6 +202,12 @@ class DynamicBatcher:
     def queue_depth(self) -> int:
         """Rows waiting (not yet handed to compute)."""
         return self._depth
+
+    def take_peak_depth(self) -> int:
+        """The most rows that waited at once since the last look (a sample of `queue_depth`
+        would mostly see the moment after a batch left)."""
+        peak, self._peak_depth = self._peak_depth, self._depth
+        return peak
 
     @property
     def in_flight(self) -> int:
@@ -249,6 +256,7 @@ class DynamicBatcher:
                 group = groups[key] = deque()
             group.append(_Slot(request, index, 0, values, now))
         self._depth += rows
+        self._peak_depth = max(self._peak_depth, self._depth)
         self._metrics.queue_depth(self._depth)
         self._dispatch()
         try:

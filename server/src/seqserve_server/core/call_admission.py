@@ -13,10 +13,10 @@ has nothing to act on. So:
 - **A limit on calls in progress, driven by congestion.** Once per window the limit shrinks
   towards the calls in progress when the server is congested, and grows while calls wait and
   it is not (AIMD, as TCP's congestion window). Congested: the loop runs a timer more than
-  `lag_target_s` late (`watch`: a cheap model under a flood, the loop is the bottleneck), or
-  calls take more than `LATENCY_TOLERANCE` times their uncongested time from start to end
-  (a model's batcher queue is standing: past capacity, more calls in progress only wait
-  there, where no caller is preferred). `min_limit` calls are always let in.
+  `lag_target_s` late (`watch`: a cheap model under a flood, the loop is the bottleneck), or a
+  model's batcher held more than a batch of rows waiting (`backlogged`: past the model's
+  capacity more calls in progress only wait there, where no caller is preferred and newer
+  calls overtake older ones). `min_limit` calls are always let in.
 - **A fair queue by caller.** Calls past the limit wait (a future each, no loop work while
   they wait) in one queue per caller (the auth token's name, or the peer's address), and a
   free slot goes to the caller with the least service per unit of weight (start-time fair
@@ -49,10 +49,8 @@ from .observer import CallObserver, NullCallObserver
 TICK_S = 0.005  # the lag monitor's timer
 WINDOW_S = 0.1  # the limit is adjusted once per window, from the window's mean lag
 DECREASE = 0.9  # multiplicative decrease of the limit when the loop lags
-INCREASE = 0.1  # additive increase per window, as a fraction of the limit (at least one call)
+INCREASE = 0.05  # increase per window, as a fraction of the limit (at least one call)
 SMOOTHING = 0.3  # weight of the newest window in the completion rate's moving average
-LATENCY_TOLERANCE = 2.0  # calls taking this many times their uncongested time: congested
-FLOOR_DRIFT = 1.01  # per window, the uncongested time creeps up (models and load change)
 IDLE_S = 1.0  # a caller with nothing in progress or queued for this long is forgotten
 MIN_RETRY_AFTER_S = 0.005
 SESSION_RETRY_AFTER_S = 1.0  # a refused new session: come back when this window has passed
@@ -73,7 +71,7 @@ class CallAdmissionSettings:
     """The server's flags: `--min-call-limit`, `--max-concurrent-rpcs` (the ceiling),
     `--loop-lag-target-ms`, `--default-deadline-s`."""
 
-    min_limit: int = 64
+    min_limit: int = 16
     max_limit: int = 1024
     lag_target_s: float = 0.010
     default_deadline_s: float = 0.0
@@ -103,11 +101,10 @@ class _Waiter:
 class Ticket:
     """A started call; `CallAdmission.leave` it exactly once when the call ends."""
 
-    __slots__ = ("caller", "started")
+    __slots__ = ("caller",)
 
-    def __init__(self, caller: _Caller, started: float) -> None:
+    def __init__(self, caller: _Caller) -> None:
         self.caller = caller
-        self.started = started
 
 
 class CallAdmission:
@@ -118,10 +115,13 @@ class CallAdmission:
         settings: CallAdmissionSettings,
         policy: Callable[[str], CallerPolicy] | None = None,
         observer: CallObserver | None = None,
+        backlogged: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self.policy = policy or self.default_policy
         self.observer: CallObserver = observer or NullCallObserver()
+        self.backlogged = backlogged  # a model's batcher has more than a batch waiting
+        self.backlog = False  # ... at the last window's end
         self.limit = float(max(settings.min_limit, 1))
         self.in_flight = 0
         self.queued = 0
@@ -131,10 +131,6 @@ class CallAdmission:
         self._completed = 0
         self._window_start = time.monotonic()
         self._lags: list[float] = []
-        self._latency_sum = 0.0  # this window's started calls' time from start to end
-        self._latency_n = 0
-        self.latency_floor_s: float | None = None  # the least window mean: uncongested
-        self.latency_s = 0.0  # the last window's mean
 
     @staticmethod
     def default_policy(caller: str) -> CallerPolicy:
@@ -168,11 +164,10 @@ class CallAdmission:
             if not waiter.future.done() or waiter.future.cancelled():
                 self._forget(waiter)
             elif waiter.future.exception() is None:  # started, then cancelled: give it back
-                self.leave(Ticket(who, time.monotonic()))
+                self.leave(Ticket(who))
             raise
-        started = time.monotonic()
-        self.observer.waited(started - now)
-        return Ticket(who, started)
+        self.observer.waited(time.monotonic() - now)
+        return Ticket(who)
 
     def leave(self, ticket: Ticket) -> None:
         """A started call ended (answered, failed or cancelled): its slot goes to the next."""
@@ -180,8 +175,6 @@ class CallAdmission:
         ticket.caller.in_flight -= 1
         self.in_flight -= 1
         self._completed += 1
-        self._latency_sum += now - ticket.started
-        self._latency_n += 1
         ticket.caller.seen = now
         self._admit_waiting()
 
@@ -193,8 +186,7 @@ class CallAdmission:
         why = (
             f"the event loop runs {self.lag_s * 1e3:.0f} ms late"
             if self.lag_s > self.settings.lag_target_s
-            else f"calls take {self.latency_s * 1e3:.0f} ms, uncongested "
-            f"{(self.latency_floor_s or 0) * 1e3:.0f} ms"
+            else "a model's queue holds more than a batch"
         )
         raise LoadShed(
             f"the server is past capacity ({why}): new sessions are refused until it catches "
@@ -233,7 +225,7 @@ class CallAdmission:
         self.lag_s = sum(self._lags) / len(self._lags)
         self._lags.clear()
         self._measure_rate(elapsed)
-        self._measure_latency()
+        self.backlog = self.backlogged()
         self._window_start = now
         self._adjust()
         self._forget_idle(now)
@@ -246,7 +238,6 @@ class CallAdmission:
             "in_flight": self.in_flight,
             "queued": self.queued,
             "loop_lag_seconds": self.lag_s,
-            "call_seconds": self.latency_s,
             "estimated_wait_seconds": self.queued / self.rate if self.rate else 0.0,
         }
         self.observer.window(state, {c.name: c.in_flight for c in self._callers.values()})
@@ -260,23 +251,9 @@ class CallAdmission:
         rate = completed / elapsed
         self.rate = rate if self.rate is None else self.rate + SMOOTHING * (rate - self.rate)
 
-    def _measure_latency(self) -> None:
-        """The window's mean time from start to end, and the uncongested floor."""
-        if not self._latency_n:
-            return
-        self.latency_s = self._latency_sum / self._latency_n
-        self._latency_sum, self._latency_n = 0.0, 0
-        floor = self.latency_floor_s
-        self.latency_floor_s = self.latency_s if floor is None else min(
-            floor * FLOOR_DRIFT, self.latency_s
-        )  # fmt: skip
-
     def congested(self) -> bool:
-        """The loop lags, or calls take much longer than uncongested (see module doc)."""
-        if self.lag_s > self.settings.lag_target_s:
-            return True
-        floor = self.latency_floor_s
-        return floor is not None and self.latency_s > LATENCY_TOLERANCE * floor
+        """The loop lags, or a model's batcher is backlogged (see module doc)."""
+        return self.lag_s > self.settings.lag_target_s or self.backlog
 
     def _adjust(self) -> None:
         if self.congested():
@@ -321,7 +298,7 @@ class CallAdmission:
         who.in_flight += 1
         who.served = max(who.served, self._virtual_floor()) + 1 / who.policy.weight
         self.in_flight += 1
-        return Ticket(who, now)
+        return Ticket(who)
 
     def _virtual_floor(self) -> float:
         """The least service among callers with calls waiting: a caller that was away does not

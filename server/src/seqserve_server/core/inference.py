@@ -106,6 +106,12 @@ class InferenceService:
         loaded again gets a new one); the caller drains and closes what this returns."""
         return self._batchers.pop((model, version), None)
 
+    def backlogged(self) -> bool:
+        """Some model's batcher held more than a batch of rows waiting since the last look
+        (the front door's congestion signal: core/call_admission.py)."""
+        peaks = [(b.take_peak_depth(), b.max_batch_size) for b in self._batchers.values()]
+        return any(peak > batch for peak, batch in peaks)
+
     def close(self) -> None:
         """Fail queued work fast: the server is stopping."""
         for batcher in self._batchers.values():
