@@ -45,7 +45,7 @@ test: $(STAMP) test-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python protos/generate.py --check
-	$(BIN)/pytest -m 'not slow'
+	$(BIN)/pytest -m 'not slow' --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

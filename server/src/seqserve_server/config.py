@@ -110,11 +110,12 @@ class Settings(BaseSettings):
         1024, ge=1, description="calls in progress server-wide, sessions included"
     )
     accept_loops: int = Field(
-        1,
+        4,
         ge=1,
         le=16,
         description="gRPC servers on the port, each taking calls from gRPC core on its own "
-        "(grpc.aio takes one call per turn of the event loop per server)",
+        "(grpc.aio takes one call per turn of the event loop per server); more than 1 opens "
+        "the port with SO_REUSEPORT",
     )
     max_streams_per_connection: int = Field(
         256, ge=1, description="concurrent calls on one HTTP/2 connection (more wait)"

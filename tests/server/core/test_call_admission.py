@@ -230,6 +230,8 @@ def test_new_sessions_are_refused_while_congested_and_taken_again_after() -> Non
     door = admission(4)
     door.admit_session()  # uncongested: taken
     door.lag_s = 0.05  # the loop runs 50 ms late (target 10 ms)
+    door.admit_session()  # a burst, not yet a standing overload
+    door.congested_windows = 10  # a second of it
     with pytest.raises(LoadShed) as refused:
         door.admit_session()
     assert "new sessions are refused" in str(refused.value)

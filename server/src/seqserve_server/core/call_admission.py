@@ -24,9 +24,10 @@ has nothing to act on. So:
   Optional per-caller caps from the tokens file: `max_concurrent` calls in progress, `rate`
   calls per second (a token bucket with a one-second burst: past it, refused at once).
 - **New sessions refused while congested.** A session is a standing claim on the loop and the
-  model for as long as it lives: while the server is congested `admit_session` refuses new
-  ones at once (with pushback), so the sessions already open keep their step latency; a
-  resumed session (moved from another replica) is not refused.
+  model for as long as it lives: once the server has been congested for `SESSION_AFTER_S` (a
+  standing overload, not the burst of a client opening many sessions at once),
+  `admit_session` refuses new ones at once (with pushback), so the sessions already open keep
+  their step latency; a resumed session (moved from another replica) is not refused.
 - **Refused at once rather than late.** A call whose remaining deadline cannot cover its
   estimated wait (its place in its caller's queue at the measured completion rate) is refused
   before it waits (`LoadShed`, retry after that wait); one whose deadline would pass while it
@@ -54,6 +55,7 @@ SMOOTHING = 0.3  # weight of the newest window in the completion rate's moving a
 IDLE_S = 1.0  # a caller with nothing in progress or queued for this long is forgotten
 MIN_RETRY_AFTER_S = 0.005
 SESSION_RETRY_AFTER_S = 1.0  # a refused new session: come back when this window has passed
+SESSION_AFTER_S = 1.0  # congested this long: new sessions are refused
 PEER_PREFIX = "peer:"  # callers without a token are named by this and their address
 
 
@@ -122,6 +124,7 @@ class CallAdmission:
         self.observer: CallObserver = observer or NullCallObserver()
         self.backlogged = backlogged  # a model's batcher has more than a batch waiting
         self.backlog = False  # ... at the last window's end
+        self.congested_windows = 0  # windows in a row that ended congested
         self.limit = float(max(settings.min_limit, 1))
         self.in_flight = 0
         self.queued = 0
@@ -179,8 +182,8 @@ class CallAdmission:
         self._admit_waiting()
 
     def admit_session(self) -> None:
-        """Raise `LoadShed` when a new session should not start now (congested)."""
-        if not self.congested():
+        """Raise `LoadShed` when a new session should not start now (congested for a while)."""
+        if self.congested_windows * WINDOW_S < SESSION_AFTER_S or not self.congested():
             return
         self.observer.shed("session")
         why = (
@@ -256,7 +259,8 @@ class CallAdmission:
         return self.lag_s > self.settings.lag_target_s or self.backlog
 
     def _adjust(self) -> None:
-        if self.congested():
+        self.congested_windows = self.congested_windows + 1 if self.congested() else 0
+        if self.congested_windows:
             self.limit = max(self.settings.min_limit, min(self.limit, self.in_flight) * DECREASE)
         elif self.queued and self.lag_s < self.settings.lag_target_s / 2:
             ceiling = float(self.settings.max_limit)
