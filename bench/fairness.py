@@ -175,12 +175,12 @@ def _pushback_s(exc: grpc.aio.AioRpcError) -> float:
     return 0.0
 
 
-async def _grpc_caller(
-    target: str, payload: bytes, token: str, duration: float, deadline_s: float,
+async def grpc_caller(
+    target: str, payload: bytes, token: str | None, duration: float, deadline_s: float,
     callers: int = 0, rate: float = 0.0,
 ) -> dict:  # fmt: skip
     """`callers` closed-loop callers (honouring pushback), or Poisson arrivals at `rate`/s."""
-    metadata = (("authorization", f"Bearer {token}"),)
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
     channels = [grpc.aio.insecure_channel(target) for _ in range(8 if callers else 1)]
     for channel in channels:
         await asyncio.wait_for(channel.channel_ready(), 30)
@@ -239,12 +239,12 @@ def over_grpc(target: str, capacity: float, duration: float, deadline_s: float) 
 
     payload = request_bytes(CO2, 1)
     rate = LIGHT_SHARE * capacity
-    alone = asyncio.run(_grpc_caller(target, payload, "light", duration, deadline_s, rate=rate))
+    alone = asyncio.run(grpc_caller(target, payload, "light", duration, deadline_s, rate=rate))
     rows = [{"run": "gRPC, light alone", "light": alone}]
     print(json.dumps(rows[-1]), flush=True)
     flood = flood_process(target, duration, deadline_s)
     try:
-        light = asyncio.run(_grpc_caller(target, payload, "light", duration, deadline_s, rate=rate))
+        light = asyncio.run(grpc_caller(target, payload, "light", duration, deadline_s, rate=rate))
         out, _ = flood.communicate(timeout=duration + 120)
     finally:
         if flood.poll() is None:
@@ -286,7 +286,7 @@ if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--flood":
 
     target, seconds, deadline = sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
     result = asyncio.run(
-        _grpc_caller(
+        grpc_caller(
             target, request_bytes(CO2, 1), "heavy", seconds, deadline, callers=HEAVY_CALLERS
         )
     )

@@ -2,7 +2,7 @@
 
     python -m bench.overload [--callers 32,256,1024] [--duration 10] [--deadline-ms 250]
                              [--source DIR] [--label NAME] [--server-args "..."]
-                             [--echo] [--fair] [--in-process]
+                             [--echo] [--fair] [--open-loop 0.5,1,2,5,10] [--in-process]
 
 Closed loop: N raw grpc.aio callers on 8 connections (no retries, requests serialized once)
 call `Predict` on the bundled `co2_next_week` with a 250 ms deadline, for 10 s per point, against
@@ -12,9 +12,11 @@ before the caller's next call, as gRPC's retry design (A6) asks of any client th
 caller that is not told to wait (every other outcome) calls again at once. A separate process
 probes the health service every 100 ms meanwhile.
 
-`--echo`: the same points against bench/echo_server.py (gRPC and protobuf, no model, no
-admission): what the transport alone does at each load on this machine. `--fair`: two callers
-(bench/fairness.py), the light one's goodput and p99 alone and while the other floods.
+`--open-loop 0.5,1,2,5,10`: Poisson arrivals (one process, no retries) at those multiples of
+the capacity measured at 32 callers. `--echo`: the same points against bench/echo_server.py
+(gRPC and protobuf, no model, no admission): what the transport alone does at each load here.
+`--fair`: two callers (bench/fairness.py), the light one's goodput and p99 alone and while the
+other floods.
 
 `--source DIR`: the server package from DIR/server/src (another checkout, e.g. the commit before
 a change, through `git worktree add`), so before and after run on one machine minutes apart.
@@ -285,6 +287,10 @@ def main() -> None:
     parser.add_argument("--echo", action="store_true", help="also against the echo server")
     parser.add_argument("--fair", action="store_true", help="two callers, one flooding")
     parser.add_argument(
+        "--open-loop", default="", help="Poisson arrivals at these multiples of capacity, e.g. "
+        "0.5,1,2,5,10 (capacity: the OK/s of 32 closed-loop callers, measured first)",
+    )  # fmt: skip
+    parser.add_argument(
         "--in-process",
         action="store_true",
         help=f"the batcher alone over a compute sleeping {FAKE_BATCH_S * 1e3:.0f} ms per batch "
@@ -307,7 +313,11 @@ def main() -> None:
         repository, [*flags, "--auth-tokens-file", str(tokens)] if args.fair else flags, env
     )
     try:
-        if not args.fair:
+        if args.open_loop:
+            capacity = _measure(server.target, 32, args.duration, deadline_s)["ok_per_s"]
+            loads = [float(x) for x in args.open_loop.split(",")]
+            open_rows = _open_loop(server.target, capacity, loads, args.duration, deadline_s)
+        elif not args.fair:
             rows += _points(server.target, callers, args.duration, deadline_s, args.label)
         else:
             capacity = _measure(server.target, 32, args.duration, deadline_s, "light")["ok_per_s"]
@@ -327,6 +337,39 @@ def main() -> None:
         print(table(rows))
     if args.fair:
         print(fairness.table(fair_rows))
+    if args.open_loop:
+        print(_open_table(open_rows))
+
+
+def _open_loop(
+    target: str, capacity: float, loads: list[float], duration: float, deadline_s: float
+) -> list[dict]:
+    """Poisson arrivals at each multiple of `capacity` (the OK/s of 32 closed-loop callers)."""
+    payload = request_bytes(CO2, 1)
+    rows = []
+    for load in loads:
+        rate = load * capacity
+        measured = asyncio.run(
+            fairness.grpc_caller(target, payload, None, duration, deadline_s, rate=rate)
+        )
+        rows.append({"load": load, "offered_per_s": rate, "capacity": capacity, **measured})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _open_table(rows: list[dict]) -> str:
+    lines = [
+        "| offered (x capacity) | offered/s | OK/s | goodput / capacity | OK p99 ms | outcomes |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        codes = ", ".join(f"{k} {v:,}" for k, v in sorted(r["codes"].items()))
+        p99 = "-" if r["ok_p99_ms"] is None else f"{r['ok_p99_ms']:.0f}"
+        lines.append(
+            f"| {r['load']:g}x | {r['offered_per_s']:,.0f} | {r['ok_per_s']:,.0f} "
+            f"| {r['ok_per_s'] / r['capacity']:.2f} | {p99} | {codes} |"
+        )
+    return "\n".join(lines)
 
 
 def _points(

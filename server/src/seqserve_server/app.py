@@ -93,7 +93,7 @@ class App:
         self.health = ObservedHealth(self.metrics)
         self.manager.listeners.append(self._model_health)
         self._poller: asyncio.Task[None] | None = None
-        self.drain = Drain()
+        self.drain = Drain(settings.max_concurrent_rpcs)
         tokens = TokensFile(settings.auth_tokens_file) if settings.auth_tokens_file else None
         self.calls = CallAdmission(
             CallAdmissionSettings(
@@ -159,8 +159,7 @@ class App:
                 self.services,
             )
         address = f"{self.settings.host}:{self.settings.port}"
-        credentials = server_credentials(self.settings)
-        self.port = self.server.add_port(address, credentials)
+        self.port = self.server.add_port(address, lambda: server_credentials(self.settings))
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()

@@ -3,12 +3,12 @@ concurrency limit kept where the event loop stays responsive, a fair queue by ca
 of it, and refusals at once for calls whose deadline the queue cannot meet. Transport-free;
 transport/front_door.py applies it to the unary inference calls of both protocols.
 
-Why a front door as well as the batcher's admission (core/admission.py): past a few hundred
-concurrent calls a Python server's time goes to its event loop, not its model. Every call in
-progress takes turns on the loop, so with 1,024 of them each waits behind all the others at
-every step (receive, decode, queue, answer) and almost all answers arrive after their deadline
-(measured: 4 OK/s at 1,024 callers against 926 at 32), while the batcher's queue stays short and
-has nothing to act on. So:
+Why a front door as well as the batcher's admission (core/admission.py): the batcher orders only
+the calls of one model, first in first out or newest first, whoever sent them; and every call
+doing work takes turns on the one event loop, so past the loop's capacity more calls in
+progress only make each slower (and the health checks behind them). The front door keeps the
+calls doing work to what the loop and the batchers can carry, lets the rest wait where waiting
+costs nothing, and chooses who goes next by caller. So:
 
 - **A limit on calls in progress, driven by congestion.** Once per window the limit shrinks
   towards the calls in progress when the server is congested, and grows while calls wait and

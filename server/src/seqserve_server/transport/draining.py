@@ -31,10 +31,12 @@ GOAWAY_HEAD_START_S = 0.1  # let GOAWAY reach callers before their held calls ar
 
 
 class Drain:
-    """Counts the calls in flight; once draining, holds every new one until `release()`.
-    `wrap` is a transport/calls.py wrap: each method's handler is wrapped once."""
+    """Counts the calls in flight and refuses those past `max_in_flight` (server-wide, across
+    every listener: `--max-concurrent-rpcs`); once draining, holds every new one until
+    `release()`. `wrap` is a transport/calls.py wrap: each method's handler is wrapped once."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_in_flight: int = 1 << 30) -> None:
+        self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.held = 0
         self.draining = False
@@ -72,7 +74,15 @@ class Drain:
 
     # The check and the count happen together when the call's handler starts (one event loop:
     # nothing runs between them), so a call is either held and refused, or waited for.
-    def _enter(self) -> None:
+    async def _enter(self, context: grpc.aio.ServicerContext) -> None:
+        if self.draining:
+            await self._hold(context)
+        if self.in_flight >= self.max_in_flight:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server has {self.in_flight} calls in progress, its limit "
+                "(--max-concurrent-rpcs): retry later or on another replica",
+            )
         self.in_flight += 1
         self._idle.clear()
 
@@ -99,9 +109,7 @@ def _wrap(handler: Any, drain: Drain) -> grpc.RpcMethodHandler:
         inner_stream = getattr(handler, kind)
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            if drain.draining:
-                await drain._hold(context)
-            drain._enter()
+            await drain._enter(context)
             try:
                 responses = inner_stream(request, context)
                 if inspect.isasyncgen(responses):
@@ -116,9 +124,7 @@ def _wrap(handler: Any, drain: Drain) -> grpc.RpcMethodHandler:
     inner_unary = getattr(handler, kind)
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if drain.draining:
-            await drain._hold(context)
-        drain._enter()
+        await drain._enter(context)
         try:
             return await inner_unary(request, context)
         finally:

@@ -5,7 +5,8 @@ token's name) and before the servicer does any work. A refusal is `RESOURCE_EXHA
 
 Streams are not queued here: a session or a stream holds its call for its whole life, so a
 slot per stream would let a few thousand sessions lock out every unary call; sessions have
-their own limits (`max_sessions`, and opens refused while calls wait here).
+their own limits (`max_sessions`, and new ones refused once the server has been congested for
+a second: `CallAdmission.admit_session`).
 """
 
 from __future__ import annotations
