@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ FAKE_BATCH = 32
 FAKE_BATCH_S = 0.020
 LIGHT_SHARE = 0.2  # of capacity
 HEAVY_CALLERS = 1024
+MAX_OUTSTANDING = 4096  # an open-loop generator's calls open at once
 WARMUP_S = 2.0
 METHOD = "/seqserve.v1.SeqServe/Predict"
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
@@ -40,6 +42,30 @@ def summary(ok: list[float], codes: Counter[str], duration: float) -> dict[str, 
     ordered = sorted(ok)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3 if ordered else None
     return {"ok_per_s": len(ok) / duration, "ok_p99_ms": p99, "codes": dict(codes)}
+
+
+async def poisson(rate: float, end: float, call: Callable[[], Awaitable[Any]]) -> int:
+    """Start `call()` at Poisson arrivals of `rate` per second until `end` (perf_counter), on
+    schedule: arrivals whose time has come while the loop was busy start at once (an open
+    loop does not slow down with the server), then every call is awaited. At most
+    MAX_OUTSTANDING calls are open at once (a bound on the generator): the number of arrivals
+    not sent for it is returned."""
+    rng = random.Random(0)
+    calls: set[asyncio.Task] = set()
+    not_sent = 0
+    next_at = time.perf_counter()
+    while next_at < end:
+        while next_at <= time.perf_counter():
+            if len(calls) < MAX_OUTSTANDING:
+                task = asyncio.create_task(call())
+                calls.add(task)
+                task.add_done_callback(calls.discard)
+            else:
+                not_sent += 1
+            next_at += rng.expovariate(rate)
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+    await asyncio.gather(*calls)
+    return not_sent
 
 
 # -- in-process ---------------------------------------------------------------------------------
@@ -113,14 +139,7 @@ async def _in_process(duration: float, deadline_s: float, flood: bool, fair: boo
 
         async def light() -> None:
             rate = LIGHT_SHARE * FAKE_BATCH / FAKE_BATCH_S
-            rng = random.Random(0)
-            calls = set()
-            while time.perf_counter() < end:
-                task = asyncio.create_task(call("light"))
-                calls.add(task)
-                task.add_done_callback(calls.discard)
-                await asyncio.sleep(rng.expovariate(rate))
-            await asyncio.gather(*calls)
+            await poisson(rate, end, lambda: call("light"))
 
         workers = [light()] + ([heavy() for _ in range(HEAVY_CALLERS)] if flood else [])
         await asyncio.gather(*workers)
@@ -211,17 +230,10 @@ async def grpc_caller(
             if pause:
                 await asyncio.sleep(pause)
 
-    async def poisson() -> None:
-        rng = random.Random(0)
-        calls = set()
-        while time.perf_counter() < end:
-            task = asyncio.create_task(call(0))
-            calls.add(task)
-            task.add_done_callback(calls.discard)
-            await asyncio.sleep(rng.expovariate(rate))
-        await asyncio.gather(*calls)
-
-    await asyncio.gather(*([closed(i) for i in range(callers)] if callers else [poisson()]))
+    if callers:
+        await asyncio.gather(*(closed(i) for i in range(callers)))
+    elif not_sent := await poisson(rate, end, lambda: call(0)):
+        codes["NOT_SENT"] += not_sent
     for channel in channels:
         await channel.close()
     return summary(ok, codes, duration)

@@ -6,11 +6,13 @@
 One `seqserve serve` of the bundled `co2_next_week` alone (a copy of its config with
 `max_sessions` 20,000; `--max-concurrent-rpcs 20000`) on 127.0.0.1. The asyncio SDK in
 `--clients` processes (each its own event loop; sessions spread over up to 64 connections of
-256 streams each) opens its share of the sessions, 500 a second, then every session sends one
-step a second at a random phase, for `--seconds`; every step's round trip is timed. Reported per
-point: sessions opened and refused (by error), steps per second, step p50/p99 (only steps sent
-after every session opened), and the server's resident memory per open session (RSS with the
-sessions open minus RSS before, over the sessions open). Bounded: points x (ramp + seconds).
+256 streams each) opens its share of the sessions, 500 a second; each session sends one step a
+second from the moment it opens, so opens arrive while the server carries the sessions already
+open (past capacity the server refuses new sessions rather than slow every open one). After
+the ramp, `--seconds` are measured. Reported per point: sessions opened and refused (by error),
+steps per second and step p50/p99 in the measured window, and the server's resident memory per
+open session (RSS with the sessions open minus RSS before, over the sessions open). Bounded:
+points x (ramp + seconds).
 """
 
 from __future__ import annotations
@@ -57,9 +59,9 @@ def rss_bytes(pid: int) -> int:
 
 
 async def client(target: str, sessions: int, seconds: float, opened_at: float) -> dict[str, Any]:
-    """(One client process) open `sessions` sessions at OPENS_PER_S (this process's share), wait
-    until `opened_at` (wall clock: every process's opens are done), then step each once per
-    period for `seconds`."""
+    """(One client process) open `sessions` sessions at OPENS_PER_S (this process's share), each
+    stepping once per period as soon as it is open, until `seconds` after `opened_at` (wall
+    clock: every process's opens are done); steps from `opened_at` on are timed."""
     import numpy as np
 
     from seqserve_client import AsyncSeqServeClient, SeqServeError
@@ -67,24 +69,11 @@ async def client(target: str, sessions: int, seconds: float, opened_at: float) -
     refused: Counter[str] = Counter()
     latencies: list[float] = []
     step = np.ones((1, 1), np.float32)
+    start = time.perf_counter() + (opened_at - time.time())  # on this process's clock
+    end = start + seconds
+    rng = random.Random(sessions)
     async with AsyncSeqServeClient(target, max_channels=64, timeout=None) as sdk:
         live = []
-
-        async def open_one() -> None:
-            session = sdk.session(CO2.name)
-            try:
-                live.append(await session.open())
-            except SeqServeError as exc:
-                refused[f"{exc.code.name} {exc.reason}".strip()] += 1
-
-        opening = []
-        for _ in range(sessions):
-            opening.append(asyncio.create_task(open_one()))
-            await asyncio.sleep(1 / OPENS_PER_S)
-        await asyncio.gather(*opening)
-        await asyncio.sleep(max(0.0, opened_at - time.time()))
-        end = time.perf_counter() + seconds
-        rng = random.Random(len(live))
 
         async def run(session: Any) -> None:
             await asyncio.sleep(rng.random() * PERIOD_S)
@@ -94,10 +83,24 @@ async def client(target: str, sessions: int, seconds: float, opened_at: float) -
                 except SeqServeError as exc:
                     refused[f"step {exc.code.name}"] += 1
                     return
-                latencies.append(time.perf_counter() - t0)
+                if t0 >= start:
+                    latencies.append(time.perf_counter() - t0)
                 await asyncio.sleep(max(0.0, PERIOD_S - (time.perf_counter() - t0)))
 
-        await asyncio.gather(*(run(s) for s in live))
+        async def open_and_run() -> None:
+            session = sdk.session(CO2.name)
+            try:
+                live.append(await session.open())
+            except SeqServeError as exc:
+                refused[f"{exc.code.name} {exc.reason}".strip()] += 1
+                return
+            await run(session)
+
+        tasks = []
+        for _ in range(sessions):
+            tasks.append(asyncio.create_task(open_and_run()))
+            await asyncio.sleep(1 / OPENS_PER_S)
+        await asyncio.gather(*tasks)
         await asyncio.gather(*(s.close() for s in live), return_exceptions=True)
     return {"opened": len(live), "refused": dict(refused), "latencies": latencies}
 
