@@ -93,6 +93,16 @@ def test_unknown_version(client: SeqServeClient) -> None:
     assert "version 9" in caught.value.message and "v1, v2" in caught.value.message
 
 
+def test_a_huge_model_name_is_cut_in_the_answer(client: SeqServeClient) -> None:
+    """The name is echoed cut to 128 characters, so the status stays deliverable (uncut, 5,000
+    characters and every model's name pushed it past gRPC's 16 KiB header limit)."""
+    with pytest.raises(SeqServeError) as caught:
+        client.predict("m" * 50_000, seqs(3))
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert "50,000 characters" in caught.value.message
+    assert len(caught.value.message) < 2_100
+
+
 def test_top_k_without_labels(client: SeqServeClient) -> None:
     with pytest.raises(SeqServeError) as caught:
         client.classify("aligned", seqs(3), top_k=2)

@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from deploy.make_certs import Authority, Issued
 from seqserve_client import (
+    ModelNotFoundError,
     PermissionDeniedError,
     SeqServeClient,
     UnauthenticatedError,
@@ -164,7 +165,14 @@ def test_a_missing_or_unknown_token_is_unauthenticated(
 def test_health_and_reflection_need_no_token(secured: ServerProcess, pki: Pki) -> None:
     with client(secured, pki) as c:
         assert c.health()
-        assert c.health("aligned")
+        # No model-name oracle: per-model health, open to anyone, answers a real model and a
+        # made-up one alike when tokens are on (readiness: v2 ModelReady, with a token).
+        answers = []
+        for model in ("aligned", "no-such-model"):
+            with pytest.raises(ModelNotFoundError) as refused:
+                c.health(model)
+            answers.append(refused.value.message.replace(model, "<model>"))
+        assert answers[0] == answers[1]
     credentials = grpc.ssl_channel_credentials(pki.ca.pem, pki.client.key, pki.client.cert)
     with grpc.secure_channel(f"localhost:{secured.port}", credentials) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -204,6 +212,24 @@ def test_unknown_and_forbidden_models_get_the_same_answer(secured: ServerProcess
     assert answers["aligned"] == answers["no-such-model"]
     with client(secured, pki, "tok-full") as c:
         assert [m.name for m in c.list_models()] == ["aligned"]
+
+
+def test_a_narrow_token_learns_no_model_name_outside_its_scope(
+    secured: ServerProcess, pki: Pki
+) -> None:
+    """A name inside the token's globs that does not exist is NOT_FOUND listing only models
+    the token covers; an empty name is checked like any other; a huge name is cut in the answer."""
+    others = ["aligned"]  # in the repository, outside "elsewhere-*"
+    with client(secured, pki, "tok-other") as c:
+        for call in (lambda: c.predict("elsewhere-x", x()), lambda: c.metadata("elsewhere-x")):
+            with pytest.raises(ModelNotFoundError) as missing:
+                call()
+            assert not any(name in missing.value.message for name in others)
+        with pytest.raises(PermissionDeniedError):
+            c.predict("", x())
+        with pytest.raises(PermissionDeniedError) as huge:
+            c.predict("m" * 5000, x())
+        assert len(huge.value.message) < 400 and "5,000 characters" in huge.value.message
 
 
 def test_a_token_removed_from_the_file_is_refused_after_reload(

@@ -91,7 +91,10 @@ class App:
             self.repository, self.inference, self.sessions, self.threads, self.loader, self.metrics
         )
         self.health = ObservedHealth(self.metrics)
-        self.manager.listeners.append(self._model_health)
+        # Per-model health answers anyone (probes need no token), so with tokens it would tell
+        # any caller which model names exist: then models are asked through v2 ModelReady.
+        if settings.auth_tokens_file is None:
+            self.manager.listeners.append(self._model_health)
         self._poller: asyncio.Task[None] | None = None
         self.drain = Drain(settings.max_concurrent_rpcs)
         tokens = TokensFile(settings.auth_tokens_file) if settings.auth_tokens_file else None
@@ -178,7 +181,7 @@ class App:
         loop = asyncio.get_running_loop()
         threads = self.settings.load_threads
         await loop.run_in_executor(self.loader, self.repository.load_all, threads, self._sessions)
-        for entry in self.repository.entries():
+        for entry in self.repository.entries() if self.settings.auth_tokens_file is None else ():
             ready = entry.newest_ready is not None
             await self.health.set(entry.name, SERVING if ready else NOT_SERVING)
         await self.health.set(SERVICE_NAME, SERVING)

@@ -17,7 +17,7 @@ CASES: list[tuple[Exception, grpc.StatusCode, str]] = [
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_INPUT",
     ),
-    (errors.ModelNotFound("m", 3, "v1"), grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND"),
+    (errors.ModelNotFound("m", 3, hint="v1"), grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND"),
     (
         errors.ModelNotReady("m", 1, "still loading", loading=True),
         grpc.StatusCode.UNAVAILABLE,
@@ -124,7 +124,9 @@ def test_bad_input_names_field_expected_and_got(error: Exception) -> None:
 
 
 def test_an_unknown_model_carries_its_resource() -> None:
-    _, details = _details(to_status(errors.ModelNotFound("word_lang", available="word_language")))
+    _, details = _details(
+        to_status(errors.ModelNotFound("word_lang", available=("word_language",)))
+    )
     resource = details["ResourceInfo"]
     assert isinstance(resource, error_details_pb2.ResourceInfo)
     assert (resource.resource_type, resource.resource_name) == ("model", "word_lang")

@@ -7,6 +7,7 @@ know nothing of any transport: each protocol adapter maps them to its own status
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 # An absolute path: a slash not inside a word, URL or relative path, then directories.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s/'\"`:,;()\[\]<>]+/)+")
@@ -77,17 +78,39 @@ class AlreadyApplied(SeqServeError):
     reason = "ALREADY_APPLIED"
 
 
+def shown(text: str, limit: int = 128) -> str:
+    """`text` quoted for a message, cut to `limit` characters: request content echoed in an
+    error must not make the error itself too large to deliver (gRPC drops a status past its
+    header limit and the caller sees RESOURCE_EXHAUSTED instead)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 class ModelNotFound(SeqServeError):
-    """No model (or no such version of it) is in the repository."""
+    """No model (or no such version of it) is in the repository. `available`: the models that
+    are, of which the transport keeps only those the caller may see (`visible_to`); `hint`:
+    what else to say of a model the caller named (its versions, why it has none)."""
 
     reason = "MODEL_NOT_FOUND"
 
-    def __init__(self, model: str, version: int = 0, available: str = "") -> None:
-        what = f"model {model!r}" + (f" version {version}" if version else "")
-        hint = f" (available: {available})" if available else ""
-        super().__init__(f"{what} is not in the repository{hint}")
+    def __init__(
+        self, model: str, version: int = 0, available: tuple[str, ...] = (), hint: str = ""
+    ) -> None:
+        what = f"model {shown(model)}" + (f" version {version}" if version else "")
+        said = hint or ", ".join(available)
+        super().__init__(
+            f"{what} is not in the repository" + (f" (available: {said})" * bool(said))
+        )
         self.model = model
         self.version = version
+        self.available = available
+        self.hint = hint
+
+    def visible_to(self, visible: Callable[[str], bool]) -> ModelNotFound:
+        """The same refusal listing only the models `visible` lets the caller see."""
+        kept = tuple(name for name in self.available if visible(name))
+        return ModelNotFound(self.model, self.version, kept, self.hint)
 
 
 class ModelNotReady(SeqServeError):
@@ -96,7 +119,7 @@ class ModelNotReady(SeqServeError):
     reason = "MODEL_NOT_READY"
 
     def __init__(self, model: str, version: int, why: str, loading: bool = False) -> None:
-        super().__init__(f"model {model!r} version {version} is not ready: {why}")
+        super().__init__(f"model {shown(model)} version {version} is not ready: {why}")
         self.model = model
         self.version = version
         self.loading = loading

@@ -87,7 +87,7 @@ class ModelManager:
         current = self._current(name)
         if fresh is None:
             if required:
-                known = ", ".join(self.repository.model_names_on_disk())
+                known = tuple(self.repository.model_names_on_disk())
                 raise ModelNotFound(name, available=known)
             if current is not None:  # the directory went away
                 await self._retire(self._ready_versions(current), "the model left the repository")

@@ -90,7 +90,7 @@ class ModelEntry:
         """Version `number` of this model, or ModelNotFound naming the versions there are."""
         if number not in self.versions:
             known = ", ".join(f"v{v}" for v in sorted(self.versions))
-            raise ModelNotFound(self.name, number, known)
+            raise ModelNotFound(self.name, number, hint=known)
         return self.versions[number]
 
 
@@ -229,7 +229,7 @@ class ModelRepository:
         try:
             return self._models[name]
         except KeyError:
-            raise ModelNotFound(name, available=", ".join(sorted(self._models))) from None
+            raise ModelNotFound(name, available=tuple(sorted(self._models))) from None
 
     def resolve(self, name: str, version: int = 0) -> ReadyModel:
         """The version a request for `name` means (0: the newest ready one), ready to compute;
@@ -259,7 +259,7 @@ class ModelRepository:
         if version:
             return entry.version(version)
         if not entry.versions:
-            raise ModelNotFound(entry.name, 0, entry.error)
+            raise ModelNotFound(entry.name, 0, hint=entry.error)
         newest = entry.newest_ready
         return entry.versions[newest.version if newest else max(entry.versions)]
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from ..core.errors import shown
 from ..metrics import ServerMetrics
 from .auth_tokens import Grant, TokensFile
 from .calls import handler_kind
@@ -64,6 +65,11 @@ def model_named(message: Any) -> str | None:
 
 # The caller's token name for the servicer (a resume token is bound to it); "" without auth.
 CALLER: ContextVar[str] = ContextVar("seqserve_caller", default="")
+# The models the caller may see named in an error (transport/status.py filters "available"
+# lists with it): the grant's globs with auth, every model without.
+VISIBLE: ContextVar[Callable[[str], bool]] = ContextVar(
+    "seqserve_visible", default=lambda model: True
+)
 
 
 def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
@@ -118,14 +124,17 @@ class _Check:
         if self.scope not in grant.scopes:
             await self._deny(context, grant, f"token {grant.name!r} lacks the {self.scope!r} scope")
         CALLER.set(grant.name)
+        VISIBLE.set(grant.covers)
         return grant
 
     async def message(self, context: grpc.aio.ServicerContext, grant: Grant, message: Any) -> None:
         model = model_named(message)
-        if model and not grant.covers(model):
+        if model is None or (not model and self.rpc in LISTED):
+            return  # names no model, or an empty name that asks for a (filtered) listing
+        if not grant.covers(model):
             # The same words whether or not the model exists.
             await self._deny(
-                context, grant, f"token {grant.name!r} may not {self.scope} model {model!r}"
+                context, grant, f"token {grant.name!r} may not {self.scope} model {shown(model)}"
             )
 
     async def _deny(self, context: grpc.aio.ServicerContext, grant: Grant, why: str) -> None:

@@ -17,6 +17,7 @@ from seqserve_api.tensors import TensorError, TensorTooLarge
 
 from ..core import errors
 from ..core.tf_errors import from_tensorflow
+from .auth import VISIBLE
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +50,29 @@ def status_code(exc: Exception) -> grpc.StatusCode:
     return next((code for kind, code in _CODES if isinstance(exc, kind)), grpc.StatusCode.INTERNAL)
 
 
+MAX_MESSAGE_CHARS = 2000  # a status message past this is cut (the whole status must stay small)
+MAX_DETAIL_CHARS = 256  # each request-derived value in the status's details likewise
+
+
 def to_status(exc: Exception) -> grpc.Status:
-    """A rich status: code, message, and details a client can read field by field."""
+    """A rich status: code, message, and details a client can read field by field. A missing
+    model's "available" list names only the models the caller may see (auth.VISIBLE)."""
+    if isinstance(exc, errors.ModelNotFound):
+        exc = exc.visible_to(VISIBLE.get())
     code = status_code(exc)
     internal = code is grpc.StatusCode.INTERNAL
-    message = "internal error" if internal else errors.without_paths(str(exc))
+    message = "internal error" if internal else _bounded(errors.without_paths(str(exc)))
     details = [_pack(_error_info(exc))]
     if isinstance(exc, errors.InvalidInput | TensorError):
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=exc.field, description=message
+            field=_cut(exc.field), description=message
         )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
     if isinstance(exc, errors.ModelNotFound):
         details.append(
             _pack(
                 error_details_pb2.ResourceInfo(
-                    resource_type="model", resource_name=exc.model, description=message
+                    resource_type="model", resource_name=_cut(exc.model), description=message
                 )
             )
         )
@@ -77,6 +85,18 @@ def to_status(exc: Exception) -> grpc.Status:
         # that retries RESOURCE_EXHAUSTED after pushback must not send it again.
         return _Status(code, message, (*status.trailing_metadata, (PUSHBACK_KEY, "-1")))
     return status
+
+
+def _bounded(message: str) -> str:
+    return _cut(message, MAX_MESSAGE_CHARS)
+
+
+def _cut(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """`text` cut to `limit` characters, saying so (request content must not make a status
+    too large to deliver: gRPC's limit on a status's headers is 16 KiB)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... (cut at {limit} of {len(text):,} characters)"
 
 
 class _Status(grpc.Status):
@@ -103,7 +123,7 @@ def _error_info(exc: Exception) -> error_details_pb2.ErrorInfo:
     metadata = {}
     if isinstance(exc, errors.InvalidInput | TensorError):
         parts = {"field": exc.field, "expected": exc.expected, "got": exc.got}
-        metadata = {key: errors.without_paths(text) for key, text in parts.items()}
+        metadata = {key: _cut(errors.without_paths(text)) for key, text in parts.items()}
     if isinstance(exc, errors.LoadShed):
         seconds = {"estimate": exc.estimate_s, "deadline": exc.deadline_s}
         seconds["retry_after"] = exc.retry_after_s
