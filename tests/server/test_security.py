@@ -252,6 +252,29 @@ def test_a_token_removed_from_the_file_is_refused_after_reload(
         c.predict("aligned", x())
 
 
+def test_a_flood_of_wrong_tokens_does_not_flood_the_log(secured: ServerProcess, pki: Pki) -> None:
+    """Refusals are logged at most once per 10 s (with a count of the rest), never per attempt."""
+
+    def refusal_lines() -> int:
+        lines = secured.output().splitlines()
+        return sum("WARNING" in line and "refused" in line for line in lines)
+
+    before = refusal_lines()
+    credentials = grpc.ssl_channel_credentials(pki.ca.pem, pki.client.key, pki.client.cert)
+    request = predict_request("aligned", x(), 0, 0)
+    with grpc.secure_channel(f"localhost:{secured.port}", credentials) as channel:
+        predict = channel.unary_unary(
+            "/seqserve.v1.SeqServe/Predict", request_serializer=lambda m: m.SerializeToString()
+        )
+        for i in range(200):
+            with pytest.raises(grpc.RpcError) as refused:
+                predict(request, metadata=(("authorization", f"Bearer wrong-{i}"),), timeout=QUICK)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    time.sleep(0.5)  # the server's log reaches the pipe
+    assert refusal_lines() - before <= 1
+    assert "wrong-" not in secured.output()
+
+
 def test_metrics_over_tls_count_callers_by_token_name_only(
     secured: ServerProcess, pki: Pki
 ) -> None:

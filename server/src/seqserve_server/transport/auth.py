@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from typing import Any
@@ -49,6 +50,28 @@ SCOPE_OF = {
 }  # fmt: skip
 # Responses that list models: the repeated field whose items' `name` is filtered.
 LISTED = {"ListModels": "models", "RepositoryIndex": "models", "ModelStatistics": "model_stats"}
+
+
+class RefusalLog:
+    """Refusals logged at most once per `window_s` (the first, then a count of the rest): a
+    caller sending thousands of bad tokens must not flood the log (each is still counted in
+    `seqserve_auth_checks_total`, and logged at DEBUG)."""
+
+    def __init__(self, level: int, window_s: float = 10.0) -> None:
+        self.level = level
+        self.window_s = window_s
+        self._since = -window_s
+        self._quiet = 0  # refusals not logged since the last line
+
+    def __call__(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._since < self.window_s:
+            self._quiet += 1
+            log.debug("%s", what)
+            return
+        more = f" ({self._quiet} more refused in the last {now - self._since:.0f} s)"
+        log.log(self.level, "%s%s", what, more if self._quiet else "")
+        self._since, self._quiet = now, 0
 
 
 def model_named(message: Any) -> str | None:
@@ -105,6 +128,8 @@ class _Check:
     def __init__(self, tokens: TokensFile, metrics: ServerMetrics, method: str) -> None:
         self.tokens = tokens
         self.metrics = metrics
+        self.unauthenticated = RefusalLog(logging.WARNING)
+        self.denied = RefusalLog(logging.INFO)
         self.method = method
         self.rpc = method.rsplit("/", 1)[-1]
         self.scope = SCOPE_OF.get(self.rpc, ADMIN) if method.startswith(PROTECTED) else ADMIN
@@ -114,7 +139,7 @@ class _Check:
         grant = self.tokens.lookup(token) if token is not None else None
         if grant is None:
             why = "no bearer token" if token is None else "an unknown token"
-            log.warning("%s refused: %s", self.method, why)
+            self.unauthenticated(f"{self.method} refused: {why}")
             self.metrics.auth_checked("", "unauthenticated")
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -138,7 +163,7 @@ class _Check:
             )
 
     async def _deny(self, context: grpc.aio.ServicerContext, grant: Grant, why: str) -> None:
-        log.info("%s refused for token %r: %s", self.method, grant.name, why)
+        self.denied(f"{self.method} refused for token {grant.name!r}: {why}")
         self.metrics.auth_checked(grant.name, "denied")
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{self.rpc}: {why}")
 
