@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -64,6 +65,15 @@ def test_unknown_model_names_share_one_series(
     text = scrape(server)
     assert value(text, "seqserve_requests_total", model="_unknown", code="NOT_FOUND") >= 2
     assert not any("typo" in str(key) for key in samples(text, "seqserve_requests_total"))
+
+
+def test_only_the_metrics_path_answers(server: ServerProcess) -> None:
+    assert "seqserve_requests_total" in scrape(server)
+    for path in ("/", "/admin", "/metrics/x", "/favicon.ico"):
+        url = f"http://127.0.0.1:{server.metrics_port}{path}"
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(url, timeout=10)
+        assert missing.value.code == 404
 
 
 @needs_prometheus

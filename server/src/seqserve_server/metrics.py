@@ -15,6 +15,7 @@ from prometheus_client import (
     Enum,
     Gauge,
     Histogram,
+    make_wsgi_app,
     start_http_server,
 )
 
@@ -189,7 +190,8 @@ class ServerMetrics:
     def serve(
         self, host: str, port: int, certfile: Path | None = None, keyfile: Path | None = None
     ) -> int:
-        """Expose /metrics over HTTP, or HTTPS with a certificate; returns the bound port."""
+        """Expose /metrics (and nothing else: any other path is 404) over HTTP, or HTTPS with a
+        certificate; returns the bound port."""
         server, _ = start_http_server(
             port,
             addr=host,
@@ -197,7 +199,21 @@ class ServerMetrics:
             certfile=str(certfile) if certfile else None,
             keyfile=str(keyfile) if keyfile else None,
         )
+        server.set_app(_only_metrics(make_wsgi_app(self.registry)))
         return server.server_port
+
+
+def _only_metrics(app: Any) -> Any:
+    """`app` on /metrics; 404 elsewhere (prometheus_client answers every path with the metrics,
+    which makes any URL a scanner tries look like something)."""
+
+    def only(environ: dict, start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: the metrics are at /metrics\n"]
+        return app(environ, start_response)
+
+    return only
 
 
 class _ModelMetrics:
