@@ -20,6 +20,7 @@ import yaml
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from keras import layers
 
+from seqserve.inference import grpc_service_pb2 as v2
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 from seqserve_api.tensors import to_batch, to_tensor
@@ -549,3 +550,27 @@ def test_a_failing_session_step_fails_only_that_session() -> None:
             _, y = result
             _, alone = real_step(program.initial_state(1), chunk)
             np.testing.assert_allclose(y, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_model_control_is_closed_by_default(hardened: ServerProcess) -> None:
+    """Without --model-control explicit, no caller loads or unloads a model, in either
+    protocol: FAILED_PRECONDITION naming the flag, and the model keeps serving."""
+    calls = {
+        "/seqserve.v1.SeqServe/LoadModel": pb.LoadModelRequest(model_name="aligned"),
+        "/seqserve.v1.SeqServe/UnloadModel": pb.UnloadModelRequest(model_name="aligned"),
+        "/inference.GRPCInferenceService/RepositoryModelLoad": v2.RepositoryModelLoadRequest(
+            model_name="aligned"
+        ),
+        "/inference.GRPCInferenceService/RepositoryModelUnload": v2.RepositoryModelUnloadRequest(
+            model_name="aligned"
+        ),
+    }
+    with grpc.insecure_channel(hardened.target) as channel:
+        for method, request in calls.items():
+            call = channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString())
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, timeout=10)
+            assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION, method
+            assert "--model-control explicit" in (refused.value.details() or ""), method
+    with SeqServeClient(hardened.target) as client:
+        assert client.predict("aligned", [np.ones((2, FEATURES), np.float32)]).shape[0] == 1

@@ -39,7 +39,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(root: Path) -> Iterator[ServerProcess]:
-    with served(root, "--repository-poll-s", str(POLL_S)) as process:
+    with served(root, "--repository-poll-s", str(POLL_S), "--model-control", "explicit") as process:
         yield process
 
 

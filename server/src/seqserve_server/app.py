@@ -43,6 +43,11 @@ from .transport.standard_services import ObservedHealth, ObservedReflection
 from .transport.tls import CertificateFiles
 
 log = logging.getLogger(__name__)
+MODEL_CONTROL_OFF = (
+    "model control is off on this server: models are loaded from its repository at start "
+    "(and on change with --repository-poll-s); start it with --model-control explicit to let "
+    "callers load and unload them"
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -88,8 +93,9 @@ class App:
             AdmissionSettings(settings.default_deadline_s, settings.queue_target_ms / 1000),
         )  # fmt: skip
         self.manager = ModelManager(
-            self.repository, self.inference, self.sessions, self.threads, self.loader, self.metrics
-        )
+            self.repository, self.inference, self.sessions, self.threads, self.loader, self.metrics,
+            refusal="" if settings.model_control == "explicit" else MODEL_CONTROL_OFF,
+        )  # fmt: skip
         self.health = ObservedHealth(self.metrics)
         # Per-model health answers anyone (probes need no token), so with tokens it would tell
         # any caller which model names exist: then models are asked through v2 ModelReady.

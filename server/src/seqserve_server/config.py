@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -134,6 +135,13 @@ class Settings(BaseSettings):
         20.0, gt=0, description="close a connection whose ping goes unanswered for N s"
     )
     grace_period_s: float = Field(10.0, ge=0, description="time to finish in-flight work on stop")
+    model_control: Literal["none", "explicit"] = Field(
+        "none",
+        description="who may load and unload models: none (callers may not: LoadModel, "
+        "UnloadModel and v2 repository load/unload are refused FAILED_PRECONDITION) or "
+        "explicit (callers with the admin scope when tokens are on); the repository is polled "
+        "either way when --repository-poll-s is set",
+    )
     repository_poll_s: float = Field(
         0.0, ge=0, description="re-read the model repository every N s for changes (0: off)"
     )

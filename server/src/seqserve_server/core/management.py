@@ -18,7 +18,7 @@ from concurrent.futures import Executor
 
 from .batching import DynamicBatcher
 from .compute_threads import ModelThreads
-from .errors import ModelNotFound
+from .errors import ModelNotFound, Unsupported
 from .inference import InferenceService
 from .observer import NullObserver, Observer
 from .repository import ModelEntry, ModelRepository, ModelState, VersionStatus
@@ -40,8 +40,10 @@ class ModelManager:
         loader: Executor,
         observer: Observer | None = None,
         drain_s: float = 10.0,
+        refusal: str = "",
     ) -> None:
         self.repository = repository
+        self.refusal = refusal  # why callers may not load or unload models here ("": they may)
         self._inference = inference
         self._sessions = sessions
         self._threads = threads
@@ -56,12 +58,14 @@ class ModelManager:
     async def load(self, name: str) -> ModelEntry:
         """(Re)read the model's directory: load its new and changed versions in its policy,
         unload the rest. ModelNotFound when no such model directory exists."""
+        self._check_allowed()
         async with self._lock:
             self._unloaded.discard(name)
             return await self._sync(name, required=True)
 
     async def unload(self, name: str) -> None:
         """Unload every version of the model (it stays listed, UNLOADED, until loaded again)."""
+        self._check_allowed()
         async with self._lock:
             entry = self.repository.entry(name)
             self._unloaded.add(name)
@@ -70,6 +74,10 @@ class ModelManager:
                 version.transition(ModelState.UNLOADED, "unloaded on request")
             await self._retire(leaving, "the model was unloaded")
             await self._tell(name)
+
+    def _check_allowed(self) -> None:
+        if self.refusal:
+            raise Unsupported(self.refusal)
 
     async def poll(self) -> None:
         """Pick up new, changed and removed models and versions in the repository directory."""
