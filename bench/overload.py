@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -180,16 +181,17 @@ def table(rows: list[dict]) -> str:
     health p99."""
     lines = [
         "| server | callers | OK/s | OK p50 / p99 ms | refused (p99 ms) | DEADLINE_EXCEEDED "
-        "| other | health p99 ms |",
-        "|---|---:|---:|---|---:|---:|---|---:|",
+        "| other | health p99 ms | ERROR lines |",
+        "|---|---:|---:|---|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         other = ", ".join(f"{k} {v}" for k, v in r["other"].items()) or "-"
+        errors = r.get("error_lines")
         lines.append(
             f"| {r['label']} | {r['callers']:,} | {r['ok_per_s']:,.0f} "
             f"| {_ms(r['ok_p50_ms'])} / {_ms(r['ok_p99_ms'])} "
             f"| {r['refused']:,} ({_ms(r['refused_p99_ms'])}) | {r['deadline_exceeded']:,} "
-            f"| {other} | {_ms(r['health_p99_ms'])} |"
+            f"| {other} | {_ms(r['health_p99_ms'])} | {'-' if errors is None else errors} |"
         )
     return "\n".join(lines)
 
@@ -318,7 +320,8 @@ def main() -> None:
             loads = [float(x) for x in args.open_loop.split(",")]
             open_rows = _open_loop(server.target, capacity, loads, args.duration, deadline_s)
         elif not args.fair:
-            rows += _points(server.target, callers, args.duration, deadline_s, args.label)
+            log = server.server.output if server.server is not None else None
+            rows += _points(server.target, callers, args.duration, deadline_s, args.label, log)
         else:
             capacity = _measure(server.target, 32, args.duration, deadline_s, "light")["ok_per_s"]
             fair_rows = fairness.over_grpc(server.target, capacity, args.duration, deadline_s)
@@ -373,13 +376,24 @@ def _open_table(rows: list[dict]) -> str:
 
 
 def _points(
-    target: str, callers: list[int], duration: float, deadline_s: float, label: str
-) -> list:
+    target: str, callers: list[int], duration: float, deadline_s: float, label: str,
+    log: Callable[[], str] | None = None,
+) -> list:  # fmt: skip
+    """Each closed-loop point; with the server's `log`, the ERROR lines it wrote meanwhile."""
     rows = []
     for n in callers:
-        rows.append({**_measure(target, n, duration, deadline_s), "label": label})
+        before = _errors(log)
+        row = {**_measure(target, n, duration, deadline_s), "label": label}
+        after = _errors(log)
+        rows.append({**row, "error_lines": None if after is None else after - (before or 0)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _errors(log: Callable[[], str] | None) -> int | None:
+    if log is None:
+        return None
+    return sum(" ERROR " in line for line in log().splitlines())
 
 
 def _shapes(directory: Path) -> Path:
