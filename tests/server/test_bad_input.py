@@ -4,6 +4,7 @@ a concurrent valid caller keeps succeeding and the server keeps serving."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -63,13 +64,23 @@ def valid_caller(server) -> Iterator[dict[str, int]]:
                 except SeqServeError:
                     counts["failed"] += 1
 
+    def answered_after(ok: int) -> bool:
+        """Wait (bounded) until a valid call succeeds after `ok` had."""
+        deadline = time.monotonic() + 30
+        while counts["ok"] <= ok and not counts["failed"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return counts["ok"] > ok
+
     thread = threading.Thread(target=run)
     thread.start()
+    assert answered_after(0)  # the valid caller runs before the bad input is sent
+    started = counts["ok"]
     yield counts
+    served_after = answered_after(started)  # ... and is served after it
     stop.set()
     thread.join(30)
     assert counts["failed"] == 0
-    assert counts["ok"] > 0
+    assert served_after
 
 
 @pytest.mark.parametrize("case", CASES)
