@@ -153,7 +153,7 @@ class CallAdmission:
             remaining_s = self.settings.default_deadline_s
         deadline = None if remaining_s is None else now + remaining_s
         if not who.waiting and self._may_start(who):
-            return self._start(who, now)
+            return self._start(who)
         wait = self.estimate_s(who)
         if remaining_s is not None and wait > remaining_s:
             self.observer.shed("deadline")
@@ -298,7 +298,7 @@ class CallAdmission:
             return False
         return self.in_flight < self.limit
 
-    def _start(self, who: _Caller, now: float) -> Ticket:
+    def _start(self, who: _Caller) -> Ticket:
         who.in_flight += 1
         who.served = max(who.served, self._virtual_floor()) + 1 / who.policy.weight
         self.in_flight += 1
@@ -326,7 +326,7 @@ class CallAdmission:
                 self.observer.shed("expired")
                 waiter.future.set_exception(self._shed(who, 0.0, 0.0))
                 continue
-            self._start(who, now)
+            self._start(who)
             waiter.future.set_result(None)
 
     def _forget(self, waiter: _Waiter) -> None:
