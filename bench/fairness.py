@@ -184,7 +184,8 @@ def tokens_file(directory: Path) -> Path:
     return path
 
 
-def _pushback_s(exc: grpc.aio.AioRpcError) -> float:
+def pushback_s(exc: grpc.aio.AioRpcError) -> float:
+    """The server's `grpc-retry-pushback-ms` in seconds (0: none)."""
     for key, value in exc.trailing_metadata() or ():
         if key == PUSHBACK_KEY:
             try:
@@ -216,7 +217,7 @@ async def grpc_caller(
             await stubs[i % len(stubs)](payload, timeout=deadline_s, metadata=metadata)
             outcome = "OK"
         except grpc.aio.AioRpcError as exc:
-            outcome, pause = exc.code().name, _pushback_s(exc)
+            outcome, pause = exc.code().name, pushback_s(exc)
         latency = time.perf_counter() - t0
         if begin <= t0 + latency <= end:
             codes[outcome] += 1

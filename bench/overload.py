@@ -48,7 +48,6 @@ METHOD = "/seqserve.v1.SeqServe/Predict"
 CHANNELS = 8
 WARMUP_S = 2.0
 PROBE_EVERY_S = 0.1
-PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 def _row(
@@ -72,17 +71,6 @@ def _pct(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
-
-
-def _pushback_s(exc: grpc.aio.AioRpcError) -> float:
-    """The server's pushback in seconds (0: none)."""
-    for key, value in exc.trailing_metadata() or ():
-        if key == PUSHBACK_KEY:
-            try:
-                return max(0.0, int(value) / 1000)
-            except ValueError:
-                return 0.0
-    return 0.0
 
 
 async def _point(
@@ -111,7 +99,7 @@ async def _point(
                 outcome, latency = "OK", time.perf_counter() - t0
             except grpc.aio.AioRpcError as exc:
                 outcome, latency = exc.code().name, time.perf_counter() - t0
-                pause = _pushback_s(exc)
+                pause = fairness.pushback_s(exc)
             if begin <= t0 + latency <= end:
                 codes[outcome] += 1
                 if outcome == "OK":
