@@ -37,6 +37,7 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 MAX_STEPS, MAX_INPUTS, MAX_ELEMENTS = 64, 512, 100_000
 MAX_RPCS, MAX_STREAMS = 6, 3
+MAX_OPEN_STREAMS, STREAM_LIFETIME_S = 2, 2.0  # health Watch / reflection streams
 MAX_STREAM_MESSAGES, CLASSIFIER_STREAM_MESSAGES = 1000, 10
 FAST_S = 5.0  # every refusal here is answered well within this
 
@@ -92,6 +93,7 @@ def hardened(hardened_root: Path) -> Iterator[ServerProcess]:
         "--max-request-elements": MAX_ELEMENTS, "--max-concurrent-rpcs": MAX_RPCS,
         "--max-streams-per-connection": MAX_STREAMS, "--grace-period-s": 1,
         "--max-stream-messages": MAX_STREAM_MESSAGES,
+        "--max-open-streams": MAX_OPEN_STREAMS, "--open-stream-lifetime-s": STREAM_LIFETIME_S,
     }  # fmt: skip
     with served(hardened_root, *(str(a) for kv in limits.items() for a in kv)) as process:
         yield process
@@ -574,3 +576,34 @@ def test_model_control_is_closed_by_default(hardened: ServerProcess) -> None:
             assert "--model-control explicit" in (refused.value.details() or ""), method
     with SeqServeClient(hardened.target) as client:
         assert client.predict("aligned", [np.ones((2, FEATURES), np.float32)]).shape[0] == 1
+
+
+def test_streams_open_without_a_token_are_bounded_in_number_and_lifetime(
+    hardened: ServerProcess,
+) -> None:
+    """Health Watch streams past --max-open-streams are refused at once and do not take the
+    capacity of real calls; an open one ends UNAVAILABLE after --open-stream-lifetime-s."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(hardened.target, options=own) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch
+        streams = [
+            watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(MAX_OPEN_STREAMS)
+        ]
+        for stream in streams:
+            assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        extra = watch(health_pb2.HealthCheckRequest(), timeout=30)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(extra)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-open-streams" in (refused.value.details() or "")
+        with SeqServeClient(hardened.target) as client:  # real calls are not held behind them
+            assert client.predict("aligned", [np.ones((2, FEATURES), np.float32)]).shape[0] == 1
+        begin = time.monotonic()
+        with pytest.raises(grpc.RpcError) as ended:
+            next(streams[0])  # nothing changes: the stream waits until its lifetime ends
+        assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - begin < STREAM_LIFETIME_S + 5
+        for stream in streams:
+            stream.cancel()

@@ -37,6 +37,7 @@ from .transport.calls import Registrar, Wrap
 from .transport.draining import Drain
 from .transport.front_door import FrontDoor
 from .transport.listeners import Listeners
+from .transport.open_streams import OpenStreams
 from .transport.parsing import reject_unparsable
 from .transport.seqserve_v1 import SERVICE_NAME, SeqServeServicer
 from .transport.standard_services import ObservedHealth, ObservedReflection
@@ -122,6 +123,7 @@ class App:
         self.services = Registrar(
             self.server,
             [
+                OpenStreams(settings.max_open_streams, settings.open_stream_lifetime_s).wrap,
                 self.drain.wrap,
                 *authorization(tokens, self.metrics),
                 reject_unparsable,

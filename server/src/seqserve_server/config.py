@@ -110,6 +110,15 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int = Field(
         1024, ge=1, description="calls in progress server-wide, sessions included"
     )
+    max_open_streams: int = Field(
+        64,
+        ge=1,
+        description="health Watch and reflection streams open at once server-wide (open "
+        "without a token: a budget of their own)",
+    )
+    open_stream_lifetime_s: float = Field(
+        300.0, gt=0, description="a health Watch or reflection stream ends UNAVAILABLE after this"
+    )
     accept_loops: int = Field(
         4,
         ge=1,
