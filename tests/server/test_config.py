@@ -17,3 +17,18 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.port, settings.metrics_port) == (9100, 9101)
     assert settings.model_repository == Path("/srv/models")
     assert CliApp.run(Settings, cli_args=["--port", "9200"]).port == 9200
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--tls-client-ca", "ca.pem"], "--tls-client-ca needs --tls-cert"),
+        (["--metrics-tls-client-ca", "ca.pem"], "--metrics-tls-client-ca needs --metrics-tls-cert"),
+        (["--metrics-tls-cert", "c.pem"], "go together"),
+    ],
+)
+def test_half_a_tls_setting_is_refused(flags: list[str], says: str) -> None:
+    """A certificate without its key, or a client CA without a certificate, is a mistake: the
+    server must not quietly serve plaintext."""
+    with pytest.raises(ValueError, match=says):
+        CliApp.run(Settings, cli_args=flags)

@@ -98,6 +98,7 @@ def secured(small_repository: Path, pki: Pki, tokens_file: Path) -> Iterator[Ser
         "--tls-client-ca", str(pki.ca_file), "--auth-tokens-file", str(tokens_file),
         "--metrics-host", "127.0.0.1",
         "--metrics-tls-cert", str(pki.server_cert), "--metrics-tls-key", str(pki.server_key),
+        "--metrics-tls-client-ca", str(pki.ca_file),
     ) as process:  # fmt: skip
         yield process
 
@@ -286,6 +287,9 @@ def test_metrics_over_tls_count_callers_by_token_name_only(
     with pytest.raises(OSError):  # plain HTTP to the TLS port
         urllib.request.urlopen(url.replace("https", "http", 1), timeout=QUICK)
     trusting = ssl.create_default_context(cafile=str(pki.ca_file))
+    with pytest.raises(OSError):  # mutual TLS: a scraper without a certificate is refused
+        urllib.request.urlopen(url, timeout=QUICK, context=trusting).read()
+    trusting.load_cert_chain(pki.client_cert, pki.client_key)
     with urllib.request.urlopen(url, timeout=QUICK, context=trusting) as response:
         text = response.read().decode()
     assert value(text, "seqserve_auth_checks_total", caller="full", outcome="allowed") >= 1

@@ -142,6 +142,7 @@ class App:
                 self.settings.metrics_port,
                 self.settings.metrics_tls_cert,
                 self.settings.metrics_tls_key,
+                self.settings.metrics_tls_client_ca,
             )
         await self._load_models()
         await self._check_store()

@@ -190,6 +190,9 @@ class Settings(BaseSettings):
     metrics_host: str | None = Field(None, description="address of /metrics (default: --host)")
     metrics_tls_cert: Path | None = Field(None, description="serve /metrics over TLS (PEM)")
     metrics_tls_key: Path | None = Field(None, description="private key of --metrics-tls-cert")
+    metrics_tls_client_ca: Path | None = Field(
+        None, description="CA of the scrapers' certificates (PEM): /metrics over mutual TLS"
+    )
 
     @model_validator(mode="after")
     def _pairs(self) -> Settings:
@@ -201,6 +204,8 @@ class Settings(BaseSettings):
                 )
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.metrics_tls_client_ca is not None and self.metrics_tls_cert is None:
+            raise ValueError("--metrics-tls-client-ca needs --metrics-tls-cert and -key")
         if self.session_store is not None:
             if self.session_key_file is None:
                 raise ValueError(

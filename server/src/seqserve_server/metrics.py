@@ -188,16 +188,24 @@ class ServerMetrics:
         seconds_of.observe(seconds)
 
     def serve(
-        self, host: str, port: int, certfile: Path | None = None, keyfile: Path | None = None
+        self,
+        host: str,
+        port: int,
+        certfile: Path | None = None,
+        keyfile: Path | None = None,
+        client_ca: Path | None = None,
     ) -> int:
         """Expose /metrics (and nothing else: any other path is 404) over HTTP, or HTTPS with a
-        certificate; returns the bound port."""
+        certificate, requiring the scraper's own certificate from `client_ca` when given;
+        returns the bound port."""
         server, _ = start_http_server(
             port,
             addr=host,
             registry=self.registry,
             certfile=str(certfile) if certfile else None,
             keyfile=str(keyfile) if keyfile else None,
+            client_cafile=str(client_ca) if client_ca else None,
+            client_auth_required=client_ca is not None,
         )
         server.set_app(_only_metrics(make_wsgi_app(self.registry)))
         return server.server_port
