@@ -5,7 +5,8 @@ awaits it through the event loop, starts its task, and only then asks again. Und
 turn of the loop is long, so calls wait inside core, first in first out and out of reach of the
 server's admission, until their deadlines pass there (measured with the bundled co2_next_week,
 1,024 callers with 5 s deadlines from 4 processes: calls spent ~1.2 s between the caller and
-the handler, while the handlers had ~15 calls in progress; ~0.8 s with 4 servers). Each server
+the handler, while the handlers had ~15 calls in progress; ~0.8 s with 4 servers: a one-off
+instrumented run, the caller's send time in metadata against the handler's entry). Each server
 here has its own accept loop; the kernel spreads connections over their listening sockets
 (SO_REUSEPORT), so `n` servers take up to `n` calls per turn of the loop (README "Under
 overload": goodput 2.4x at 256 callers with 4).
